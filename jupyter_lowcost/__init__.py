@@ -1,0 +1,31 @@
+"""jupyter-lowcost: run a notebook's kernel on a low-cost (preemptible) instance.
+
+This module holds only the hooks Jupyter looks for and the kernel-side API; importing it
+in a kernel does not import the server.
+
+- ``_jupyter_server_extension_points``: the server extension (``jupyter_lowcost.app``);
+- ``load_ipython_extension``: ``%load_ext jupyter_lowcost`` registers ``%lowcost``;
+- ``notice`` and ``on_notice``: the interruption flag and callbacks for training loops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+from .interruption import notice, on_notice, remove_notice_callback
+
+__all__ = ["__version__", "notice", "on_notice", "remove_notice_callback"]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    from .app import LowCostApp
+
+    return [{"module": "jupyter_lowcost.app", "app": LowCostApp}]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext jupyter_lowcost``: register the ``%lowcost`` magic."""
+    from .magics import LowCostMagics
+
+    ipython.register_magics(LowCostMagics)

@@ -1,0 +1,181 @@
+"""``LowCostApp``: the server extension, its configuration, and its start and stop.
+
+Jupyter Server loads it through ``_jupyter_server_extension_points`` (enabled on install
+by ``etc/jupyter/jupyter_server_config.d/jupyter_lowcost.json``). It builds the
+:class:`~jupyter_lowcost.manager.InstanceManager`, makes ``lowcost-provisioner`` the
+default kernel provisioner, registers the instance event schema and the REST routes.
+Configure it as ``c.LowCostApp.<trait>`` in ``jupyter_server_config.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.provisioning import KernelProvisionerFactory
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Dict, Enum, Float, List, Unicode
+
+from . import events
+from ._version import __version__
+from .backends import Backend, BackendListener, load_backend_class
+from .catalog import DEFAULT_INSTANCE_TYPES, parse_catalog
+from .handlers import default_handlers
+from .manager import RECOVERY_POLICIES, InstanceManager
+
+PROVISIONER_NAME = "lowcost-provisioner"
+
+
+class LowCostApp(ExtensionApp):
+    """Low-cost (preemptible) instances for notebook kernels."""
+
+    name = "jupyter_lowcost"
+    version = __version__
+    description = __doc__
+    load_other_extensions = True
+
+    backend = Unicode(
+        "local",
+        config=True,
+        help="""The backend that runs instances: the name of an entry point in the group
+        ``jupyter_lowcost.backends``. ``local`` (default) runs them as processes on this
+        machine. Example: ``c.LowCostApp.backend = "slurm"``.
+        """,
+    )
+
+    lifetime_cap = Float(
+        24 * 3600.0,
+        config=True,
+        help="""Seconds after which a low-cost instance always stops (24 hours by default,
+        as with preemptible VMs); a notice comes ``cap_notice`` seconds before. 0 turns the
+        cap off. Example: ``c.LowCostApp.lifetime_cap = 6 * 3600``.
+        """,
+    )
+
+    cap_notice = Float(
+        120.0,
+        config=True,
+        help="""Seconds of notice before the lifetime cap stops an instance (at most half
+        of ``lifetime_cap``). Example: ``c.LowCostApp.cap_notice = 300``.
+        """,
+    )
+
+    instance_types = List(
+        Dict(),
+        default_value=DEFAULT_INSTANCE_TYPES,
+        config=True,
+        help="""The instance-type catalog: one dict per type with ``name``, ``gpu``,
+        ``gpu_count``, ``vcpus``, ``memory_gb``, ``price_regular`` and ``price_low_cost``
+        (US dollars per hour). The default lists five GPU types at public list prices.
+        Example::
+
+            c.LowCostApp.instance_types = [
+                {"name": "A100-80G", "gpu": "NVIDIA A100 80 GB", "gpu_count": 1,
+                 "vcpus": 12, "memory_gb": 90,
+                 "price_regular": 3.09, "price_low_cost": 1.15},
+            ]
+        """,
+    )
+
+    recovery_policy = Enum(
+        list(RECOVERY_POLICIES),
+        "relaunch",
+        config=True,
+        help="""What happens to a kernel whose low-cost instance was interrupted or expired:
+        ``relaunch`` (default) restarts it on a new low-cost instance of the same type;
+        ``fallback`` restarts it on a regular instance of the same type; ``none`` shuts the
+        kernel down. Example: ``c.LowCostApp.recovery_policy = "fallback"``.
+        """,
+    )
+
+    launch_timeout = Float(
+        120.0,
+        config=True,
+        help="""Seconds an instance may take from launch to a kernel that answers before
+        the launch fails. Example: ``c.LowCostApp.launch_timeout = 600`` for slow queues.
+        """,
+    )
+
+    max_notice = Float(
+        3600.0,
+        config=True,
+        help="""The longest notice ``POST instances/<id>/interrupt`` accepts, in seconds.""",
+    )
+
+    channel_ip = Unicode(
+        "127.0.0.1",
+        config=True,
+        help="""The address the launch channel listens on; launchers on instances dial it.
+        The default suits the local backend; a cluster backend needs an address its compute
+        nodes reach. Example: ``c.LowCostApp.channel_ip = "10.0.0.5"``.
+        """,
+    )
+
+    server_url = Unicode(
+        "",
+        config=True,
+        help="""The URL kernels use to reach this server's REST API (for ``%lowcost``).
+        Empty (default): the server's own connection URL.
+        Example: ``c.LowCostApp.server_url = "http://10.0.0.5:8888/"``.
+        """,
+    )
+
+    def initialize_settings(self) -> None:
+        """Build the manager (called by Jupyter Server while it loads extensions)."""
+        assert self.serverapp is not None
+        catalog = parse_catalog(list(self.instance_types))
+        backend_class = load_backend_class(self.backend)
+        self._make_default_provisioner()
+        event_logger = getattr(self.serverapp, "event_logger", None)
+        if event_logger is not None:
+            events.register(event_logger)
+
+        def make_backend(listener: BackendListener) -> Backend:
+            return backend_class(listener, parent=self)
+
+        self.manager = InstanceManager(
+            backend_factory=make_backend,
+            catalog=catalog,
+            kernel_manager=self.serverapp.kernel_manager,
+            event_logger=event_logger,
+            data_dir=Path(self.serverapp.data_dir) / "lowcost",
+            server_url=self._server_url,
+            token=self._token,
+            lifetime_cap=self.lifetime_cap,
+            cap_notice=self.cap_notice,
+            recovery_policy=self.recovery_policy,
+            launch_timeout=self.launch_timeout,
+            max_notice=self.max_notice,
+            channel_ip=self.channel_ip,
+            log=self.log,
+        )
+        self.manager.activate()
+        self.settings["jupyter_lowcost_manager"] = self.manager
+
+    def _server_url(self) -> str:
+        assert self.serverapp is not None
+        return self.server_url or self.serverapp.connection_url
+
+    def _token(self) -> str:
+        assert self.serverapp is not None
+        return str(self.serverapp.identity_provider.token or "")
+
+    def _make_default_provisioner(self) -> None:
+        """Make every kernelspec without a provisioner of its own use ours."""
+        assert self.serverapp is not None
+        factory = KernelProvisionerFactory.instance(parent=self.serverapp.kernel_manager)
+        configured: Any = self.serverapp.config.get("KernelProvisionerFactory", {})
+        if "default_provisioner_name" not in configured:
+            factory.default_provisioner_name = PROVISIONER_NAME
+
+    def initialize_handlers(self) -> None:
+        """Add the REST routes (called by Jupyter Server)."""
+        self.handlers.extend(default_handlers)
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Start the backend and settle what a previous run left, once the loop runs."""
+        await self.manager.ensure_started()
+
+    async def stop_extension(self) -> None:
+        """Terminate every instance before the server exits."""
+        await self.manager.stop()

@@ -1,0 +1,118 @@
+"""The backend contract: what an engine that runs instances must do.
+
+The :class:`~jupyter_lowcost.manager.InstanceManager` is the only caller of a backend. It
+creates one at start-up (``LowCostApp.backend`` names its entry point in the group
+``jupyter_lowcost.backends``), passes itself as the :class:`BackendListener`, and calls:
+
+- :meth:`Backend.start` once, :meth:`Backend.stop` once at shutdown;
+- :meth:`Backend.check_capacity` before a switch (to refuse early, changing nothing);
+- :meth:`Backend.reserve` then :meth:`Backend.launch` for every new instance: the backend
+  runs ``python -m jupyter_lowcost.launcher`` there with the environment it is given;
+- :meth:`Backend.send_signal`, :meth:`Backend.terminate` and :meth:`Backend.interrupt`
+  while the instance lives, :meth:`Backend.forget_orphan` for records a previous server left.
+
+A backend reports what happens on its own through the listener: an interruption notice
+(``instance_noticed``) and the end of an instance (``instance_exited``). Backends are plain
+async Python; they raise :class:`BackendError` with a message a person understands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from traitlets.config import LoggingConfigurable
+
+from ..records import InstanceRecord
+
+
+class BackendError(Exception):
+    """A request the backend cannot satisfy; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 503, reason: str = "unavailable") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class LaunchSpec:
+    """What a backend needs to start the launcher of one instance."""
+
+    #: The Python interpreter of the kernel's kernelspec; runs ``-m jupyter_lowcost.launcher``.
+    python: str
+    #: The whole environment of the launcher (the kernel's, plus the channel's address and
+    #: the per-launch secret).
+    env: dict[str, str]
+    #: The kernel's working directory, or ``None`` for the backend's default.
+    cwd: str | None
+    #: Where the backend writes the launcher's output, for error messages and debugging.
+    log_path: str
+
+
+class BackendListener(Protocol):
+    """What backends call on the manager. Both methods are safe to call from the event loop."""
+
+    def instance_noticed(self, instance_id: str, deadline: float, reason: str) -> None:
+        """An interruption of ``instance_id`` is announced for the UNIX time ``deadline``."""
+
+    def instance_exited(self, instance_id: str, returncode: int | None, detail: str) -> None:
+        """The instance has ended (its launcher exited or its job left the queue)."""
+
+
+class Backend(LoggingConfigurable):
+    """Base class of backends. Subclasses override every method that raises here."""
+
+    #: The entry point name, shown by ``GET status``.
+    name = "base"
+    #: The address kernels on this backend's instances bind and the server dials.
+    kernel_ip = "127.0.0.1"
+
+    def __init__(self, listener: BackendListener, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.listener = listener
+
+    async def start(self) -> None:
+        """Called once by the manager before any launch. No need to call ``super()``."""
+
+    async def stop(self) -> None:
+        """Called once by the manager at shutdown, after it terminated every live instance."""
+
+    def capacity(self) -> dict[str, Any]:
+        """What ``GET status`` shows of the backend's capacity."""
+        return {}
+
+    def check_capacity(self, low_cost: bool, replacing: InstanceRecord | None) -> None:
+        """Raise :class:`BackendError` if a new instance of this tier cannot be placed.
+
+        ``replacing`` is a live instance that will be stopped first (a switch), whose
+        resources count as free. Called by the manager before it touches a kernel.
+        """
+
+    async def reserve(self, record: InstanceRecord) -> None:
+        """Wait for room for ``record`` (or raise :class:`BackendError`)."""
+
+    async def launch(self, record: InstanceRecord, spec: LaunchSpec) -> None:
+        """Start the launcher for ``record``; fill ``record.backend_state``. Returns at once."""
+        raise NotImplementedError
+
+    async def send_signal(self, record: InstanceRecord, signum: int) -> None:
+        """Send ``signum`` to the kernel (interrupts use ``SIGINT``)."""
+        raise NotImplementedError
+
+    async def terminate(self, record: InstanceRecord, now: bool = False) -> None:
+        """Stop the instance: politely, or at once with ``now``. Must be idempotent."""
+        raise NotImplementedError
+
+    async def interrupt(self, record: InstanceRecord, notice_seconds: float, reason: str) -> None:
+        """Make an interruption of ``record`` happen, announced ``notice_seconds`` ahead.
+
+        The backend reports the notice through ``listener.instance_noticed``; the manager
+        enforces the deadline.
+        """
+        raise BackendError(f"the {self.name} backend cannot inject interruptions", status=409)
+
+    async def forget_orphan(self, record: InstanceRecord) -> bool:
+        """Stop what is left of ``record`` from a previous server run; True if it was alive."""
+        raise NotImplementedError

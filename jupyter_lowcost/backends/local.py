@@ -1,0 +1,360 @@
+"""The embedded ``local`` backend: instances are processes on this machine, in slots.
+
+A real scheduler, not a mock. There is one slot per GPU that ``nvidia-smi`` lists (the
+instance in a slot sees only its GPU, through ``CUDA_VISIBLE_DEVICES``), or
+``LocalBackend.slots`` of them on a machine without GPUs. When every slot is taken, a
+regular request preempts the newest low-cost instance (with ``preemption_notice`` seconds
+of notice) and takes its slot; a low-cost request fails with a clear message, or waits
+for a slot when ``low_cost_when_full = "wait"``. Interruptions can be injected (the
+REST API calls :meth:`LocalBackend.interrupt`) and happen at random at
+``random_interruption_rate`` per hour for demos.
+
+Each launcher runs in a session of its own; terminating an instance signals that whole
+process group, so nothing the kernel started survives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from typing import Any
+
+from traitlets import Enum, Float, Int
+
+from ..records import InstanceRecord, InstanceState
+from .base import Backend, BackendError, LaunchSpec
+
+
+def _process_start_ticks(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (guards against pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the fields after it are fixed.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def detect_gpus() -> list[str]:
+    """The indices of the NVIDIA GPUs on this machine (empty without ``nvidia-smi``)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+class LocalBackend(Backend):
+    """Instances as processes on the server's machine, scheduled in slots."""
+
+    name = "local"
+
+    slots = Int(
+        4,
+        config=True,
+        help="""How many instances may run at once on a machine without NVIDIA GPUs.
+
+        Where ``nvidia-smi`` lists GPUs there is one slot per GPU and this is ignored.
+        Example: ``c.LocalBackend.slots = 1`` makes every regular request preempt the
+        low-cost instance that holds the only slot.
+        """,
+    )
+
+    low_cost_when_full = Enum(
+        ["fail", "wait"],
+        "fail",
+        config=True,
+        help="""What a low-cost request does when every slot is taken.
+
+        ``fail`` (default) answers at once with a message saying so; ``wait`` queues the
+        request until a slot frees, for at most ``queue_timeout`` seconds.
+        Example: ``c.LocalBackend.low_cost_when_full = "wait"``.
+        """,
+    )
+
+    queue_timeout = Float(
+        600.0,
+        config=True,
+        help="""Seconds a request may wait for a slot before it fails (see
+        ``low_cost_when_full``; regular requests wait while a preempted instance drains).
+        Example: ``c.LocalBackend.queue_timeout = 60``.
+        """,
+    )
+
+    preemption_notice = Float(
+        30.0,
+        config=True,
+        help="""Seconds of notice a low-cost instance gets when a regular request takes its
+        slot. Example: ``c.LocalBackend.preemption_notice = 5``.
+        """,
+    )
+
+    random_interruption_rate = Float(
+        0.0,
+        config=True,
+        help="""Random interruptions of low-cost instances, per instance and per hour
+        (0, the default, turns them off). For demos: ``c.LocalBackend.random_interruption_rate
+        = 12`` interrupts a low-cost instance every five minutes on average.
+        """,
+    )
+
+    random_interruption_notice = Float(
+        30.0,
+        config=True,
+        help="""Seconds of notice before a random interruption (see
+        ``random_interruption_rate``). Example: ``c.LocalBackend.random_interruption_notice = 30``.
+        """,
+    )
+
+    kill_grace = Float(
+        3.0,
+        config=True,
+        help="""Seconds between SIGTERM and SIGKILL when an instance is stopped politely.""",
+    )
+
+    gpus = Int(
+        -1,
+        config=True,
+        help="""How many of the detected GPUs to use as slots; -1 (default) uses every GPU
+        that ``nvidia-smi`` lists, 0 ignores GPUs and uses ``slots``.
+        """,
+    )
+
+    def __init__(self, listener: Any, **kwargs: Any) -> None:
+        super().__init__(listener, **kwargs)
+        self._gpu_ids: list[str] = []
+        self._slots: list[str | None] = []
+        self._records: dict[str, InstanceRecord] = {}
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._random_timers: dict[str, asyncio.TimerHandle] = {}
+        self._preempting: set[str] = set()
+        self._slot_freed = asyncio.Condition()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        gpus = await asyncio.to_thread(detect_gpus) if self.gpus != 0 else []
+        if self.gpus > 0:
+            gpus = gpus[: self.gpus]
+        self._gpu_ids = gpus
+        count = len(gpus) if gpus else self.slots
+        if count < 1:
+            raise ValueError("LocalBackend.slots must be at least 1")
+        self._slots = [None] * count
+        self.log.info(
+            "jupyter_lowcost | local backend: %d slot(s)%s",
+            count,
+            f", one per GPU ({', '.join(gpus)})" if gpus else "",
+        )
+
+    async def stop(self) -> None:
+        for timer in self._random_timers.values():
+            timer.cancel()
+        for record in list(self._records.values()):
+            await self.terminate(record, now=True)
+        for task in list(self._watchers.values()):
+            task.cancel()
+
+    def capacity(self) -> dict[str, Any]:
+        used = sum(1 for s in self._slots if s is not None)
+        return {
+            "slots": len(self._slots),
+            "used": used,
+            "free": len(self._slots) - used,
+            "gpus": list(self._gpu_ids),
+        }
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def _free_slot(self) -> int | None:
+        for index, holder in enumerate(self._slots):
+            if holder is None:
+                return index
+        return None
+
+    def _preemptible(self) -> list[InstanceRecord]:
+        """Low-cost holders of slots not yet being preempted, newest first."""
+        holders = [self._records[i] for i in self._slots if i is not None and i in self._records]
+        candidates = [r for r in holders if r.low_cost and r.id not in self._preempting]
+        return sorted(candidates, key=lambda r: r.created_at, reverse=True)
+
+    def _full_message(self) -> str:
+        return (
+            f"all {len(self._slots)} slot(s) of the local backend are in use; stop a kernel, "
+            "or use a regular instance (it preempts the newest low-cost one)"
+        )
+
+    def check_capacity(self, low_cost: bool, replacing: InstanceRecord | None) -> None:
+        if self._free_slot() is not None:
+            return
+        if replacing is not None and replacing.id in self._slots:
+            return
+        if not low_cost and (self._preemptible() or self._preempting):
+            return
+        if low_cost and self.low_cost_when_full == "wait":
+            return
+        if not low_cost:
+            raise BackendError(
+                f"all {len(self._slots)} slot(s) of the local backend hold regular instances; "
+                "none can be preempted",
+                status=503,
+                reason="no-capacity",
+            )
+        raise BackendError(self._full_message(), status=503, reason="no-capacity")
+
+    async def reserve(self, record: InstanceRecord) -> None:
+        deadline = time.monotonic() + self.queue_timeout
+        async with self._slot_freed:
+            while True:
+                index = self._free_slot()
+                if index is not None:
+                    self._slots[index] = record.id
+                    self._records[record.id] = record
+                    record.backend_state["slot"] = index
+                    return
+                if not record.low_cost:
+                    victims = self._preemptible()
+                    if victims:
+                        victim = victims[0]
+                        self._preempting.add(victim.id)
+                        self.listener.instance_noticed(
+                            victim.id,
+                            time.time() + self.preemption_notice,
+                            f"preempted: a regular {record.instance_type} instance needs its slot",
+                        )
+                    elif not self._preempting:
+                        self.check_capacity(low_cost=False, replacing=None)
+                elif self.low_cost_when_full == "fail":
+                    raise BackendError(self._full_message(), status=503, reason="no-capacity")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BackendError(
+                        f"no slot of the local backend freed within {self.queue_timeout:g} s",
+                        status=503,
+                        reason="queue-timeout",
+                    )
+                try:
+                    await asyncio.wait_for(self._slot_freed.wait(), timeout=remaining)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _release(self, instance_id: str) -> None:
+        async with self._slot_freed:
+            self._slots = [None if s == instance_id else s for s in self._slots]
+            self._records.pop(instance_id, None)
+            self._preempting.discard(instance_id)
+            timer = self._random_timers.pop(instance_id, None)
+            if timer:
+                timer.cancel()
+            self._slot_freed.notify_all()
+
+    # -- instances -----------------------------------------------------------------------
+
+    async def launch(self, record: InstanceRecord, spec: LaunchSpec) -> None:
+        env = dict(spec.env)
+        slot = record.backend_state.get("slot", 0)
+        if self._gpu_ids:
+            env["CUDA_VISIBLE_DEVICES"] = self._gpu_ids[slot]
+        os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
+        with open(spec.log_path, "ab") as log_file:
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    spec.python,
+                    "-m",
+                    "jupyter_lowcost.launcher",
+                    env=env,
+                    cwd=spec.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as err:
+                await self._release(record.id)
+                raise BackendError(
+                    f"could not start {spec.python}: {err}", status=500, reason="launch"
+                ) from err
+        self._processes[record.id] = process
+        record.backend_state.update(
+            pid=process.pid, pgid=process.pid, start_ticks=_process_start_ticks(process.pid)
+        )
+        self._watchers[record.id] = asyncio.create_task(self._watch(record, process))
+        if record.low_cost and self.random_interruption_rate > 0:
+            delay = random.expovariate(self.random_interruption_rate / 3600)
+            self._random_timers[record.id] = asyncio.get_running_loop().call_later(
+                delay, self._random_interruption, record.id
+            )
+
+    def _random_interruption(self, instance_id: str) -> None:
+        self._random_timers.pop(instance_id, None)
+        self.listener.instance_noticed(
+            instance_id,
+            time.time() + self.random_interruption_notice,
+            "random interruption (demo setting LocalBackend.random_interruption_rate)",
+        )
+
+    async def _watch(self, record: InstanceRecord, process: asyncio.subprocess.Process) -> None:
+        returncode = await process.wait()
+        self._processes.pop(record.id, None)
+        self._watchers.pop(record.id, None)
+        await self._release(record.id)
+        self.listener.instance_exited(record.id, returncode, f"the process exited ({returncode})")
+
+    def _signal_group(self, record: InstanceRecord, signum: int) -> bool:
+        pgid = record.backend_state.get("pgid")
+        if not pgid:
+            return False
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def send_signal(self, record: InstanceRecord, signum: int) -> None:
+        self._signal_group(record, signum)
+
+    async def terminate(self, record: InstanceRecord, now: bool = False) -> None:
+        process = self._processes.get(record.id)
+        if process is None or process.returncode is not None:
+            return
+        if not now and self._signal_group(record, signal.SIGTERM):
+            try:
+                await asyncio.wait_for(process.wait(), timeout=self.kill_grace)
+                return
+            except asyncio.TimeoutError:
+                pass
+        self._signal_group(record, signal.SIGKILL)
+        await process.wait()
+        watcher = self._watchers.get(record.id)
+        if watcher is not None:
+            await asyncio.shield(watcher)
+
+    async def interrupt(self, record: InstanceRecord, notice_seconds: float, reason: str) -> None:
+        if record.state not in (InstanceState.RUNNING, InstanceState.PENDING):
+            return
+        self.listener.instance_noticed(record.id, time.time() + notice_seconds, reason)
+
+    async def forget_orphan(self, record: InstanceRecord) -> bool:
+        pid = record.backend_state.get("pid")
+        ticks = record.backend_state.get("start_ticks")
+        if not pid or ticks is None or _process_start_ticks(pid) != ticks:
+            return False
+        self._signal_group(record, signal.SIGKILL)
+        return True

@@ -1,0 +1,85 @@
+"""Kernel side: a small client of the REST API, for ``%lowcost`` and for scripts.
+
+The provisioner gives every kernel it starts the server's URL, a token and the kernel's
+own id in its environment (``JUPYTER_LOWCOST_URL``, ``JUPYTER_LOWCOST_TOKEN``,
+``JUPYTER_LOWCOST_KERNEL_ID``); :meth:`LowCostClient.from_environment` reads them.
+Every failure is a :class:`LowCostError` whose message can be shown as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import requests
+
+ENV_URL = "JUPYTER_LOWCOST_URL"
+ENV_TOKEN = "JUPYTER_LOWCOST_TOKEN"
+ENV_KERNEL_ID = "JUPYTER_LOWCOST_KERNEL_ID"
+
+
+class LowCostError(Exception):
+    """Something the user should read: no server, or the server's refusal."""
+
+
+class LowCostClient:
+    """Calls ``{server}lowcost/api/`` with the server's token."""
+
+    def __init__(self, server_url: str, token: str, kernel_id: str, timeout: float = 30) -> None:
+        self.api = server_url.rstrip("/") + "/lowcost/api/"
+        self.kernel_id = kernel_id
+        self.timeout = timeout
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"token {token}"
+
+    @classmethod
+    def from_environment(cls) -> LowCostClient:
+        """The client for this kernel; ``LowCostError`` outside a jupyter-lowcost server."""
+        url = os.environ.get(ENV_URL)
+        kernel_id = os.environ.get(ENV_KERNEL_ID)
+        if not url or not kernel_id:
+            raise LowCostError(
+                "This kernel was not started by a Jupyter server with jupyter-lowcost, so "
+                "it cannot be moved. Start JupyterLab with jupyter-lowcost installed "
+                "(pip install jupyter-lowcost) and open the notebook there."
+            )
+        return cls(url, os.environ.get(ENV_TOKEN, ""), kernel_id)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One API call; returns the decoded JSON (None for 204)."""
+        try:
+            response = self.session.request(
+                method, self.api + path, timeout=self.timeout, **kwargs
+            )
+        except requests.RequestException as err:
+            raise LowCostError(f"the Jupyter server at {self.api} cannot be reached: {err}") from err
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message") or response.reason
+            except ValueError:
+                message = response.reason
+            if response.status_code == 404 and "lowcost/api" in (message or ""):
+                message = "the server does not have the jupyter-lowcost extension enabled"
+            raise LowCostError(f"{message} (HTTP {response.status_code})")
+        return response.json() if response.content else None
+
+    def kernel(self) -> dict[str, Any]:
+        """This kernel's placement, current instance and history."""
+        return self.request("GET", f"kernels/{self.kernel_id}")
+
+    def instance_types(self) -> list[dict[str, Any]]:
+        """The catalog."""
+        return self.request("GET", "instance-types")
+
+    def status(self) -> dict[str, Any]:
+        """The backend and its capacity."""
+        return self.request("GET", "status")
+
+    def switch(self, low_cost: bool, instance_type: str | None, wait: bool = False) -> Any:
+        """Move this kernel; without ``wait`` the server answers before it restarts it."""
+        body: dict[str, Any] = {"low_cost": low_cost}
+        if instance_type:
+            body["instance_type"] = instance_type
+        params = {} if wait else {"wait": "0"}
+        return self.request("PUT", f"kernels/{self.kernel_id}", json=body, params=params)

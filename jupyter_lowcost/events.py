@@ -1,0 +1,41 @@
+"""The instance event: its schema, registration and emission.
+
+``LowCostApp`` calls :func:`register` once with the server's ``event_logger``; the manager
+calls :func:`emit_transition` on every state change. JupyterLab receives the events through
+the server's ``/api/events/subscribe`` websocket.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jupyter_events import EventLogger
+
+from .records import InstanceRecord, iso
+
+SCHEMA_ID = "https://events.jupyter.org/jupyter_lowcost/instance/v1"
+SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "instance" / "v1.yaml"
+
+
+def register(event_logger: EventLogger) -> None:
+    """Register the instance schema (a second registration is a no-op)."""
+    if SCHEMA_ID not in event_logger.schemas.schema_ids:
+        event_logger.register_event_schema(SCHEMA_PATH)
+
+
+def emit_transition(event_logger: EventLogger | None, record: InstanceRecord) -> None:
+    """Emit the transition ``record`` has just made."""
+    if event_logger is None:
+        return
+    event_logger.emit(
+        schema_id=SCHEMA_ID,
+        data={
+            "instance_id": record.id,
+            "kernel_id": record.kernel_id,
+            "state": record.state.value,
+            "reason": record.reason,
+            "deadline": iso(record.notice_deadline),
+            "instance_type": record.instance_type,
+            "tier": record.tier,
+        },
+    )

@@ -1,0 +1,174 @@
+"""The REST API under ``{base_url}lowcost/api/`` (the table in DESIGN.md).
+
+Each handler is a few lines: parse, call the :class:`~jupyter_lowcost.manager.InstanceManager`,
+answer JSON. Every method is ``@web.authenticated`` and ``@authorized`` (resource
+``lowcost``). Bad input is answered with a 4xx whose ``message`` names the problem; the
+manager validates before it changes anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from jupyter_client.kernelspec import NoSuchKernel
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+from .backends import BackendError
+from .manager import InstanceManager
+
+AUTH_RESOURCE = "lowcost"
+API = r"/lowcost/api"
+
+
+@contextmanager
+def backend_errors() -> Iterator[None]:
+    """Answer a backend's refusal with its status and message."""
+    try:
+        yield
+    except BackendError as err:
+        raise web.HTTPError(err.status, err.message, reason=err.reason) from err
+
+
+class LowCostHandler(ExtensionHandlerMixin, APIHandler):
+    """Base of every route: the manager, and JSON bodies checked field by field."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def manager(self) -> InstanceManager:
+        return self.settings["jupyter_lowcost_manager"]
+
+    def json_body(self, allowed: tuple[str, ...]) -> dict[str, Any]:
+        """The request body as a dict with only ``allowed`` keys (empty body: ``{}``)."""
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except ValueError as err:
+            raise web.HTTPError(400, f"the request body is not JSON: {err}") from err
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        unknown = sorted(set(body) - set(allowed))
+        if unknown:
+            raise web.HTTPError(
+                400, f"unknown field(s) {', '.join(unknown)}; expected: {', '.join(allowed)}"
+            )
+        return body
+
+    def write_json(self, model: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(model))
+
+
+class InstanceTypesHandler(LowCostHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.write_json(self.manager.catalog_models())
+
+
+class StatusHandler(LowCostHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.write_json(self.manager.status_model())
+
+
+class KernelsHandler(LowCostHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body(("name", "instance_type", "low_cost", "path"))
+        name = body.get("name") or self.kernel_manager.default_kernel_name
+        path = body.get("path")
+        if not isinstance(name, str):
+            raise web.HTTPError(400, f"name must be a kernelspec name, not {name!r}")
+        if path is not None and not isinstance(path, str):
+            raise web.HTTPError(400, f"path must be a string, not {path!r}")
+        try:
+            await ensure_async(self.kernel_spec_manager.get_kernel_spec(name))
+        except NoSuchKernel as err:
+            known = ", ".join(sorted(self.kernel_spec_manager.find_kernel_specs()))
+            raise web.HTTPError(400, f"no kernelspec named {name!r}; installed: {known}") from err
+        placement = self.manager.parse_placement(body, None)
+        kernel_path = await ensure_async(self.contents_manager.get_kernel_path(path or ""))
+        with backend_errors():
+            kernel_id = await self.manager.start_kernel(name, placement, kernel_path)
+        model = await ensure_async(self.kernel_manager.kernel_model(kernel_id))
+        self.set_header("Location", url_path_join(self.base_url, "lowcost/api/kernels", kernel_id))
+        self.write_json({"kernel": model, "instance": self.manager.kernel_model(kernel_id)["instance"]}, 201)
+
+
+class KernelHandler(LowCostHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, kernel_id: str) -> None:
+        self.write_json(self.manager.kernel_model(kernel_id))
+
+    @web.authenticated
+    @authorized
+    async def put(self, kernel_id: str) -> None:
+        self.manager.kernel_model(kernel_id)  # 404 before anything else
+        body = self.json_body(("low_cost", "instance_type"))
+        if "low_cost" not in body and "instance_type" not in body:
+            raise web.HTTPError(400, "say where to move the kernel: low_cost and/or instance_type")
+        placement = self.manager.parse_placement(body, self.manager.placement(kernel_id))
+        wait = self.get_argument("wait", "1") not in ("0", "false", "no")
+        with backend_errors():
+            await self.manager.switch(kernel_id, placement, wait=wait)
+        self.write_json(self.manager.kernel_model(kernel_id), 200 if wait else 202)
+
+
+class InstancesHandler(LowCostHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        kernel_id = self.get_argument("kernel_id", None)
+        self.write_json(self.manager.instance_models(kernel_id))
+
+
+class InstanceHandler(LowCostHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, instance_id: str) -> None:
+        self.write_json(self.manager.instance_model(instance_id))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, instance_id: str) -> None:
+        with backend_errors():
+            await self.manager.terminate(instance_id)
+        self.set_status(204)
+        self.finish()
+
+
+class InterruptHandler(LowCostHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, instance_id: str) -> None:
+        self.manager.instance_model(instance_id)  # 404 before anything else
+        body = self.json_body(("notice_seconds",))
+        if "notice_seconds" not in body:
+            raise web.HTTPError(400, "notice_seconds is required: the seconds of notice to give")
+        with backend_errors():
+            model = await self.manager.interrupt(instance_id, body["notice_seconds"])
+        self.write_json(model, 202)
+
+
+default_handlers = [
+    (rf"{API}/instance-types", InstanceTypesHandler),
+    (rf"{API}/status", StatusHandler),
+    (rf"{API}/kernels", KernelsHandler),
+    (rf"{API}/kernels/(?P<kernel_id>[\w-]+)", KernelHandler),
+    (rf"{API}/instances", InstancesHandler),
+    (rf"{API}/instances/(?P<instance_id>\w+)", InstanceHandler),
+    (rf"{API}/instances/(?P<instance_id>\w+)/interrupt", InterruptHandler),
+]

@@ -1,0 +1,144 @@
+"""``python -m jupyter_lowcost.launcher``: what every backend runs on an instance.
+
+The one code path for all backends. Started by a backend with the environment the
+manager prepared, it:
+
+1. dials the server's launch channel (``JUPYTER_LOWCOST_CHANNEL``) and proves, with the
+   per-launch secret, that it is this launch (the secret is removed from the environment
+   before any user code runs);
+2. receives the kernel's session key and the address to bind, and starts ipykernel in this
+   very process on ports it picks itself;
+3. reports those ports to the server, then serves the kernel;
+4. turns every interruption notice the server sends into what the kernel sees: the
+   ``jupyter_lowcost.notice`` flag, the ``SIGUSR1`` signal and the ``on_notice`` callbacks.
+
+If the server goes away and does not come back within ``JUPYTER_LOWCOST_ORPHAN_TIMEOUT``
+seconds (default 30), the launcher stops the kernel: an instance never outlives the
+server that knows about it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from typing import Any
+
+from . import interruption
+from .channel import encode, sign
+
+ENV_CHANNEL = "JUPYTER_LOWCOST_CHANNEL"
+ENV_INSTANCE_ID = "JUPYTER_LOWCOST_INSTANCE_ID"
+ENV_SECRET = "JUPYTER_LOWCOST_LAUNCH_SECRET"
+ENV_ORPHAN_TIMEOUT = "JUPYTER_LOWCOST_ORPHAN_TIMEOUT"
+
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
+
+class Channel:
+    """The launcher's end of the launch channel (see ``jupyter_lowcost.channel``)."""
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.reader = self.sock.makefile("rb")
+        self._send_lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            self.sock.sendall(encode(message))
+
+    def receive(self) -> dict[str, Any] | None:
+        line = self.reader.readline()
+        return json.loads(line) if line else None
+
+
+def _listen(channel: Channel, orphan_timeout: float) -> None:
+    """Channel thread: deliver notices; stop the kernel if the server is gone for good."""
+    while True:
+        try:
+            message = channel.receive()
+        except (OSError, ValueError):
+            message = None
+        if message is None:
+            break
+        if message.get("type") == "notice":
+            interruption.deliver(float(message["deadline"]), str(message.get("reason", "")))
+    print(
+        f"jupyter_lowcost launcher: lost the server; stopping the kernel in {orphan_timeout:g} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    time.sleep(orphan_timeout)
+    os._exit(3)
+
+
+def main() -> None:
+    """Entry point of ``python -m jupyter_lowcost.launcher``."""
+    try:
+        address = os.environ.pop(ENV_CHANNEL)
+        instance_id = os.environ.pop(ENV_INSTANCE_ID)
+        secret = os.environ.pop(ENV_SECRET)
+    except KeyError as err:
+        sys.exit(
+            f"jupyter_lowcost launcher: {err.args[0]} is not set; backends start this "
+            "module for the server, it is not meant to be run by hand"
+        )
+    orphan_timeout = float(os.environ.get(ENV_ORPHAN_TIMEOUT, "30"))
+
+    channel = Channel(address)
+    challenge = channel.receive() or {}
+    channel.send(
+        {"type": "hello", "instance_id": instance_id, "mac": sign(secret, challenge["nonce"])}
+    )
+    config = channel.receive()
+    if config is None or config.get("type") != "config":
+        sys.exit("jupyter_lowcost launcher: the server refused this launch")
+    channel.sock.settimeout(None)
+
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+
+        workdir = tempfile.mkdtemp(prefix="jupyter-lowcost-")
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+        connection_file = os.path.join(workdir, "kernel.json")
+        with open(connection_file, "w") as handle:
+            json.dump(
+                {
+                    "key": config["key"],
+                    "signature_scheme": config["signature_scheme"],
+                    "transport": config.get("transport", "tcp"),
+                    "ip": config["ip"],
+                    **{name: 0 for name in PORT_NAMES},
+                },
+                handle,
+            )
+        os.chmod(connection_file, 0o600)
+        interruption.install_signal_handler()
+        app = IPKernelApp.instance()
+        app.initialize(["-f", connection_file, "--IPKernelApp.extra_extensions=jupyter_lowcost"])
+        ports = {name: getattr(app, name) for name in PORT_NAMES}
+    except Exception:
+        channel.send({"type": "failed", "error": traceback.format_exc()})
+        raise
+    channel.send(
+        {
+            "type": "ready",
+            "connection_info": {"ip": config["ip"], "transport": app.transport, **ports},
+        }
+    )
+    threading.Thread(
+        target=_listen, args=(channel, orphan_timeout), name="lowcost-channel", daemon=True
+    ).start()
+    app.start()
+
+
+if __name__ == "__main__":
+    main()

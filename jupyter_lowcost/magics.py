@@ -1,0 +1,149 @@
+"""Kernel side: the ``%lowcost`` magic.
+
+Registered by ``%load_ext jupyter_lowcost`` (automatic in kernels that the provisioner
+starts). Every subcommand calls the REST API through :class:`~jupyter_lowcost.client.LowCostClient`,
+so the magic and JupyterLab's switch always show the same state::
+
+    %lowcost                   this kernel's tier, type, time left, cost and savings
+    %lowcost on [--type T]     move this kernel to a low-cost instance (it restarts)
+    %lowcost off               move it back to a regular instance (it restarts)
+    %lowcost types             the instance types and their prices
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from .client import LowCostClient, LowCostError
+
+USAGE = """usage: %lowcost [status | on [--type T] | off | types]"""
+
+
+def format_duration(seconds: float) -> str:
+    """``23 h 59 min``, ``4 min 10 s``, ``12 s``."""
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def describe_status(kernel: dict[str, Any]) -> str:
+    """What ``%lowcost`` prints for a ``GET kernels/<id>`` model."""
+    placement = kernel.get("placement")
+    instance = kernel.get("instance")
+    if placement is None:
+        return (
+            "This kernel runs on the Jupyter server's machine, not on a low-cost instance.\n"
+            "%lowcost on [--type T] moves it to one; %lowcost types lists the types."
+        )
+    lines = [f"This kernel runs on a {placement['tier']} {placement['instance_type']} instance"]
+    if instance is None:
+        return lines[0] + " (starting)."
+    lines[0] += f" ({instance['state']}, instance {instance['id']})."
+    if instance.get("state") == "notice":
+        lines.append(f"Interruption notice: {instance['reason']} (deadline {instance['notice_deadline']}).")
+    if instance.get("seconds_left") is not None:
+        lines.append(f"Time left before the lifetime cap: {format_duration(instance['seconds_left'])}.")
+    lines.append(
+        f"Cost so far: ${instance['cost']:.2f} at ${instance['price_per_hour']:.2f}/h"
+        + (
+            f"; saved ${instance['savings']:.2f} against the regular "
+            f"${instance['regular_price_per_hour']:.2f}/h."
+            if placement["low_cost"]
+            else "."
+        )
+    )
+    return "\n".join(lines)
+
+
+def describe_types(types: list[dict[str, Any]]) -> str:
+    """The catalog as a table."""
+    header = f"{'type':<10} {'GPU':<28} {'vCPUs':>5} {'memory':>8} {'regular':>9} {'low-cost':>9} {'less':>5}"
+    rows = [header]
+    for t in types:
+        rows.append(
+            f"{t['name']:<10} {t['gpu'] + ' x' + str(t['gpu_count']):<28} {t['vcpus']:>5} "
+            f"{str(t['memory_gb']) + ' GB':>8} {'$%.2f/h' % t['price_regular']:>9} "
+            f"{'$%.2f/h' % t['price_low_cost']:>9} {str(t['discount_percent']) + '%':>5}"
+        )
+    return "\n".join(rows)
+
+
+@magics_class
+class LowCostMagics(Magics):
+    """``%lowcost``: see and change where this kernel runs."""
+
+    @line_magic
+    def lowcost(self, line: str = "") -> None:
+        """Show or change this kernel's low-cost placement.
+
+        %lowcost                   status: tier, type, time left, cost, savings
+        %lowcost on [--type T]     move this kernel to a low-cost instance (restarts it)
+        %lowcost off               move it back to a regular instance (restarts it)
+        %lowcost types             the instance types and their prices
+        """
+        words = shlex.split(line)
+        command = words[0] if words else "status"
+        rest = words[1:]
+        try:
+            client = LowCostClient.from_environment()
+            if command == "status" and not rest:
+                print(describe_status(client.kernel()))
+            elif command == "types" and not rest:
+                print(describe_types(client.instance_types()))
+            elif command == "on":
+                self._on(client, _parse_type(rest))
+            elif command == "off" and not rest:
+                self._off(client)
+            else:
+                raise UsageError(USAGE)
+        except LowCostError as err:
+            print(f"%lowcost: {err}", file=sys.stderr)
+
+    def _on(self, client: LowCostClient, instance_type: str | None) -> None:
+        types = {t["name"]: t for t in client.instance_types()}
+        kernel = client.kernel()
+        placement = kernel.get("placement") or {}
+        target = instance_type or placement.get("instance_type") or next(iter(types), None)
+        if target not in types:
+            raise LowCostError(f"unknown instance type {target!r}; the catalog has: {', '.join(types)}")
+        client.switch(True, target)
+        t = types[target]
+        cap = format_duration(t["low_cost_lifetime_cap_seconds"])
+        print(
+            f"Moving this kernel to a low-cost {target} instance: ${t['price_low_cost']:.2f}/h "
+            f"instead of ${t['price_regular']:.2f}/h, {t['discount_percent']}% less.\n"
+            "Low-cost instances can be interrupted at any time, even in the first minutes, and "
+            f"always stop after {cap}; what is in the kernel's memory is lost on an interruption.\n"
+            "The kernel restarts on the new instance when this cell ends."
+        )
+
+    def _off(self, client: LowCostClient) -> None:
+        placement = client.kernel().get("placement")
+        if not placement or not placement["low_cost"]:
+            print("This kernel is not on a low-cost instance; nothing to change.")
+            return
+        client.switch(False, placement["instance_type"])
+        print(
+            f"Moving this kernel to a regular {placement['instance_type']} instance. "
+            "The kernel restarts on the new instance when this cell ends."
+        )
+
+
+def _parse_type(words: list[str]) -> str | None:
+    if not words:
+        return None
+    if len(words) == 2 and words[0] in ("--type", "-t"):
+        return words[1]
+    if len(words) == 1 and words[0].startswith("--type="):
+        return words[0].split("=", 1)[1]
+    raise UsageError(USAGE)

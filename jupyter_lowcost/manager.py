@@ -1,0 +1,602 @@
+"""The InstanceManager: placements, the instance lifecycle, the cap, cost, and recovery.
+
+One per server, created by ``LowCostApp``. Who calls it:
+
+- the REST handlers (``handlers.py``), for everything in the API; the manager raises
+  ``tornado.web.HTTPError`` with a message a person understands, and changes nothing when
+  it refuses;
+- the kernel provisioner (``provisioner.py``), to launch, poll, signal and stop the instance
+  of a kernel that has a placement; it finds the manager through :func:`current_manager`;
+- the backend and the launch channel, through :meth:`instance_noticed`,
+  :meth:`instance_exited` and :meth:`_on_channel_message`.
+
+Every transition of an instance is saved to the record store and emitted as an event.
+Recovery after an interruption or expiry, and every switch, is a restart of the same
+kernel id through the server's kernel manager, so JupyterLab reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jupyter_events import EventLogger
+from tornado import web
+
+from . import events
+from ._version import __version__
+from .backends import Backend, BackendError, BackendListener, LaunchSpec, available_backends
+from .catalog import InstanceType
+from .channel import LaunchChannel, LaunchFailed
+from .client import ENV_KERNEL_ID, ENV_TOKEN, ENV_URL
+from .launcher import ENV_CHANNEL, ENV_INSTANCE_ID, ENV_SECRET
+from .records import InstanceRecord, InstanceState, Placement, RecordStore
+
+
+RECOVERY_POLICIES = ("relaunch", "fallback", "none")
+
+_current: InstanceManager | None = None
+
+
+def current_manager() -> InstanceManager | None:
+    """The manager of the server in this process (None outside a server with the extension)."""
+    return _current
+
+
+class InstanceManager:
+    """Owns placements and instance records; drives the backend; enforces the cap."""
+
+    def __init__(
+        self,
+        *,
+        backend_factory: Callable[[BackendListener], Backend],
+        catalog: dict[str, InstanceType],
+        kernel_manager: Any,
+        event_logger: EventLogger | None,
+        data_dir: Path,
+        server_url: Callable[[], str],
+        token: Callable[[], str],
+        lifetime_cap: float,
+        cap_notice: float,
+        recovery_policy: str,
+        launch_timeout: float,
+        max_notice: float,
+        channel_ip: str,
+        log: logging.Logger,
+    ) -> None:
+        self.catalog = catalog
+        self.kernel_manager = kernel_manager
+        self.event_logger = event_logger
+        self.data_dir = data_dir
+        self.server_url = server_url
+        self.token = token
+        self.lifetime_cap = lifetime_cap
+        self.cap_notice = cap_notice
+        self.recovery_policy = recovery_policy
+        self.launch_timeout = launch_timeout
+        self.max_notice = max_notice
+        self.log = log
+        self.backend = backend_factory(self)
+        self.store = RecordStore(data_dir / "instances.json")
+        self.channel = LaunchChannel(log, self._on_channel_message, host=channel_ip)
+        self._records: dict[str, InstanceRecord] = {}
+        self._placements: dict[str, Placement] = {}
+        self._current: dict[str, str] = {}  # kernel id -> id of its latest instance
+        self._moving: set[str] = set()  # kernels in a switch or a recovery
+        self._launch_reasons: dict[str, str] = {}  # kernel id -> why its next instance starts
+        self._stop_reasons: dict[str, str] = {}  # instance id -> why it is being stopped
+        self._cap_notices: set[str] = set()  # instances whose notice is the lifetime cap
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._deadlines: dict[str, asyncio.Task[None]] = {}
+        self._ended: dict[str, asyncio.Event] = {}
+        self._returncodes: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    # -- start and stop ------------------------------------------------------------------
+
+    def activate(self) -> None:
+        """Make this the manager that provisioners find (called by ``LowCostApp``)."""
+        global _current
+        _current = self
+
+    async def ensure_started(self) -> None:
+        """Start the backend and the channel and settle what a previous run left (once)."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        await self.backend.start()
+        await self.channel.start()
+        for record in self.store.load():
+            self._records[record.id] = record
+            if not record.is_live:
+                continue
+            alive = False
+            if record.backend == self.backend.name:
+                alive = await self.backend.forget_orphan(record)
+            reason = (
+                "the Jupyter server restarted, and its kernel could not be re-attached: "
+                "the instance was stopped"
+                if alive
+                else "the Jupyter server restarted; the instance had already ended"
+            )
+            self.log.warning("jupyter_lowcost | instance %s: %s", record.id, reason)
+            self._transition(record, InstanceState.TERMINATED, reason)
+        self._save()
+
+    async def stop(self) -> None:
+        """Terminate every live instance and stop listening (called at server shutdown)."""
+        global _current
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._started is not None:
+            await asyncio.gather(self._started, return_exceptions=True)
+            for record in [r for r in self._records.values() if r.is_live]:
+                self._end(record, InstanceState.TERMINATED, "the Jupyter server stopped")
+                await self.backend.terminate(record, now=True)
+            await self.backend.stop()
+            await self.channel.stop()
+        for task in list(self._tasks) + list(self._deadlines.values()):
+            task.cancel()
+        if _current is self:
+            _current = None
+
+    # -- records -------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        self.store.save(list(self._records.values()))
+
+    def _transition(self, record: InstanceRecord, state: InstanceState, reason: str) -> None:
+        """Move ``record`` to ``state``, then save and emit (the only place that does)."""
+        now = time.time()
+        record.state = state
+        record.reason = reason
+        if state == InstanceState.RUNNING:
+            record.started_at = now
+            if record.low_cost and self.lifetime_cap > 0:
+                record.expires_at = now + self.lifetime_cap
+        if state.is_final:
+            record.ended_at = now
+            timer = self._timers.pop(record.id, None)
+            if timer is not None:
+                timer.cancel()
+            deadline = self._deadlines.pop(record.id, None)
+            if deadline is not None and deadline is not asyncio.current_task():
+                deadline.cancel()
+            self.channel.forget(record.id)
+            self._ended.setdefault(record.id, asyncio.Event()).set()
+        self._save()
+        events.emit_transition(self.event_logger, record)
+        self.log.info(
+            "jupyter_lowcost | instance %s (%s %s, kernel %s): %s: %s",
+            record.id,
+            record.tier,
+            record.instance_type,
+            record.kernel_id,
+            state.value,
+            reason,
+        )
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def current_instance(self, kernel_id: str) -> InstanceRecord | None:
+        """The latest instance of ``kernel_id`` (live or not), if it ever had one."""
+        instance_id = self._current.get(kernel_id)
+        return self._records.get(instance_id) if instance_id else None
+
+    def placement(self, kernel_id: str) -> Placement | None:
+        """The placement of ``kernel_id`` (None: it runs on the server's machine)."""
+        return self._placements.get(kernel_id)
+
+    # -- what the provisioner calls ------------------------------------------------------
+
+    def kernel_env(self, kernel_id: str) -> dict[str, str]:
+        """Variables every kernel gets, so that ``%lowcost`` can reach the REST API."""
+        return {ENV_URL: self.server_url(), ENV_TOKEN: self.token(), ENV_KERNEL_ID: kernel_id}
+
+    async def launch(
+        self,
+        kernel_id: str,
+        python: str,
+        env: dict[str, str],
+        cwd: str | None,
+        kernel_config: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Start an instance for the kernel's placement; return its connection info.
+
+        Called by the provisioner's ``launch_kernel``; waits until the kernel on the
+        instance has bound its ports. Raises ``BackendError`` when it cannot.
+        """
+        await self.ensure_started()
+        placement = self._placements[kernel_id]
+        itype = self.catalog[placement.instance_type]
+        record = InstanceRecord.for_placement(kernel_id, placement, itype, self.backend.name)
+        self._records[record.id] = record
+        self._current[kernel_id] = record.id
+        reason = self._launch_reasons.pop(kernel_id, f"the kernel asked for {placement.describe()}")
+        self._transition(record, InstanceState.PENDING, reason)
+        log_path = self.data_dir / "logs" / f"{record.id}.log"
+        try:
+            await self.backend.reserve(record)
+            secret, ready = self.channel.expect(
+                record.id, {**kernel_config, "transport": "tcp", "ip": self.backend.kernel_ip}
+            )
+            launch_env = {
+                **env,
+                ENV_CHANNEL: self.channel.address,
+                ENV_INSTANCE_ID: record.id,
+                ENV_SECRET: secret,
+            }
+            await self.backend.launch(record, LaunchSpec(python, launch_env, cwd, str(log_path)))
+            self._save()
+            info = await asyncio.wait_for(ready, self.launch_timeout)
+        except BackendError as err:
+            self._end(record, InstanceState.FAILED, err.message)
+            raise
+        except (LaunchFailed, asyncio.TimeoutError) as err:
+            why = str(err) or f"the kernel was not ready within {self.launch_timeout:g} s"
+            message = f"{why}; the launcher's log ends with:\n{_tail(log_path)}"
+            self._end(record, InstanceState.FAILED, message)
+            await self.backend.terminate(record, now=True)
+            raise BackendError(message, status=500, reason="launch") from err
+        if not record.is_live:  # ended while starting (an exit raced the ready message)
+            raise BackendError(f"the instance ended while starting: {record.reason}", status=500)
+        self._transition(record, InstanceState.RUNNING, f"the kernel runs on {placement.describe()}")
+        if record.expires_at is not None:
+            notice = min(self.cap_notice, self.lifetime_cap / 2)
+            self._timers[record.id] = asyncio.get_running_loop().call_later(
+                max(0.0, record.expires_at - notice - time.time()), self._cap_reached, record.id
+            )
+        return info
+
+    def poll(self, kernel_id: str) -> int | None:
+        """None while the kernel's instance lives, else its exit code."""
+        record = self.current_instance(kernel_id)
+        if record is None or record.is_live:
+            return None
+        return self._returncodes.get(record.id, 1)
+
+    async def wait(self, kernel_id: str) -> int:
+        """Wait until the kernel's current instance has ended; return its exit code."""
+        record = self.current_instance(kernel_id)
+        if record is None:
+            return 0
+        await self._ended.setdefault(record.id, asyncio.Event()).wait()
+        return self._returncodes.get(record.id, 1)
+
+    async def send_signal(self, kernel_id: str, signum: int) -> None:
+        """Forward a signal (an interrupt) to the kernel on its instance."""
+        record = self.current_instance(kernel_id)
+        if record is not None and record.is_live:
+            await self.backend.send_signal(record, signum)
+
+    def shutdown_requested(self, kernel_id: str, restart: bool) -> None:
+        """The kernel is asked to stop: remember why, for its instance's record."""
+        record = self.current_instance(kernel_id)
+        if record is not None and record.is_live:
+            why = "the kernel was restarted" if restart else "the kernel was shut down"
+            self._stop_reasons.setdefault(record.id, why)
+
+    async def stop_instance(self, kernel_id: str, now: bool) -> None:
+        """Stop the kernel's instance (the provisioner's ``terminate`` and ``kill``)."""
+        record = self.current_instance(kernel_id)
+        if record is None or not record.is_live:
+            return
+        self._stop_reasons.setdefault(record.id, "the kernel was stopped")
+        await self.backend.terminate(record, now=now)
+        self._end(record, InstanceState.TERMINATED, self._stop_reasons.pop(record.id, ""))
+
+    def kernel_gone(self, kernel_id: str) -> None:
+        """The kernel was shut down for good: forget its placement (its records stay)."""
+        self._placements.pop(kernel_id, None)
+        self._current.pop(kernel_id, None)
+        self._launch_reasons.pop(kernel_id, None)
+
+    # -- what the backend and the channel report -----------------------------------------
+
+    def instance_noticed(self, instance_id: str, deadline: float, reason: str) -> None:
+        """An interruption is announced: state ``notice``, tell the kernel, enforce the deadline."""
+        record = self._records.get(instance_id)
+        if record is None or record.state not in (InstanceState.RUNNING, InstanceState.NOTICE):
+            return
+        if record.notice_deadline is not None and record.notice_deadline <= deadline:
+            return  # an earlier notice stands
+        record.notice_deadline = deadline
+        self._transition(record, InstanceState.NOTICE, reason)
+        self._spawn(
+            self.channel.send(
+                instance_id, {"type": "notice", "deadline": deadline, "reason": reason}
+            )
+        )
+        task = self._deadlines.pop(instance_id, None)
+        if task is not None:
+            task.cancel()
+        self._deadlines[instance_id] = asyncio.ensure_future(self._enforce_deadline(record))
+
+    def instance_exited(self, instance_id: str, returncode: int | None, detail: str) -> None:
+        """The instance's process or job is gone; settle its record."""
+        record = self._records.get(instance_id)
+        if record is None:
+            return
+        self._returncodes[instance_id] = returncode if returncode is not None else 1
+        self.channel.fail(instance_id, f"the launcher exited before its kernel was ready ({detail})")
+        if not record.is_live:
+            return
+        stop_reason = self._stop_reasons.pop(instance_id, None)
+        if stop_reason is not None:
+            self._end(record, InstanceState.TERMINATED, stop_reason)
+        elif returncode == 0:
+            self._end(record, InstanceState.TERMINATED, "the kernel exited")
+        else:
+            self._end(record, InstanceState.FAILED, f"the kernel died: {detail}")
+
+    def _on_channel_message(self, instance_id: str, message: dict[str, Any]) -> None:
+        if message.get("type") == "notice":
+            self.instance_noticed(
+                instance_id,
+                float(message.get("deadline") or time.time()),
+                str(message.get("reason") or "the instance received an interruption notice"),
+            )
+
+    def _end(self, record: InstanceRecord, state: InstanceState, reason: str) -> None:
+        if record.is_live:
+            self._transition(record, state, reason)
+
+    def _cap_reached(self, instance_id: str) -> None:
+        record = self._records.get(instance_id)
+        if record is None or record.expires_at is None:
+            return
+        self._cap_notices.add(instance_id)
+        hours = self.lifetime_cap / 3600
+        cap = f"{hours:g} hours" if hours >= 1 else f"{self.lifetime_cap:g} seconds"
+        self.instance_noticed(
+            instance_id, record.expires_at, f"low-cost instances always stop after {cap}"
+        )
+
+    async def _enforce_deadline(self, record: InstanceRecord) -> None:
+        assert record.notice_deadline is not None
+        await asyncio.sleep(max(0.0, record.notice_deadline - time.time()))
+        if record.state != InstanceState.NOTICE:
+            return
+        kernel_id = record.kernel_id
+        expired = record.id in self._cap_notices
+        if kernel_id is not None:
+            self._moving.add(kernel_id)
+            if kernel_id in self.kernel_manager:
+                # The recovery below restarts the kernel; the restarter must not race it.
+                self.kernel_manager.get_kernel(kernel_id).stop_restarter()
+        try:
+            state = InstanceState.EXPIRED if expired else InstanceState.INTERRUPTED
+            self._end(record, state, record.reason)  # final before the exit is reported
+            await self.backend.terminate(record, now=True)
+            if kernel_id is not None:
+                await self._recover(kernel_id, record)
+        finally:
+            if kernel_id is not None:
+                self._moving.discard(kernel_id)
+
+    async def _recover(self, kernel_id: str, lost: InstanceRecord) -> None:
+        """Apply the recovery policy to a kernel whose instance was taken away."""
+        placement = self._placements.get(kernel_id)
+        if placement is None or kernel_id not in self.kernel_manager:
+            return
+        what = f"{lost.state.value} instance {lost.id}"
+        if self.recovery_policy == "none":
+            self.log.warning("jupyter_lowcost | %s: recovery policy 'none' stops kernel %s", what, kernel_id)
+            await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+            return
+        if self.recovery_policy == "fallback":
+            placement = Placement(placement.instance_type, low_cost=False)
+            self._placements[kernel_id] = placement
+        self._launch_reasons[kernel_id] = (
+            f"recovery ({self.recovery_policy}) after the {what}: relaunched on "
+            f"{placement.describe()}"
+        )
+        try:
+            await self.kernel_manager.restart_kernel(kernel_id, now=True)
+        except Exception as err:  # the restart's own failure: report it, stop the kernel
+            self.log.error("jupyter_lowcost | recovery of kernel %s failed: %s", kernel_id, err)
+            if kernel_id in self.kernel_manager:
+                await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+
+    # -- what the REST API calls ---------------------------------------------------------
+
+    def _itype(self, name: Any) -> InstanceType:
+        if not isinstance(name, str) or name not in self.catalog:
+            known = ", ".join(self.catalog)
+            raise web.HTTPError(400, f"unknown instance type {name!r}; the catalog has: {known}")
+        return self.catalog[name]
+
+    def _record(self, instance_id: str) -> InstanceRecord:
+        record = self._records.get(instance_id)
+        if record is None:
+            raise web.HTTPError(404, f"no instance with id {instance_id!r}")
+        return record
+
+    def _kernel(self, kernel_id: str) -> None:
+        if kernel_id not in self.kernel_manager:
+            raise web.HTTPError(404, f"no kernel with id {kernel_id!r}")
+
+    def catalog_models(self) -> list[dict[str, Any]]:
+        """``GET instance-types``."""
+        return [itype.to_model(self.lifetime_cap) for itype in self.catalog.values()]
+
+    def status_model(self) -> dict[str, Any]:
+        """``GET status``."""
+        live = [r for r in self._records.values() if r.is_live]
+        return {
+            "backend": self.backend.name,
+            "backends_installed": available_backends(),
+            "version": __version__,
+            "capacity": self.backend.capacity(),
+            "lifetime_cap_seconds": self.lifetime_cap,
+            "recovery_policy": self.recovery_policy,
+            "live_instances": len(live),
+        }
+
+    def instance_models(self, kernel_id: str | None = None) -> list[dict[str, Any]]:
+        """``GET instances``: every record this server knows, oldest first."""
+        now = time.time()
+        return [
+            r.to_model(now)
+            for r in self._records.values()
+            if kernel_id is None or r.kernel_id == kernel_id
+        ]
+
+    def instance_model(self, instance_id: str) -> dict[str, Any]:
+        """``GET instances/<id>``."""
+        return self._record(instance_id).to_model()
+
+    def kernel_model(self, kernel_id: str) -> dict[str, Any]:
+        """``GET kernels/<id>``: the placement, the current instance, the history."""
+        self._kernel(kernel_id)
+        placement = self._placements.get(kernel_id)
+        current = self.current_instance(kernel_id)
+        return {
+            "kernel_id": kernel_id,
+            "placement": placement.to_model() if placement else None,
+            "instance": current.to_model() if current and placement else None,
+            "moving": kernel_id in self._moving,
+            "history": self.instance_models(kernel_id),
+        }
+
+    def parse_placement(self, body: dict[str, Any], current: Placement | None) -> Placement:
+        """Validate ``{"low_cost": bool, "instance_type": T}`` against the catalog."""
+        low_cost = body.get("low_cost", True if current is None else current.low_cost)
+        if not isinstance(low_cost, bool):
+            raise web.HTTPError(400, f"low_cost must be true or false, not {low_cost!r}")
+        default_type = current.instance_type if current else next(iter(self.catalog))
+        itype = self._itype(body.get("instance_type") or default_type)
+        return Placement(itype.name, low_cost)
+
+    async def start_kernel(self, kernel_name: str, placement: Placement, path: str | None) -> str:
+        """``POST kernels``: a new kernel with ``placement``; returns its id once it answers."""
+        await self.ensure_started()
+        self.backend.check_capacity(placement.low_cost, replacing=None)
+        kernel_id = str(uuid.uuid4())
+        self._placements[kernel_id] = placement
+        try:
+            await self.kernel_manager.start_kernel(
+                kernel_id=kernel_id, kernel_name=kernel_name, path=path
+            )
+        except BackendError:
+            self.kernel_gone(kernel_id)
+            raise
+        return kernel_id
+
+    async def switch(self, kernel_id: str, placement: Placement, wait: bool) -> None:
+        """``PUT kernels/<id>``: move the kernel to ``placement`` (a restart, same id)."""
+        await self.ensure_started()
+        self._kernel(kernel_id)
+        if kernel_id in self._moving:
+            raise web.HTTPError(409, "this kernel is already being moved; wait until it is ready")
+        old = self._placements.get(kernel_id)
+        if old == placement:
+            raise web.HTTPError(409, f"the kernel already runs on {placement.describe()}")
+        current = self.current_instance(kernel_id)
+        live = current if current is not None and current.is_live else None
+        self.backend.check_capacity(placement.low_cost, replacing=live)
+        self._moving.add(kernel_id)
+        task = self._spawn(self._move(kernel_id, old, placement, live, after_cell=not wait))
+        if wait:
+            await asyncio.shield(task)
+
+    async def _move(
+        self,
+        kernel_id: str,
+        old: Placement | None,
+        placement: Placement,
+        live: InstanceRecord | None,
+        after_cell: bool,
+    ) -> None:
+        try:
+            if after_cell:
+                # Asked from the kernel itself (%lowcost): let the asking cell finish first.
+                await self._until_idle(kernel_id)
+            self._placements[kernel_id] = placement
+            if live is not None:
+                self._stop_reasons[live.id] = f"the kernel moved to {placement.describe()}"
+            self._launch_reasons[kernel_id] = (
+                f"moved from {old.describe() if old else 'the server machine'}"
+                f" to {placement.describe()}"
+            )
+            try:
+                await self.kernel_manager.restart_kernel(kernel_id, now=False)
+            except Exception as err:
+                # Put the kernel back where it was, so the user keeps a working kernel.
+                self.log.error("jupyter_lowcost | moving kernel %s failed: %s", kernel_id, err)
+                if old is None:
+                    self._placements.pop(kernel_id, None)
+                else:
+                    self._placements[kernel_id] = old
+                self._launch_reasons[kernel_id] = f"back on its previous placement: {err}"
+                if kernel_id in self.kernel_manager:
+                    await self.kernel_manager.restart_kernel(kernel_id, now=True)
+                message = err.message if isinstance(err, BackendError) else str(err)
+                raise web.HTTPError(
+                    503, f"could not move the kernel ({message}); it runs where it ran before"
+                ) from err
+        finally:
+            self._moving.discard(kernel_id)
+
+    async def _until_idle(self, kernel_id: str, timeout: float = 30.0) -> None:
+        kernel = self.kernel_manager.get_kernel(kernel_id)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while getattr(kernel, "execution_state", "idle") == "busy" and loop.time() < end:
+            await asyncio.sleep(0.05)
+
+    async def terminate(self, instance_id: str) -> None:
+        """``DELETE instances/<id>``: stop the instance; its kernel is shut down."""
+        record = self._record(instance_id)
+        if not record.is_live:
+            raise web.HTTPError(409, f"instance {instance_id} has already ended ({record.state.value})")
+        self._stop_reasons[record.id] = "terminated through the REST API"
+        kernel_id = record.kernel_id
+        if kernel_id is not None and kernel_id in self.kernel_manager:
+            await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+        await self.backend.terminate(record, now=True)
+        self._end(record, InstanceState.TERMINATED, "terminated through the REST API")
+
+    async def interrupt(self, instance_id: str, notice_seconds: Any) -> dict[str, Any]:
+        """``POST instances/<id>/interrupt``: announce an interruption ``notice_seconds`` ahead."""
+        record = self._record(instance_id)
+        if isinstance(notice_seconds, bool) or not isinstance(notice_seconds, (int, float)):
+            raise web.HTTPError(400, f"notice_seconds must be a number, not {notice_seconds!r}")
+        if not 0 <= notice_seconds <= self.max_notice:
+            raise web.HTTPError(
+                400, f"notice_seconds must be between 0 and {self.max_notice:g}, not {notice_seconds:g}"
+            )
+        if not record.low_cost:
+            raise web.HTTPError(409, "regular instances are not interrupted; only low-cost ones are")
+        if record.state != InstanceState.RUNNING:
+            raise web.HTTPError(
+                409, f"instance {instance_id} is {record.state.value}; only a running one can be interrupted"
+            )
+        await self.backend.interrupt(record, float(notice_seconds), "interruption injected through the REST API")
+        return record.to_model()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4000))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,159 @@
+"""``lowcost-provisioner``: the jupyter_client kernel provisioner behind every kernel.
+
+``LowCostApp`` makes it the default provisioner, so any kernelspec can be switched. The
+server's kernel manager creates one per kernel and calls it for every launch, poll,
+signal and shutdown; the same object serves every restart of that kernel id.
+
+At each launch it asks the :class:`~jupyter_lowcost.manager.InstanceManager` for the
+kernel's placement:
+
+- no placement: everything goes to jupyter_client's ``LocalProvisioner`` (this class's
+  base), unchanged, except that the kernel gets the variables ``%lowcost`` needs and, for
+  IPython kernels, the ``jupyter_lowcost`` IPython extension;
+- a placement: the manager starts an instance through the backend, where
+  ``python -m jupyter_lowcost.launcher`` runs the kernel and reports its ports; polls,
+  signals and stops then go to that instance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo, port_names
+from jupyter_client.provisioning import LocalProvisioner
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+
+from .manager import InstanceManager, current_manager
+
+#: The argument that loads ``%lowcost`` into IPython kernels started without a placement.
+EXTENSION_ARGUMENT = "--IPKernelApp.extra_extensions=jupyter_lowcost"
+
+
+def is_ipykernel_command(cmd: list[str]) -> bool:
+    """True for ``python -m ipykernel_launcher ...`` (the kernels a launcher can run)."""
+    return len(cmd) >= 3 and cmd[1] == "-m" and cmd[2] in ("ipykernel_launcher", "ipykernel")
+
+
+class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """A ``LocalProvisioner`` that runs the kernel on an instance when it has a placement."""
+
+    #: True while the kernel's current process is an instance rather than a local process.
+    _on_instance = False
+
+    def _manager(self) -> InstanceManager | None:
+        return current_manager()
+
+    def _placed(self) -> bool:
+        manager = self._manager()
+        return manager is not None and manager.placement(self.kernel_id) is not None
+
+    def _forget_ports(self) -> None:
+        """Let the next launch choose its ports (they change with the machine)."""
+        km = self.parent
+        if km is not None:
+            for name in port_names:
+                setattr(km, name, 0)
+        self.ports_cached = False
+
+    @property
+    def has_process(self) -> bool:
+        return self._on_instance or super().has_process
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        manager = self._manager()
+        if not self._placed():
+            if self._on_instance:
+                self._forget_ports()
+            kwargs = await super().pre_launch(**kwargs)
+            if manager is not None:
+                kwargs["env"].update(manager.kernel_env(self.kernel_id))
+                if is_ipykernel_command(kwargs["cmd"]):
+                    kwargs["cmd"] = [*kwargs["cmd"], EXTENSION_ARGUMENT]
+            return kwargs
+        assert manager is not None
+        km = self.parent
+        cmd = km.format_kernel_cmd(extra_arguments=kwargs.pop("extra_arguments", []))
+        if not is_ipykernel_command(cmd):
+            raise RuntimeError(
+                f"kernel {self.kernel_spec.display_name!r} is not an IPython kernel "
+                "(python -m ipykernel_launcher): only IPython kernels run on low-cost instances"
+            )
+        self._forget_ports()
+        kwargs = await KernelProvisionerBase.pre_launch(self, cmd=cmd, **kwargs)
+        kwargs["env"].update(manager.kernel_env(self.kernel_id))
+        return kwargs
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        manager = self._manager()
+        if manager is None or not self._placed():
+            self._on_instance = False
+            return await super().launch_kernel(cmd, **kwargs)
+        km = self.parent
+        key = km.session.key
+        info = await manager.launch(
+            self.kernel_id,
+            python=cmd[0],
+            env=kwargs.get("env", {}),
+            cwd=kwargs.get("cwd"),
+            kernel_config={"key": key.decode(), "signature_scheme": km.session.signature_scheme},
+        )
+        self._on_instance = True
+        self.cwd = kwargs.get("cwd")
+        self.connection_info = {
+            **info,
+            "key": key,
+            "signature_scheme": km.session.signature_scheme,
+        }
+        return self.connection_info
+
+    async def poll(self) -> int | None:
+        manager = self._manager()
+        if self._on_instance and manager is not None:
+            return manager.poll(self.kernel_id)
+        return await super().poll()
+
+    async def wait(self) -> int | None:
+        manager = self._manager()
+        if self._on_instance and manager is not None:
+            returncode = await manager.wait(self.kernel_id)
+            self._on_instance = False
+            return returncode
+        return await super().wait()
+
+    async def send_signal(self, signum: int) -> None:
+        manager = self._manager()
+        if self._on_instance and manager is not None:
+            await manager.send_signal(self.kernel_id, signum)
+            return
+        await super().send_signal(signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        manager = self._manager()
+        if self._on_instance and manager is not None:
+            await manager.stop_instance(self.kernel_id, now=True)
+            return
+        await super().kill(restart)
+
+    async def terminate(self, restart: bool = False) -> None:
+        manager = self._manager()
+        if self._on_instance and manager is not None:
+            await manager.stop_instance(self.kernel_id, now=False)
+            return
+        await super().terminate(restart)
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        manager = self._manager()
+        if self._on_instance and manager is not None:
+            manager.shutdown_requested(self.kernel_id, restart)
+        await super().shutdown_requested(restart)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        manager = self._manager()
+        if self._on_instance and manager is not None:
+            # The kernel has stopped: its instance must not outlive it.
+            await manager.stop_instance(self.kernel_id, now=True)
+            self._on_instance = False
+        else:
+            await super().cleanup(restart)
+        if not restart and manager is not None:
+            manager.kernel_gone(self.kernel_id)

@@ -1,0 +1,214 @@
+"""Instance records: the lifecycle states, the per-kernel placement, and their persistence.
+
+The :class:`~jupyter_lowcost.manager.InstanceManager` owns every :class:`InstanceRecord`
+and is the only writer; handlers read :meth:`InstanceRecord.to_model`. The
+:class:`RecordStore` writes all records to one JSON file in the server's data directory
+after every transition (atomically: write then rename), so that a restarted server can
+find the instances a previous run left behind.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .catalog import InstanceType
+
+
+class InstanceState(str, enum.Enum):
+    """``pending -> running -> notice -> interrupted | expired | terminated | failed``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    NOTICE = "notice"
+    INTERRUPTED = "interrupted"
+    EXPIRED = "expired"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        """True once the instance is gone for good."""
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {
+        InstanceState.INTERRUPTED,
+        InstanceState.EXPIRED,
+        InstanceState.TERMINATED,
+        InstanceState.FAILED,
+    }
+)
+
+
+def tier_name(low_cost: bool) -> str:
+    """The tier as users read it: ``low-cost`` or ``regular``."""
+    return "low-cost" if low_cost else "regular"
+
+
+def iso(timestamp: float | None) -> str | None:
+    """A UNIX timestamp as an ISO 8601 UTC string (``None`` stays ``None``)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a kernel runs: an instance type and a tier."""
+
+    instance_type: str
+    low_cost: bool
+
+    def describe(self) -> str:
+        """``a low-cost A100-80G instance``."""
+        return f"a {tier_name(self.low_cost)} {self.instance_type} instance"
+
+    def to_model(self) -> dict[str, Any]:
+        """The JSON model of a placement."""
+        return {
+            "instance_type": self.instance_type,
+            "low_cost": self.low_cost,
+            "tier": tier_name(self.low_cost),
+        }
+
+
+@dataclass
+class InstanceRecord:
+    """Everything the server knows of one instance, live or ended."""
+
+    kernel_id: str | None
+    instance_type: str
+    low_cost: bool
+    backend: str
+    price_per_hour: float
+    regular_price_per_hour: float
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    state: InstanceState = InstanceState.PENDING
+    reason: str = ""
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    expires_at: float | None = None
+    notice_deadline: float | None = None
+    #: What the backend needs to find the instance again (pids, job ids), from its launch.
+    backend_state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_placement(
+        cls, kernel_id: str | None, placement: Placement, itype: InstanceType, backend: str
+    ) -> InstanceRecord:
+        """A new pending record for ``placement`` (called by the manager before a launch)."""
+        return cls(
+            kernel_id=kernel_id,
+            instance_type=itype.name,
+            low_cost=placement.low_cost,
+            backend=backend,
+            price_per_hour=itype.price(placement.low_cost),
+            regular_price_per_hour=itype.price_regular,
+        )
+
+    @property
+    def tier(self) -> str:
+        return tier_name(self.low_cost)
+
+    @property
+    def is_live(self) -> bool:
+        return not self.state.is_final
+
+    def hours_billed(self, now: float | None = None) -> float:
+        """Hours from ``running`` to the end (or to now while it lasts)."""
+        if self.started_at is None:
+            return 0.0
+        end = self.ended_at if self.ended_at is not None else (now or time.time())
+        return max(0.0, end - self.started_at) / 3600
+
+    def cost(self, now: float | None = None) -> float:
+        """Money spent on this instance so far, in dollars."""
+        return self.hours_billed(now) * self.price_per_hour
+
+    def savings(self, now: float | None = None) -> float:
+        """Money saved against the regular price of the same type, in dollars."""
+        return self.hours_billed(now) * (self.regular_price_per_hour - self.price_per_hour)
+
+    def to_model(self, now: float | None = None) -> dict[str, Any]:
+        """The JSON model served by ``GET instances`` and sent in events."""
+        now = now or time.time()
+        return {
+            "id": self.id,
+            "kernel_id": self.kernel_id,
+            "instance_type": self.instance_type,
+            "low_cost": self.low_cost,
+            "tier": self.tier,
+            "backend": self.backend,
+            "state": self.state.value,
+            "reason": self.reason,
+            "created": iso(self.created_at),
+            "started": iso(self.started_at),
+            "ended": iso(self.ended_at),
+            "expires": iso(self.expires_at),
+            "notice_deadline": iso(self.notice_deadline),
+            "seconds_left": (
+                max(0.0, self.expires_at - now)
+                if self.expires_at is not None and self.is_live
+                else None
+            ),
+            "price_per_hour": self.price_per_hour,
+            "regular_price_per_hour": self.regular_price_per_hour,
+            "cost": round(self.cost(now), 6),
+            "savings": round(self.savings(now), 6),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The persisted form (see :class:`RecordStore`)."""
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InstanceRecord:
+        data = dict(data)
+        data["state"] = InstanceState(data["state"])
+        return cls(**data)
+
+
+class RecordStore:
+    """One JSON file holding every instance record; rewritten whole and atomically."""
+
+    #: Ended records kept beyond this many are dropped, oldest first.
+    max_ended = 500
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> list[InstanceRecord]:
+        """The records a previous run saved (none when there is no file)."""
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        return [InstanceRecord.from_json(item) for item in raw.get("instances", [])]
+
+    def save(self, records: list[InstanceRecord]) -> None:
+        """Write ``records`` (called by the manager after every transition)."""
+        live = [r for r in records if r.is_live]
+        ended = [r for r in records if not r.is_live][-self.max_ended :]
+        payload = {"version": 1, "instances": [r.to_json() for r in ended + live]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".instances-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(payload, handle)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
