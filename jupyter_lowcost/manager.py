@@ -139,6 +139,20 @@ class InstanceManager:
         if self._stopped:
             return
         self._stopped = True
+        for timer in self._timers.values():
+            timer.cancel()
+        # Deadlines still counting down are dropped; moves and recoveries under way run to
+        # their end (launches now fail at once), so that no kernel is left half restarted.
+        for instance_id, task in list(self._deadlines.items()):
+            record = self._records.get(instance_id)
+            if record is not None and record.state == InstanceState.NOTICE:
+                task.cancel()
+        busy = [t for t in self._tasks if not t.done()]
+        if busy:
+            await asyncio.wait(busy, timeout=30)
+            for task in busy:
+                task.cancel()
+            await asyncio.gather(*busy, return_exceptions=True)
         if self._started is not None:
             await asyncio.gather(self._started, return_exceptions=True)
             for record in [r for r in self._records.values() if r.is_live]:
@@ -146,8 +160,6 @@ class InstanceManager:
                 await self.backend.terminate(record, now=True)
             await self.backend.stop()
             await self.channel.stop()
-        for task in list(self._tasks) + list(self._deadlines.values()):
-            task.cancel()
         if _current is self:
             _current = None
 
@@ -221,6 +233,8 @@ class InstanceManager:
         Called by the provisioner's ``launch_kernel``; waits until the kernel on the
         instance has bound its ports. Raises ``BackendError`` when it cannot.
         """
+        if self._stopped:
+            raise BackendError("the Jupyter server is shutting down", status=503)
         await self.ensure_started()
         placement = self._placements[kernel_id]
         itype = self.catalog[placement.instance_type]
@@ -311,7 +325,9 @@ class InstanceManager:
     def instance_noticed(self, instance_id: str, deadline: float, reason: str) -> None:
         """An interruption is announced: state ``notice``, tell the kernel, enforce the deadline."""
         record = self._records.get(instance_id)
-        if record is None or record.state not in (InstanceState.RUNNING, InstanceState.NOTICE):
+        if self._stopped or record is None:
+            return
+        if record.state not in (InstanceState.RUNNING, InstanceState.NOTICE):
             return
         if record.notice_deadline is not None and record.notice_deadline <= deadline:
             return  # an earlier notice stands
@@ -325,7 +341,7 @@ class InstanceManager:
         task = self._deadlines.pop(instance_id, None)
         if task is not None:
             task.cancel()
-        self._deadlines[instance_id] = asyncio.ensure_future(self._enforce_deadline(record))
+        self._deadlines[instance_id] = self._spawn(self._enforce_deadline(record))
 
     def instance_exited(self, instance_id: str, returncode: int | None, detail: str) -> None:
         """The instance's process or job is gone; settle its record."""

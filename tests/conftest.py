@@ -1,0 +1,145 @@
+"""Fixtures: a real Jupyter server with the extension (pytest-jupyter), real kernels.
+
+``@pytest.mark.lowcost(LowCostApp={...}, LocalBackend={...})`` adds configuration to the
+server of one test. :class:`EventRecorder` collects the instance events the server emits;
+:func:`execute` runs code in a kernel through a kernel client, as JupyterLab's websocket
+does, and returns what it printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+from traitlets.config import Config
+
+from jupyter_lowcost.events import SCHEMA_ID
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+BASE_CONFIG: dict[str, Any] = {
+    "ServerApp": {"jpserver_extensions": {"jupyter_lowcost": True}},
+    "LowCostApp": {"launch_timeout": 60.0},
+    "LocalBackend": {"slots": 4, "gpus": 0},
+}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = {key: dict(value) for key, value in base.items()}
+    for section, values in extra.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+@pytest.fixture
+def jp_server_config(request: pytest.FixtureRequest) -> Config:
+    marker = request.node.get_closest_marker("lowcost")
+    return Config(_merge(BASE_CONFIG, marker.kwargs if marker else {}))
+
+
+class EventRecorder:
+    """Every instance event the server emits, in order, and a way to wait for one."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+
+    async def listener(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
+        async with self._changed:
+            self.events.append(dict(data))
+            self._changed.notify_all()
+
+    def matching(self, where: Callable[[dict[str, Any]], bool] | None = None, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events
+            if all(e.get(k) == v for k, v in fields.items()) and (where is None or where(e))
+        ]
+
+    async def wait_for(
+        self,
+        timeout: float = 60,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """The first event with all ``fields`` for which ``where`` holds (waits for it)."""
+
+        def found() -> list[dict[str, Any]]:
+            return self.matching(where, **fields)
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(found), timeout)
+        return found()[0]
+
+    def states(self, kernel_id: str) -> list[tuple[str, str]]:
+        """``(instance_id, state)`` of every event of ``kernel_id``, in order."""
+        return [(e["instance_id"], e["state"]) for e in self.events if e["kernel_id"] == kernel_id]
+
+
+@pytest.fixture
+def instance_events(jp_serverapp: Any) -> EventRecorder:
+    recorder = EventRecorder()
+    jp_serverapp.event_logger.add_listener(schema_id=SCHEMA_ID, listener=recorder.listener)
+    return recorder
+
+
+@pytest.fixture
+def api(jp_fetch: Any) -> Callable[..., Any]:
+    """``await api("GET", "instances")``: (status, decoded JSON) of a lowcost API call."""
+
+    async def call(method: str, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
+        if body is not None:
+            kwargs["body"] = body if isinstance(body, str) else json.dumps(body)
+        elif method in ("POST", "PUT"):
+            kwargs["body"] = ""
+        path, _, query = path.partition("?")
+        if query:
+            kwargs["params"] = dict(parse_qsl(query))
+        response = await jp_fetch(
+            "lowcost", "api", *path.split("/"), method=method, raise_error=False, **kwargs
+        )
+        text = response.body.decode() if response.body else ""
+        return response.code, (json.loads(text) if text else None)
+
+    return call
+
+
+async def execute(serverapp: Any, kernel_id: str, code: str, timeout: float = 60) -> str:
+    """Run ``code`` in the kernel; return its stdout; fail with its traceback on error."""
+    kernel = serverapp.kernel_manager.get_kernel(kernel_id)
+    client = kernel.client()
+    client.start_channels()
+    out: list[str] = []
+
+    def collect(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append("\n".join(msg["content"]["traceback"]))
+
+    try:
+        await client.wait_for_ready(timeout=timeout)
+        reply = await client.execute_interactive(code, timeout=timeout, output_hook=collect)
+    finally:
+        client.stop_channels()
+    assert reply["content"]["status"] == "ok", "".join(out)
+    return "".join(out)
+
+
+async def start_lowcost_kernel(api: Any, instance_type: str = "A100-80G", low_cost: bool = True) -> dict[str, Any]:
+    status, body = await api("POST", "kernels", {"instance_type": instance_type, "low_cost": low_cost})
+    assert status == 201, body
+    return body
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie no longer counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,195 @@
+"""The instance lifecycle: switches, interruptions, the lifetime cap, slots and recovery."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import EventRecorder, execute, process_alive, start_lowcost_kernel
+
+
+def manager_of(serverapp: Any) -> Any:
+    return serverapp.web_app.settings["jupyter_lowcost_manager"]
+
+
+async def test_switch_low_cost_regular_low_cost_keeps_the_kernel_id(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    body = await start_lowcost_kernel(api)
+    kernel_id = body["kernel"]["id"]
+    seen = [body["instance"]["id"]]
+
+    for low_cost in (False, True):
+        status, model = await api("PUT", f"kernels/{kernel_id}", {"low_cost": low_cost})
+        assert status == 200, model
+        assert model["kernel_id"] == kernel_id
+        assert model["placement"]["low_cost"] is low_cost
+        assert model["instance"]["state"] == "running"
+        assert model["instance"]["low_cost"] is low_cost
+        assert model["instance"]["id"] not in seen
+        seen.append(model["instance"]["id"])
+        # The same kernel id answers, on the new instance.
+        assert (await execute(jp_serverapp, kernel_id, "print('here')")).strip() == "here"
+
+    assert list(jp_serverapp.kernel_manager.list_kernel_ids()) == [kernel_id]
+    status, history = await api("GET", f"instances?kernel_id={kernel_id}")
+    assert [i["id"] for i in history] == seen
+    assert [(i["tier"], i["state"]) for i in history] == [
+        ("low-cost", "terminated"),
+        ("regular", "terminated"),
+        ("low-cost", "running"),
+    ]
+    assert history[0]["reason"] == "the kernel moved to a regular A100-80G instance"
+    assert history[1]["reason"] == "the kernel moved to a low-cost A100-80G instance"
+    assert history[1]["savings"] == 0 and history[1]["price_per_hour"] == 3.09
+    assert all(i["ended"] for i in history[:2])
+    # Each old instance's process is gone.
+    status, model = await api("GET", f"kernels/{kernel_id}")
+    assert [h["id"] for h in model["history"]] == seen
+    # The events tell the same story, in order.
+    states = instance_events.states(kernel_id)
+    assert states.index((seen[0], "terminated")) < states.index((seen[1], "running"))
+    assert states.index((seen[1], "terminated")) < states.index((seen[2], "running"))
+
+
+async def test_switch_a_kernel_started_without_placement(
+    api: Any, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    response = await jp_fetch("api", "kernels", method="POST", body="{}")
+    import json
+
+    kernel_id = json.loads(response.body)["id"]
+    status, model = await api("GET", f"kernels/{kernel_id}")
+    assert model["placement"] is None and model["instance"] is None
+    status, model = await api("PUT", f"kernels/{kernel_id}", {"low_cost": True, "instance_type": "T4"})
+    assert status == 200
+    assert model["instance"]["tier"] == "low-cost" and model["instance"]["instance_type"] == "T4"
+    pid = await execute(jp_serverapp, kernel_id, "import os; print(os.getpid())")
+    assert int(pid) == manager_of(jp_serverapp).current_instance(kernel_id).backend_state["pid"]
+
+
+async def test_interruption_notice_callback_then_relaunch(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder, tmp_path: Path
+) -> None:
+    body = await start_lowcost_kernel(api)
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    marker = tmp_path / "notice.txt"
+    await execute(
+        jp_serverapp,
+        kernel_id,
+        "import pathlib, time\n"
+        "from jupyter_lowcost import notice, on_notice\n"
+        f"def save(n): pathlib.Path({str(marker)!r}).write_text(f'{{bool(notice)}}|{{n.seconds_left:.1f}}|{{n.reason}}')\n"
+        "on_notice(save)\n",
+    )
+    sent = time.time()
+    status, model = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 3})
+    assert status == 202 and model["state"] == "notice"
+
+    noticed = await instance_events.wait_for(instance_id=first, state="notice")
+    assert noticed["reason"] == "interruption injected through the REST API"
+    deadline = noticed["deadline"]
+    assert deadline is not None
+    await instance_events.wait_for(instance_id=first, state="interrupted")
+    # The user's callback ran in the kernel, during the notice, with the flag set.
+    flag, left, reason = marker.read_text().split("|")
+    assert flag == "True" and 0 < float(left) <= 3 and reason == reason
+    running = await instance_events.wait_for(
+        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first
+    )
+    states = instance_events.states(kernel_id)
+    assert states.index((first, "notice")) < states.index((first, "interrupted"))
+    assert states.index((first, "interrupted")) < states.index((running["instance_id"], "pending"))
+    assert running["tier"] == "low-cost"
+    # The relaunched kernel answers under the same id; its memory did not survive.
+    out = await execute(jp_serverapp, kernel_id, "print('save' in dir())")
+    assert out.strip() == "False"
+    status, old = await api("GET", f"instances/{first}")
+    assert old["state"] == "interrupted" and old["notice_deadline"] == deadline
+    assert time.time() - sent >= 3
+
+
+@pytest.mark.lowcost(LowCostApp={"recovery_policy": "fallback"})
+async def test_fallback_policy_moves_to_a_regular_instance(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
+    await instance_events.wait_for(instance_id=first, state="interrupted")
+    running = await instance_events.wait_for(kernel_id=kernel_id, state="running", tier="regular")
+    assert running["instance_id"] != first
+    assert "recovery (fallback)" in instance_events.matching(
+        instance_id=running["instance_id"], state="pending"
+    )[0]["reason"]
+    status, model = await api("GET", f"kernels/{kernel_id}")
+    assert model["placement"] == {"instance_type": "T4", "low_cost": False, "tier": "regular"}
+    assert (await execute(jp_serverapp, kernel_id, "print(1)")).strip() == "1"
+
+
+@pytest.mark.lowcost(LowCostApp={"recovery_policy": "none"})
+async def test_none_policy_stops_the_kernel(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
+    await instance_events.wait_for(instance_id=first, state="interrupted")
+    await _until(lambda: kernel_id not in jp_serverapp.kernel_manager)
+    assert [s for _, s in instance_events.states(kernel_id)].count("running") == 1
+
+
+@pytest.mark.lowcost(LowCostApp={"lifetime_cap": 4.0, "cap_notice": 2.0})
+async def test_lifetime_cap_gives_notice_then_expires_then_relaunches(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    body = await start_lowcost_kernel(api)
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    assert body["instance"]["seconds_left"] <= 4
+    noticed = await instance_events.wait_for(instance_id=first, state="notice")
+    assert "always stop after 4 seconds" in noticed["reason"]
+    expired = await instance_events.wait_for(instance_id=first, state="expired")
+    assert expired["reason"] == noticed["reason"]
+    second = await instance_events.wait_for(
+        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first
+    )
+    assert second["tier"] == "low-cost"
+    states = instance_events.states(kernel_id)
+    assert states.index((first, "notice")) < states.index((first, "expired"))
+    assert states.index((first, "expired")) < states.index((second["instance_id"], "pending"))
+    status, record = await api("GET", f"instances/{first}")
+    assert record["state"] == "expired" and record["cost"] > 0 and record["savings"] > 0
+
+
+@pytest.mark.lowcost(LocalBackend={"slots": 1, "preemption_notice": 1.0})
+async def test_with_one_slot_a_regular_request_preempts_the_low_cost_instance(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    low = await start_lowcost_kernel(api, "T4")
+    low_kernel, low_instance = low["kernel"]["id"], low["instance"]["id"]
+    pid = manager_of(jp_serverapp).current_instance(low_kernel).backend_state["pid"]
+
+    regular = await start_lowcost_kernel(api, "A100-80G", low_cost=False)
+    assert regular["instance"]["state"] == "running" and regular["instance"]["tier"] == "regular"
+    noticed = instance_events.matching(instance_id=low_instance, state="notice")[0]
+    assert noticed["reason"] == "preempted: a regular A100-80G instance needs its slot"
+    assert instance_events.matching(instance_id=low_instance, state="interrupted")
+    assert not process_alive(pid)
+    # The low-cost kernel's relaunch finds no free slot: it is stopped, with the reason.
+    await _until(lambda: low_kernel not in jp_serverapp.kernel_manager)
+    failed = await instance_events.wait_for(kernel_id=low_kernel, state="failed")
+    assert "slot" in failed["reason"]
+    status, server = await api("GET", "status")
+    assert server["capacity"] == {"slots": 1, "used": 1, "free": 0, "gpus": []}
+
+
+async def _until(condition: Any, timeout: float = 30) -> None:
+    import asyncio
+
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.05)
