@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -143,3 +144,22 @@ def process_alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def wait_until(condition: Callable[[], Any], timeout: float = 30) -> None:
+    """Wait until ``condition()`` (sync or async) is true, checking every 50 ms."""
+    end = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def moved(api: Any, kernel_id: str) -> bool:
+    """True once no move of the kernel is under way."""
+    status, model = await api("GET", f"kernels/{kernel_id}")
+    return status == 200 and not model["moving"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EventRecorder, execute, process_alive, start_lowcost_kernel
+from conftest import EventRecorder, execute, process_alive, start_lowcost_kernel, wait_until
 
 
 def manager_of(serverapp: Any) -> Any:
@@ -138,7 +138,7 @@ async def test_none_policy_stops_the_kernel(
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
     await instance_events.wait_for(instance_id=first, state="interrupted")
-    await _until(lambda: kernel_id not in jp_serverapp.kernel_manager)
+    await wait_until(lambda: kernel_id not in jp_serverapp.kernel_manager)
     assert [s for _, s in instance_events.states(kernel_id)].count("running") == 1
 
 
@@ -179,17 +179,8 @@ async def test_with_one_slot_a_regular_request_preempts_the_low_cost_instance(
     assert instance_events.matching(instance_id=low_instance, state="interrupted")
     assert not process_alive(pid)
     # The low-cost kernel's relaunch finds no free slot: it is stopped, with the reason.
-    await _until(lambda: low_kernel not in jp_serverapp.kernel_manager)
+    await wait_until(lambda: low_kernel not in jp_serverapp.kernel_manager)
     failed = await instance_events.wait_for(kernel_id=low_kernel, state="failed")
     assert "slot" in failed["reason"]
     status, server = await api("GET", "status")
     assert server["capacity"] == {"slots": 1, "used": 1, "free": 0, "gpus": []}
-
-
-async def _until(condition: Any, timeout: float = 30) -> None:
-    import asyncio
-
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.05)

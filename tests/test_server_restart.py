@@ -1,0 +1,163 @@
+"""A server killed hard and started again leaves no instance running unaccounted for.
+
+This test runs ``jupyter server`` as a real separate process (pytest-jupyter's in-process
+server cannot be SIGKILLed), with its own data directory kept across the two runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from conftest import process_alive
+
+TOKEN = "restart-test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def poll_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def launcher_children(server_pid: int) -> list[int]:
+    """Launcher processes whose parent is ``server_pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == server_pid and b"jupyter_lowcost.launcher" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+class Server:
+    """``jupyter server`` in a subprocess, on a fixed port and data directory."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/lowcost/api/"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "JUPYTER_DATA_DIR": str(self.home / "data"),
+            "JUPYTER_RUNTIME_DIR": str(self.home / "runtime"),
+            # Orphaned launchers would stop by themselves after this long; the test must
+            # see the restarted server stop them much sooner.
+            "JUPYTER_LOWCOST_ORPHAN_TIMEOUT": "600",
+        }
+        log = open(self.home / "server.log", "ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyter_server",
+                f"--ServerApp.port={self.port}",
+                "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={TOKEN}",
+                "--ServerApp.open_browser=False",
+                "--ServerApp.allow_root=True",
+                f"--ServerApp.root_dir={self.home}",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        poll_until(self._answers, 60, "the server to answer")
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError((self.home / "server.log").read_text())
+        try:
+            return self.get("status").status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, headers={"Authorization": f"token {TOKEN}"}, timeout=30)
+
+    def post(self, path: str, body: dict[str, Any]) -> requests.Response:
+        return requests.post(
+            self.url + path, json=body, headers={"Authorization": f"token {TOKEN}"}, timeout=60
+        )
+
+    def kill_hard(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path)
+    yield srv
+    srv.stop()
+
+
+def test_hard_killed_server_leaves_no_instance_running(server: Server) -> None:
+    server.start()
+    for instance_type in ("T4", "A100-80G"):
+        response = server.post("kernels", {"instance_type": instance_type, "low_cost": True})
+        assert response.status_code == 201, response.text
+    assert server.process is not None
+    launchers = launcher_children(server.process.pid)
+    assert len(launchers) == 2
+    instances = {i["id"] for i in server.get("instances").json()}
+
+    server.kill_hard()
+    # Without a server the launchers live on: this is what the restart must clean up.
+    assert all(process_alive(pid) for pid in launchers)
+
+    server.start()
+    poll_until(
+        lambda: not any(process_alive(pid) for pid in launchers),
+        30,
+        "the restarted server to stop the orphaned instances",
+    )
+    records = {i["id"]: i for i in server.get("instances").json()}
+    assert set(records) == instances
+    for record in records.values():
+        assert record["state"] == "terminated"
+        assert "the Jupyter server restarted" in record["reason"]
+    assert server.get("status").json()["live_instances"] == 0
