@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from .client import LowCostClient, LowCostError
+if TYPE_CHECKING:  # the client imports requests: kept out of every kernel's start-up
+    from .client import LowCostClient
 
 USAGE = """usage: %lowcost [status | on [--type T] | off | types]"""
 
@@ -91,6 +92,8 @@ class LowCostMagics(Magics):
         %lowcost off               move it back to a regular instance (restarts it)
         %lowcost types             the instance types and their prices
         """
+        from .client import LowCostClient, LowCostError
+
         words = shlex.split(line)
         command = words[0] if words else "status"
         rest = words[1:]
@@ -115,6 +118,8 @@ class LowCostMagics(Magics):
         placement = kernel.get("placement") or {}
         target = instance_type or placement.get("instance_type") or next(iter(types), None)
         if target not in types:
+            from .client import LowCostError
+
             raise LowCostError(f"unknown instance type {target!r}; the catalog has: {', '.join(types)}")
         client.switch(True, target)
         t = types[target]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,68 @@ async def test_with_one_slot_a_regular_request_preempts_the_low_cost_instance(
     assert "slot" in failed["reason"]
     status, server = await api("GET", "status")
     assert server["capacity"] == {"slots": 1, "used": 1, "free": 0, "gpus": []}
+
+
+@pytest.mark.lowcost(
+    LocalBackend={"random_interruption_rate": 36000.0, "random_interruption_notice": 0.5}
+)
+async def test_random_interruptions_for_demos(
+    api: Any, instance_events: EventRecorder
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    first = body["instance"]["id"]
+    noticed = await instance_events.wait_for(instance_id=first, state="notice")
+    assert noticed["reason"].startswith("random interruption (demo setting")
+    await instance_events.wait_for(instance_id=first, state="interrupted")
+
+
+@pytest.mark.lowcost(LocalBackend={"random_interruption_rate": 36000.0})
+async def test_random_interruptions_spare_regular_instances(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    body = await start_lowcost_kernel(api, "T4", low_cost=False)
+    # Ten times the mean delay of a random interruption, measured by the kernel's own work.
+    await execute(jp_serverapp, body["kernel"]["id"], "import time; time.sleep(1)")
+    assert [e["state"] for e in instance_events.events] == ["pending", "running"]
+
+
+@pytest.mark.lowcost(LocalBackend={"slots": 1, "low_cost_when_full": "wait"})
+async def test_a_low_cost_request_can_wait_for_a_slot(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    import asyncio
+
+    first = await start_lowcost_kernel(api, "T4")
+    waiting = asyncio.ensure_future(api("POST", "kernels", {"instance_type": "P100"}))
+    queued = await instance_events.wait_for(state="pending", instance_type="P100")
+    assert not waiting.done()
+    status, _ = await api("DELETE", f"instances/{first['instance']['id']}")
+    assert status == 204
+    status, body = await waiting
+    assert status == 201 and body["instance"]["id"] == queued["instance_id"]
+    assert body["instance"]["state"] == "running"
+
+
+@pytest.mark.lowcost(LocalBackend={"gpus": -1})
+async def test_one_slot_per_gpu_each_instance_sees_its_own(
+    api: Any, jp_serverapp: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This machine has no GPU: an nvidia-smi that lists two stands in for the driver's.
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nprintf '0\\n1\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+
+    seen = []
+    for _ in range(2):
+        body = await start_lowcost_kernel(api, "T4")
+        out = await execute(
+            jp_serverapp, body["kernel"]["id"], "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"
+        )
+        seen.append(out.strip())
+    assert sorted(seen) == ["0", "1"]
+    status, server = await api("GET", "status")
+    assert server["capacity"] == {"slots": 2, "used": 2, "free": 0, "gpus": ["0", "1"]}
+    status, answer = await api("POST", "kernels", {"instance_type": "T4"})
+    assert status == 503 and "all 2 slot(s)" in answer["message"]

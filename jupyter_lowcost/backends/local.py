@@ -297,13 +297,20 @@ class LocalBackend(Backend):
         )
         self._watchers[record.id] = asyncio.create_task(self._watch(record, process))
         if record.low_cost and self.random_interruption_rate > 0:
-            delay = random.expovariate(self.random_interruption_rate / 3600)
-            self._random_timers[record.id] = asyncio.get_running_loop().call_later(
-                delay, self._random_interruption, record.id
-            )
+            self._schedule_random_interruption(record)
 
-    def _random_interruption(self, instance_id: str) -> None:
+    def _schedule_random_interruption(self, record: InstanceRecord) -> None:
+        delay = random.expovariate(self.random_interruption_rate / 3600)
+        self._random_timers[record.id] = asyncio.get_running_loop().call_later(
+            delay, self._random_interruption, record
+        )
+
+    def _random_interruption(self, record: InstanceRecord) -> None:
+        instance_id = record.id
         self._random_timers.pop(instance_id, None)
+        if record.state == InstanceState.PENDING:  # its kernel cannot hear a notice yet
+            self._schedule_random_interruption(record)
+            return
         self.listener.instance_noticed(
             instance_id,
             time.time() + self.random_interruption_notice,

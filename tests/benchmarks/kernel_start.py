@@ -1,0 +1,219 @@
+"""Benchmark: kernel start time by provisioner, and notice-to-event latency.
+
+Run it by hand (pytest does not collect it)::
+
+    python tests/benchmarks/kernel_start.py [--starts 12] [--notices 12]
+
+It starts one real ``jupyter server`` with the extension, then measures, interleaving the
+three kinds so that drift hits them alike, the time from the start request to the first
+``kernel_info_reply`` received through the kernel's websocket, for:
+
+- ``stock``: a kernelspec that names jupyter_client's ``local-provisioner``;
+- ``no placement``: the same kernel through ``lowcost-provisioner`` (the default);
+- ``low-cost``: ``POST lowcost/api/kernels``, a low-cost instance of the local backend.
+
+Then the time from ``POST instances/<id>/interrupt`` to the ``notice`` event arriving on
+``/api/events/subscribe``. It prints medians and the ratios against ``stock``.
+Targets: no placement <= 1.03x stock; low-cost <= 1.25x stock; notice median <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+import websocket
+
+TOKEN = "benchmark"
+HEADERS = {"Authorization": f"token {TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_stock_kernelspec(root: Path) -> None:
+    spec_dir = root / "kernels" / "stock"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (stock local-provisioner)",
+        "language": "python",
+        "metadata": {"kernel_provisioner": {"provisioner_name": "local-provisioner"}},
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+
+
+def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "JUPYTER_DATA_DIR": str(home / "data"), "JUPYTER_PATH": str(home)}
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyter_server", f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}",
+            "--ServerApp.open_browser=False", "--ServerApp.allow_root=True",
+            f"--ServerApp.root_dir={home}", "--LocalBackend.slots=8",
+        ],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(home / "server.log", "wb"),
+    )
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/lowcost/api/status", headers=HEADERS, timeout=5).ok:
+                return process
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise SystemExit("the server did not start; see " + str(home / "server.log"))
+
+
+def kernel_info_request() -> str:
+    header = {
+        "msg_id": uuid.uuid4().hex, "username": "bench", "session": uuid.uuid4().hex,
+        "msg_type": "kernel_info_request", "version": "5.3", "date": "",
+    }
+    return json.dumps(
+        {"header": header, "parent_header": {}, "metadata": {}, "content": {}, "channel": "shell"}
+    )
+
+
+def first_kernel_info(base: str, kernel_id: str) -> None:
+    ws = websocket.create_connection(
+        f"ws://{base}/api/kernels/{kernel_id}/channels", header=[f"Authorization: token {TOKEN}"],
+        timeout=60,
+    )
+    try:
+        ws.send(kernel_info_request())
+        while True:
+            msg = json.loads(ws.recv())
+            if msg.get("msg_type") == "kernel_info_reply" or msg["header"]["msg_type"] == "kernel_info_reply":
+                return
+    finally:
+        ws.close()
+
+
+def time_start(base: str, kind: str) -> float:
+    http = f"http://{base}"
+    start = time.perf_counter()
+    if kind == "low-cost":
+        response = requests.post(
+            f"{http}/lowcost/api/kernels", headers=HEADERS, timeout=60,
+            json={"name": "python3", "instance_type": "T4", "low_cost": True},
+        )
+        kernel_id = response.json()["kernel"]["id"]
+    else:
+        name = "stock" if kind == "stock" else "python3"
+        response = requests.post(f"{http}/api/kernels", headers=HEADERS, json={"name": name}, timeout=60)
+        kernel_id = response.json()["id"]
+    response.raise_for_status()
+    first_kernel_info(base, kernel_id)
+    elapsed = time.perf_counter() - start
+    requests.delete(f"{http}/api/kernels/{kernel_id}", headers=HEADERS, timeout=60).raise_for_status()
+    return elapsed
+
+
+def notice_latencies(base: str, count: int) -> list[float]:
+    http = f"http://{base}"
+    arrivals: dict[str, float] = {}
+    running: list[str] = []
+    changed = threading.Condition()
+    ws = websocket.create_connection(
+        f"ws://{base}/api/events/subscribe", header=[f"Authorization: token {TOKEN}"], timeout=120
+    )
+
+    def listen() -> None:
+        while True:
+            try:
+                event = json.loads(ws.recv())
+            except (websocket.WebSocketException, OSError, ValueError):
+                return
+            now = time.perf_counter()
+            if not event.get("schema_id", "").endswith("jupyter_lowcost/instance/v1"):
+                continue
+            with changed:
+                if event["state"] == "notice":
+                    arrivals[event["instance_id"]] = now
+                elif event["state"] == "running":
+                    running.append(event["instance_id"])
+                changed.notify_all()
+
+    threading.Thread(target=listen, daemon=True).start()
+    response = requests.post(
+        f"{http}/lowcost/api/kernels", headers=HEADERS, timeout=60,
+        json={"instance_type": "T4", "low_cost": True},
+    )
+    kernel_id = response.json()["kernel"]["id"]
+    instance_id = response.json()["instance"]["id"]
+    latencies = []
+    for _ in range(count):
+        start = time.perf_counter()
+        requests.post(
+            f"{http}/lowcost/api/instances/{instance_id}/interrupt", headers=HEADERS,
+            json={"notice_seconds": 0.2}, timeout=60,
+        ).raise_for_status()
+        with changed:
+            changed.wait_for(lambda: instance_id in arrivals, timeout=30)
+            latencies.append(arrivals[instance_id] - start)
+            # The recovery relaunches the kernel on a new instance: measure that one next.
+            changed.wait_for(lambda: running and running[-1] != instance_id, timeout=60)
+            instance_id = running[-1]
+        model = requests.get(f"{http}/lowcost/api/kernels/{kernel_id}", headers=HEADERS, timeout=30).json()
+        while model["moving"]:
+            time.sleep(0.05)
+            model = requests.get(f"{http}/lowcost/api/kernels/{kernel_id}", headers=HEADERS, timeout=30).json()
+    ws.close()
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--starts", type=int, default=12, help="starts of each kind (>= 10)")
+    parser.add_argument("--notices", type=int, default=12, help="notices to time (>= 10)")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="lowcost-bench-"))
+    write_stock_kernelspec(home)
+    port = free_port()
+    server = start_server(home, port)
+    base = f"127.0.0.1:{port}"
+    kinds = ["stock", "no placement", "low-cost"]
+    try:
+        for kind in kinds:  # warm up: imports, caches
+            time_start(base, kind)
+        times: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for _ in range(args.starts):
+            for kind in kinds:
+                times[kind].append(time_start(base, kind))
+        notices = notice_latencies(base, args.notices)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        shutil.rmtree(home, ignore_errors=True)
+
+    stock = statistics.median(times["stock"])
+    print(f"kernel start to first kernel_info_reply, median of {args.starts}:")
+    for kind in kinds:
+        median = statistics.median(times[kind])
+        print(f"  {kind:<13} {median * 1000:7.1f} ms   {median / stock:5.3f}x stock")
+    print("  targets: no placement <= 1.03x, low-cost <= 1.25x")
+    print(
+        f"notice REST call -> event on /api/events/subscribe, median of {len(notices)}: "
+        f"{statistics.median(notices) * 1000:.1f} ms (max {max(notices) * 1000:.1f} ms; target <= 50 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
