@@ -42,6 +42,11 @@ ENV_ORPHAN_TIMEOUT = "JUPYTER_LOWCOST_ORPHAN_TIMEOUT"
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
+def is_ipykernel_command(argv: list[str]) -> bool:
+    """True for ``python -m ipykernel_launcher ...``: the kernels the launcher can run."""
+    return len(argv) >= 3 and argv[1] == "-m" and argv[2] in ("ipykernel_launcher", "ipykernel")
+
+
 class Channel:
     """The launcher's end of the launch channel (see ``jupyter_lowcost.channel``)."""
 

@@ -35,7 +35,7 @@ from .backends import Backend, BackendError, BackendListener, LaunchSpec, availa
 from .catalog import InstanceType
 from .channel import LaunchChannel, LaunchFailed
 from .client import ENV_KERNEL_ID, ENV_TOKEN, ENV_URL
-from .launcher import ENV_CHANNEL, ENV_INSTANCE_ID, ENV_SECRET
+from .launcher import ENV_CHANNEL, ENV_INSTANCE_ID, ENV_SECRET, is_ipykernel_command
 from .records import InstanceRecord, InstanceState, Placement, RecordStore
 
 
@@ -350,8 +350,8 @@ class InstanceManager:
             return
         self._returncodes[instance_id] = returncode if returncode is not None else 1
         self.channel.fail(instance_id, f"the launcher exited before its kernel was ready ({detail})")
-        if not record.is_live:
-            return
+        if not record.is_live or record.state == InstanceState.PENDING:
+            return  # a pending instance is settled by launch(), which says why it failed
         stop_reason = self._stop_reasons.pop(instance_id, None)
         if stop_reason is not None:
             self._end(record, InstanceState.TERMINATED, stop_reason)
@@ -499,9 +499,18 @@ class InstanceManager:
         itype = self._itype(body.get("instance_type") or default_type)
         return Placement(itype.name, low_cost)
 
+    def _check_launchable(self, spec: Any) -> None:
+        if not is_ipykernel_command(list(spec.argv)):
+            raise web.HTTPError(
+                400,
+                f"kernel {spec.display_name!r} is not an IPython kernel (python -m "
+                "ipykernel_launcher): only IPython kernels run on low-cost instances",
+            )
+
     async def start_kernel(self, kernel_name: str, placement: Placement, path: str | None) -> str:
         """``POST kernels``: a new kernel with ``placement``; returns its id once it answers."""
         await self.ensure_started()
+        self._check_launchable(self.kernel_manager.kernel_spec_manager.get_kernel_spec(kernel_name))
         self.backend.check_capacity(placement.low_cost, replacing=None)
         kernel_id = str(uuid.uuid4())
         self._placements[kernel_id] = placement
@@ -523,6 +532,7 @@ class InstanceManager:
         old = self._placements.get(kernel_id)
         if old == placement:
             raise web.HTTPError(409, f"the kernel already runs on {placement.describe()}")
+        self._check_launchable(self.kernel_manager.get_kernel(kernel_id).kernel_spec)
         current = self.current_instance(kernel_id)
         live = current if current is not None and current.is_live else None
         self.backend.check_capacity(placement.low_cost, replacing=live)

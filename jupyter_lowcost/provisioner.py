@@ -23,15 +23,11 @@ from jupyter_client.connect import KernelConnectionInfo, port_names
 from jupyter_client.provisioning import LocalProvisioner
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
+from .launcher import is_ipykernel_command
 from .manager import InstanceManager, current_manager
 
 #: The argument that loads ``%lowcost`` into IPython kernels started without a placement.
 EXTENSION_ARGUMENT = "--IPKernelApp.extra_extensions=jupyter_lowcost"
-
-
-def is_ipykernel_command(cmd: list[str]) -> bool:
-    """True for ``python -m ipykernel_launcher ...`` (the kernels a launcher can run)."""
-    return len(cmd) >= 3 and cmd[1] == "-m" and cmd[2] in ("ipykernel_launcher", "ipykernel")
 
 
 class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]

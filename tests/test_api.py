@@ -176,3 +176,38 @@ async def _snapshot(api: Any, serverapp: Any) -> Any:
     status, instances = await api("GET", "instances")
     kernels = sorted(serverapp.kernel_manager.list_kernel_ids())
     return [(i["id"], i["state"], i["tier"], i["instance_type"]) for i in instances], kernels
+
+
+def _kernelspec(data_dir: Any, name: str, argv: list[str]) -> None:
+    import json
+
+    spec_dir = data_dir / "kernels" / name
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": name, "language": "python"})
+    )
+
+
+async def test_a_kernel_that_is_not_ipython_cannot_go_low_cost(
+    api: Any, jp_data_dir: Any, jp_serverapp: Any
+) -> None:
+    _kernelspec(jp_data_dir, "shellish", ["/bin/sh", "-c", "sleep 60", "{connection_file}"])
+    status, answer = await api("POST", "kernels", {"name": "shellish", "instance_type": "T4"})
+    assert status == 400
+    assert "only IPython kernels run on low-cost instances" in answer["message"]
+    assert list(jp_serverapp.kernel_manager.list_kernel_ids()) == []
+
+
+async def test_a_launch_that_fails_says_why(api: Any, jp_data_dir: Any, tmp_path: Any) -> None:
+    broken = tmp_path / "bin" / "python"
+    broken.parent.mkdir()
+    broken.write_text("#!/bin/sh\necho 'this python is broken' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    _kernelspec(jp_data_dir, "broken", [str(broken), "-m", "ipykernel_launcher", "-f", "{connection_file}"])
+    status, answer = await api("POST", "kernels", {"name": "broken", "instance_type": "T4"})
+    assert status == 500
+    assert "the launcher exited before its kernel was ready" in answer["message"]
+    assert "this python is broken" in answer["message"]
+    status, instances = await api("GET", "instances")
+    assert [i["state"] for i in instances] == ["failed"]
+    assert "this python is broken" in instances[0]["reason"]
