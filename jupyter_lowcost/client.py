@@ -49,11 +49,11 @@ class LowCostClient:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One API call; returns the decoded JSON (None for 204)."""
         try:
-            response = self.session.request(
-                method, self.api + path, timeout=self.timeout, **kwargs
-            )
+            response = self.session.request(method, self.api + path, timeout=self.timeout, **kwargs)
         except requests.RequestException as err:
-            raise LowCostError(f"the Jupyter server at {self.api} cannot be reached: {err}") from err
+            raise LowCostError(
+                f"the Jupyter server at {self.api} cannot be reached: {err}"
+            ) from err
         if response.status_code >= 400:
             try:
                 message = response.json().get("message") or response.reason

@@ -104,7 +104,9 @@ class KernelsHandler(LowCostHandler):
             kernel_id = await self.manager.start_kernel(name, placement, kernel_path)
         model = await ensure_async(self.kernel_manager.kernel_model(kernel_id))
         self.set_header("Location", url_path_join(self.base_url, "lowcost/api/kernels", kernel_id))
-        self.write_json({"kernel": model, "instance": self.manager.kernel_model(kernel_id)["instance"]}, 201)
+        self.write_json(
+            {"kernel": model, "instance": self.manager.kernel_model(kernel_id)["instance"]}, 201
+        )
 
 
 class KernelHandler(LowCostHandler):

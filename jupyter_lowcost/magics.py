@@ -51,9 +51,13 @@ def describe_status(kernel: dict[str, Any]) -> str:
         return lines[0] + " (starting)."
     lines[0] += f" ({instance['state']}, instance {instance['id']})."
     if instance.get("state") == "notice":
-        lines.append(f"Interruption notice: {instance['reason']} (deadline {instance['notice_deadline']}).")
+        lines.append(
+            f"Interruption notice: {instance['reason']} (deadline {instance['notice_deadline']})."
+        )
     if instance.get("seconds_left") is not None:
-        lines.append(f"Time left before the lifetime cap: {format_duration(instance['seconds_left'])}.")
+        lines.append(
+            f"Time left before the lifetime cap: {format_duration(instance['seconds_left'])}."
+        )
     lines.append(
         f"Cost so far: ${instance['cost']:.2f} at ${instance['price_per_hour']:.2f}/h"
         + (
@@ -120,7 +124,9 @@ class LowCostMagics(Magics):
         if target not in types:
             from .client import LowCostError
 
-            raise LowCostError(f"unknown instance type {target!r}; the catalog has: {', '.join(types)}")
+            raise LowCostError(
+                f"unknown instance type {target!r}; the catalog has: {', '.join(types)}"
+            )
         client.switch(True, target)
         t = types[target]
         cap = format_duration(t["low_cost_lifetime_cap_seconds"])

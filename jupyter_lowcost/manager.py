@@ -38,7 +38,6 @@ from .client import ENV_KERNEL_ID, ENV_TOKEN, ENV_URL
 from .launcher import ENV_CHANNEL, ENV_INSTANCE_ID, ENV_SECRET, is_ipykernel_command
 from .records import InstanceRecord, InstanceState, Placement, RecordStore
 
-
 RECOVERY_POLICIES = ("relaunch", "fallback", "none")
 
 _current: InstanceManager | None = None
@@ -269,7 +268,9 @@ class InstanceManager:
             raise BackendError(message, status=500, reason="launch") from err
         if not record.is_live:  # ended while starting (an exit raced the ready message)
             raise BackendError(f"the instance ended while starting: {record.reason}", status=500)
-        self._transition(record, InstanceState.RUNNING, f"the kernel runs on {placement.describe()}")
+        self._transition(
+            record, InstanceState.RUNNING, f"the kernel runs on {placement.describe()}"
+        )
         if record.expires_at is not None:
             notice = min(self.cap_notice, self.lifetime_cap / 2)
             self._timers[record.id] = asyncio.get_running_loop().call_later(
@@ -349,7 +350,9 @@ class InstanceManager:
         if record is None:
             return
         self._returncodes[instance_id] = returncode if returncode is not None else 1
-        self.channel.fail(instance_id, f"the launcher exited before its kernel was ready ({detail})")
+        self.channel.fail(
+            instance_id, f"the launcher exited before its kernel was ready ({detail})"
+        )
         if not record.is_live or record.state == InstanceState.PENDING:
             return  # a pending instance is settled by launch(), which says why it failed
         stop_reason = self._stop_reasons.pop(instance_id, None)
@@ -412,7 +415,9 @@ class InstanceManager:
             return
         what = f"{lost.state.value} instance {lost.id}"
         if self.recovery_policy == "none":
-            self.log.warning("jupyter_lowcost | %s: recovery policy 'none' stops kernel %s", what, kernel_id)
+            self.log.warning(
+                "jupyter_lowcost | %s: recovery policy 'none' stops kernel %s", what, kernel_id
+            )
             await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
             return
         if self.recovery_policy == "fallback":
@@ -590,7 +595,9 @@ class InstanceManager:
         """``DELETE instances/<id>``: stop the instance; its kernel is shut down."""
         record = self._record(instance_id)
         if not record.is_live:
-            raise web.HTTPError(409, f"instance {instance_id} has already ended ({record.state.value})")
+            raise web.HTTPError(
+                409, f"instance {instance_id} has already ended ({record.state.value})"
+            )
         self._stop_reasons[record.id] = "terminated through the REST API"
         kernel_id = record.kernel_id
         if kernel_id is not None and kernel_id in self.kernel_manager:
@@ -605,15 +612,21 @@ class InstanceManager:
             raise web.HTTPError(400, f"notice_seconds must be a number, not {notice_seconds!r}")
         if not 0 <= notice_seconds <= self.max_notice:
             raise web.HTTPError(
-                400, f"notice_seconds must be between 0 and {self.max_notice:g}, not {notice_seconds:g}"
+                400,
+                f"notice_seconds must be between 0 and {self.max_notice:g}, not {notice_seconds:g}",
             )
         if not record.low_cost:
-            raise web.HTTPError(409, "regular instances are not interrupted; only low-cost ones are")
+            raise web.HTTPError(
+                409, "regular instances are not interrupted; only low-cost ones are"
+            )
         if record.state != InstanceState.RUNNING:
             raise web.HTTPError(
-                409, f"instance {instance_id} is {record.state.value}; only a running one can be interrupted"
+                409,
+                f"instance {instance_id} is {record.state.value}; only a running one can be interrupted",
             )
-        await self.backend.interrupt(record, float(notice_seconds), "interruption injected through the REST API")
+        await self.backend.interrupt(
+            record, float(notice_seconds), "interruption injected through the REST API"
+        )
         return record.to_model()
 
 

@@ -17,7 +17,7 @@ kernel's placement:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from jupyter_client.connect import KernelConnectionInfo, port_names
 from jupyter_client.provisioning import LocalProvisioner
@@ -66,8 +66,8 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
                 if is_ipykernel_command(kwargs["cmd"]):
                     kwargs["cmd"] = [*kwargs["cmd"], EXTENSION_ARGUMENT]
             return kwargs
-        assert manager is not None
         km = self.parent
+        assert manager is not None and km is not None
         cmd = km.format_kernel_cmd(extra_arguments=kwargs.pop("extra_arguments", []))
         if not is_ipykernel_command(cmd):
             raise RuntimeError(
@@ -85,6 +85,7 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
             self._on_instance = False
             return await super().launch_kernel(cmd, **kwargs)
         km = self.parent
+        assert km is not None
         key = km.session.key
         info = await manager.launch(
             self.kernel_id,
@@ -95,11 +96,9 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
         )
         self._on_instance = True
         self.cwd = kwargs.get("cwd")
-        self.connection_info = {
-            **info,
-            "key": key,
-            "signature_scheme": km.session.signature_scheme,
-        }
+        info.update(key=key, signature_scheme=km.session.signature_scheme)
+        # The ports and address the kernel bound on the instance:
+        self.connection_info = cast(KernelConnectionInfo, info)
         return self.connection_info
 
     async def poll(self) -> int | None:

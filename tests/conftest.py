@@ -54,7 +54,9 @@ class EventRecorder:
             self.events.append(dict(data))
             self._changed.notify_all()
 
-    def matching(self, where: Callable[[dict[str, Any]], bool] | None = None, **fields: Any) -> list[dict[str, Any]]:
+    def matching(
+        self, where: Callable[[dict[str, Any]], bool] | None = None, **fields: Any
+    ) -> list[dict[str, Any]]:
         return [
             e
             for e in self.events
@@ -131,8 +133,12 @@ async def execute(serverapp: Any, kernel_id: str, code: str, timeout: float = 60
     return "".join(out)
 
 
-async def start_lowcost_kernel(api: Any, instance_type: str = "A100-80G", low_cost: bool = True) -> dict[str, Any]:
-    status, body = await api("POST", "kernels", {"instance_type": instance_type, "low_cost": low_cost})
+async def start_lowcost_kernel(
+    api: Any, instance_type: str = "A100-80G", low_cost: bool = True
+) -> dict[str, Any]:
+    status, body = await api(
+        "POST", "kernels", {"instance_type": instance_type, "low_cost": low_cost}
+    )
     assert status == 201, body
     return body
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tornado.httpclient import HTTPClientError
-
 from conftest import execute, process_alive, start_lowcost_kernel
+from tornado.httpclient import HTTPClientError
 
 ROUTES = [
     ("GET", "instance-types"),
@@ -141,10 +140,34 @@ async def test_bad_input_is_refused_with_a_message_and_changes_nothing(
         ("DELETE", "instances/nope", None, 404, "no instance with id"),
         ("POST", "instances/nope/interrupt", {"notice_seconds": 5}, 404, "no instance"),
         ("POST", f"instances/{instance_id}/interrupt", {}, 400, "notice_seconds is required"),
-        ("POST", f"instances/{instance_id}/interrupt", {"notice_seconds": -1}, 400, "between 0 and"),
-        ("POST", f"instances/{instance_id}/interrupt", {"notice_seconds": 1e9}, 400, "between 0 and"),
-        ("POST", f"instances/{instance_id}/interrupt", {"notice_seconds": "5"}, 400, "must be a number"),
-        ("POST", f"instances/{instance_id}/interrupt", {"notice_seconds": True}, 400, "must be a number"),
+        (
+            "POST",
+            f"instances/{instance_id}/interrupt",
+            {"notice_seconds": -1},
+            400,
+            "between 0 and",
+        ),
+        (
+            "POST",
+            f"instances/{instance_id}/interrupt",
+            {"notice_seconds": 1e9},
+            400,
+            "between 0 and",
+        ),
+        (
+            "POST",
+            f"instances/{instance_id}/interrupt",
+            {"notice_seconds": "5"},
+            400,
+            "must be a number",
+        ),
+        (
+            "POST",
+            f"instances/{instance_id}/interrupt",
+            {"notice_seconds": True},
+            400,
+            "must be a number",
+        ),
         ("POST", f"instances/{instance_id}/interrupt", "nope", 400, "not JSON"),
     ]
     for method, path, payload, code, words in cases:
@@ -203,7 +226,9 @@ async def test_a_launch_that_fails_says_why(api: Any, jp_data_dir: Any, tmp_path
     broken.parent.mkdir()
     broken.write_text("#!/bin/sh\necho 'this python is broken' >&2\nexit 3\n")
     broken.chmod(0o755)
-    _kernelspec(jp_data_dir, "broken", [str(broken), "-m", "ipykernel_launcher", "-f", "{connection_file}"])
+    _kernelspec(
+        jp_data_dir, "broken", [str(broken), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    )
     status, answer = await api("POST", "kernels", {"name": "broken", "instance_type": "T4"})
     assert status == 500
     assert "the launcher exited before its kernel was ready" in answer["message"]

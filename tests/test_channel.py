@@ -10,10 +10,16 @@ from typing import Any
 from jupyter_lowcost.channel import LaunchChannel, encode, sign
 
 
-async def _dial(channel: LaunchChannel, instance_id: str, secret: str) -> tuple[Any, Any, dict[str, Any] | None]:
+async def _dial(
+    channel: LaunchChannel, instance_id: str, secret: str
+) -> tuple[Any, Any, dict[str, Any] | None]:
     reader, writer = await asyncio.open_connection("127.0.0.1", channel.port)
     challenge = json.loads(await reader.readline())
-    writer.write(encode({"type": "hello", "instance_id": instance_id, "mac": sign(secret, challenge["nonce"])}))
+    writer.write(
+        encode(
+            {"type": "hello", "instance_id": instance_id, "mac": sign(secret, challenge["nonce"])}
+        )
+    )
     await writer.drain()
     line = await asyncio.wait_for(reader.readline(), 10)
     return reader, writer, (json.loads(line) if line else None)
@@ -24,7 +30,9 @@ async def test_only_the_holder_of_the_secret_gets_the_config_and_only_once() -> 
     channel = LaunchChannel(logging.getLogger("test"), lambda i, m: messages.append((i, m)))
     await channel.start()
     try:
-        secret, ready = channel.expect("inst1", {"key": "kernel-key", "signature_scheme": "hmac-sha256"})
+        secret, ready = channel.expect(
+            "inst1", {"key": "kernel-key", "signature_scheme": "hmac-sha256"}
+        )
 
         _, writer, answer = await _dial(channel, "inst1", "wrong-secret")
         assert answer is None  # refused: the connection is closed, nothing is sent

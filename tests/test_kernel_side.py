@@ -76,12 +76,16 @@ async def test_lowcost_on_and_off_move_the_kernel_they_run_in(
     assert [i["state"] for i in model["history"]] == ["terminated", "running"]
 
 
-async def test_lowcost_magic_refuses_bad_input_plainly(jp_fetch: Any, jp_serverapp: Any, api: Any) -> None:
+async def test_lowcost_magic_refuses_bad_input_plainly(
+    jp_fetch: Any, jp_serverapp: Any, api: Any
+) -> None:
     kernel_id = await start_plain_kernel(jp_fetch)
     out = await execute(jp_serverapp, kernel_id, "%lowcost on --type Z999")
     assert "unknown instance type 'Z999'; the catalog has: T4, P100" in out
     out = await execute(
-        jp_serverapp, kernel_id, "try:\n    get_ipython().run_line_magic('lowcost', 'sideways')\nexcept Exception as e:\n    print(type(e).__name__, e)"
+        jp_serverapp,
+        kernel_id,
+        "try:\n    get_ipython().run_line_magic('lowcost', 'sideways')\nexcept Exception as e:\n    print(type(e).__name__, e)",
     )
     assert "UsageError usage: %lowcost" in out
     status, instances = await api("GET", "instances")
@@ -91,7 +95,14 @@ async def test_lowcost_magic_refuses_bad_input_plainly(jp_fetch: Any, jp_servera
 def test_lowcost_magic_outside_a_server_says_so() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_LOWCOST")}
     result = subprocess.run(
-        [sys.executable, "-m", "IPython", "--quick", "-c", "%load_ext jupyter_lowcost\n%lowcost on"],
+        [
+            sys.executable,
+            "-m",
+            "IPython",
+            "--quick",
+            "-c",
+            "%load_ext jupyter_lowcost\n%lowcost on",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -118,6 +129,8 @@ def test_notice_flag_and_callbacks_in_a_python_process(tmp_path: Any) -> None:
         "on_notice(lambda n: seen.append(('late', n.reason)))\n"
         "print(seen, notice.wait(0))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip() == "[('first', True), ('third', 30), ('late', 'test')] True"
     assert "ZeroDivisionError" in result.stderr  # a failing callback is reported, not fatal

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import EventRecorder, execute, process_alive, start_lowcost_kernel, wait_until
 
 
@@ -65,7 +64,9 @@ async def test_switch_a_kernel_started_without_placement(
     kernel_id = json.loads(response.body)["id"]
     status, model = await api("GET", f"kernels/{kernel_id}")
     assert model["placement"] is None and model["instance"] is None
-    status, model = await api("PUT", f"kernels/{kernel_id}", {"low_cost": True, "instance_type": "T4"})
+    status, model = await api(
+        "PUT", f"kernels/{kernel_id}", {"low_cost": True, "instance_type": "T4"}
+    )
     assert status == 200
     assert model["instance"]["tier"] == "low-cost" and model["instance"]["instance_type"] == "T4"
     pid = await execute(jp_serverapp, kernel_id, "import os; print(os.getpid())")
@@ -124,9 +125,12 @@ async def test_fallback_policy_moves_to_a_regular_instance(
     await instance_events.wait_for(instance_id=first, state="interrupted")
     running = await instance_events.wait_for(kernel_id=kernel_id, state="running", tier="regular")
     assert running["instance_id"] != first
-    assert "recovery (fallback)" in instance_events.matching(
-        instance_id=running["instance_id"], state="pending"
-    )[0]["reason"]
+    assert (
+        "recovery (fallback)"
+        in instance_events.matching(instance_id=running["instance_id"], state="pending")[0][
+            "reason"
+        ]
+    )
     status, model = await api("GET", f"kernels/{kernel_id}")
     assert model["placement"] == {"instance_type": "T4", "low_cost": False, "tier": "regular"}
     assert (await execute(jp_serverapp, kernel_id, "print(1)")).strip() == "1"
@@ -191,9 +195,7 @@ async def test_with_one_slot_a_regular_request_preempts_the_low_cost_instance(
 @pytest.mark.lowcost(
     LocalBackend={"random_interruption_rate": 36000.0, "random_interruption_notice": 0.5}
 )
-async def test_random_interruptions_for_demos(
-    api: Any, instance_events: EventRecorder
-) -> None:
+async def test_random_interruptions_for_demos(api: Any, instance_events: EventRecorder) -> None:
     body = await start_lowcost_kernel(api, "T4")
     first = body["instance"]["id"]
     noticed = await instance_events.wait_for(instance_id=first, state="notice")
@@ -253,7 +255,9 @@ async def test_one_slot_per_gpu_each_instance_sees_its_own(
     for _ in range(2):
         body = await start_lowcost_kernel(api, "T4")
         out = await execute(
-            jp_serverapp, body["kernel"]["id"], "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"
+            jp_serverapp,
+            body["kernel"]["id"],
+            "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])",
         )
         seen.append(out.strip())
     assert sorted(seen) == ["0", "1"]

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import requests
-
 from conftest import process_alive
 
 TOKEN = "restart-test-token"
@@ -106,7 +105,9 @@ class Server:
             return False
 
     def get(self, path: str) -> requests.Response:
-        return requests.get(self.url + path, headers={"Authorization": f"token {TOKEN}"}, timeout=30)
+        return requests.get(
+            self.url + path, headers={"Authorization": f"token {TOKEN}"}, timeout=30
+        )
 
     def post(self, path: str, body: dict[str, Any]) -> requests.Response:
         return requests.post(

@@ -33,7 +33,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import requests
 import websocket
@@ -64,17 +63,27 @@ def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "JUPYTER_DATA_DIR": str(home / "data"), "JUPYTER_PATH": str(home)}
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "jupyter_server", f"--ServerApp.port={port}",
-            "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}",
-            "--ServerApp.open_browser=False", "--ServerApp.allow_root=True",
-            f"--ServerApp.root_dir={home}", "--LocalBackend.slots=8",
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={TOKEN}",
+            "--ServerApp.open_browser=False",
+            "--ServerApp.allow_root=True",
+            f"--ServerApp.root_dir={home}",
+            "--LocalBackend.slots=8",
         ],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(home / "server.log", "wb"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(home / "server.log", "wb"),
     )
     end = time.monotonic() + 60
     while time.monotonic() < end:
         try:
-            if requests.get(f"http://127.0.0.1:{port}/lowcost/api/status", headers=HEADERS, timeout=5).ok:
+            if requests.get(
+                f"http://127.0.0.1:{port}/lowcost/api/status", headers=HEADERS, timeout=5
+            ).ok:
                 return process
         except requests.ConnectionError:
             time.sleep(0.1)
@@ -83,8 +92,12 @@ def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
 
 def kernel_info_request() -> str:
     header = {
-        "msg_id": uuid.uuid4().hex, "username": "bench", "session": uuid.uuid4().hex,
-        "msg_type": "kernel_info_request", "version": "5.3", "date": "",
+        "msg_id": uuid.uuid4().hex,
+        "username": "bench",
+        "session": uuid.uuid4().hex,
+        "msg_type": "kernel_info_request",
+        "version": "5.3",
+        "date": "",
     }
     return json.dumps(
         {"header": header, "parent_header": {}, "metadata": {}, "content": {}, "channel": "shell"}
@@ -93,14 +106,18 @@ def kernel_info_request() -> str:
 
 def first_kernel_info(base: str, kernel_id: str) -> None:
     ws = websocket.create_connection(
-        f"ws://{base}/api/kernels/{kernel_id}/channels", header=[f"Authorization: token {TOKEN}"],
+        f"ws://{base}/api/kernels/{kernel_id}/channels",
+        header=[f"Authorization: token {TOKEN}"],
         timeout=60,
     )
     try:
         ws.send(kernel_info_request())
         while True:
             msg = json.loads(ws.recv())
-            if msg.get("msg_type") == "kernel_info_reply" or msg["header"]["msg_type"] == "kernel_info_reply":
+            if (
+                msg.get("msg_type") == "kernel_info_reply"
+                or msg["header"]["msg_type"] == "kernel_info_reply"
+            ):
                 return
     finally:
         ws.close()
@@ -111,18 +128,24 @@ def time_start(base: str, kind: str) -> float:
     start = time.perf_counter()
     if kind == "low-cost":
         response = requests.post(
-            f"{http}/lowcost/api/kernels", headers=HEADERS, timeout=60,
+            f"{http}/lowcost/api/kernels",
+            headers=HEADERS,
+            timeout=60,
             json={"name": "python3", "instance_type": "T4", "low_cost": True},
         )
         kernel_id = response.json()["kernel"]["id"]
     else:
         name = "stock" if kind == "stock" else "python3"
-        response = requests.post(f"{http}/api/kernels", headers=HEADERS, json={"name": name}, timeout=60)
+        response = requests.post(
+            f"{http}/api/kernels", headers=HEADERS, json={"name": name}, timeout=60
+        )
         kernel_id = response.json()["id"]
     response.raise_for_status()
     first_kernel_info(base, kernel_id)
     elapsed = time.perf_counter() - start
-    requests.delete(f"{http}/api/kernels/{kernel_id}", headers=HEADERS, timeout=60).raise_for_status()
+    requests.delete(
+        f"{http}/api/kernels/{kernel_id}", headers=HEADERS, timeout=60
+    ).raise_for_status()
     return elapsed
 
 
@@ -153,7 +176,9 @@ def notice_latencies(base: str, count: int) -> list[float]:
 
     threading.Thread(target=listen, daemon=True).start()
     response = requests.post(
-        f"{http}/lowcost/api/kernels", headers=HEADERS, timeout=60,
+        f"{http}/lowcost/api/kernels",
+        headers=HEADERS,
+        timeout=60,
         json={"instance_type": "T4", "low_cost": True},
     )
     kernel_id = response.json()["kernel"]["id"]
@@ -162,8 +187,10 @@ def notice_latencies(base: str, count: int) -> list[float]:
     for _ in range(count):
         start = time.perf_counter()
         requests.post(
-            f"{http}/lowcost/api/instances/{instance_id}/interrupt", headers=HEADERS,
-            json={"notice_seconds": 0.2}, timeout=60,
+            f"{http}/lowcost/api/instances/{instance_id}/interrupt",
+            headers=HEADERS,
+            json={"notice_seconds": 0.2},
+            timeout=60,
         ).raise_for_status()
         with changed:
             changed.wait_for(lambda: instance_id in arrivals, timeout=30)
@@ -171,10 +198,14 @@ def notice_latencies(base: str, count: int) -> list[float]:
             # The recovery relaunches the kernel on a new instance: measure that one next.
             changed.wait_for(lambda: running and running[-1] != instance_id, timeout=60)
             instance_id = running[-1]
-        model = requests.get(f"{http}/lowcost/api/kernels/{kernel_id}", headers=HEADERS, timeout=30).json()
+        model = requests.get(
+            f"{http}/lowcost/api/kernels/{kernel_id}", headers=HEADERS, timeout=30
+        ).json()
         while model["moving"]:
             time.sleep(0.05)
-            model = requests.get(f"{http}/lowcost/api/kernels/{kernel_id}", headers=HEADERS, timeout=30).json()
+            model = requests.get(
+                f"{http}/lowcost/api/kernels/{kernel_id}", headers=HEADERS, timeout=30
+            ).json()
     ws.close()
     return latencies
 
