@@ -82,7 +82,7 @@ class InstanceManager:
         self.max_notice = max_notice
         self.log = log
         self.backend = backend_factory(self)
-        self.store = RecordStore(data_dir / "instances.json")
+        self.store = RecordStore(data_dir)
         self.channel = LaunchChannel(log, self._on_channel_message, host=channel_ip)
         self._records: dict[str, InstanceRecord] = {}
         self._placements: dict[str, Placement] = {}
@@ -115,7 +115,8 @@ class InstanceManager:
     async def _start(self) -> None:
         await self.backend.start()
         await self.channel.start()
-        for record in self.store.load():
+        records, orphaned_files = self.store.adopt_orphans()
+        for record in records:
             self._records[record.id] = record
             if not record.is_live:
                 continue
@@ -131,6 +132,14 @@ class InstanceManager:
             self.log.warning("jupyter_lowcost | instance %s: %s", record.id, reason)
             self._transition(record, InstanceState.TERMINATED, reason)
         self._save()
+        self.store.remove(orphaned_files)
+        self._prune_logs()
+
+    def _prune_logs(self) -> None:
+        """Drop the launcher logs of instances no longer on record."""
+        for log in (self.data_dir / "logs").glob("*.log"):
+            if log.stem not in self._records:
+                log.unlink(missing_ok=True)
 
     async def stop(self) -> None:
         """Terminate every live instance and stop listening (called at server shutdown)."""

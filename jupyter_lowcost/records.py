@@ -181,30 +181,83 @@ class InstanceRecord:
         return cls(**data)
 
 
+def process_start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot; None if it is not running.
+
+    A pid with the same start time is the same process (pids are reused, start times are
+    not), so ``(pid, start ticks)`` names a process for good.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the fields after it are fixed.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
 class RecordStore:
-    """One JSON file holding every instance record; rewritten whole and atomically."""
+    """The records of one server, in a JSON file of its own, rewritten whole and atomically.
+
+    Each running server writes ``server-<pid>-<start ticks>.json`` in the store's folder,
+    so that two servers sharing a data directory never touch each other's instances. At
+    start-up a server adopts the files of servers that are no longer running (see
+    :meth:`adopt_orphans`): their records join its history, and their live instances are
+    the ones it must stop.
+    """
 
     #: Ended records kept beyond this many are dropped, oldest first.
     max_ended = 500
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        pid = os.getpid()
+        self.path = folder / f"server-{pid}-{process_start_ticks(pid)}.json"
 
-    def load(self) -> list[InstanceRecord]:
-        """The records a previous run saved (none when there is no file)."""
+    @staticmethod
+    def _read(path: Path) -> list[InstanceRecord]:
         try:
-            raw = json.loads(self.path.read_text())
-        except FileNotFoundError:
+            raw = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
             return []
         return [InstanceRecord.from_json(item) for item in raw.get("instances", [])]
+
+    def adopt_orphans(self) -> tuple[list[InstanceRecord], list[Path]]:
+        """The records of servers that are gone, oldest first, and the files that held them.
+
+        The caller saves the records as its own, then deletes the files (:meth:`remove`).
+        """
+        records: list[InstanceRecord] = []
+        files = []
+        for path in sorted(self.folder.glob("server-*.json")):
+            if path == self.path:
+                continue
+            try:
+                _, pid, ticks = path.stem.split("-")
+                alive = str(process_start_ticks(int(pid))) == ticks
+            except ValueError:
+                alive = False
+            if not alive:
+                records.extend(self._read(path))
+                files.append(path)
+        records.sort(key=lambda r: r.created_at)
+        return records, files
+
+    @staticmethod
+    def remove(files: list[Path]) -> None:
+        for path in files:
+            path.unlink(missing_ok=True)
 
     def save(self, records: list[InstanceRecord]) -> None:
         """Write ``records`` (called by the manager after every transition)."""
         live = [r for r in records if r.is_live]
         ended = [r for r in records if not r.is_live][-self.max_ended :]
         payload = {"version": 1, "instances": [r.to_json() for r in ended + live]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".instances-", dir=self.path.parent)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".instances-", dir=self.folder)
         try:
             with os.fdopen(fd, "w") as handle:
                 json.dump(payload, handle)

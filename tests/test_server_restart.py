@@ -130,10 +130,22 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path)
-    yield srv
-    srv.stop()
+def servers(tmp_path: Path) -> Iterator[Callable[[], Server]]:
+    """Make servers that share one data directory; all are stopped at the end."""
+    made: list[Server] = []
+
+    def make() -> Server:
+        made.append(Server(tmp_path))
+        return made[-1]
+
+    yield make
+    for srv in made:
+        srv.stop()
+
+
+@pytest.fixture
+def server(servers: Callable[[], Server]) -> Server:
+    return servers()
 
 
 def test_hard_killed_server_leaves_no_instance_running(server: Server) -> None:
@@ -162,3 +174,29 @@ def test_hard_killed_server_leaves_no_instance_running(server: Server) -> None:
         assert record["state"] == "terminated"
         assert "the Jupyter server restarted" in record["reason"]
     assert server.get("status").json()["live_instances"] == 0
+
+
+def test_servers_sharing_a_data_directory_leave_each_other_alone(
+    servers: Callable[[], Server],
+) -> None:
+    first = servers()
+    first.start()
+    assert first.post("kernels", {"instance_type": "T4"}).status_code == 201
+    assert first.process is not None
+    launchers = launcher_children(first.process.pid)
+    assert len(launchers) == 1
+
+    second = servers()
+    second.start()
+    # The second server neither adopts nor stops what the first one runs.
+    assert second.get("instances").json() == []
+    assert [i["state"] for i in first.get("instances").json()] == ["running"]
+    assert process_alive(launchers[0])
+
+    first.kill_hard()
+    third = servers()
+    third.start()
+    # The third adopts the dead server's records and stops its instance, not the second's.
+    poll_until(lambda: not process_alive(launchers[0]), 30, "the orphan to be stopped")
+    assert [i["state"] for i in third.get("instances").json()] == ["terminated"]
+    assert second.get("instances").json() == []

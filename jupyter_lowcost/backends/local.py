@@ -26,20 +26,8 @@ from typing import Any
 
 from traitlets import Enum, Float, Int
 
-from ..records import InstanceRecord, InstanceState
+from ..records import InstanceRecord, InstanceState, process_start_ticks
 from .base import Backend, BackendError, LaunchSpec
-
-
-def _process_start_ticks(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot (guards against pid reuse)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces; the fields after it are fixed.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
 
 
 def detect_gpus() -> list[str]:
@@ -293,7 +281,7 @@ class LocalBackend(Backend):
                 ) from err
         self._processes[record.id] = process
         record.backend_state.update(
-            pid=process.pid, pgid=process.pid, start_ticks=_process_start_ticks(process.pid)
+            pid=process.pid, pgid=process.pid, start_ticks=process_start_ticks(process.pid)
         )
         self._watchers[record.id] = asyncio.create_task(self._watch(record, process))
         if record.low_cost and self.random_interruption_rate > 0:
@@ -361,7 +349,7 @@ class LocalBackend(Backend):
     async def forget_orphan(self, record: InstanceRecord) -> bool:
         pid = record.backend_state.get("pid")
         ticks = record.backend_state.get("start_ticks")
-        if not pid or ticks is None or _process_start_ticks(pid) != ticks:
+        if not pid or ticks is None or process_start_ticks(pid) != ticks:
             return False
         self._signal_group(record, signal.SIGKILL)
         return True
