@@ -37,5 +37,6 @@ def emit_transition(event_logger: EventLogger | None, record: InstanceRecord) ->
             "deadline": iso(record.notice_deadline),
             "instance_type": record.instance_type,
             "tier": record.tier,
+            "recovery": record.recovery,
         },
     )

@@ -409,6 +409,8 @@ class InstanceManager:
                 self.kernel_manager.get_kernel(kernel_id).stop_restarter()
         try:
             state = InstanceState.EXPIRED if expired else InstanceState.INTERRUPTED
+            if kernel_id is not None and kernel_id in self.kernel_manager:
+                record.recovery = self.recovery_policy
             self._end(record, state, record.reason)  # final before the exit is reported
             await self.backend.terminate(record, now=True)
             if kernel_id is not None:
@@ -631,7 +633,8 @@ class InstanceManager:
         if record.state != InstanceState.RUNNING:
             raise web.HTTPError(
                 409,
-                f"instance {instance_id} is {record.state.value}; only a running one can be interrupted",
+                f"instance {instance_id} is {record.state.value}, not running: only a running "
+                "instance can be interrupted",
             )
         await self.backend.interrupt(
             record, float(notice_seconds), "interruption injected through the REST API"

@@ -100,6 +100,8 @@ class InstanceRecord:
     ended_at: float | None = None
     expires_at: float | None = None
     notice_deadline: float | None = None
+    #: After an interruption or expiry: the recovery policy applied to its kernel.
+    recovery: str | None = None
     #: What the backend needs to find the instance again (pids, job ids), from its launch.
     backend_state: dict[str, Any] = field(default_factory=dict)
 
@@ -157,6 +159,7 @@ class InstanceRecord:
             "ended": iso(self.ended_at),
             "expires": iso(self.expires_at),
             "notice_deadline": iso(self.notice_deadline),
+            "recovery": self.recovery,
             "seconds_left": (
                 max(0.0, self.expires_at - now)
                 if self.expires_at is not None and self.is_live

@@ -95,7 +95,8 @@ async def test_interruption_notice_callback_then_relaunch(
     assert noticed["reason"] == "interruption injected through the REST API"
     deadline = noticed["deadline"]
     assert deadline is not None
-    await instance_events.wait_for(instance_id=first, state="interrupted")
+    interrupted = await instance_events.wait_for(instance_id=first, state="interrupted")
+    assert interrupted["recovery"] == "relaunch"
     # The user's callback ran in the kernel, during the notice, with the flag set.
     flag, left, reason = marker.read_text().split("|")
     assert flag == "True" and 0 < float(left) <= 3
@@ -122,7 +123,8 @@ async def test_fallback_policy_moves_to_a_regular_instance(
     body = await start_lowcost_kernel(api, "T4")
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
-    await instance_events.wait_for(instance_id=first, state="interrupted")
+    interrupted = await instance_events.wait_for(instance_id=first, state="interrupted")
+    assert interrupted["recovery"] == "fallback"
     running = await instance_events.wait_for(kernel_id=kernel_id, state="running", tier="regular")
     assert running["instance_id"] != first
     assert (
@@ -143,7 +145,8 @@ async def test_none_policy_stops_the_kernel(
     body = await start_lowcost_kernel(api, "T4")
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
-    await instance_events.wait_for(instance_id=first, state="interrupted")
+    interrupted = await instance_events.wait_for(instance_id=first, state="interrupted")
+    assert interrupted["recovery"] == "none"
     await wait_until(lambda: kernel_id not in jp_serverapp.kernel_manager)
     assert [s for _, s in instance_events.states(kernel_id)].count("running") == 1
 
@@ -158,7 +161,7 @@ async def test_lifetime_cap_gives_notice_then_expires_then_relaunches(
     noticed = await instance_events.wait_for(instance_id=first, state="notice")
     assert "always stop after 4 seconds" in noticed["reason"]
     expired = await instance_events.wait_for(instance_id=first, state="expired")
-    assert expired["reason"] == noticed["reason"]
+    assert expired["reason"] == noticed["reason"] and expired["recovery"] == "relaunch"
     second = await instance_events.wait_for(
         kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first
     )
