@@ -9,6 +9,7 @@ Configure it as ``c.LowCostApp.<trait>`` in ``jupyter_server_config.py``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,10 @@ class LowCostApp(ExtensionApp):
         assert self.serverapp is not None
         factory = KernelProvisionerFactory.instance(parent=self.serverapp.kernel_manager)
         configured: Any = self.serverapp.config.get("KernelProvisionerFactory", {})
-        if "default_provisioner_name" not in configured:
+        chosen_by_user = "default_provisioner_name" in configured or os.environ.get(
+            factory.default_provisioner_name_env
+        )
+        if not chosen_by_user:
             factory.default_provisioner_name = PROVISIONER_NAME
 
     def initialize_handlers(self) -> None:
