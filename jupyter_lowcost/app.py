@@ -166,10 +166,9 @@ class LowCostApp(ExtensionApp):
         assert self.serverapp is not None
         factory = KernelProvisionerFactory.instance(parent=self.serverapp.kernel_manager)
         configured: Any = self.serverapp.config.get("KernelProvisionerFactory", {})
-        chosen_by_user = "default_provisioner_name" in configured or os.environ.get(
-            factory.default_provisioner_name_env
-        )
-        if not chosen_by_user:
+        if "default_provisioner_name" in configured:
+            factory.default_provisioner_name = configured["default_provisioner_name"]
+        elif not os.environ.get(factory.default_provisioner_name_env):
             factory.default_provisioner_name = PROVISIONER_NAME
 
     def initialize_handlers(self) -> None:

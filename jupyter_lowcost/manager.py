@@ -548,7 +548,14 @@ class InstanceManager:
         old = self._placements.get(kernel_id)
         if old == placement:
             raise web.HTTPError(409, f"the kernel already runs on {placement.describe()}")
-        self._check_launchable(self.kernel_manager.get_kernel(kernel_id).kernel_spec)
+        kernel = self.kernel_manager.get_kernel(kernel_id)
+        if not getattr(kernel.provisioner, "supports_placement", False):
+            raise web.HTTPError(
+                409,
+                f"this kernel was started by {type(kernel.provisioner).__name__}, which cannot "
+                "move it; kernels started with lowcost-provisioner can",
+            )
+        self._check_launchable(kernel.kernel_spec)
         current = self.current_instance(kernel_id)
         live = current if current is not None and current.is_live else None
         self.backend.check_capacity(placement.low_cost, replacing=live)

@@ -33,6 +33,8 @@ EXTENSION_ARGUMENT = "--IPKernelApp.extra_extensions=jupyter_lowcost"
 class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
     """A ``LocalProvisioner`` that runs the kernel on an instance when it has a placement."""
 
+    #: Read by the manager: kernels with this provisioner can be moved to an instance.
+    supports_placement = True
     #: True while the kernel's current process is an instance rather than a local process.
     _on_instance = False
 

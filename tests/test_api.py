@@ -236,3 +236,17 @@ async def test_a_launch_that_fails_says_why(api: Any, jp_data_dir: Any, tmp_path
     status, instances = await api("GET", "instances")
     assert [i["state"] for i in instances] == ["failed"]
     assert "this python is broken" in instances[0]["reason"]
+
+
+@pytest.mark.lowcost(KernelProvisionerFactory={"default_provisioner_name": "local-provisioner"})
+async def test_a_kernel_of_another_provisioner_is_not_moved(
+    api: Any, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    import json
+
+    response = await jp_fetch("api", "kernels", method="POST", body="{}")
+    kernel_id = json.loads(response.body)["id"]
+    status, answer = await api("PUT", f"kernels/{kernel_id}", {"low_cost": True})
+    assert status == 409 and "LocalProvisioner, which cannot move it" in answer["message"]
+    status, model = await api("GET", f"kernels/{kernel_id}")
+    assert model["placement"] is None
