@@ -250,3 +250,28 @@ async def test_a_kernel_of_another_provisioner_is_not_moved(
     assert status == 409 and "LocalProvisioner, which cannot move it" in answer["message"]
     status, model = await api("GET", f"kernels/{kernel_id}")
     assert model["placement"] is None
+
+
+async def test_interrupting_a_low_cost_kernel_stops_its_cell(
+    api: Any, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    body = await start_lowcost_kernel(api)
+    kernel_id = body["kernel"]["id"]
+    client = jp_serverapp.kernel_manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=60)
+        msg_id = client.execute("import time\nprint('started', flush=True)\ntime.sleep(120)")
+        while True:  # the cell is running once it has printed
+            msg = await client.get_iopub_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                break
+        await jp_fetch("api", "kernels", kernel_id, "interrupt", method="POST", body="")
+        reply = await client.get_shell_msg(timeout=30)
+    finally:
+        client.stop_channels()
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    status, model = await api("GET", f"kernels/{kernel_id}")
+    assert model["instance"]["id"] == body["instance"]["id"]  # same instance, still running
+    assert model["instance"]["state"] == "running"
