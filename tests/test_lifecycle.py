@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EventRecorder, execute, process_alive, start_lowcost_kernel, wait_until
+from conftest import (
+    EventRecorder,
+    execute,
+    moved,
+    process_alive,
+    start_lowcost_kernel,
+    wait_until,
+)
 
 
 def manager_of(serverapp: Any) -> Any:
@@ -268,3 +275,26 @@ async def test_one_slot_per_gpu_each_instance_sees_its_own(
     assert server["capacity"] == {"slots": 2, "used": 2, "free": 0, "gpus": ["0", "1"]}
     status, answer = await api("POST", "kernels", {"instance_type": "T4"})
     assert status == 503 and "all 2 slot(s)" in answer["message"]
+
+
+async def test_a_kernel_that_dies_is_restarted_on_a_new_instance(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    client = jp_serverapp.kernel_manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=60)
+        client.execute("import os; os._exit(7)")
+        failed = await instance_events.wait_for(instance_id=first, state="failed")
+    finally:
+        client.stop_channels()
+    assert failed["reason"] == "the kernel died: the process exited (7)"
+    # Jupyter's restarter brings the kernel back, on a new instance of the same placement.
+    running = await instance_events.wait_for(
+        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first
+    )
+    assert running["tier"] == "low-cost" and running["instance_type"] == "T4"
+    await wait_until(lambda: moved(api, kernel_id))
+    assert (await execute(jp_serverapp, kernel_id, "print('back')")).strip() == "back"
