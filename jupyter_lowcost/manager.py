@@ -263,6 +263,7 @@ class InstanceManager:
                 ENV_INSTANCE_ID: record.id,
                 ENV_SECRET: secret,
             }
+            self.instance_progress(record.id, "starting the kernel on the instance")
             await self.backend.launch(record, LaunchSpec(python, launch_env, cwd, str(log_path)))
             self._save()
             info = await asyncio.wait_for(ready, self.launch_timeout)
@@ -371,6 +372,16 @@ class InstanceManager:
             self._end(record, InstanceState.TERMINATED, "the kernel exited")
         else:
             self._end(record, InstanceState.FAILED, f"the kernel died: {detail}")
+
+    def instance_progress(self, instance_id: str, message: str) -> None:
+        """A pending instance waits: say so with a new ``pending`` event (long work shows)."""
+        record = self._records.get(instance_id)
+        if (
+            record is not None
+            and record.state == InstanceState.PENDING
+            and record.reason != message
+        ):
+            self._transition(record, InstanceState.PENDING, message)
 
     def _on_channel_message(self, instance_id: str, message: dict[str, Any]) -> None:
         if message.get("type") == "notice":

@@ -12,7 +12,8 @@ creates one at start-up (``LowCostApp.backend`` names its entry point in the gro
   while the instance lives, :meth:`Backend.forget_orphan` for records a previous server left.
 
 A backend reports what happens on its own through the listener: an interruption notice
-(``instance_noticed``) and the end of an instance (``instance_exited``). Backends are plain
+(``instance_noticed``), the end of an instance (``instance_exited``), and what a pending
+instance waits for (``instance_progress``). Backends are plain
 async Python; they raise :class:`BackendError` with a message a person understands.
 """
 
@@ -59,6 +60,9 @@ class BackendListener(Protocol):
 
     def instance_exited(self, instance_id: str, returncode: int | None, detail: str) -> None:
         """The instance has ended (its launcher exited or its job left the queue)."""
+
+    def instance_progress(self, instance_id: str, message: str) -> None:
+        """A pending instance is still on its way: ``message`` says what it waits for."""
 
 
 class Backend(LoggingConfigurable):

@@ -227,10 +227,20 @@ class LocalBackend(Backend):
                             time.time() + self.preemption_notice,
                             f"preempted: a regular {record.instance_type} instance needs its slot",
                         )
+                        self.listener.instance_progress(
+                            record.id,
+                            f"waiting for the slot of low-cost instance {victim.id}, preempted "
+                            f"with {self.preemption_notice:g} s of notice",
+                        )
                     elif not self._preempting:
                         self.check_capacity(low_cost=False, replacing=None)
                 elif self.low_cost_when_full == "fail":
                     raise BackendError(self._full_message(), status=503, reason="no-capacity")
+                else:
+                    self.listener.instance_progress(
+                        record.id,
+                        f"waiting for a free slot: all {len(self._slots)} are in use",
+                    )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise BackendError(
