@@ -105,7 +105,7 @@ class KernelsHandler(LowCostHandler):
         model = await ensure_async(self.kernel_manager.kernel_model(kernel_id))
         self.set_header("Location", url_path_join(self.base_url, "lowcost/api/kernels", kernel_id))
         self.write_json(
-            {"kernel": model, "instance": self.manager.kernel_model(kernel_id)["instance"]}, 201
+            {"kernel": model, "instance": self.manager.current_instance_model(kernel_id)}, 201
         )
 
 

@@ -117,18 +117,9 @@ class LowCostMagics(Magics):
             print(f"%lowcost: {err}", file=sys.stderr)
 
     def _on(self, client: LowCostClient, instance_type: str | None) -> None:
-        types = {t["name"]: t for t in client.instance_types()}
-        kernel = client.kernel()
-        placement = kernel.get("placement") or {}
-        target = instance_type or placement.get("instance_type") or next(iter(types), None)
-        if target not in types:
-            from .client import LowCostError
-
-            raise LowCostError(
-                f"unknown instance type {target!r}; the catalog has: {', '.join(types)}"
-            )
-        client.switch(True, target)
-        t = types[target]
+        # The server validates the type (and picks one when none is given).
+        target = client.switch(True, instance_type)["placement"]["instance_type"]
+        t = {t["name"]: t for t in client.instance_types()}[target]
         cap = format_duration(t["low_cost_lifetime_cap_seconds"])
         print(
             f"Moving this kernel to a low-cost {target} instance: ${t['price_low_cost']:.2f}/h "

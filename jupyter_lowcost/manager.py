@@ -90,7 +90,6 @@ class InstanceManager:
         self._moving: set[str] = set()  # kernels in a switch or a recovery
         self._launch_reasons: dict[str, str] = {}  # kernel id -> why its next instance starts
         self._stop_reasons: dict[str, str] = {}  # instance id -> why it is being stopped
-        self._cap_notices: set[str] = set()  # instances whose notice is the lifetime cap
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._deadlines: dict[str, asyncio.Task[None]] = {}
         self._ended: dict[str, asyncio.Event] = {}
@@ -218,6 +217,13 @@ class InstanceManager:
         instance_id = self._current.get(kernel_id)
         return self._records.get(instance_id) if instance_id else None
 
+    def current_instance_model(self, kernel_id: str) -> dict[str, Any] | None:
+        """The model of the kernel's current instance (None without a placement)."""
+        current = self.current_instance(kernel_id)
+        if current is None or kernel_id not in self._placements:
+            return None
+        return current.to_model()
+
     def placement(self, kernel_id: str) -> Placement | None:
         """The placement of ``kernel_id`` (None: it runs on the server's machine)."""
         return self._placements.get(kernel_id)
@@ -336,9 +342,15 @@ class InstanceManager:
     def instance_noticed(self, instance_id: str, deadline: float, reason: str) -> None:
         """An interruption is announced: state ``notice``, tell the kernel, enforce the deadline."""
         record = self._records.get(instance_id)
-        if self._stopped or record is None:
-            return
-        if record.state not in (InstanceState.RUNNING, InstanceState.NOTICE):
+        if (
+            self._stopped
+            or record is None
+            or record.state
+            not in (
+                InstanceState.RUNNING,
+                InstanceState.NOTICE,
+            )
+        ):
             return
         if record.notice_deadline is not None and record.notice_deadline <= deadline:
             return  # an earlier notice stands
@@ -399,7 +411,6 @@ class InstanceManager:
         record = self._records.get(instance_id)
         if record is None or record.expires_at is None:
             return
-        self._cap_notices.add(instance_id)
         hours = self.lifetime_cap / 3600
         cap = f"{hours:g} hours" if hours >= 1 else f"{self.lifetime_cap:g} seconds"
         self.instance_noticed(
@@ -412,7 +423,7 @@ class InstanceManager:
         if record.state != InstanceState.NOTICE:
             return
         kernel_id = record.kernel_id
-        expired = record.id in self._cap_notices
+        expired = record.expires_at is not None and record.notice_deadline == record.expires_at
         if kernel_id is not None:
             self._moving.add(kernel_id)
             if kernel_id in self.kernel_manager:
@@ -508,11 +519,10 @@ class InstanceManager:
         """``GET kernels/<id>``: the placement, the current instance, the history."""
         self._kernel(kernel_id)
         placement = self._placements.get(kernel_id)
-        current = self.current_instance(kernel_id)
         return {
             "kernel_id": kernel_id,
             "placement": placement.to_model() if placement else None,
-            "instance": current.to_model() if current and placement else None,
+            "instance": self.current_instance_model(kernel_id),
             "moving": kernel_id in self._moving,
             "history": self.instance_models(kernel_id),
         }
@@ -571,6 +581,7 @@ class InstanceManager:
         live = current if current is not None and current.is_live else None
         self.backend.check_capacity(placement.low_cost, replacing=live)
         self._moving.add(kernel_id)
+        self._placements[kernel_id] = placement  # where the kernel goes, from now on
         task = self._spawn(self._move(kernel_id, old, placement, live, after_cell=not wait))
         if wait:
             await asyncio.shield(task)
@@ -587,7 +598,6 @@ class InstanceManager:
             if after_cell:
                 # Asked from the kernel itself (%lowcost): let the asking cell finish first.
                 await self._until_idle(kernel_id)
-            self._placements[kernel_id] = placement
             if live is not None:
                 self._stop_reasons[live.id] = f"the kernel moved to {placement.describe()}"
             self._launch_reasons[kernel_id] = (

@@ -70,12 +70,9 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
             return kwargs
         km = self.parent
         assert manager is not None and km is not None
+        # The manager only places IPython kernels (python -m ipykernel_launcher): the launcher
+        # takes the interpreter from the command and runs ipykernel itself.
         cmd = km.format_kernel_cmd(extra_arguments=kwargs.pop("extra_arguments", []))
-        if not is_ipykernel_command(cmd):
-            raise RuntimeError(
-                f"kernel {self.kernel_spec.display_name!r} is not an IPython kernel "
-                "(python -m ipykernel_launcher): only IPython kernels run on low-cost instances"
-            )
         self._forget_ports()
         kwargs = await KernelProvisionerBase.pre_launch(self, cmd=cmd, **kwargs)
         kwargs["env"].update(manager.kernel_env(self.kernel_id))

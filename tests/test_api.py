@@ -63,11 +63,11 @@ async def test_low_cost_kernel_starts_on_an_instance_and_runs_code(
     # The kernel is a standard one: the server's kernels API knows it.
     assert kernel["id"] in jp_serverapp.kernel_manager
     # It runs in the launcher's process that the local backend started for the instance.
-    record = jp_serverapp.kernel_manager.get_kernel(kernel["id"]).provisioner
+    provisioner = jp_serverapp.kernel_manager.get_kernel(kernel["id"]).provisioner
     pid = await execute(jp_serverapp, kernel["id"], "import os; print(os.getpid())")
     manager = jp_serverapp.web_app.settings["jupyter_lowcost_manager"]
     assert int(pid) == manager.current_instance(kernel["id"]).backend_state["pid"]
-    assert record.has_process
+    assert provisioner.has_process
     assert (await execute(jp_serverapp, kernel["id"], "print(6 * 7)")).strip() == "42"
 
     status, model = await api("GET", f"kernels/{kernel['id']}")

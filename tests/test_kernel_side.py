@@ -16,6 +16,14 @@ async def start_plain_kernel(jp_fetch: Any) -> str:
     return json.loads(response.body)["id"]
 
 
+async def after_move(api: Any, kernel_id: str) -> dict[str, Any]:
+    """The kernel's model once the move under way is over."""
+    await wait_until(lambda: moved(api, kernel_id))
+    status, model = await api("GET", f"kernels/{kernel_id}")
+    assert status == 200
+    return model
+
+
 async def test_a_kernel_without_placement_runs_locally_like_the_stock_provisioner(
     jp_fetch: Any, jp_serverapp: Any, api: Any
 ) -> None:
@@ -59,8 +67,7 @@ async def test_lowcost_on_and_off_move_the_kernel_they_run_in(
     assert "interrupted at any time" in out and "24 h" in out
     running = await instance_events.wait_for(kernel_id=kernel_id, state="running")
     assert running["tier"] == "low-cost" and running["instance_type"] == "T4"
-    await wait_until(lambda: moved(api, kernel_id))
-    status, model = await api("GET", f"kernels/{kernel_id}")
+    model = await after_move(api, kernel_id)
     assert model["placement"]["low_cost"] is True
     out = await execute(jp_serverapp, kernel_id, "%lowcost")
     assert "runs on a low-cost T4 instance" in out
@@ -68,8 +75,7 @@ async def test_lowcost_on_and_off_move_the_kernel_they_run_in(
     out = await execute(jp_serverapp, kernel_id, "%lowcost off")
     assert "Moving this kernel to a regular T4 instance" in out
     await instance_events.wait_for(kernel_id=kernel_id, state="running", tier="regular")
-    await wait_until(lambda: moved(api, kernel_id))
-    status, model = await api("GET", f"kernels/{kernel_id}")
+    model = await after_move(api, kernel_id)
     assert model["placement"] == {"instance_type": "T4", "low_cost": False, "tier": "regular"}
     out = await execute(jp_serverapp, kernel_id, "%lowcost off")
     assert "not on a low-cost instance; nothing to change" in out

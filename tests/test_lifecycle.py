@@ -123,14 +123,22 @@ async def test_interruption_notice_callback_then_relaunch(
     assert time.time() - sent >= 3
 
 
-@pytest.mark.lowcost(LowCostApp={"recovery_policy": "fallback"})
-async def test_fallback_policy_moves_to_a_regular_instance(
-    api: Any, jp_serverapp: Any, instance_events: EventRecorder
-) -> None:
+async def interrupt_at_once(
+    api: Any, instance_events: EventRecorder
+) -> tuple[str, str, dict[str, Any]]:
+    """A low-cost T4 kernel interrupted without notice: its id, its instance, the event."""
     body = await start_lowcost_kernel(api, "T4")
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
     interrupted = await instance_events.wait_for(instance_id=first, state="interrupted")
+    return kernel_id, first, interrupted
+
+
+@pytest.mark.lowcost(LowCostApp={"recovery_policy": "fallback"})
+async def test_fallback_policy_moves_to_a_regular_instance(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    kernel_id, first, interrupted = await interrupt_at_once(api, instance_events)
     assert interrupted["recovery"] == "fallback"
     running = await instance_events.wait_for(kernel_id=kernel_id, state="running", tier="regular")
     assert running["instance_id"] != first
@@ -149,10 +157,7 @@ async def test_fallback_policy_moves_to_a_regular_instance(
 async def test_none_policy_stops_the_kernel(
     api: Any, jp_serverapp: Any, instance_events: EventRecorder
 ) -> None:
-    body = await start_lowcost_kernel(api, "T4")
-    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
-    await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
-    interrupted = await instance_events.wait_for(instance_id=first, state="interrupted")
+    kernel_id, _, interrupted = await interrupt_at_once(api, instance_events)
     assert interrupted["recovery"] == "none"
     await wait_until(lambda: kernel_id not in jp_serverapp.kernel_manager)
     assert [s for _, s in instance_events.states(kernel_id)].count("running") == 1
