@@ -4,6 +4,8 @@ This module holds only the hooks Jupyter looks for and the kernel-side API; impo
 in a kernel does not import the server.
 
 - ``_jupyter_server_extension_points``: the server extension (``jupyter_lowcost.app``);
+- ``_jupyter_labextension_paths``: the built JupyterLab extension (from ``labextension/``),
+  for ``jupyter labextension develop``;
 - ``load_ipython_extension``: ``%load_ext jupyter_lowcost`` registers ``%lowcost``;
 - ``notice`` and ``on_notice``: the interruption flag and callbacks for training loops.
 """
@@ -22,6 +24,10 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     from .app import LowCostApp
 
     return [{"module": "jupyter_lowcost.app", "app": LowCostApp}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "jupyter-lowcost"}]
 
 
 def load_ipython_extension(ipython: Any) -> None:

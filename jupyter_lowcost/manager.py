@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_events import EventLogger
+from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from tornado import web
 
 from . import events
@@ -462,6 +463,7 @@ class InstanceManager:
         )
         try:
             await self.kernel_manager.restart_kernel(kernel_id, now=True)
+            self._reconnect_clients(kernel_id, died=True)
         except Exception as err:  # the restart's own failure: report it, stop the kernel
             self.log.error("jupyter_lowcost | recovery of kernel %s failed: %s", kernel_id, err)
             if kernel_id in self.kernel_manager:
@@ -606,6 +608,7 @@ class InstanceManager:
             )
             try:
                 await self.kernel_manager.restart_kernel(kernel_id, now=False)
+                self._reconnect_clients(kernel_id, died=False)
             except Exception as err:
                 # Put the kernel back where it was, so the user keeps a working kernel.
                 self.log.error("jupyter_lowcost | moving kernel %s failed: %s", kernel_id, err)
@@ -616,12 +619,36 @@ class InstanceManager:
                 self._launch_reasons[kernel_id] = f"back on its previous placement: {err}"
                 if kernel_id in self.kernel_manager:
                     await self.kernel_manager.restart_kernel(kernel_id, now=True)
+                    self._reconnect_clients(kernel_id, died=False)
                 message = err.message if isinstance(err, BackendError) else str(err)
                 raise web.HTTPError(
                     503, f"could not move the kernel ({message}); it runs where it ran before"
                 ) from err
         finally:
             self._moving.discard(kernel_id)
+
+    def _reconnect_clients(self, kernel_id: str, *, died: bool) -> None:
+        """Make the kernel's websocket clients (JupyterLab) reconnect to its new instance.
+
+        A kernel on a new instance listens on new ports, and jupyter_server re-reads a
+        kernel's ports only when a websocket (re)connects. Called after each successful
+        restart made here:
+
+        - ``died`` (a recovery): the kernel's restart callbacks are fired, as jupyter_client's
+          restarter does after a crash, so each websocket sends the "restarting" status on
+          which JupyterLab clears the dead kernel's pending cells and reconnects (and says
+          the kernel died and restarted);
+        - a move the user asked for: the websockets are closed, so JupyterLab reconnects
+          quietly (no "kernel died" dialog; the switch shows the move's progress).
+        """
+        if died:
+            restarter = getattr(self.kernel_manager.get_kernel(kernel_id), "_restarter", None)
+            if restarter is not None:
+                restarter._fire_callbacks("restart")
+            return
+        for connection in list(getattr(ZMQChannelsWebsocketConnection, "_open_sockets", ())):
+            if getattr(connection, "kernel_id", None) == kernel_id:
+                connection.websocket_handler.close()
 
     async def _until_idle(self, kernel_id: str, timeout: float = 30.0) -> None:
         kernel = self.kernel_manager.get_kernel(kernel_id)

@@ -1,0 +1,192 @@
+/**
+ * Notifications a person sees as toasts: the interruption notice with a live countdown,
+ * the interruption, the recovery, and the warnings before the lifetime cap.
+ *
+ * Made once by the plugin. It only speaks of kernels of notebooks open in this window,
+ * and names the notebook in every message.
+ */
+import { Notification } from '@jupyterlab/apputils';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+
+import { IInstanceEvent } from './api';
+import { clock, placementName, secondsUntil } from './format';
+import { LowCostStore } from './store';
+
+/** What the notifier needs from the settings, read at each tick. */
+export interface INotifierSettings {
+  /** Seconds before the lifetime cap at which to warn (e.g. 3600 and 600). */
+  capWarnings: number[];
+}
+
+const RECOVERING: Record<string, string> = {
+  relaunch: 'Restarting the kernel on a new low-cost instance…',
+  fallback: 'Restarting the kernel on a regular instance…',
+  none: 'The kernel is stopped (recovery policy: none).'
+};
+
+interface INotice {
+  toast: string;
+  deadline: string | null;
+  head: string;
+  reason: string;
+}
+
+export class Notifier {
+  constructor(
+    private _tracker: INotebookTracker,
+    private _store: LowCostStore,
+    private _settings: () => INotifierSettings
+  ) {
+    _store.instanceEvent.connect(this._onEvent, this);
+    this._timer = window.setInterval(() => this._tick(), 1000);
+  }
+
+  dispose(): void {
+    window.clearInterval(this._timer);
+    this._store.instanceEvent.disconnect(this._onEvent, this);
+  }
+
+  private _panelOf(kernelId: string | null): NotebookPanel | null {
+    if (!kernelId) {
+      return null;
+    }
+    return this._tracker.find(p => p.sessionContext.session?.kernel?.id === kernelId) ?? null;
+  }
+
+  private _onEvent(_: LowCostStore, event: IInstanceEvent): void {
+    const panel = this._panelOf(event.kernel_id);
+    if (!panel) {
+      return;
+    }
+    const path = panel.context.path;
+    const head = `${path}: the ${placementName({
+      instance_type: event.instance_type,
+      low_cost: event.tier === 'low-cost'
+    })} instance`;
+    const kernelId = event.kernel_id as string;
+    switch (event.state) {
+      case 'notice': {
+        this._endNotice(event.instance_id);
+        const notice: INotice = { toast: '', deadline: event.deadline, head, reason: event.reason };
+        notice.toast = Notification.warning(this._noticeText(notice), { autoClose: false });
+        this._notices.set(event.instance_id, notice);
+        break;
+      }
+      case 'interrupted':
+      case 'expired': {
+        this._endNotice(event.instance_id);
+        const what =
+          event.state === 'expired' ? 'reached its lifetime cap' : 'was interrupted';
+        const next = RECOVERING[event.recovery ?? 'none'] ?? '';
+        Notification.error(`${head} ${what}: ${event.reason}. ${next}`, {
+          autoClose: false
+        });
+        if (event.recovery && event.recovery !== 'none') {
+          this._recovering.set(kernelId, event.instance_id);
+        }
+        break;
+      }
+      case 'running': {
+        const lost = this._recovering.get(kernelId);
+        if (lost && lost !== event.instance_id) {
+          this._recovering.delete(kernelId);
+          const where = placementName({
+            instance_type: event.instance_type,
+            low_cost: event.tier === 'low-cost'
+          });
+          const how = event.tier === 'low-cost' ? 'relaunched' : 'fell back';
+          Notification.success(
+            `${path}: the kernel ${how} on a new ${where} instance and is running again; ` +
+              'its variables were not kept.',
+            { autoClose: 10000 }
+          );
+        }
+        break;
+      }
+      case 'failed': {
+        if (this._recovering.has(kernelId)) {
+          this._recovering.delete(kernelId);
+          Notification.error(`${path}: the kernel could not be restarted: ${event.reason}`, {
+            autoClose: false
+          });
+        }
+        break;
+      }
+      case 'terminated':
+        this._endNotice(event.instance_id);
+        break;
+    }
+  }
+
+  private _noticeText(notice: INotice): string {
+    const left = secondsUntil(notice.deadline);
+    const when = left === null ? 'soon' : `in ${clock(Math.max(0, left))}`;
+    return `${notice.head} will be interrupted ${when}: ${notice.reason}`;
+  }
+
+  private _endNotice(instanceId: string): void {
+    const notice = this._notices.get(instanceId);
+    if (notice) {
+      Notification.dismiss(notice.toast);
+      this._notices.delete(instanceId);
+    }
+  }
+
+  private _tick(): void {
+    for (const notice of this._notices.values()) {
+      Notification.update({ id: notice.toast, message: this._noticeText(notice) });
+    }
+    this._warnBeforeCap();
+  }
+
+  /** Warn once per threshold as a live low-cost instance crosses it. */
+  private _warnBeforeCap(): void {
+    const thresholds = [...this._settings().capWarnings].sort((a, b) => a - b);
+    this._tracker.forEach(panel => {
+      const kernelId = panel.sessionContext.session?.kernel?.id;
+      const instance = kernelId ? this._store.get(kernelId)?.instance : null;
+      if (!instance || !instance.low_cost || instance.state !== 'running') {
+        return;
+      }
+      const left = secondsUntil(instance.expires);
+      if (left === null || left <= 0) {
+        return;
+      }
+      const lifetime =
+        instance.started && instance.expires
+          ? (Date.parse(instance.expires) - Date.parse(instance.started)) / 1000
+          : Infinity;
+      const warned = this._capWarned.get(instance.id) ?? new Set<number>();
+      this._capWarned.set(instance.id, warned);
+      // The smallest threshold crossed and not yet warned; larger ones are then moot.
+      const crossed = thresholds.filter(t => left <= t && t < lifetime && !warned.has(t));
+      if (crossed.length === 0) {
+        return;
+      }
+      crossed.forEach(t => warned.add(t));
+      Notification.warning(
+        `${panel.context.path}: the ${placementName(instance)} instance shuts down in ` +
+          `${aboutSpan(left)} (its lifetime cap). Save what you need.`,
+        { autoClose: false }
+      );
+    });
+  }
+
+  private _notices = new Map<string, INotice>();
+  private _recovering = new Map<string, string>();
+  private _capWarned = new Map<string, Set<number>>();
+  private _timer: number;
+}
+
+/** `about 10 minutes`, `about 1 hour`, `45 s`: a time left, in words. */
+function aboutSpan(seconds: number): string {
+  if (seconds < 60) {
+    return clock(seconds);
+  }
+  if (seconds < 3000) {
+    const m = Math.round(seconds / 60);
+    return `about ${m} minute${m === 1 ? '' : 's'}`;
+  }
+  const h = Math.round(seconds / 3600);
+  return `about ${h} hour${h === 1 ? '' : 's'}`;
+}

@@ -1,0 +1,169 @@
+/**
+ * What this page knows of the server's placements: one view per kernel, kept current from
+ * the server's instance events and `GET kernels/<id>`.
+ *
+ * The plugin (`index.ts`) makes one store; the switches, the status bar item and the
+ * notifier read it and listen to `changed` (a kernel's view changed) and `instanceEvent`
+ * (an event as it arrived, before any request: that is what keeps notices fast).
+ */
+import { Event } from '@jupyterlab/services';
+import { ISignal, Signal } from '@lumino/signaling';
+
+import {
+  EVENT_SCHEMA_ID,
+  IInstance,
+  IInstanceEvent,
+  IInstanceType,
+  IKernelPlacement,
+  IPlacement,
+  IStatus,
+  LowCostAPIError,
+  requestAPI
+} from './api';
+
+/** One kernel as the page sees it. */
+export interface IKernelView {
+  kernelId: string;
+  placement: IPlacement | null;
+  instance: IInstance | null;
+  /** A move asked by this page or by the server (`moving`) is under way. */
+  moving: boolean;
+  /** `Date.now()` when `instance` came from the server (costs are extrapolated from it). */
+  fetchedAt: number;
+}
+
+export class LowCostStore {
+  constructor(events: Event.IManager) {
+    events.stream.connect(this._onEvent, this);
+    this.status = this._loadStatus();
+  }
+
+  /** The server's status, or null when the server extension is missing. */
+  readonly status: Promise<IStatus | null>;
+
+  /** The error met while loading the status (shown once by the plugin), if any. */
+  statusError: LowCostAPIError | null = null;
+
+  /** A kernel's view changed; the argument is its kernel id. */
+  get changed(): ISignal<this, string> {
+    return this._changed;
+  }
+
+  /** An instance event, as received. */
+  get instanceEvent(): ISignal<this, IInstanceEvent> {
+    return this._instanceEvent;
+  }
+
+  /** The catalog of instance types (fetched once, again after a failure). */
+  catalog(): Promise<IInstanceType[]> {
+    if (!this._catalog) {
+      this._catalog = requestAPI<IInstanceType[]>('instance-types');
+      this._catalog.catch(() => (this._catalog = null));
+    }
+    return this._catalog;
+  }
+
+  get(kernelId: string): IKernelView | undefined {
+    return this._views.get(kernelId);
+  }
+
+  /** Mark a move started or ended by this page. */
+  setMoving(kernelId: string, moving: boolean): void {
+    const view = this._views.get(kernelId) ?? this._empty(kernelId);
+    view.moving = moving;
+    this._views.set(kernelId, view);
+    this._changed.emit(kernelId);
+  }
+
+  /**
+   * Fetch `GET kernels/<id>` and update the view. Answers that arrive out of order are
+   * dropped (only the newest request for a kernel is applied). Errors other than "no such
+   * kernel" propagate to the caller.
+   */
+  async refresh(kernelId: string): Promise<IKernelView | undefined> {
+    if ((await this.status) === null) {
+      return undefined;
+    }
+    const serial = (this._serials.get(kernelId) ?? 0) + 1;
+    this._serials.set(kernelId, serial);
+    let model: IKernelPlacement | null = null;
+    try {
+      model = await requestAPI<IKernelPlacement>(`kernels/${kernelId}`);
+    } catch (error) {
+      if (!(error instanceof LowCostAPIError && error.status === 404)) {
+        throw error;
+      }
+    }
+    if (this._serials.get(kernelId) !== serial) {
+      return this._views.get(kernelId);
+    }
+    if (model === null) {
+      this._views.delete(kernelId);
+    } else {
+      const previous = this._views.get(kernelId);
+      this._views.set(kernelId, {
+        kernelId,
+        placement: model.placement,
+        instance: model.instance,
+        moving: model.moving || (previous?.moving ?? false),
+        fetchedAt: Date.now()
+      });
+    }
+    this._changed.emit(kernelId);
+    return this._views.get(kernelId);
+  }
+
+  private async _loadStatus(): Promise<IStatus | null> {
+    try {
+      return await requestAPI<IStatus>('status');
+    } catch (error) {
+      this.statusError = error as LowCostAPIError;
+      return null;
+    }
+  }
+
+  private _empty(kernelId: string): IKernelView {
+    return {
+      kernelId,
+      placement: null,
+      instance: null,
+      moving: false,
+      fetchedAt: Date.now()
+    };
+  }
+
+  private _onEvent(_: Event.IManager, emission: Event.Emission): void {
+    if (emission.schema_id !== EVENT_SCHEMA_ID) {
+      return;
+    }
+    const event = emission as unknown as IInstanceEvent;
+    // Apply what the event says at once, so the status bar follows within the event's
+    // own latency; the refresh below brings the rest (expiry, costs, placement).
+    const kernelId = event.kernel_id;
+    if (kernelId) {
+      const view = this._views.get(kernelId);
+      if (view?.instance && view.instance.id === event.instance_id) {
+        view.instance = {
+          ...view.instance,
+          state: event.state,
+          reason: event.reason,
+          notice_deadline: event.deadline,
+          recovery: event.recovery
+        };
+        this._changed.emit(kernelId);
+      }
+    }
+    this._instanceEvent.emit(event);
+    if (kernelId && this._views.has(kernelId)) {
+      this.refresh(kernelId).catch(error =>
+        console.warn('jupyter-lowcost: could not refresh the kernel', error)
+      );
+    }
+  }
+
+  private _views = new Map<string, IKernelView>();
+  private _serials = new Map<string, number>();
+  private _catalog: Promise<IInstanceType[]> | null = null;
+  private _changed = new Signal<this, string>(this);
+  private _instanceEvent = new Signal<this, IInstanceEvent>(this);
+}
