@@ -94,6 +94,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
           return;
         }
         await panel.sessionContext.ready;
+        // Move only once JupyterLab is connected: a websocket that is still opening
+        // while the kernel moves would wait for the old instance.
+        const kernel = panel.sessionContext.session?.kernel;
+        if (!kernel) {
+          return;
+        }
+        await kernel.info;
         const types = await store.catalog();
         const type = types.some(t => t.name === settings.defaultInstanceType)
           ? settings.defaultInstanceType

@@ -4,7 +4,7 @@
  *
  * Created once by the plugin; the switches call `toggle`; the plugin calls `moveTo`.
  */
-import { Notification } from '@jupyterlab/apputils';
+import { Notification, showErrorMessage } from '@jupyterlab/apputils';
 import { NotebookPanel } from '@jupyterlab/notebook';
 
 import { IInstanceEvent, LowCostAPIError, moveKernel } from './api';
@@ -87,11 +87,18 @@ export class Mover {
       });
       return true;
     } catch (error) {
-      Notification.update({
-        id,
-        type: 'error',
-        message: `${path}: could not move the kernel to a ${target} instance: ${messageOf(error)}`,
-        autoClose: false
+      // A new toast rather than an update: an error must stay until it is read.
+      // Toasts show 140 characters: the server's message first, all of it in Details.
+      Notification.dismiss(id);
+      const full = `${path}: could not move the kernel to a ${target} instance: ${messageOf(error)}`;
+      Notification.error(`Kernel not moved: ${messageOf(error)}`, {
+        autoClose: false,
+        actions: [
+          {
+            label: 'Details',
+            callback: () => void showErrorMessage('The kernel was not moved', full)
+          }
+        ]
       });
       return false;
     } finally {

@@ -5,7 +5,7 @@
  * Made once by the plugin. It only speaks of kernels of notebooks open in this window,
  * and names the notebook in every message.
  */
-import { Notification } from '@jupyterlab/apputils';
+import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 
 import { IInstanceEvent } from './api';
@@ -27,8 +27,37 @@ const RECOVERING: Record<string, string> = {
 interface INotice {
   toast: string;
   deadline: string | null;
-  head: string;
+  /** `the low-cost T4 instance of nb.ipynb` */
+  what: string;
   reason: string;
+}
+
+/**
+ * Show a toast. Toasts show 140 characters, so the message leads with what happened and
+ * the full story (the server's reason included) is one click away, under Details.
+ */
+function show(
+  type: Notification.TypeOptions,
+  message: string,
+  details: string,
+  autoClose: number | false
+): string {
+  return Notification.emit(message, type, {
+    autoClose,
+    actions: [
+      {
+        label: 'Details',
+        callback: event => {
+          event.preventDefault(); // keep the toast
+          void showDialog({
+            title: 'Low-cost instance',
+            body: details,
+            buttons: [Dialog.okButton()]
+          });
+        }
+      }
+    ]
+  });
 }
 
 export class Notifier {
@@ -59,28 +88,37 @@ export class Notifier {
       return;
     }
     const path = panel.context.path;
-    const head = `${path}: the ${placementName({
+    const kind = placementName({
       instance_type: event.instance_type,
       low_cost: event.tier === 'low-cost'
-    })} instance`;
+    });
+    const what = `the ${kind} instance of ${path}`;
     const kernelId = event.kernel_id as string;
     switch (event.state) {
       case 'notice': {
         this._endNotice(event.instance_id);
-        const notice: INotice = { toast: '', deadline: event.deadline, head, reason: event.reason };
-        notice.toast = Notification.warning(this._noticeText(notice), { autoClose: false });
+        const notice: INotice = { toast: '', deadline: event.deadline, what, reason: event.reason };
+        notice.toast = show(
+          'warning',
+          this._noticeText(notice),
+          `${capitalize(what)} will be taken away at ${event.deadline}: ${event.reason}.`,
+          false
+        );
         this._notices.set(event.instance_id, notice);
         break;
       }
       case 'interrupted':
       case 'expired': {
         this._endNotice(event.instance_id);
-        const what =
+        const happened =
           event.state === 'expired' ? 'reached its lifetime cap' : 'was interrupted';
         const next = RECOVERING[event.recovery ?? 'none'] ?? '';
-        Notification.error(`${head} ${what}: ${event.reason}. ${next}`, {
-          autoClose: false
-        });
+        show(
+          'error',
+          `${capitalize(what)} ${happened}. ${next}`,
+          `${capitalize(what)} ${happened}: ${event.reason}. ${next}`,
+          false
+        );
         if (event.recovery && event.recovery !== 'none') {
           this._recovering.set(kernelId, event.instance_id);
         }
@@ -90,25 +128,20 @@ export class Notifier {
         const lost = this._recovering.get(kernelId);
         if (lost && lost !== event.instance_id) {
           this._recovering.delete(kernelId);
-          const where = placementName({
-            instance_type: event.instance_type,
-            low_cost: event.tier === 'low-cost'
-          });
-          const how = event.tier === 'low-cost' ? 'relaunched' : 'fell back';
-          Notification.success(
-            `${path}: the kernel ${how} on a new ${where} instance and is running again; ` +
-              'its variables were not kept.',
-            { autoClose: 10000 }
-          );
+          const how =
+            event.tier === 'low-cost'
+              ? `relaunched on a new ${kind} instance`
+              : `fell back to a regular ${event.instance_type} instance`;
+          const message = `The kernel of ${path} ${how}; its variables were not kept.`;
+          show('success', message, `${message} ${event.reason}.`, 10000);
         }
         break;
       }
       case 'failed': {
         if (this._recovering.has(kernelId)) {
           this._recovering.delete(kernelId);
-          Notification.error(`${path}: the kernel could not be restarted: ${event.reason}`, {
-            autoClose: false
-          });
+          const message = `The kernel of ${path} could not be restarted: ${event.reason}`;
+          show('error', message, message, false);
         }
         break;
       }
@@ -121,7 +154,7 @@ export class Notifier {
   private _noticeText(notice: INotice): string {
     const left = secondsUntil(notice.deadline);
     const when = left === null ? 'soon' : `in ${clock(Math.max(0, left))}`;
-    return `${notice.head} will be interrupted ${when}: ${notice.reason}`;
+    return `Interruption ${when}: ${notice.what} is being taken back.`;
   }
 
   private _endNotice(instanceId: string): void {
@@ -164,10 +197,15 @@ export class Notifier {
         return;
       }
       crossed.forEach(t => warned.add(t));
-      Notification.warning(
-        `${panel.context.path}: the ${placementName(instance)} instance shuts down in ` +
-          `${aboutSpan(left)} (its lifetime cap). Save what you need.`,
-        { autoClose: false }
+      const message =
+        `The ${placementName(instance)} instance of ${panel.context.path} shuts down in ` +
+        `${aboutSpan(left)} (its lifetime cap).`;
+      show(
+        'warning',
+        message,
+        `${message} Low-cost instances always stop at the cap; save what you need, or ` +
+          'move the kernel to a regular instance with the Low-cost switch.',
+        false
       );
     });
   }
@@ -189,4 +227,8 @@ function aboutSpan(seconds: number): string {
   }
   const h = Math.round(seconds / 3600);
   return `about ${h} hour${h === 1 ? '' : 's'}`;
+}
+
+function capitalize(text: string): string {
+  return text.charAt(0).toUpperCase() + text.slice(1);
 }

@@ -71,6 +71,11 @@ export class LowCostStore {
   setMoving(kernelId: string, moving: boolean): void {
     const view = this._views.get(kernelId) ?? this._empty(kernelId);
     view.moving = moving;
+    if (moving) {
+      this._movingHere.add(kernelId);
+    } else {
+      this._movingHere.delete(kernelId);
+    }
     this._views.set(kernelId, view);
     this._changed.emit(kernelId);
   }
@@ -100,12 +105,11 @@ export class LowCostStore {
     if (model === null) {
       this._views.delete(kernelId);
     } else {
-      const previous = this._views.get(kernelId);
       this._views.set(kernelId, {
         kernelId,
         placement: model.placement,
         instance: model.instance,
-        moving: model.moving || (previous?.moving ?? false),
+        moving: model.moving || this._movingHere.has(kernelId),
         fetchedAt: Date.now()
       });
     }
@@ -163,6 +167,7 @@ export class LowCostStore {
 
   private _views = new Map<string, IKernelView>();
   private _serials = new Map<string, number>();
+  private _movingHere = new Set<string>();
   private _catalog: Promise<IInstanceType[]> | null = null;
   private _changed = new Signal<this, string>(this);
   private _instanceEvent = new Signal<this, IInstanceEvent>(this);

@@ -41,7 +41,7 @@ export class LowCostSwitch extends Widget {
     });
     _store.changed.connect(this._onChanged, this);
     _panel.sessionContext.kernelChanged.connect(this._refresh, this);
-    _panel.sessionContext.statusChanged.connect(this._onStatus, this);
+    _panel.sessionContext.connectionStatusChanged.connect(this._onConnection, this);
     this._refresh();
   }
 
@@ -65,13 +65,12 @@ export class LowCostSwitch extends Widget {
     }
   }
 
-  private _onStatus(): void {
-    // A kernel that comes back from a restart may have moved: ask once it is idle again.
-    const status = this._panel.sessionContext.session?.kernel?.status;
-    if (status === 'idle' && this._lastStatus === 'restarting') {
+  private _onConnection(): void {
+    // The server makes clients reconnect when the kernel has moved to a new instance
+    // (a move, a recovery): ask where it runs now.
+    if (this._panel.sessionContext.session?.kernel?.connectionStatus === 'connected') {
       this._refresh();
     }
-    this._lastStatus = status;
   }
 
   private _onChanged(_: LowCostStore, kernelId: string): void {
@@ -110,5 +109,4 @@ export class LowCostSwitch extends Widget {
 
   private _button: HTMLButtonElement;
   private _type: HTMLSpanElement;
-  private _lastStatus: string | undefined;
 }

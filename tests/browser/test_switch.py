@@ -64,3 +64,72 @@ async def test_switch_on_shows_prices_rules_and_a_countdown(
     await expect(switch(page)).to_have_attribute("aria-checked", "true", timeout=30_000)
     await expect(page.locator(".jp-LowCost-type")).to_have_text("A100-80G")
     assert browser.errors == []
+
+
+async def test_cancel_changes_nothing(lab: Lab, browser: Any) -> None:
+    page = await browser.open(lab)
+    await new_notebook(page)
+    await switch(page).click()
+    dialog = page.locator(".jp-Dialog")
+    await dialog.get_by_label("Instance type").select_option("T4")
+    await dialog.get_by_role("button", name="Cancel").click()
+    await expect(dialog).to_have_count(0)
+    await expect(switch(page)).to_have_attribute("aria-checked", "false")
+    await expect(page.locator(".jp-LowCost-type")).to_have_text("local")
+    await expect(status_item(page)).to_have_count(0)
+    kernel_id = lab.only_kernel()
+    assert lab.api("GET", f"kernels/{kernel_id}")["placement"] is None
+    assert lab.api("GET", "instances") == []
+    await run_cell(page, "print(6 * 7)", "42")  # the same kernel still answers
+    assert lab.only_kernel() == kernel_id
+
+
+async def test_magic_in_a_cell_moves_the_switch_without_a_reload(
+    lab: Lab, browser: Any
+) -> None:
+    page = await browser.open(lab)
+    await new_notebook(page)
+    await run_cell(page, "%lowcost on --type T4", "Moving this kernel to a low-cost T4")
+    await expect(switch(page)).to_have_attribute("aria-checked", "true", timeout=30_000)
+    await expect(page.locator(".jp-LowCost-type")).to_have_text("T4")
+    await expect(status_item(page)).to_contain_text("Low-cost T4")
+    await wait_kernel_idle(page)
+    await run_cell(page, "%lowcost off", "regular T4")
+    await expect(switch(page)).to_have_attribute("aria-checked", "false", timeout=30_000)
+    await expect(page.locator(".jp-LowCost-type")).to_have_text("T4")
+    await expect(status_item(page)).to_contain_text("Regular T4")
+    # Turning it back on from the switch asks again, with the current type selected.
+    await wait_kernel_idle(page)
+    await switch(page).click()
+    await expect(page.locator(".jp-Dialog").get_by_label("Instance type")).to_have_value("T4")
+
+
+@pytest.mark.lab(
+    config={
+        "LocalBackend": {"slots": 1, "low_cost_when_full": "fail"},
+        "LowCostApp": {"lifetime_cap": 7200},
+    }
+)
+async def test_a_refused_move_shows_the_servers_message(lab: Lab, browser: Any) -> None:
+    # Another kernel holds the only slot on a regular instance.
+    lab.api("POST", "kernels", {"instance_type": "T4", "low_cost": False})
+    page = await browser.open(lab)
+    await new_notebook(page)
+    await switch(page).click()
+    # The dialog states this server's cap, not a fixed 24 hours.
+    await expect(page.locator(".jp-Dialog")).to_contain_text("always shut down after 2 hours")
+    await page.get_by_role("button", name="Switch to low-cost").click()
+    error = page.locator(".Toastify__toast").filter(has_text="Kernel not moved")
+    await expect(error).to_be_visible(timeout=30_000)
+    await expect(error).to_contain_text("all 1 slot(s) of the local backend are in use")
+    await error.get_by_role("button", name="Details").click()
+    details = page.locator(".jp-Dialog")
+    await expect(details).to_contain_text(
+        "Untitled.ipynb: could not move the kernel to a low-cost T4 instance: all 1 slot(s) "
+        "of the local backend are in use; stop a kernel, or use a regular instance"
+    )
+    await page.keyboard.press("Escape")
+    await expect(details).to_have_count(0)
+    await expect(switch(page)).to_have_attribute("aria-checked", "false")
+    await expect(switch(page)).to_be_enabled()
+    assert not any("lowcost" in e.lower() or "uncaught" in e for e in browser.errors), browser.errors

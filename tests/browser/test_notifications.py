@@ -1,0 +1,129 @@
+"""What a person sees when the server interrupts, recovers or caps a low-cost kernel, and
+when the server extension is missing."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from browser.lab import Lab, new_notebook, run_cell, wait_kernel_idle
+from browser.test_switch import status_item, switch
+from playwright.async_api import expect
+
+
+def toast(page: Any, text: str) -> Any:
+    return page.locator(".Toastify__toast").filter(has_text=text)
+
+
+async def low_cost_notebook(lab: Lab, browser: Any, instance_type: str = "T4") -> tuple[Any, str]:
+    """A page with a new notebook whose kernel runs low-cost; the page and its instance id."""
+    page = await browser.open(lab)
+    await new_notebook(page)
+    await run_cell(page, f"%lowcost on --type {instance_type}", "Moving this kernel")
+    await expect(status_item(page)).to_contain_text(
+        re.compile(rf"Low-cost {instance_type} · \d+:\d\d:\d\d left"), timeout=30_000
+    )
+    instance = lab.api("GET", f"kernels/{lab.only_kernel()}")["instance"]
+    return page, instance["id"]
+
+
+async def test_interruption_notice_counts_down_then_the_kernel_is_relaunched(
+    lab: Lab, browser: Any, screenshot: Any
+) -> None:
+    page, instance_id = await low_cost_notebook(lab, browser)
+    lab.api("POST", f"instances/{instance_id}/interrupt", {"notice_seconds": 8})
+
+    notice = toast(page, "Interruption in")
+    await expect(notice).to_be_visible()
+    await expect(notice).to_contain_text("the low-cost T4 instance of Untitled.ipynb")
+    first = await notice.inner_text()
+    await expect(notice).not_to_have_text(first)  # a live countdown
+    await expect(status_item(page)).to_contain_text(re.compile(r"interruption in \d+ s"))
+    await screenshot(page, "notice")
+
+    interrupted = toast(page, "was interrupted")
+    await expect(interrupted).to_be_visible(timeout=30_000)
+    await expect(interrupted).to_contain_text("Restarting the kernel on a new low-cost instance")
+    await expect(notice).to_have_count(0)
+    relaunched = toast(page, "relaunched on a new low-cost T4 instance")
+    await expect(relaunched).to_be_visible(timeout=60_000)
+    await expect(switch(page)).to_have_attribute("aria-checked", "true")
+    await expect(status_item(page)).to_contain_text(re.compile(r"Low-cost T4 · 23:59:\d\d left"))
+
+    # JupyterLab says the kernel restarted (its memory is gone); then cells run again.
+    restart_dialog = page.locator(".jp-Dialog").filter(has_text="Kernel Restarting")
+    await restart_dialog.get_by_role("button", name="Ok").click()
+    # The toast's Details say why, in the server's words.
+    await interrupted.get_by_role("button", name="Details").click()
+    details = page.locator(".jp-Dialog").filter(has_text="Low-cost instance")
+    await expect(details).to_contain_text("interruption injected through the REST API")
+    await details.get_by_role("button", name="Ok").click()
+    await wait_kernel_idle(page)
+    new_instance = lab.api("GET", f"kernels/{lab.only_kernel()}")["instance"]
+    assert new_instance["id"] != instance_id
+    assert new_instance["low_cost"] is True
+    output = await run_cell(page, "%lowcost", "low-cost T4")
+    assert new_instance["id"] in output
+    assert not [e for e in browser.errors if "uncaught" in e or "lowcost" in e.lower()]
+
+
+@pytest.mark.lab(config={"LowCostApp": {"recovery_policy": "fallback"}})
+async def test_fallback_turns_the_switch_off(lab: Lab, browser: Any) -> None:
+    page, instance_id = await low_cost_notebook(lab, browser)
+    lab.api("POST", f"instances/{instance_id}/interrupt", {"notice_seconds": 1})
+    await expect(toast(page, "Restarting the kernel on a regular instance")).to_be_visible(
+        timeout=30_000
+    )
+    await expect(toast(page, "fell back to a regular T4 instance")).to_be_visible(
+        timeout=60_000
+    )
+    await expect(switch(page)).to_have_attribute("aria-checked", "false")
+    await expect(page.locator(".jp-LowCost-type")).to_have_text("T4")
+    await expect(status_item(page)).to_contain_text("Regular T4 · $")
+
+
+@pytest.mark.lab(
+    config={"LowCostApp": {"lifetime_cap": 60, "cap_notice": 5}},
+    settings={
+        "capWarnings": [50],
+        "defaultInstanceType": "A100-80G",
+        "newNotebooksLowCost": True,
+    },
+)
+async def test_settings_start_new_notebooks_low_cost_and_warn_before_the_cap(
+    lab: Lab, browser: Any
+) -> None:
+    page = await browser.open(lab)
+    await new_notebook(page)  # File > New > Notebook, through the launcher
+    await expect(toast(page, "now runs on a low-cost A100-80G")).to_be_visible(timeout=60_000)
+    await expect(switch(page)).to_have_attribute("aria-checked", "true")
+    placement = lab.api("GET", f"kernels/{lab.only_kernel()}")["placement"]
+    assert placement == {"instance_type": "A100-80G", "low_cost": True, "tier": "low-cost"}
+    await expect(status_item(page)).to_contain_text(re.compile(r"Low-cost A100-80G · (1:00|\d\d s) left"))
+    # The warning comes once the time left crosses the configured 50 s.
+    warning = toast(page, "shuts down in")
+    await expect(warning).to_be_visible(timeout=30_000)
+    await expect(warning).to_contain_text(
+        "The low-cost A100-80G instance of Untitled.ipynb shuts down in"
+    )
+    await expect(warning).to_contain_text("(its lifetime cap)")
+    left = lab.api("GET", f"kernels/{lab.only_kernel()}")["instance"]["seconds_left"]
+    assert left <= 50
+
+
+@pytest.mark.lab(config={"ServerApp": {"jpserver_extensions": {"jupyter_lowcost": False}}})
+async def test_without_the_server_extension_one_message_says_how_to_install_it(
+    lab: Lab, browser: Any
+) -> None:
+    page = await browser.open(lab)
+    hint = toast(page, "server extension is not running")
+    await expect(hint).to_be_visible()
+    await expect(hint).to_contain_text("pip install jupyter-lowcost")
+    await new_notebook(page)
+    await expect(switch(page)).to_be_disabled()
+    assert "pip install jupyter-lowcost" in (await switch(page).get_attribute("title"))
+    await expect(hint).to_have_count(1)  # said once, not once per notebook
+    await run_cell(page, "print('still works')", "still works")
+    # Nothing of ours throws; the browser only logs the failed request itself.
+    assert [e for e in browser.errors if "Failed to load resource" not in e] == []
