@@ -42,7 +42,8 @@ class LowCostBody extends Widget implements Dialog.IBodyWidget<string> {
       option.value = type.name;
       option.textContent =
         `${type.name} (${type.gpu_count} x ${type.gpu}): ` +
-        `${money(type.price_low_cost)}/h instead of ${money(type.price_regular)}/h`;
+        `${money(type.price_low_cost)}/h instead of ${money(type.price_regular)}/h, ` +
+        `${Math.round(type.discount_percent)}% less`;
       this._select.append(option);
     }
     this._select.value = types.some(t => t.name === selected)

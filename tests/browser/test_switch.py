@@ -31,6 +31,8 @@ async def test_switch_on_shows_prices_rules_and_a_countdown(
     await expect(dialog).to_contain_text("Run this notebook on a low-cost instance?")
     await dialog.get_by_label("Instance type").select_option("A100-80G")
     await expect(dialog).to_contain_text("A100-80G: $1.15/h instead of $3.09/h, 63% less")
+    options = await dialog.get_by_label("Instance type").locator("option").all_inner_texts()
+    assert "T4 (1 x NVIDIA T4 16 GB): $0.14/h instead of $0.35/h, 60% less" in options, options
     await expect(dialog).to_contain_text("can be interrupted at any time, even in the first")
     await expect(dialog).to_contain_text("always shut down after 24 hours")
     await expect(dialog).to_contain_text("lost on an interruption unless it was checkpointed")
@@ -63,7 +65,20 @@ async def test_switch_on_shows_prices_rules_and_a_countdown(
     await page.locator("#jupyterlab-splash").wait_for(state="detached", timeout=60_000)
     await expect(switch(page)).to_have_attribute("aria-checked", "true", timeout=30_000)
     await expect(page.locator(".jp-LowCost-type")).to_have_text("A100-80G")
-    assert browser.errors == []
+
+    # Turning it off asks first, then moves the kernel to a regular instance.
+    await wait_kernel_idle(page)
+    await switch(page).click()
+    dialog = page.locator(".jp-Dialog")
+    await expect(dialog).to_contain_text("Move this notebook back to a regular instance?")
+    await expect(dialog).to_contain_text("regular A100-80G instance at $3.09/h")
+    await dialog.get_by_role("button", name="Move to regular").click()
+    await expect(switch(page)).to_have_attribute("aria-checked", "false", timeout=60_000)
+    await expect(status_item(page)).to_contain_text("Regular A100-80G · $")
+    placement = lab.api("GET", f"kernels/{kernel_id}")["placement"]
+    assert placement == {"instance_type": "A100-80G", "low_cost": False, "tier": "regular"}
+    await run_cell(page, "%lowcost", "regular A100-80G")
+    assert not [e for e in browser.errors if "uncaught" in e or "lowcost" in e.lower()]
 
 
 async def test_cancel_changes_nothing(lab: Lab, browser: Any) -> None:
