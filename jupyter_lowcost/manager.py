@@ -600,6 +600,8 @@ class InstanceManager:
             if after_cell:
                 # Asked from the kernel itself (%lowcost): let the asking cell finish first.
                 await self._until_idle(kernel_id)
+            # What the old kernel prints while it shuts down is noise in the user's cell.
+            self._mute_clients(kernel_id)
             if live is not None:
                 self._stop_reasons[live.id] = f"the kernel moved to {placement.describe()}"
             self._launch_reasons[kernel_id] = (
@@ -646,9 +648,29 @@ class InstanceManager:
             if restarter is not None:
                 restarter._fire_callbacks("restart")
             return
-        for connection in list(getattr(ZMQChannelsWebsocketConnection, "_open_sockets", ())):
-            if getattr(connection, "kernel_id", None) == kernel_id:
-                connection.websocket_handler.close()
+        for connection in self._connections(kernel_id):
+            iopub = connection.channels.get("iopub")
+            if iopub is not None and not iopub.closed():
+                iopub.flush()  # what the old kernel sent last goes to _drop, not to a replay
+            connection.websocket_handler.close()
+
+    def _mute_clients(self, kernel_id: str) -> None:
+        """Drop the kernel's output instead of forwarding it to its websockets (before a
+        move: the old kernel's last words as it stops are noise; the websockets are closed
+        after the move and reconnect to the kernel's new instance)."""
+        for connection in self._connections(kernel_id):
+            iopub = connection.channels.get("iopub")
+            if iopub is not None and not iopub.closed():
+                iopub.on_recv(_drop)
+
+    @staticmethod
+    def _connections(kernel_id: str) -> list[Any]:
+        """jupyter_server's open websocket connections to the kernel."""
+        return [
+            connection
+            for connection in list(getattr(ZMQChannelsWebsocketConnection, "_open_sockets", ()))
+            if getattr(connection, "kernel_id", None) == kernel_id
+        ]
 
     async def _until_idle(self, kernel_id: str, timeout: float = 30.0) -> None:
         kernel = self.kernel_manager.get_kernel(kernel_id)
@@ -706,3 +728,7 @@ def _tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _drop(msg_parts: Any) -> None:
+    """An iopub handler that discards (see ``InstanceManager._mute_clients``)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from browser.lab import (  # noqa: E402
+from browser.lab import (
     CHROMIUM_ARGS,
     TOKEN,
     Lab,
@@ -106,9 +106,12 @@ async def run(notices: int) -> None:
                 instance = wait_relaunched(lab, instance["id"])
                 # What a person would do: close JupyterLab's "kernel restarting" dialog
                 # and the toasts, so that the next notice lands on a clean page.
-                await page.locator(".jp-Dialog").filter(has_text="Kernel Restarting").get_by_role(
-                    "button", name="Ok"
-                ).click()
+                await (
+                    page.locator(".jp-Dialog")
+                    .filter(has_text="Kernel Restarting")
+                    .get_by_role("button", name="Ok")
+                    .click()
+                )
                 await page.evaluate(
                     "() => document.querySelectorAll('.Toastify__close-button')"
                     ".forEach(b => b.click())"
@@ -120,10 +123,7 @@ async def run(notices: int) -> None:
     toast_median = statistics.median(toast_ms)
     rest_median = statistics.median(rest_ms)
     print(f"notices: {notices}")
-    print(
-        f"REST call answered (baseline): median {rest_median:.1f} ms, "
-        f"max {max(rest_ms):.1f} ms"
-    )
+    print(f"REST call answered (baseline): median {rest_median:.1f} ms, max {max(rest_ms):.1f} ms")
     print(
         f"notice -> toast visible:       median {toast_median:.1f} ms, "
         f"p90 {sorted(toast_ms)[int(0.9 * (len(toast_ms) - 1))]:.1f} ms, "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from browser.lab import CHROMIUM_ARGS, Lab, find_chromium, open_lab
 
 ARTIFACTS = Path(__file__).parent.parent / "artifacts"
@@ -56,9 +57,11 @@ class Browser:
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
         page.on(
             "console",
-            lambda msg: self.errors.append(f"console.{msg.type}: {msg.text}")
-            if msg.type == "error"
-            else None,
+            lambda msg: (
+                self.errors.append(f"console.{msg.type}: {msg.text}")
+                if msg.type == "error"
+                else None
+            ),
         )
         return page
 

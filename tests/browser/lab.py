@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -232,11 +231,11 @@ def chromium_path() -> str:
 
 
 def built_extension_js_bytes() -> int:
-    """The size of the built extension's JavaScript (``static/*.js``), as served."""
-    import jupyter_lowcost
+    """The size of the built extension's JavaScript (``static/*.js``), as JupyterLab loads it."""
+    from jupyter_core.paths import jupyter_path
 
-    static = Path(jupyter_lowcost.__file__).parent / "labextension" / "static"
-    if not static.is_dir():
-        found = shutil.which("jupyter")
-        raise AssertionError(f"the extension is not built ({static} missing; jupyter: {found})")
-    return sum(p.stat().st_size for p in static.glob("*.js"))
+    for root in jupyter_path("labextensions"):
+        static = Path(root) / "jupyter-lowcost" / "static"
+        if static.is_dir():
+            return sum(p.stat().st_size for p in static.glob("*.js"))
+    raise AssertionError("the extension is not installed: no jupyter-lowcost in labextensions")

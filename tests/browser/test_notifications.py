@@ -7,9 +7,10 @@ import re
 from typing import Any
 
 import pytest
+from playwright.async_api import expect
+
 from browser.lab import Lab, new_notebook, run_cell, wait_kernel_idle
 from browser.test_switch import status_item, switch
-from playwright.async_api import expect
 
 
 def toast(page: Any, text: str) -> Any:
@@ -20,11 +21,15 @@ async def low_cost_notebook(lab: Lab, browser: Any, instance_type: str = "T4") -
     """A page with a new notebook whose kernel runs low-cost; the page and its instance id."""
     page = await browser.open(lab)
     await new_notebook(page)
-    await run_cell(page, f"%lowcost on --type {instance_type}", "Moving this kernel")
+    output = await run_cell(page, f"%lowcost on --type {instance_type}", "Moving this kernel")
     await expect(status_item(page)).to_contain_text(
         re.compile(rf"Low-cost {instance_type} · \d+:\d\d:\d\d left"), timeout=30_000
     )
     instance = lab.api("GET", f"kernels/{lab.only_kernel()}")["instance"]
+    # The cell shows what the magic said, not what the old kernel printed as it stopped.
+    cell_output = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-OutputArea")
+    assert (await cell_output.inner_text()).strip() == output.strip()
+    assert "Task was destroyed" not in output
     return page, instance["id"]
 
 
@@ -40,6 +45,7 @@ async def test_interruption_notice_counts_down_then_the_kernel_is_relaunched(
     first = await notice.inner_text()
     await expect(notice).not_to_have_text(first)  # a live countdown
     await expect(status_item(page)).to_contain_text(re.compile(r"interruption in \d+ s"))
+    await expect(notice).not_to_have_class(re.compile("Toastify--animate"))  # done sliding in
     await screenshot(page, "notice")
 
     interrupted = toast(page, "was interrupted")
@@ -75,9 +81,7 @@ async def test_fallback_turns_the_switch_off(lab: Lab, browser: Any) -> None:
     await expect(toast(page, "Restarting the kernel on a regular instance")).to_be_visible(
         timeout=30_000
     )
-    await expect(toast(page, "fell back to a regular T4 instance")).to_be_visible(
-        timeout=60_000
-    )
+    await expect(toast(page, "fell back to a regular T4 instance")).to_be_visible(timeout=60_000)
     await expect(switch(page)).to_have_attribute("aria-checked", "false")
     await expect(page.locator(".jp-LowCost-type")).to_have_text("T4")
     await expect(status_item(page)).to_contain_text("Regular T4 · $")
@@ -100,7 +104,9 @@ async def test_settings_start_new_notebooks_low_cost_and_warn_before_the_cap(
     await expect(switch(page)).to_have_attribute("aria-checked", "true")
     placement = lab.api("GET", f"kernels/{lab.only_kernel()}")["placement"]
     assert placement == {"instance_type": "A100-80G", "low_cost": True, "tier": "low-cost"}
-    await expect(status_item(page)).to_contain_text(re.compile(r"Low-cost A100-80G · (1:00|\d\d s) left"))
+    await expect(status_item(page)).to_contain_text(
+        re.compile(r"Low-cost A100-80G · (1:00|\d\d s) left")
+    )
     # The warning comes once the time left crosses the configured 50 s.
     warning = toast(page, "shuts down in")
     await expect(warning).to_be_visible(timeout=30_000)

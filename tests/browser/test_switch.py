@@ -6,8 +6,9 @@ import re
 from typing import Any
 
 import pytest
-from browser.lab import Lab, new_notebook, run_cell, wait_kernel_idle
 from playwright.async_api import expect
+
+from browser.lab import Lab, new_notebook, run_cell, wait_kernel_idle
 
 
 def switch(page: Any) -> Any:
@@ -39,7 +40,9 @@ async def test_switch_on_shows_prices_rules_and_a_countdown(
     await screenshot(dialog.locator(".jp-Dialog-content"), "dialog")
 
     await dialog.get_by_role("button", name="Switch to low-cost").click()
-    await expect(page.locator(".Toastify__toast").filter(has_text="starting a low-cost")).to_be_visible()
+    await expect(
+        page.locator(".Toastify__toast").filter(has_text="starting a low-cost")
+    ).to_be_visible()
     await expect(switch(page)).to_have_attribute("aria-checked", "true", timeout=60_000)
     await expect(page.locator(".jp-LowCost-type")).to_have_text("A100-80G")
     await expect(
@@ -99,9 +102,7 @@ async def test_cancel_changes_nothing(lab: Lab, browser: Any) -> None:
     assert lab.only_kernel() == kernel_id
 
 
-async def test_magic_in_a_cell_moves_the_switch_without_a_reload(
-    lab: Lab, browser: Any
-) -> None:
+async def test_magic_in_a_cell_moves_the_switch_without_a_reload(lab: Lab, browser: Any) -> None:
     page = await browser.open(lab)
     await new_notebook(page)
     await run_cell(page, "%lowcost on --type T4", "Moving this kernel to a low-cost T4")
@@ -147,4 +148,6 @@ async def test_a_refused_move_shows_the_servers_message(lab: Lab, browser: Any) 
     await expect(details).to_have_count(0)
     await expect(switch(page)).to_have_attribute("aria-checked", "false")
     await expect(switch(page)).to_be_enabled()
-    assert not any("lowcost" in e.lower() or "uncaught" in e for e in browser.errors), browser.errors
+    assert not any("lowcost" in e.lower() or "uncaught" in e for e in browser.errors), (
+        browser.errors
+    )
