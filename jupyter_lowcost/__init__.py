@@ -16,8 +16,9 @@ from typing import Any
 
 from ._version import __version__
 from .interruption import notice, on_notice, remove_notice_callback
+from .training import save_on_notice
 
-__all__ = ["__version__", "notice", "on_notice", "remove_notice_callback"]
+__all__ = ["__version__", "notice", "on_notice", "remove_notice_callback", "save_on_notice"]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
@@ -32,6 +33,8 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_lowcost``: register the ``%lowcost`` magic."""
+    from .kernel_checkpoints import install
     from .magics import LowCostMagics
 
     ipython.register_magics(LowCostMagics)
+    install(ipython)  # checkpoints, and the restore when this start resumes the kernel

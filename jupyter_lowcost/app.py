@@ -15,7 +15,7 @@ from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerFactory
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Dict, Enum, Float, List, Unicode
+from traitlets import Dict, Enum, Float, List, TraitError, Unicode, validate
 
 from . import events
 from ._version import __version__
@@ -121,6 +121,41 @@ class LowCostApp(ExtensionApp):
         """,
     )
 
+    checkpoints = Unicode(
+        "cell",
+        config=True,
+        help="""When kernels checkpoint their variables: ``cell`` (after each cell, the
+        default), ``interval:<seconds>`` (after a cell, at most that often), ``notice``
+        (only at interruption notices and when the kernel moves), or ``off``. A kernel
+        moved or relaunched after an interruption restores its latest checkpoint first.
+        Example: ``c.LowCostApp.checkpoints = "interval:300"``.
+        """,
+    )
+
+    checkpoint_dir = Unicode(
+        "",
+        config=True,
+        help="""Where kernels write their checkpoints (one folder per kernel). It must
+        outlive instances and be writable from them: a shared filesystem for cluster
+        backends. Empty (default): ``<jupyter data dir>/lowcost/checkpoints``.
+        """,
+    )
+
+    @validate("checkpoints")
+    def _check_checkpoints(self, proposal: Any) -> str:
+        value = proposal["value"]
+        if value in ("cell", "notice", "off"):
+            return value
+        if value.startswith("interval:"):
+            try:
+                if float(value.split(":", 1)[1]) > 0:
+                    return value
+            except ValueError:
+                pass
+        raise TraitError(
+            f"LowCostApp.checkpoints must be cell, notice, off or interval:<seconds>, not {value!r}"
+        )
+
     def initialize_settings(self) -> None:
         """Build the manager (called by Jupyter Server while it loads extensions)."""
         assert self.serverapp is not None
@@ -148,6 +183,10 @@ class LowCostApp(ExtensionApp):
             launch_timeout=self.launch_timeout,
             max_notice=self.max_notice,
             channel_ip=self.channel_ip,
+            checkpoints=self.checkpoints,
+            checkpoint_dir=Path(self.checkpoint_dir)
+            if self.checkpoint_dir
+            else Path(self.serverapp.data_dir) / "lowcost" / "checkpoints",
             log=self.log,
         )
         self.manager.activate()

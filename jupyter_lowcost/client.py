@@ -68,6 +68,10 @@ class LowCostClient:
         """This kernel's placement, current instance and history."""
         return self.request("GET", f"kernels/{self.kernel_id}")
 
+    def report_restored(self, report: dict[str, Any]) -> Any:
+        """Say what a resume restored (the server emits it as an event)."""
+        return self.request("POST", f"kernels/{self.kernel_id}/restored", json=report)
+
     def instance_types(self) -> list[dict[str, Any]]:
         """The catalog."""
         return self.request("GET", "instance-types")

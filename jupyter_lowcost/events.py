@@ -8,6 +8,7 @@ the server's ``/api/events/subscribe`` websocket.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from jupyter_events import EventLogger
 
@@ -15,12 +16,15 @@ from .records import InstanceRecord, iso
 
 SCHEMA_ID = "https://events.jupyter.org/jupyter_lowcost/instance/v1"
 SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "instance" / "v1.yaml"
+RESTORED_SCHEMA_ID = "https://events.jupyter.org/jupyter_lowcost/checkpoint/v1"
+RESTORED_SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "checkpoint" / "v1.yaml"
 
 
 def register(event_logger: EventLogger) -> None:
-    """Register the instance schema (a second registration is a no-op)."""
-    if SCHEMA_ID not in event_logger.schemas.schema_ids:
-        event_logger.register_event_schema(SCHEMA_PATH)
+    """Register the schemas (a second registration is a no-op)."""
+    for schema_id, path in ((SCHEMA_ID, SCHEMA_PATH), (RESTORED_SCHEMA_ID, RESTORED_SCHEMA_PATH)):
+        if schema_id not in event_logger.schemas.schema_ids:
+            event_logger.register_event_schema(path)
 
 
 def emit_transition(event_logger: EventLogger | None, record: InstanceRecord) -> None:
@@ -40,3 +44,10 @@ def emit_transition(event_logger: EventLogger | None, record: InstanceRecord) ->
             "recovery": record.recovery,
         },
     )
+
+
+def emit_restored(event_logger: EventLogger | None, model: dict[str, Any]) -> None:
+    """A kernel resumed from a checkpoint (``model``: see the checkpoint schema)."""
+    if event_logger is None:
+        return
+    event_logger.emit(schema_id=RESTORED_SCHEMA_ID, data=dict(model))

@@ -165,11 +165,29 @@ class InterruptHandler(LowCostHandler):
         self.write_json(model, 202)
 
 
+class RestoredHandler(LowCostHandler):
+    """Called by a resumed kernel (its ``%lowcost`` client) to say what came back."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str) -> None:
+        self.manager.kernel_model(kernel_id)  # 404 before anything else
+        body = self.json_body(
+            ("checkpoint_id", "taken_at", "variables", "bytes", "seconds", "not_restored")
+        )
+        if not isinstance(body.get("variables", []), list) or not isinstance(
+            body.get("not_restored", []), list
+        ):
+            raise web.HTTPError(400, "variables and not_restored must be lists")
+        self.write_json(self.manager.kernel_restored(kernel_id, body), 201)
+
+
 default_handlers = [
     (rf"{API}/instance-types", InstanceTypesHandler),
     (rf"{API}/status", StatusHandler),
     (rf"{API}/kernels", KernelsHandler),
     (rf"{API}/kernels/(?P<kernel_id>[\w-]+)", KernelHandler),
+    (rf"{API}/kernels/(?P<kernel_id>[\w-]+)/restored", RestoredHandler),
     (rf"{API}/instances", InstancesHandler),
     (rf"{API}/instances/(?P<instance_id>\w+)", InstanceHandler),
     (rf"{API}/instances/(?P<instance_id>\w+)/interrupt", InterruptHandler),

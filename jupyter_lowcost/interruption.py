@@ -63,6 +63,7 @@ class Notice:
 
 notice = Notice()
 _callbacks: list[Callable[[Notice], Any]] = []
+_final_callbacks: list[Callable[[Notice], Any]] = []
 _lock = threading.Lock()
 _ran = False
 
@@ -87,6 +88,12 @@ def remove_notice_callback(callback: Callable[[Notice], Any]) -> None:
             _callbacks.remove(callback)
 
 
+def add_final_notice_callback(callback: Callable[[Notice], Any]) -> None:
+    """Run ``callback`` at a notice after the user's callbacks (the notice checkpoint)."""
+    with _lock:
+        _final_callbacks.append(callback)
+
+
 def _run_one(callback: Callable[[Notice], Any]) -> None:
     try:
         callback(notice)
@@ -102,7 +109,7 @@ def run_callbacks(signum: int | None = None, frame: FrameType | None = None) -> 
         if _ran:
             return
         _ran = True
-        callbacks = list(_callbacks)
+        callbacks = list(_callbacks) + list(_final_callbacks)
     for callback in callbacks:
         _run_one(callback)
 

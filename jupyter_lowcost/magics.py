@@ -8,21 +8,30 @@ so the magic and JupyterLab's switch always show the same state::
     %lowcost on [--type T]     move this kernel to a low-cost instance (it restarts)
     %lowcost off               move it back to a regular instance (it restarts)
     %lowcost types             the instance types and their prices
+    %lowcost checkpoint        save the kernel's variables now (kernel side, no REST call)
+    %lowcost checkpoints       list the saved checkpoints
+    %lowcost restore [ID]      put a checkpoint's variables back
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
+from .kernel_checkpoints import installed
+
 if TYPE_CHECKING:  # the client imports requests: kept out of every kernel's start-up
     from .client import LowCostClient
 
-USAGE = """usage: %lowcost [status | on [--type T] | off | types]"""
+USAGE = (
+    "usage: %lowcost [status | on [--type T] | off | types | checkpoint | checkpoints "
+    "| restore [ID]]"
+)
 
 
 def format_duration(seconds: float) -> str:
@@ -95,16 +104,25 @@ class LowCostMagics(Magics):
         %lowcost on [--type T]     move this kernel to a low-cost instance (restarts it)
         %lowcost off               move it back to a regular instance (restarts it)
         %lowcost types             the instance types and their prices
+        %lowcost checkpoint        save the variables now
+        %lowcost checkpoints       the saved checkpoints
+        %lowcost restore [ID]      put a checkpoint's variables back (the latest by default)
         """
         from .client import LowCostClient, LowCostError
 
         words = shlex.split(line)
         command = words[0] if words else "status"
         rest = words[1:]
+        if command in ("checkpoint", "checkpoints", "restore"):
+            self._checkpoints(command, rest)
+            return
         try:
             client = LowCostClient.from_environment()
             if command == "status" and not rest:
                 print(describe_status(client.kernel()))
+                checkpoints = installed()
+                if checkpoints is not None:
+                    print(checkpoints.status())
             elif command == "types" and not rest:
                 print(describe_types(client.instance_types()))
             elif command == "on":
@@ -116,6 +134,47 @@ class LowCostMagics(Magics):
         except LowCostError as err:
             print(f"%lowcost: {err}", file=sys.stderr)
 
+    def _checkpoints(self, command: str, rest: list[str]) -> None:
+        checkpoints = installed()
+        if checkpoints is None:
+            print(
+                "%lowcost: this kernel has no checkpoint directory (it was not started by a "
+                "Jupyter server with jupyter-lowcost, or checkpoints are off)",
+                file=sys.stderr,
+            )
+            return
+        if command == "checkpoint" and not rest:
+            report = checkpoints.checkpoint(manual=True)
+            line = (
+                f"Checkpoint {report.checkpoint_id}: {len(report.variables)} variables, "
+                f"{report.bytes / 1e6:.1f} MB ({report.bytes_written / 1e6:.1f} MB written) "
+                f"in {report.seconds:.2f} s."
+            )
+            for skipped in report.skipped:
+                line += f"\nNot saved: {skipped.name} ({skipped.type}): {skipped.why}"
+            print(line)
+        elif command == "checkpoints" and not rest:
+            store = checkpoints.store
+            ids = store.checkpoint_ids()
+            if not ids:
+                print("No checkpoint yet.")
+            for checkpoint_id in ids:
+                manifest = store.manifest(checkpoint_id)
+                ago = format_duration(time.time() - manifest["taken_at"])
+                print(
+                    f"{checkpoint_id}  {ago} ago  {len(manifest['variables'])} variables  "
+                    f"{manifest['bytes'] / 1e6:.1f} MB"
+                )
+        elif command == "restore" and len(rest) <= 1:
+            try:
+                restored = checkpoints.restore(rest[0] if rest else None)
+            except (FileNotFoundError, ValueError) as err:
+                print(f"%lowcost: {err}", file=sys.stderr)
+                return
+            print(f"Restored checkpoint {restored.checkpoint_id}: {restored.summary()}.")
+        else:
+            raise UsageError(USAGE)
+
     def _on(self, client: LowCostClient, instance_type: str | None) -> None:
         # The server validates the type (and picks one when none is given).
         target = client.switch(True, instance_type)["placement"]["instance_type"]
@@ -125,7 +184,7 @@ class LowCostMagics(Magics):
             f"Moving this kernel to a low-cost {target} instance: ${t['price_low_cost']:.2f}/h "
             f"instead of ${t['price_regular']:.2f}/h, {t['discount_percent']}% less.\n"
             "Low-cost instances can be interrupted at any time, even in the first minutes, and "
-            f"always stop after {cap}; what is in the kernel's memory is lost on an interruption.\n"
+            f"always stop after {cap}; {_memory_rule()}\n"
             "The kernel restarts on the new instance when this cell ends."
         )
 
@@ -139,6 +198,13 @@ class LowCostMagics(Magics):
             f"Moving this kernel to a regular {placement['instance_type']} instance. "
             "The kernel restarts on the new instance when this cell ends."
         )
+
+
+def _memory_rule() -> str:
+    checkpoints = installed()
+    if checkpoints is not None and checkpoints.when != "off":
+        return "the kernel's variables are checkpointed, and restored after an interruption."
+    return "what is in the kernel's memory is lost on an interruption."
 
 
 def _parse_type(words: list[str]) -> str | None:

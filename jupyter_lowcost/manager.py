@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -35,9 +36,13 @@ from ._version import __version__
 from .backends import Backend, BackendError, BackendListener, LaunchSpec, available_backends
 from .catalog import InstanceType
 from .channel import LaunchChannel, LaunchFailed
+from .checkpoints import human_bytes
 from .client import ENV_KERNEL_ID, ENV_TOKEN, ENV_URL
+from .kernel_checkpoints import ENV_DIR as ENV_CHECKPOINT_DIR
+from .kernel_checkpoints import ENV_RESTORE
+from .kernel_checkpoints import ENV_WHEN as ENV_CHECKPOINTS
 from .launcher import ENV_CHANNEL, ENV_INSTANCE_ID, ENV_SECRET, is_ipykernel_command
-from .records import InstanceRecord, InstanceState, Placement, RecordStore
+from .records import InstanceRecord, InstanceState, Placement, RecordStore, iso
 
 RECOVERY_POLICIES = ("relaunch", "fallback", "none")
 
@@ -69,6 +74,8 @@ class InstanceManager:
         max_notice: float,
         channel_ip: str,
         log: logging.Logger,
+        checkpoints: str = "cell",
+        checkpoint_dir: Path | None = None,
     ) -> None:
         self.catalog = catalog
         self.kernel_manager = kernel_manager
@@ -82,6 +89,10 @@ class InstanceManager:
         self.launch_timeout = launch_timeout
         self.max_notice = max_notice
         self.log = log
+        self.checkpoints = checkpoints
+        self.checkpoint_dir = checkpoint_dir or data_dir / "checkpoints"
+        self._resume: set[str] = set()  # kernels whose next start restores their checkpoint
+        self._restored: dict[str, dict[str, Any]] = {}  # kernel id -> its last restore
         self.backend = backend_factory(self)
         self.store = RecordStore(data_dir)
         self.channel = LaunchChannel(log, self._on_channel_message, host=channel_ip)
@@ -232,8 +243,57 @@ class InstanceManager:
     # -- what the provisioner calls ------------------------------------------------------
 
     def kernel_env(self, kernel_id: str) -> dict[str, str]:
-        """Variables every kernel gets, so that ``%lowcost`` can reach the REST API."""
-        return {ENV_URL: self.server_url(), ENV_TOKEN: self.token(), ENV_KERNEL_ID: kernel_id}
+        """Variables every kernel gets: the REST API for ``%lowcost``, where and when to
+        checkpoint, and whether this start resumes the kernel (a move or a recovery)."""
+        env = {ENV_URL: self.server_url(), ENV_TOKEN: self.token(), ENV_KERNEL_ID: kernel_id}
+        if self.checkpoints != "off":
+            env[ENV_CHECKPOINT_DIR] = str(self.checkpoint_dir / kernel_id)
+            env[ENV_CHECKPOINTS] = self.checkpoints
+            if kernel_id in self._resume:
+                self._resume.discard(kernel_id)
+                env[ENV_RESTORE] = "1"
+        return env
+
+    def kernel_restored(self, kernel_id: str, report: dict[str, Any]) -> dict[str, Any]:
+        """A resumed kernel says what came back: remember it and emit the event."""
+        self._kernel(kernel_id)
+        lost = [
+            r
+            for r in self._records.values()
+            if r.kernel_id == kernel_id
+            and r.state in (InstanceState.INTERRUPTED, InstanceState.EXPIRED)
+            and r.ended_at is not None
+        ]
+        taken_at = float(report.get("taken_at") or 0)
+        if lost:
+            event = max(lost, key=lambda r: r.ended_at or 0)
+            what = "the interruption" if event.state == InstanceState.INTERRUPTED else "the cap"
+            before = f"{max(0.0, (event.ended_at or 0) - taken_at):.0f} s before {what}"
+        else:
+            before = f"{max(0.0, time.time() - taken_at):.0f} s before the move"
+        variables = len(report.get("variables") or [])
+        size = int(report.get("bytes") or 0)
+        lost_variables = [
+            {"name": str(s.get("name")), "type": str(s.get("type")), "why": str(s.get("why"))}
+            for s in report.get("not_restored") or []
+        ]
+        not_restored = ", ".join(f"{s['name']} ({s['type']})" for s in lost_variables)
+        model: dict[str, Any] = {
+            "kernel_id": kernel_id,
+            "checkpoint_id": str(report.get("checkpoint_id", "")),
+            "taken_at": iso(taken_at),
+            "variables": variables,
+            "bytes": size,
+            "not_restored": lost_variables,
+            "message": (
+                f"resumed from the checkpoint taken {before}: {variables} variables, "
+                f"{human_bytes(size)}" + (f"; not restored: {not_restored}" if not_restored else "")
+            ),
+        }
+        self._restored[kernel_id] = model
+        events.emit_restored(self.event_logger, model)
+        self.log.info("jupyter_lowcost | kernel %s %s", kernel_id, model["message"])
+        return model
 
     async def launch(
         self,
@@ -337,6 +397,10 @@ class InstanceManager:
         self._placements.pop(kernel_id, None)
         self._current.pop(kernel_id, None)
         self._launch_reasons.pop(kernel_id, None)
+        self._resume.discard(kernel_id)
+        self._restored.pop(kernel_id, None)
+        # Shut down for good by its user: its checkpoints have no one left to resume.
+        shutil.rmtree(self.checkpoint_dir / kernel_id, ignore_errors=True)
 
     # -- what the backend and the channel report -----------------------------------------
 
@@ -461,6 +525,7 @@ class InstanceManager:
             f"recovery ({self.recovery_policy}) after the {what}: relaunched on "
             f"{placement.describe()}"
         )
+        self._resume.add(kernel_id)
         try:
             await self.kernel_manager.restart_kernel(kernel_id, now=True)
             self._reconnect_clients(kernel_id, died=True)
@@ -501,6 +566,7 @@ class InstanceManager:
             "capacity": self.backend.capacity(),
             "lifetime_cap_seconds": self.lifetime_cap,
             "recovery_policy": self.recovery_policy,
+            "checkpoints": self.checkpoints,
             "live_instances": len(live),
         }
 
@@ -526,6 +592,7 @@ class InstanceManager:
             "placement": placement.to_model() if placement else None,
             "instance": self.current_instance_model(kernel_id),
             "moving": kernel_id in self._moving,
+            "restored": self._restored.get(kernel_id),
             "history": self.instance_models(kernel_id),
         }
 
@@ -608,6 +675,7 @@ class InstanceManager:
                 f"moved from {old.describe() if old else 'the server machine'}"
                 f" to {placement.describe()}"
             )
+            self._resume.add(kernel_id)
             try:
                 await self.kernel_manager.restart_kernel(kernel_id, now=False)
                 self._reconnect_clients(kernel_id, died=False)

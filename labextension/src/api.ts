@@ -74,8 +74,24 @@ export interface IStatus {
   version: string;
   lifetime_cap_seconds: number;
   recovery_policy: string;
+  /** When kernels checkpoint their variables: cell, interval:<s>, notice or off. */
+  checkpoints: string;
   live_instances: number;
 }
+
+/** The data of a "resumed from a checkpoint" event (schema `.../checkpoint/v1`). */
+export interface IRestoredEvent {
+  kernel_id: string;
+  checkpoint_id: string;
+  taken_at: string | null;
+  variables: number;
+  bytes: number;
+  not_restored: { name: string; type: string; why: string }[];
+  message: string;
+}
+
+export const RESTORED_SCHEMA_ID =
+  'https://events.jupyter.org/jupyter_lowcost/checkpoint/v1';
 
 /** The data of one instance event (schema `.../jupyter_lowcost/instance/v1`). */
 export interface IInstanceEvent {

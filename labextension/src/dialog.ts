@@ -10,10 +10,25 @@ import { IInstanceType, IStatus } from './api';
 import { money, priceLine, span } from './format';
 
 const RECOVERY: Record<string, string> = {
-  relaunch: 'After an interruption, the kernel is restarted on a new low-cost instance.',
-  fallback: 'After an interruption, the kernel is restarted on a regular instance.',
+  relaunch:
+    'After an interruption, the kernel is restarted on a new low-cost instance, from its ' +
+    'latest checkpoint.',
+  fallback:
+    'After an interruption, the kernel is restarted on a regular instance, from its latest ' +
+    'checkpoint.',
   none: 'After an interruption, the kernel is stopped.'
 };
+
+/** `after each cell`, `every 5 minutes`, `at interruption notices`. */
+function CHECKPOINTS(mode: string): string {
+  if (mode === 'cell') {
+    return 'after each cell';
+  }
+  if (mode.startsWith('interval:')) {
+    return `at most every ${span(Number(mode.split(':')[1]))}`;
+  }
+  return 'at interruption notices and moves';
+}
 
 function element<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -69,9 +84,15 @@ class LowCostBody extends Widget implements Dialog.IBodyWidget<string> {
           'even without an interruption.'
         : 'This server sets no lifetime cap, but your provider may still stop them.',
       "What is in the kernel's memory is lost on an interruption unless it was " +
-        'checkpointed.',
+        'checkpointed. ' +
+        (status.checkpoints === 'off'
+          ? 'This server does not checkpoint kernels.'
+          : `This server checkpoints the kernel's variables ${CHECKPOINTS(status.checkpoints)}, ` +
+            'so an interruption costs at most the work since then.'),
       RECOVERY[status.recovery_policy] ?? '',
-      'Confirming restarts the kernel now, on the new instance: its variables are not kept.'
+      status.checkpoints === 'off'
+        ? 'Confirming restarts the kernel now, on the new instance: its variables are not kept.'
+        : 'Confirming restarts the kernel now, on the new instance; its variables come along.'
     ]) {
       if (rule) {
         rules.append(element('li', 'jp-LowCost-rule', rule));
@@ -106,15 +127,21 @@ export async function askLowCost(
 }
 
 /** Ask to move a kernel back to a regular instance of `type`; true to go ahead. */
-export async function askRegular(type: IInstanceType | undefined, name: string): Promise<boolean> {
+export async function askRegular(
+  type: IInstanceType | undefined,
+  name: string,
+  status: IStatus
+): Promise<boolean> {
   const price = type ? ` at ${money(type.price_regular)}/h` : '';
+  const variables =
+    status.checkpoints === 'off' ? 'Its variables are not kept.' : 'Its variables come along.';
   const body = element('div', 'jp-LowCost-dialog');
   body.append(
     element(
       'p',
       '',
       `The kernel restarts on a regular ${name} instance${price}, which is not ` +
-        'interrupted and has no lifetime cap. Its variables are not kept.'
+        `interrupted and has no lifetime cap. ${variables}`
     )
   );
   const result = await showDialog({

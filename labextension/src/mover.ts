@@ -38,7 +38,7 @@ export class Mover {
       const types = await this._store.catalog();
       if (view?.placement?.low_cost) {
         const name = view.placement.instance_type;
-        if (await askRegular(types.find(t => t.name === name), name)) {
+        if (await askRegular(types.find(t => t.name === name), name, status)) {
           await this.moveTo(panel, false, name);
         }
         return;

@@ -8,7 +8,7 @@
 import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 
-import { IInstanceEvent } from './api';
+import { IInstanceEvent, IRestoredEvent } from './api';
 import { clock, placementName, secondsUntil } from './format';
 import { LowCostStore } from './store';
 
@@ -67,6 +67,7 @@ export class Notifier {
     private _settings: () => INotifierSettings
   ) {
     _store.instanceEvent.connect(this._onEvent, this);
+    _store.restored.connect(this._onRestored, this);
     this._timer = window.setInterval(() => this._tick(), 1000);
   }
 
@@ -132,8 +133,20 @@ export class Notifier {
             event.tier === 'low-cost'
               ? `relaunched on a new ${kind} instance`
               : `fell back to a regular ${event.instance_type} instance`;
-          const message = `The kernel of ${path} ${how}; its variables were not kept.`;
-          show('success', message, `${message} ${event.reason}.`, 10000);
+          const restored = this._restoredFor.get(kernelId);
+          this._restoredFor.delete(kernelId);
+          const what = restored
+            ? `${plural(restored.variables, 'variable')} restored${
+                restored.not_restored.length
+                  ? `, ${restored.not_restored.length} not`
+                  : ''
+              }`
+            : 'its variables were not kept';
+          const message = `The kernel of ${path} ${how}; ${what}.`;
+          const details = restored
+            ? `The kernel ${how} (${event.reason}) and ${restored.message}.`
+            : `${message} ${event.reason}.`;
+          show('success', message, details, 10000);
         }
         break;
       }
@@ -149,6 +162,28 @@ export class Notifier {
         this._endNotice(event.instance_id);
         break;
     }
+  }
+
+  private _onRestored(_: LowCostStore, event: IRestoredEvent): void {
+    const panel = this._panelOf(event.kernel_id);
+    if (!panel || (event.variables === 0 && event.not_restored.length === 0)) {
+      return;
+    }
+    if (this._recovering.has(event.kernel_id)) {
+      // Said with the recovery, once the kernel runs again.
+      this._restoredFor.set(event.kernel_id, event);
+      return;
+    }
+    const lost = event.not_restored.length
+      ? `; not restored: ${event.not_restored.map(s => s.name).join(', ')}`
+      : '';
+    show(
+      'info',
+      `${panel.context.path}: ${plural(event.variables, 'variable')} came along to the new ` +
+        `instance${lost}.`,
+      `The kernel of ${panel.context.path} ${event.message}.`,
+      8000
+    );
   }
 
   private _noticeText(notice: INotice): string {
@@ -212,6 +247,7 @@ export class Notifier {
 
   private _notices = new Map<string, INotice>();
   private _recovering = new Map<string, string>();
+  private _restoredFor = new Map<string, IRestoredEvent>();
   private _capWarned = new Map<string, Set<number>>();
   private _timer: number;
 }
@@ -231,4 +267,8 @@ function aboutSpan(seconds: number): string {
 
 function capitalize(text: string): string {
   return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
 }

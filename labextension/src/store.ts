@@ -16,9 +16,11 @@ import {
   IInstanceType,
   IKernelPlacement,
   IPlacement,
+  IRestoredEvent,
   IStatus,
   LowCostAPIError,
-  requestAPI
+  requestAPI,
+  RESTORED_SCHEMA_ID
 } from './api';
 
 /** One kernel as the page sees it. */
@@ -52,6 +54,11 @@ export class LowCostStore {
   /** An instance event, as received. */
   get instanceEvent(): ISignal<this, IInstanceEvent> {
     return this._instanceEvent;
+  }
+
+  /** A kernel resumed from a checkpoint (what came back). */
+  get restored(): ISignal<this, IRestoredEvent> {
+    return this._restored;
   }
 
   /** The catalog of instance types (fetched once, again after a failure). */
@@ -137,6 +144,10 @@ export class LowCostStore {
   }
 
   private _onEvent(_: Event.IManager, emission: Event.Emission): void {
+    if (emission.schema_id === RESTORED_SCHEMA_ID) {
+      this._restored.emit(emission as unknown as IRestoredEvent);
+      return;
+    }
     if (emission.schema_id !== EVENT_SCHEMA_ID) {
       return;
     }
@@ -171,4 +182,5 @@ export class LowCostStore {
   private _catalog: Promise<IInstanceType[]> | null = null;
   private _changed = new Signal<this, string>(this);
   private _instanceEvent = new Signal<this, IInstanceEvent>(this);
+  private _restored = new Signal<this, IRestoredEvent>(this);
 }

@@ -37,6 +37,7 @@ async def test_interruption_notice_counts_down_then_the_kernel_is_relaunched(
     lab: Lab, browser: Any, screenshot: Any
 ) -> None:
     page, instance_id = await low_cost_notebook(lab, browser)
+    await run_cell(page, "answer = 42\nprint('set')", "set")
     lab.api("POST", f"instances/{instance_id}/interrupt", {"notice_seconds": 8})
 
     notice = toast(page, "Interruption in")
@@ -54,6 +55,7 @@ async def test_interruption_notice_counts_down_then_the_kernel_is_relaunched(
     await expect(notice).to_have_count(0)
     relaunched = toast(page, "relaunched on a new low-cost T4 instance")
     await expect(relaunched).to_be_visible(timeout=60_000)
+    await expect(relaunched).to_contain_text("1 variable restored")  # from its checkpoint
     await expect(switch(page)).to_have_attribute("aria-checked", "true")
     await expect(status_item(page)).to_contain_text(re.compile(r"Low-cost T4 · 23:59:\d\d left"))
 
@@ -71,6 +73,7 @@ async def test_interruption_notice_counts_down_then_the_kernel_is_relaunched(
     assert new_instance["low_cost"] is True
     output = await run_cell(page, "%lowcost", "low-cost T4")
     assert new_instance["id"] in output
+    await run_cell(page, "print(answer + 1)", "43")
     assert not [e for e in browser.errors if "uncaught" in e or "lowcost" in e.lower()]
 
 

@@ -1,0 +1,457 @@
+"""Namespace checkpoints: a kernel's variables saved one by one, incrementally, atomically.
+
+Called in the kernel by :mod:`jupyter_lowcost.kernelside` (after cells, at a notice, from
+``%lowcost checkpoint``) and by the tests and the benchmark directly.
+
+Each variable is pickled on its own (protocol 5), so that one object that cannot be saved
+is reported (name, type, why) while the others are saved. Large buffers (numpy arrays,
+and the arrays inside pandas objects) leave the pickle stream out of band, without a
+copy, and are written in chunks of :data:`CHUNK_SIZE`; a chunk whose fingerprint has not
+changed since the previous checkpoint of the same variable is not written again, so
+``big[0] = 1`` on a large array rewrites one chunk. Variables that are the same object
+(``b = a``), or objects that hold another variable's object, are restored as one object.
+
+A checkpoint directory holds::
+
+    chunks/<id>           immutable blobs: pickle streams and buffer chunks
+    manifests/<seq>.json  one per checkpoint, written last, by an atomic rename
+
+A process killed while writing leaves, at worst, chunk files that no manifest names; the
+previous manifest and every chunk it names are untouched, so it loads whole.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import time
+import types
+import uuid
+import zlib
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Buffers are written in chunks of this many bytes (a changed chunk is rewritten whole).
+CHUNK_SIZE = 4 * 1024 * 1024
+#: Checkpoints kept after each new one (older ones and their chunks are deleted).
+KEEP = 3
+
+_ATOMIC_TYPES = (int, float, complex, bool, str, bytes, type(None))
+
+
+@dataclass
+class Skipped:
+    """A variable that was not saved, or not restored."""
+
+    name: str
+    type: str
+    why: str
+
+
+@dataclass
+class SaveReport:
+    """What one checkpoint saved (``%lowcost checkpoint`` prints it)."""
+
+    checkpoint_id: str
+    taken_at: float
+    variables: list[str]
+    bytes: int
+    bytes_written: int
+    seconds: float
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RestoreReport:
+    """What one restore brought back."""
+
+    checkpoint_id: str
+    taken_at: float
+    variables: list[str]
+    bytes: int
+    seconds: float
+    not_restored: list[Skipped] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """``14 variables, 2.1 GB; not restored: gen (generator)``."""
+        text = f"{len(self.variables)} variable{'s' if len(self.variables) != 1 else ''}, "
+        text += human_bytes(self.bytes)
+        if self.not_restored:
+            text += "; not restored: " + ", ".join(
+                f"{s.name} ({s.type})" for s in self.not_restored
+            )
+        return text
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def type_name(value: Any) -> str:
+    kind = type(value)
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+class _VariablePickler(pickle.Pickler):
+    """Pickles one variable; other variables' objects inside it become references."""
+
+    def __init__(self, file: Any, root: Any, others: Mapping[int, str], buffers: list) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffers.append)
+        self._root = root
+        self._others = others
+
+    def persistent_id(self, obj: Any) -> Any:
+        if obj is self._root or isinstance(obj, _ATOMIC_TYPES):
+            return None
+        name = self._others.get(id(obj))
+        return ("variable", name) if name is not None else None
+
+
+def _fallback_picklers() -> list[Any]:
+    """cloudpickle, then dill, when installed: they save what pickle cannot (functions and
+    classes defined in the notebook, lambdas)."""
+    found = []
+    for module in ("cloudpickle", "dill"):
+        try:
+            found.append(__import__(module))
+        except ImportError:
+            pass
+    return found
+
+
+class CheckpointStore:
+    """One checkpoint directory: write checkpoints of a namespace, list them, load them."""
+
+    def __init__(self, root: str | os.PathLike[str], chunk_size: int = CHUNK_SIZE) -> None:
+        self.root = Path(root)
+        self.chunk_size = chunk_size
+        self.chunks = self.root / "chunks"
+        self.manifests = self.root / "manifests"
+        self.chunks.mkdir(parents=True, exist_ok=True)
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        # Per variable and buffer: the chunk ids and fingerprints of the last checkpoint,
+        # to write only the chunks that changed.
+        self._previous: dict[tuple[str, int], list[tuple[str, int, int]]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def save(
+        self, namespace: Mapping[str, Any], kernel_id: str | None = None, manual: bool = False
+    ) -> SaveReport:
+        """Checkpoint ``namespace`` (name -> object); returns what was saved.
+
+        The last :data:`KEEP` automatic checkpoints are kept, and beside them the last
+        :data:`KEEP` ``manual`` ones (``%lowcost checkpoint``), so that checkpoints taken
+        after each cell do not push out the ones a person asked for."""
+        started = time.perf_counter()
+        taken_at = time.time()
+        first_name: dict[int, str] = {}
+        for name, value in namespace.items():
+            first_name.setdefault(id(value), name)
+        entries: dict[str, Any] = {}
+        skipped: list[Skipped] = []
+        total = written = 0
+        for name, value in namespace.items():
+            if first_name[id(value)] != name:
+                entries[name] = {"alias_of": first_name[id(value)], "type": type_name(value)}
+                continue
+            if isinstance(value, types.ModuleType):
+                entries[name] = {"module": value.__name__, "type": "module"}
+                continue
+            try:
+                entry, size, new = self._save_variable(name, value, first_name)
+            except Exception as err:  # any failure of any pickler: report it, go on
+                skipped.append(Skipped(name, type_name(value), _why(err)))
+                continue
+            entries[name] = entry
+            total += size
+            written += new
+        # An alias of a variable that could not be saved cannot be restored either.
+        lost = {s.name for s in skipped}
+        for name in [n for n, e in entries.items() if e.get("alias_of") in lost]:
+            skipped.append(Skipped(name, entries.pop(name)["type"], "alias of an unsaved object"))
+        seq = self._next_seq()
+        checkpoint_id = f"{seq:08d}"
+        manifest = {
+            "id": checkpoint_id,
+            "kernel_id": kernel_id,
+            "taken_at": taken_at,
+            "bytes": total,
+            "manual": manual,
+            "variables": entries,
+            "skipped": [asdict(s) for s in skipped],
+        }
+        self._write_atomically(self.manifests / f"{checkpoint_id}.json", json.dumps(manifest))
+        self._collect_garbage()
+        return SaveReport(
+            checkpoint_id=checkpoint_id,
+            taken_at=taken_at,
+            variables=list(entries),
+            bytes=total,
+            bytes_written=written,
+            seconds=time.perf_counter() - started,
+            skipped=skipped,
+        )
+
+    def _save_variable(
+        self, name: str, value: Any, first_name: Mapping[int, str]
+    ) -> tuple[dict[str, Any], int, int]:
+        others = {oid: n for oid, n in first_name.items() if n != name}
+        buffers: list[pickle.PickleBuffer] = []
+        stream = io.BytesIO()
+        pickler_name = "pickle"
+        try:
+            _VariablePickler(stream, value, others, buffers).dump(value)
+            data = stream.getvalue()
+            if _defined_in_notebook(value):
+                raise pickle.PicklingError("defined in the notebook: pickle saves a reference")
+        except Exception as first_error:
+            data = b""
+            for module in _fallback_picklers():
+                try:
+                    buffers = []
+                    data = module.dumps(value, protocol=5, buffer_callback=buffers.append)
+                    pickler_name = module.__name__
+                    break
+                except Exception:
+                    continue
+            if not data:
+                raise first_error
+        size = len(data)
+        written = 0
+        stream_id, written = self._put_stream(data)
+        saved_buffers = []
+        for index, buffer in enumerate(buffers):
+            view = buffer.raw()
+            chunks, new = self._save_buffer((name, index), view)
+            saved_buffers.append({"size": view.nbytes, "chunks": chunks})
+            size += view.nbytes
+            written += new
+        # Buffers of this variable beyond those saved now are forgotten.
+        for key in [k for k in self._previous if k[0] == name and k[1] >= len(buffers)]:
+            del self._previous[key]
+        entry = {
+            "type": type_name(value),
+            "pickler": pickler_name,
+            "stream": stream_id,
+            "buffers": saved_buffers,
+        }
+        return entry, size, written
+
+    def _save_buffer(self, key: tuple[str, int], view: memoryview) -> tuple[list[str], int]:
+        """Write the chunks of ``view`` that changed since this buffer's last checkpoint."""
+        previous = self._previous.get(key)
+        step = self.chunk_size
+        spans = [
+            (offset, min(step, view.nbytes - offset)) for offset in range(0, view.nbytes, step)
+        ]
+        if previous is not None and len(previous) != len(spans):
+            previous = None
+
+        def one(index: int) -> tuple[str, int, int]:
+            offset, length = spans[index]
+            part = view[offset : offset + length]
+            fingerprint = zlib.crc32(part)
+            if previous is not None:
+                chunk_id, old_fingerprint, old_length = previous[index]
+                if old_fingerprint == fingerprint and old_length == length:
+                    if (self.chunks / chunk_id).exists():
+                        return chunk_id, fingerprint, 0
+            chunk_id = uuid.uuid4().hex
+            self._write_atomically(self.chunks / chunk_id, part)
+            return chunk_id, fingerprint, length
+
+        results = list(self._pool.map(one, range(len(spans))))
+        self._previous[key] = [(c, f, spans[i][1]) for i, (c, f, _) in enumerate(results)]
+        return [c for c, _, _ in results], sum(n for _, _, n in results)
+
+    def _put_stream(self, data: bytes) -> tuple[str, int]:
+        """Store a pickle stream; an identical one already stored is reused (not rewritten).
+        Returns its id and the bytes written."""
+        stream_id = f"s{zlib.crc32(data):08x}{len(data):x}"
+        path = self.chunks / stream_id
+        if path.exists():
+            if path.read_bytes() == data:
+                return stream_id, 0
+            stream_id = f"s{uuid.uuid4().hex}"  # same fingerprint, other content
+            path = self.chunks / stream_id
+        self._write_atomically(path, data)
+        return stream_id, len(data)
+
+    @staticmethod
+    def _write_atomically(path: Path, data: Any) -> None:
+        """Write to a temporary name beside ``path`` and rename: never a half file."""
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        with open(temporary, "wb") as file:
+            file.write(data.encode() if isinstance(data, str) else data)
+        os.replace(temporary, path)
+
+    def _next_seq(self) -> int:
+        ids = self.checkpoint_ids()
+        return int(ids[-1]) + 1 if ids else 1
+
+    def _collect_garbage(self) -> None:
+        manifests = {i: self.manifest(i) for i in self.checkpoint_ids()}
+        manual = [i for i, m in manifests.items() if m.get("manual")]
+        automatic = [i for i, m in manifests.items() if not m.get("manual")]
+        keep = set(manual[-KEEP:]) | set(automatic[-KEEP:])
+        for old in set(manifests) - keep:
+            (self.manifests / f"{old}.json").unlink(missing_ok=True)
+        referenced: set[str] = set()
+        for checkpoint_id in keep:
+            for entry in manifests[checkpoint_id]["variables"].values():
+                if "stream" in entry:
+                    referenced.add(entry["stream"])
+                    for buffer in entry["buffers"]:
+                        referenced.update(buffer["chunks"])
+        for path in self.chunks.iterdir():
+            if path.name not in referenced and not _is_fresh_temporary(path):
+                path.unlink(missing_ok=True)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def checkpoint_ids(self) -> list[str]:
+        """Complete checkpoints, oldest first."""
+        return sorted(p.stem for p in self.manifests.glob("*.json") if p.stem.isdigit())
+
+    def latest(self) -> str | None:
+        ids = self.checkpoint_ids()
+        return ids[-1] if ids else None
+
+    def manifest(self, checkpoint_id: str) -> dict[str, Any]:
+        path = self.manifests / f"{checkpoint_id}.json"
+        if not checkpoint_id.isdigit() or not path.exists():
+            known = ", ".join(self.checkpoint_ids()) or "none"
+            raise FileNotFoundError(f"no checkpoint {checkpoint_id!r} (kept: {known})")
+        return json.loads(path.read_text())
+
+    def load(
+        self, checkpoint_id: str | None = None, into: dict[str, Any] | None = None
+    ) -> RestoreReport:
+        """Restore a checkpoint (the latest by default) into ``into`` (a new dict if None)."""
+        started = time.perf_counter()
+        checkpoint_id = checkpoint_id or self.latest()
+        if checkpoint_id is None:
+            raise FileNotFoundError(f"no checkpoint in {self.root}")
+        manifest = self.manifest(checkpoint_id)
+        entries: dict[str, Any] = manifest["variables"]
+        namespace = {} if into is None else into
+        loaded: dict[str, Any] = {}
+        failed: dict[str, Skipped] = {s["name"]: Skipped(**s) for s in manifest.get("skipped", [])}
+        loading: set[str] = set()
+        total = 0
+
+        def load_one(name: str) -> Any:
+            nonlocal total
+            if name in loaded:
+                return loaded[name]
+            if name in failed or name not in entries:
+                raise pickle.UnpicklingError(f"it refers to {name!r}, which was not restored")
+            if name in loading:
+                raise pickle.UnpicklingError(f"{name!r} refers back to itself through others")
+            entry = entries[name]
+            loading.add(name)
+            try:
+                if "alias_of" in entry:
+                    value = load_one(entry["alias_of"])
+                elif "module" in entry:
+                    value = __import__(entry["module"], fromlist=["_"])
+                else:
+                    stream = (self.chunks / entry["stream"]).read_bytes()
+                    buffers = [self._read_buffer(b) for b in entry["buffers"]]
+                    total += len(stream) + sum(b["size"] for b in entry["buffers"])
+                    value = _VariableUnpickler(io.BytesIO(stream), buffers, load_one).load()
+            finally:
+                loading.discard(name)
+            loaded[name] = value
+            return value
+
+        for name, entry in entries.items():
+            try:
+                load_one(name)
+            except Exception as err:
+                failed.setdefault(name, Skipped(name, entry.get("type", "?"), _why(err)))
+        namespace.update(loaded)
+        return RestoreReport(
+            checkpoint_id=checkpoint_id,
+            taken_at=manifest["taken_at"],
+            variables=list(loaded),
+            bytes=total,
+            seconds=time.perf_counter() - started,
+            not_restored=list(failed.values()),
+        )
+
+    def _read_buffer(self, saved: dict[str, Any]) -> bytearray:
+        buffer = bytearray(saved["size"])
+        view = memoryview(buffer)
+        offset = 0
+        for chunk_id in saved["chunks"]:
+            with open(self.chunks / chunk_id, "rb", buffering=0) as file:
+                while True:
+                    n = file.readinto(view[offset:])
+                    if not n:
+                        break
+                    offset += n
+        if offset != saved["size"]:
+            raise OSError(f"a buffer is {offset} bytes instead of {saved['size']}")
+        return buffer
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+class _VariableUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, buffers: Iterable[Any], resolve: Any) -> None:
+        super().__init__(file, buffers=buffers)
+        self._resolve = resolve
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind, name = pid
+        if kind != "variable":
+            raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+        return self._resolve(name)
+
+
+def _defined_in_notebook(value: Any) -> bool:
+    """Functions and classes of the notebook itself: pickle would save only their name."""
+    if isinstance(value, (types.FunctionType, type)):
+        return getattr(value, "__module__", None) == "__main__"
+    return False
+
+
+def _is_fresh_temporary(path: Path) -> bool:
+    """A temporary file another writer may still be writing (kept for an hour)."""
+    return path.name.startswith(".") and time.time() - path.stat().st_mtime < 3600
+
+
+def _why(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def user_variables(user_ns: Mapping[str, Any], hidden: Mapping[str, Any]) -> dict[str, Any]:
+    """The variables a person made in IPython: not IPython's own, not ``_``-prefixed."""
+    return {
+        name: value
+        for name, value in user_ns.items()
+        if not name.startswith("_")
+        and name not in ("In", "Out", "exit", "quit", "get_ipython")
+        and not (name in hidden and hidden[name] is value)
+    }

@@ -1,0 +1,151 @@
+"""Checkpoints inside a kernel: when to take them, restoring at start, telling the server.
+
+``load_ipython_extension`` (every kernel a server with jupyter-lowcost starts) calls
+:func:`install`; ``%lowcost checkpoint|restore|checkpoints`` call the installed
+:class:`KernelCheckpoints`. The server says, in the kernel's environment, where the
+checkpoints go (a directory the instance's loss cannot take: by default the Jupyter
+server's data directory), when to take them, and whether this start is a resume.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from .checkpoints import CheckpointStore, RestoreReport, SaveReport, user_variables
+from .interruption import add_final_notice_callback
+
+ENV_DIR = "JUPYTER_LOWCOST_CHECKPOINT_DIR"
+#: ``cell`` (after each cell), ``interval:<seconds>``, ``notice`` (at notices only), ``off``.
+ENV_WHEN = "JUPYTER_LOWCOST_CHECKPOINTS"
+#: ``1``: this start resumes the kernel (a move or a recovery): restore the latest checkpoint.
+ENV_RESTORE = "JUPYTER_LOWCOST_RESTORE"
+
+_installed: KernelCheckpoints | None = None
+
+
+class KernelCheckpoints:
+    """The checkpoints of this kernel's namespace."""
+
+    def __init__(self, shell: Any, directory: str, when: str) -> None:
+        self.shell = shell
+        self.store = CheckpointStore(directory)
+        self.when = when
+        self.interval = float(when.split(":", 1)[1]) if when.startswith("interval:") else 0.0
+        self.last_save: SaveReport | None = None
+        self.last_restore: RestoreReport | None = None
+        self._last_time = time.monotonic()
+        self._lock = threading.Lock()
+
+    def namespace(self) -> dict[str, Any]:
+        return user_variables(self.shell.user_ns, self.shell.user_ns_hidden)
+
+    def checkpoint(self, manual: bool = False) -> SaveReport:
+        """Save the namespace now (``manual``: asked by the user, kept longer)."""
+        with self._lock:
+            report = self.store.save(
+                self.namespace(), os.environ.get("JUPYTER_LOWCOST_KERNEL_ID"), manual=manual
+            )
+            self.last_save = report
+            self._last_time = time.monotonic()
+            return report
+
+    def restore(self, checkpoint_id: str | None = None) -> RestoreReport:
+        """Put a checkpoint's variables (the latest by default) back into the namespace."""
+        with self._lock:
+            report = self.store.load(checkpoint_id, into=self.shell.user_ns)
+            self.last_restore = report
+            return report
+
+    def _after_cell(self, result: Any = None) -> None:
+        if self.when == "cell" or (
+            self.interval and time.monotonic() - self._last_time >= self.interval
+        ):
+            self._quietly(self.checkpoint)
+
+    def _at_notice(self, notice: Any) -> None:
+        if self.when != "off":
+            self._quietly(self.checkpoint)
+
+    def _at_shutdown(self) -> None:
+        # A move shuts the kernel down gracefully: what it had goes with it. (Not at
+        # interpreter exit: IPython empties the namespace before that.)
+        if self.when != "off" and self.namespace():
+            self._quietly(self.checkpoint)
+
+    def hook_shutdown(self) -> None:
+        """Checkpoint when the kernel receives its shutdown request (ipykernel)."""
+        kernel = getattr(self.shell, "kernel", None)
+        if kernel is None:
+            return
+        original = kernel.do_shutdown
+
+        def do_shutdown(restart: bool) -> Any:
+            self._at_shutdown()
+            return original(restart)
+
+        kernel.do_shutdown = do_shutdown
+
+    @staticmethod
+    def _quietly(action: Any) -> None:
+        try:
+            action()
+        except Exception as err:  # a checkpoint that fails must not break the user's cell
+            print(f"jupyter_lowcost: checkpoint failed: {err}", file=sys.stderr)
+
+    def status(self) -> str:
+        """The lines ``%lowcost`` adds about checkpoints."""
+        lines = []
+        if self.last_restore is not None:
+            r = self.last_restore
+            lines.append(f"Resumed from checkpoint {r.checkpoint_id}: {r.summary()}.")
+        if self.last_save is not None:
+            s = self.last_save
+            ago = time.time() - s.taken_at
+            lines.append(
+                f"Last checkpoint {s.checkpoint_id}, {ago:.0f} s ago: {len(s.variables)} "
+                f"variables, {s.bytes / 1e6:.1f} MB"
+                + (f"; not saved: {', '.join(x.name for x in s.skipped)}" if s.skipped else "")
+                + "."
+            )
+        else:
+            lines.append(f"No checkpoint yet (checkpoints: {self.when}).")
+        return "\n".join(lines)
+
+
+def install(shell: Any) -> KernelCheckpoints | None:
+    """Set up checkpoints in this kernel from the environment; restore if it is a resume."""
+    global _installed
+    directory = os.environ.get(ENV_DIR)
+    if not directory or _installed is not None:
+        return _installed
+    checkpoints = KernelCheckpoints(shell, directory, os.environ.get(ENV_WHEN, "cell"))
+    _installed = checkpoints
+    if os.environ.pop(ENV_RESTORE, "") == "1" and checkpoints.store.latest():
+        try:
+            report = checkpoints.restore()
+        except Exception as err:
+            print(f"jupyter_lowcost: could not restore the checkpoint: {err}", file=sys.stderr)
+        else:
+            _tell_server(report)
+    shell.events.register("post_run_cell", checkpoints._after_cell)
+    add_final_notice_callback(checkpoints._at_notice)
+    checkpoints.hook_shutdown()
+    return checkpoints
+
+
+def installed() -> KernelCheckpoints | None:
+    return _installed
+
+
+def _tell_server(report: RestoreReport) -> None:
+    """Say what came back (the server emits it as an event for JupyterLab)."""
+    try:
+        from .client import LowCostClient
+
+        LowCostClient.from_environment().report_restored(report.to_json())
+    except Exception as err:
+        print(f"jupyter_lowcost: could not report the restore: {err}", file=sys.stderr)

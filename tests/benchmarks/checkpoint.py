@@ -1,0 +1,273 @@
+"""Benchmark: namespace checkpoints against np.save, np.load and dill.dump_module.
+
+Run it by hand (pytest does not collect it; needs numpy, and dill for its comparison)::
+
+    python tests/benchmarks/checkpoint.py [--gib 2] [--resumes 5] [--dir PATH]
+
+All in one run, on one disk (``--dir``, by default a folder under the current directory):
+
+- a full checkpoint of ``--gib`` GiB of numpy arrays, against ``np.save`` of the same
+  arrays (throughput ratio; target >= 0.8x) and against ``dill.dump_module`` of the same
+  namespace (speed ratio; target >= 2.5x), with the peak extra memory of each (target
+  <= 10% of the state);
+- after ``big[0] = 1`` on a 512 MiB array: the bytes the next checkpoint writes (target
+  <= 2% of the array) and its time against a full checkpoint of it (target <= 5%);
+- restoring the state against ``np.load`` of the same arrays (target <= 1.2x);
+- from an injected interruption to the resumed kernel answering with 100 MB restored, on
+  the local backend (median over ``--resumes``; target <= 3 s).
+
+Peak memory is the process's high-water mark (VmHWM), reset before each operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from jupyter_lowcost.checkpoints import CheckpointStore
+
+MiB = 1024 * 1024
+
+
+def rss_and_peak() -> tuple[int, int]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+
+
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def measured(action: Any) -> tuple[float, int, Any]:
+    """(seconds, peak extra bytes, result) of ``action()``."""
+    reset_peak()
+    before, _ = rss_and_peak()
+    started = time.perf_counter()
+    result = action()
+    seconds = time.perf_counter() - started
+    _, peak = rss_and_peak()
+    return seconds, max(0, peak - before), result
+
+
+def make_state(gib: float) -> dict[str, np.ndarray]:
+    count = 8
+    per = int(gib * 1024 * MiB / count) // 8
+    state = {}
+    for i in range(count):
+        array = np.empty(per, dtype=np.float64)
+        array[:] = np.arange(per, dtype=np.float64) * (i + 1)  # every page written
+        state[f"layer{i}"] = array
+    return state
+
+
+def store_benchmarks(root: Path, gib: float) -> None:
+    state = make_state(gib)
+    size = sum(a.nbytes for a in state.values())
+    print(f"state: {len(state)} arrays, {size / MiB:.0f} MiB, in {root}")
+
+    npy = root / "npy"
+    npy.mkdir()
+
+    def save_npy() -> None:
+        for name, array in state.items():
+            np.save(npy / f"{name}.npy", array)
+
+    t_npy, m_npy, _ = measured(save_npy)
+    store_dir = root / "checkpoint"
+    store = CheckpointStore(store_dir)
+    t_ours, m_ours, report = measured(lambda: store.save(state))
+    assert report.bytes_written >= size
+    print(
+        f"full checkpoint: {t_ours:.2f} s ({size / MiB / t_ours:.0f} MiB/s), peak extra "
+        f"{m_ours / MiB:.0f} MiB = {100 * m_ours / size:.1f}% of the state"
+    )
+    print(
+        f"np.save:         {t_npy:.2f} s ({size / MiB / t_npy:.0f} MiB/s), peak extra "
+        f"{m_npy / MiB:.0f} MiB"
+    )
+    print(f"  ratio checkpoint/np.save throughput: {t_npy / t_ours:.2f}x (target >= 0.8x)")
+    try:
+        import dill
+    except ImportError:
+        print("dill is not installed: pip install dill to compare with dill.dump_module")
+    else:
+        module = types.ModuleType("notebook")
+        module.__dict__.update(state)
+        t_dill, m_dill, _ = measured(
+            lambda: dill.dump_module(str(root / "dill.pkl"), module=module)
+        )
+        print(
+            f"dill.dump_module: {t_dill:.2f} s, peak extra {m_dill / MiB:.0f} MiB = "
+            f"{100 * m_dill / size:.0f}% of the state"
+        )
+        print(f"  ratio dill/checkpoint time: {t_dill / t_ours:.2f}x faster (target >= 2.5x)")
+        (root / "dill.pkl").unlink()
+
+    def load_npy() -> dict[str, np.ndarray]:
+        return {name: np.load(npy / f"{name}.npy") for name in state}
+
+    t_load_npy, _, loaded_npy = measured(load_npy)
+    del loaded_npy
+    restored: dict[str, Any] = {}
+    t_restore, m_restore, _ = measured(lambda: store.load(into=restored))
+    assert all(np.array_equal(restored[n], state[n]) for n in state)
+    del restored
+    print(
+        f"restore: {t_restore:.2f} s, np.load {t_load_npy:.2f} s: ratio "
+        f"{t_restore / t_load_npy:.2f}x (target <= 1.2x); restore peak extra beyond the "
+        f"restored arrays {max(0, m_restore - size) / MiB:.0f} MiB"
+    )
+    store.close()
+    shutil.rmtree(npy)
+    shutil.rmtree(store_dir)
+    del state
+
+    big = np.empty(512 * MiB // 8)
+    big[:] = np.arange(big.size)
+    store = CheckpointStore(root / "incremental")
+    t_full, _, full = measured(lambda: store.save({"big": big}))
+    big[0] = 1
+    t_incr, _, incremental = measured(lambda: store.save({"big": big}))
+    share = incremental.bytes_written / big.nbytes
+    print(
+        f"512 MiB array, big[0] = 1: incremental wrote {incremental.bytes_written / MiB:.1f} MiB "
+        f"= {100 * share:.2f}% (target <= 2%), {t_incr * 1000:.0f} ms = "
+        f"{100 * t_incr / t_full:.1f}% of the full checkpoint's {t_full * 1000:.0f} ms "
+        f"(target <= 5%)"
+    )
+    store.close()
+
+
+def execute_over_ws(base: str, kernel_id: str, code: str) -> str:
+    """Run ``code`` through the kernel's websocket, as JupyterLab does; its stdout."""
+    import json
+    import uuid
+
+    import websocket
+    from kernel_start import TOKEN
+
+    ws = websocket.create_connection(
+        f"ws://{base}/api/kernels/{kernel_id}/channels",
+        header=[f"Authorization: token {TOKEN}"],
+        timeout=120,
+    )
+    msg_id = uuid.uuid4().hex
+    header = {
+        "msg_id": msg_id,
+        "username": "bench",
+        "session": uuid.uuid4().hex,
+        "msg_type": "execute_request",
+        "version": "5.3",
+        "date": "",
+    }
+    content = {
+        "code": code,
+        "silent": False,
+        "store_history": True,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
+    ws.send(
+        json.dumps(
+            {
+                "header": header,
+                "parent_header": {},
+                "metadata": {},
+                "content": content,
+                "channel": "shell",
+            }
+        )
+    )
+    out = []
+    try:
+        while True:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["header"]["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "error":
+                raise RuntimeError("\n".join(msg["content"]["traceback"]))
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(out)
+    finally:
+        ws.close()
+
+
+def resume_benchmark(count: int) -> None:
+    import requests
+    from kernel_start import HEADERS, free_port, start_server
+
+    home = Path(tempfile.mkdtemp(prefix="resume-bench-"))
+    port = free_port()
+    server = start_server(home, port)
+    base = f"127.0.0.1:{port}"
+    api = f"http://{base}/lowcost/api/"
+    try:
+        body = requests.post(
+            api + "kernels", json={"instance_type": "T4"}, headers=HEADERS, timeout=120
+        ).json()
+        kernel_id = body["kernel"]["id"]
+        execute_over_ws(base, kernel_id, "import numpy as np\nstate = np.ones(100 * 10**6 // 8)")
+        times = []
+        for _ in range(count):
+            instance = requests.get(api + f"kernels/{kernel_id}", headers=HEADERS).json()
+            old = instance["instance"]["id"]
+            started = time.perf_counter()
+            requests.post(
+                api + f"instances/{old}/interrupt", json={"notice_seconds": 0}, headers=HEADERS
+            )
+            while True:
+                model = requests.get(api + f"kernels/{kernel_id}", headers=HEADERS).json()
+                current = model["instance"]
+                if current and current["id"] != old and current["state"] == "running":
+                    break
+                time.sleep(0.02)
+            answer = execute_over_ws(base, kernel_id, "print(int(state.sum()))")
+            times.append(time.perf_counter() - started)
+            assert answer.strip() == str(100 * 10**6 // 8), answer
+        print(
+            f"interruption -> resumed kernel answering with 100 MB restored: median "
+            f"{statistics.median(times):.2f} s, max {max(times):.2f} s over {count} "
+            "(target <= 3 s)"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=2.0)
+    parser.add_argument("--resumes", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="checkpoint-bench-", dir=args.dir or Path.cwd()))
+    try:
+        store_benchmarks(root, args.gib)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if args.resumes:
+        resume_benchmark(args.resumes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Kernels resume with their variables: after an interruption, across moves, past the cap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
+
+from jupyter_lowcost.events import RESTORED_SCHEMA_ID
+
+STATE = (
+    "import numpy as np, pandas as pd\n"
+    "big = np.arange(100 * 1024 * 1024 // 8, dtype=np.int64)\n"  # 100 MB
+    "frame = pd.DataFrame({'x': [1, 2, 3]})\n"
+    "config = {'lr': 0.01, 'layers': [64, 32]}\n"
+    "alias = config\n"
+    "gen = (i for i in range(3))\n"
+)
+CHECK = (
+    "print(int(big.sum()) == sum(range(len(big))), len(big), frame['x'].tolist(), "
+    "config, alias is config, 'gen' in globals())\n"
+)
+EXPECTED = "True 13107200 [1, 2, 3] {'lr': 0.01, 'layers': [64, 32]} True False\n"
+
+
+@pytest.fixture
+def restored_events(jp_serverapp: Any) -> EventRecorder:
+    recorder = EventRecorder()
+    jp_serverapp.event_logger.add_listener(schema_id=RESTORED_SCHEMA_ID, listener=recorder.listener)
+    return recorder
+
+
+async def new_instance(api: Any, kernel_id: str, old: str) -> dict[str, Any]:
+    async def relaunched() -> bool:
+        status, model = await api("GET", f"kernels/{kernel_id}")
+        instance = model["instance"]
+        return instance is not None and instance["id"] != old and instance["state"] == "running"
+
+    await wait_until(relaunched, timeout=60)
+    await wait_until(lambda: moved(api, kernel_id))
+    return (await api("GET", f"kernels/{kernel_id}"))[1]
+
+
+async def test_an_interrupted_kernel_resumes_with_its_variables(
+    api: Any, jp_serverapp: Any, restored_events: EventRecorder
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(jp_serverapp, kernel_id, STATE)
+    status, _ = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 1})
+    assert status == 202
+    model = await new_instance(api, kernel_id, first)
+    assert model["placement"]["low_cost"] is True
+
+    assert await execute(jp_serverapp, kernel_id, CHECK) == EXPECTED
+    event = await restored_events.wait_for(kernel_id=kernel_id)
+    assert event["message"].startswith("resumed from the checkpoint taken ")
+    assert "before the interruption: 6 variables, " in event["message"]
+    assert event["message"].endswith("not restored: gen (generator)")
+    assert event["not_restored"][0]["name"] == "gen"
+    assert model["restored"]["checkpoint_id"] == event["checkpoint_id"] or (
+        (await api("GET", f"kernels/{kernel_id}"))[1]["restored"]["checkpoint_id"]
+        == event["checkpoint_id"]
+    )
+    # The magic says so too.
+    status_text = await execute(jp_serverapp, kernel_id, "%lowcost")
+    assert "Resumed from checkpoint" in status_text and "not restored: gen" in status_text
+
+
+@pytest.mark.lowcost(LowCostApp={"checkpoints": "notice"})
+async def test_moves_both_ways_keep_the_namespace(api: Any, jp_serverapp: Any) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id = body["kernel"]["id"]
+    await execute(jp_serverapp, kernel_id, STATE)
+    for low_cost in (False, True):
+        status, model = await api(
+            "PUT", f"kernels/{kernel_id}", {"low_cost": low_cost, "instance_type": "T4"}
+        )
+        assert status == 200, model
+        assert model["placement"]["low_cost"] is low_cost
+        # "notice" mode: nothing after cells; the move's graceful shutdown saved it.
+        assert await execute(jp_serverapp, kernel_id, CHECK) == EXPECTED
+
+
+@pytest.mark.lowcost(LowCostApp={"lifetime_cap": 6.0, "cap_notice": 2.0})
+async def test_the_cap_rollover_keeps_the_namespace(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(jp_serverapp, kernel_id, "steps = 41\nsteps += 1\n")
+    await instance_events.wait_for(instance_id=first, state="expired", timeout=30)
+    await new_instance(api, kernel_id, first)
+    assert await execute(jp_serverapp, kernel_id, "print(steps)") == "42\n"
+
+
+async def test_checkpoint_magics(api: Any, jp_serverapp: Any) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id = body["kernel"]["id"]
+    await execute(jp_serverapp, kernel_id, "x = [1, 2]\n")
+    saved = await execute(jp_serverapp, kernel_id, "%lowcost checkpoint")
+    assert saved.startswith("Checkpoint ") and "variables" in saved
+    listing = await execute(jp_serverapp, kernel_id, "%lowcost checkpoints")
+    checkpoint_id = saved.split()[1].rstrip(":")
+    assert checkpoint_id in listing
+    await execute(jp_serverapp, kernel_id, "x.append(3)\ndel x\n")
+    restored = await execute(jp_serverapp, kernel_id, f"%lowcost restore {checkpoint_id}\nprint(x)")
+    assert f"Restored checkpoint {checkpoint_id}: " in restored
+    assert restored.endswith("[1, 2]\n")
+    missing = await execute(jp_serverapp, kernel_id, "%lowcost restore 99999999")
+    assert "no checkpoint '99999999' (kept: " in missing
+
+
+async def test_a_user_restart_does_not_restore(api: Any, jp_serverapp: Any) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id = body["kernel"]["id"]
+    await execute(jp_serverapp, kernel_id, "kept = 1\n")
+    await jp_serverapp.kernel_manager.restart_kernel(kernel_id)
+    assert await execute(jp_serverapp, kernel_id, "print('kept' in globals())") == "False\n"
+
+
+async def test_save_on_notice_writes_the_training_state(
+    api: Any, jp_serverapp: Any, tmp_path: Any
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    target = tmp_path / "train.ckpt"
+    await execute(
+        jp_serverapp,
+        kernel_id,
+        "from jupyter_lowcost import save_on_notice\n"
+        "class Model:\n"
+        "    def __init__(self): self.w = [0.5, 0.25]\n"
+        "    def state_dict(self): return {'w': self.w}\n"
+        "model = Model()\n"
+        f"save_on_notice({str(target)!r}, model=model, step=7)\n",
+    )
+    await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 2})
+    await wait_until(target.exists, timeout=30)
+    import pickle
+
+    assert pickle.loads(target.read_bytes()) == {"model": {"w": [0.5, 0.25]}, "step": 7}
