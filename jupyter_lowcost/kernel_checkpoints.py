@@ -39,6 +39,7 @@ class KernelCheckpoints:
         self.last_restore: RestoreReport | None = None
         self._last_time = time.monotonic()
         self._lock = threading.Lock()
+        self._unhide_pending: dict[str, Any] = {}
 
     def namespace(self) -> dict[str, Any]:
         return user_variables(self.shell.user_ns, self.shell.user_ns_hidden)
@@ -56,9 +57,34 @@ class KernelCheckpoints:
     def restore(self, checkpoint_id: str | None = None) -> RestoreReport:
         """Put a checkpoint's variables (the latest by default) back into the namespace."""
         with self._lock:
-            report = self.store.load(checkpoint_id, into=self.shell.user_ns)
+            restored: dict[str, Any] = {}
+            report = self.store.load(checkpoint_id, into=restored)
+            self.shell.user_ns.update(restored)
+            self._unhide(restored)
             self.last_restore = report
             return report
+
+    def _unhide(self, restored: dict[str, Any]) -> None:
+        """Restored variables are the user's, also for %who and for the next checkpoint.
+
+        A restore at start runs before IPython hides its initial namespace from the user
+        (``user_ns_hidden``, filled after extensions load), so this runs again just before
+        the first cell too."""
+        hidden = self.shell.user_ns_hidden
+        for name, value in restored.items():
+            if name in hidden and hidden[name] is value:
+                del hidden[name]
+        if not self._unhide_pending:
+            self._unhide_pending = dict(restored)
+
+            def before_first_cell(*args: Any) -> None:
+                self.shell.events.unregister("pre_run_cell", before_first_cell)
+                pending, self._unhide_pending = self._unhide_pending, {}
+                for name, value in pending.items():
+                    if name in hidden and hidden[name] is value:
+                        del hidden[name]
+
+            self.shell.events.register("pre_run_cell", before_first_cell)
 
     def _after_cell(self, result: Any = None) -> None:
         if self.when == "cell" or (
