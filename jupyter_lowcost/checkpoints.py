@@ -26,11 +26,13 @@ import io
 import json
 import os
 import pickle
+import sys
 import time
 import types
 import uuid
+import warnings
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,19 +110,64 @@ def type_name(value: Any) -> str:
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
-class _VariablePickler(pickle.Pickler):
-    """Pickles one variable; other variables' objects inside it become references."""
+class _Redirect:
+    """A file whose writes (and reads) go to the stream of the current variable."""
 
-    def __init__(self, file: Any, root: Any, others: Mapping[int, str], buffers: list) -> None:
+    def __init__(self) -> None:
+        self.target: Any = io.BytesIO()
+
+    def write(self, data: Any) -> int:
+        return self.target.write(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.target.read(n)
+
+    def readline(self) -> bytes:
+        return self.target.readline()
+
+    def readinto(self, buffer: Any) -> int:
+        return self.target.readinto(buffer)
+
+
+class _Buffers:
+    """The out-of-band buffers of the current variable, for a long-lived Unpickler."""
+
+    def __init__(self) -> None:
+        self.pending: list[Any] = []
+
+    def __iter__(self) -> _Buffers:
+        return self
+
+    def __next__(self) -> Any:
+        if not self.pending:
+            raise StopIteration
+        return self.pending.pop(0)
+
+
+class _NamespacePickler(pickle.Pickler):
+    """One pickler for every variable of a checkpoint: each variable is a pickle of its
+    own (so one that fails is left out), and the memo is shared, so that an object held
+    by several variables (a model's parameters and its optimizer) is saved once and comes
+    back as one object."""
+
+    def __init__(self, file: _Redirect, buffers: list[Any]) -> None:
         super().__init__(file, protocol=5, buffer_callback=buffers.append)
-        self._root = root
-        self._others = others
 
-    def persistent_id(self, obj: Any) -> Any:
-        if obj is self._root or isinstance(obj, _ATOMIC_TYPES):
-            return None
-        name = self._others.get(id(obj))
-        return ("variable", name) if name is not None else None
+    def reducer_override(self, obj: Any) -> Any:
+        """PyTorch tensors (and parameters) as numpy arrays on the host, so that their
+        data leaves the stream out of band, without a copy for CPU tensors; a CUDA tensor
+        is copied to the host and goes back to its device on restore."""
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(obj, torch.Tensor):
+            return NotImplemented
+        if type(obj) not in (torch.Tensor, torch.nn.Parameter) or obj.is_sparse:
+            return NotImplemented
+        try:
+            array = obj.detach().to("cpu").numpy()
+        except (TypeError, RuntimeError):  # bfloat16 and other types numpy lacks
+            return NotImplemented
+        is_parameter = isinstance(obj, torch.nn.Parameter)
+        return (_restore_tensor, (array, str(obj.device), obj.requires_grad, is_parameter))
 
 
 def _fallback_picklers() -> list[Any]:
@@ -149,6 +196,7 @@ class CheckpointStore:
         # to write only the chunks that changed.
         self._previous: dict[tuple[str, int], list[tuple[str, int, int]]] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+        self._memo_reset_pending = False
 
     # -- writing -------------------------------------------------------------------------
 
@@ -165,6 +213,10 @@ class CheckpointStore:
         first_name: dict[int, str] = {}
         for name, value in namespace.items():
             first_name.setdefault(id(value), name)
+        self._file = _Redirect()
+        self._buffers: list[Any] = []
+        self._pickler = _NamespacePickler(self._file, self._buffers)
+        self._memo_reset_pending = False
         entries: dict[str, Any] = {}
         skipped: list[Skipped] = []
         total = written = 0
@@ -176,7 +228,7 @@ class CheckpointStore:
                 entries[name] = {"module": value.__name__, "type": "module"}
                 continue
             try:
-                entry, size, new = self._save_variable(name, value, first_name)
+                entry, size, new = self._save_variable(name, value)
             except Exception as err:  # any failure of any pickler: report it, go on
                 skipped.append(Skipped(name, type_name(value), _why(err)))
                 continue
@@ -210,19 +262,27 @@ class CheckpointStore:
             skipped=skipped,
         )
 
-    def _save_variable(
-        self, name: str, value: Any, first_name: Mapping[int, str]
-    ) -> tuple[dict[str, Any], int, int]:
-        others = {oid: n for oid, n in first_name.items() if n != name}
-        buffers: list[pickle.PickleBuffer] = []
+    def _save_variable(self, name: str, value: Any) -> tuple[dict[str, Any], int, int]:
         stream = io.BytesIO()
+        self._file.target = stream
+        self._buffers.clear()
         pickler_name = "pickle"
+        memo_reset = False
         try:
-            _VariablePickler(stream, value, others, buffers).dump(value)
-            data = stream.getvalue()
             if _defined_in_notebook(value):
                 raise pickle.PicklingError("defined in the notebook: pickle saves a reference")
+            self._pickler.dump(value)
+            data = stream.getvalue()
+            buffers = list(self._buffers)
+            # After a failed dump the memo was emptied: load empties its memo here too.
+            memo_reset, self._memo_reset_pending = self._memo_reset_pending, False
         except Exception as first_error:
+            # What the failed dump added to the memo was never written, and the C pickler
+            # cannot say which entries those are: a new pickler, with an empty memo.
+            # (Variables saved after this point share objects among themselves, not with
+            # earlier ones.)
+            self._pickler = _NamespacePickler(self._file, self._buffers)
+            self._memo_reset_pending = True
             data = b""
             for module in _fallback_picklers():
                 try:
@@ -233,7 +293,7 @@ class CheckpointStore:
                 except Exception:
                     continue
             if not data:
-                raise first_error
+                raise first_error from None
         size = len(data)
         written = 0
         stream_id, written = self._put_stream(data)
@@ -252,6 +312,7 @@ class CheckpointStore:
             "pickler": pickler_name,
             "stream": stream_id,
             "buffers": saved_buffers,
+            "memo_reset": memo_reset,
         }
         return entry, size, written
 
@@ -355,40 +416,51 @@ class CheckpointStore:
         namespace = {} if into is None else into
         loaded: dict[str, Any] = {}
         failed: dict[str, Skipped] = {s["name"]: Skipped(**s) for s in manifest.get("skipped", [])}
-        loading: set[str] = set()
         total = 0
-
-        def load_one(name: str) -> Any:
-            nonlocal total
-            if name in loaded:
-                return loaded[name]
-            if name in failed or name not in entries:
-                raise pickle.UnpicklingError(f"it refers to {name!r}, which was not restored")
-            if name in loading:
-                raise pickle.UnpicklingError(f"{name!r} refers back to itself through others")
-            entry = entries[name]
-            loading.add(name)
+        source = _Redirect()
+        buffers = _Buffers()
+        unpickler = pickle.Unpickler(source, buffers=buffers)
+        broken: str | None = None  # a variable of the current memo chain that failed
+        # In saved order: the shared memo of the pickler is rebuilt as it was.
+        for name, entry in entries.items():
             try:
                 if "alias_of" in entry:
-                    value = load_one(entry["alias_of"])
+                    if entry["alias_of"] not in loaded:
+                        raise pickle.UnpicklingError(
+                            f"alias of {entry['alias_of']!r}, not restored"
+                        )
+                    value = loaded[entry["alias_of"]]
                 elif "module" in entry:
                     value = __import__(entry["module"], fromlist=["_"])
                 else:
                     stream = (self.chunks / entry["stream"]).read_bytes()
-                    buffers = [self._read_buffer(b) for b in entry["buffers"]]
+                    data = [self._read_buffer(b) for b in entry["buffers"]]
+                    if entry["pickler"] == "pickle":
+                        if entry.get("memo_reset"):  # the pickler started afresh here
+                            unpickler = pickle.Unpickler(source, buffers=buffers)
+                            broken = None
+                        if broken is not None:
+                            # Its stream may refer to objects of the one that failed.
+                            raise pickle.UnpicklingError(
+                                f"saved after {broken}, which could not be restored"
+                            )
+                        source.target = io.BytesIO(stream)
+                        buffers.pending = data
+                        try:
+                            value = unpickler.load()
+                        except Exception:
+                            broken = name
+                            raise
+                    else:
+                        value = pickle.loads(stream, buffers=data)
                     total += len(stream) + sum(b["size"] for b in entry["buffers"])
-                    value = _VariableUnpickler(io.BytesIO(stream), buffers, load_one).load()
-            finally:
-                loading.discard(name)
-            loaded[name] = value
-            return value
-
-        for name, entry in entries.items():
-            try:
-                load_one(name)
             except Exception as err:
                 failed.setdefault(name, Skipped(name, entry.get("type", "?"), _why(err)))
-        namespace.update(loaded)
+                continue
+            loaded[name] = value
+            # At once: objects of classes the notebook defined are looked up in __main__
+            # (the kernel's namespace) by the variables that follow.
+            namespace[name] = value
         return RestoreReport(
             checkpoint_id=checkpoint_id,
             taken_at=manifest["taken_at"],
@@ -398,35 +470,62 @@ class CheckpointStore:
             not_restored=list(failed.values()),
         )
 
-    def _read_buffer(self, saved: dict[str, Any]) -> bytearray:
-        buffer = bytearray(saved["size"])
-        view = memoryview(buffer)
+    def _read_buffer(self, saved: dict[str, Any]) -> memoryview:
+        """A buffer read back from its chunks, in parallel, into memory that is not
+        zero-filled first (the arrays of the restored objects live in it)."""
+        size = saved["size"]
+        view = _uninitialized(size)
+        offsets = []
         offset = 0
         for chunk_id in saved["chunks"]:
+            length = (self.chunks / chunk_id).stat().st_size
+            offsets.append((chunk_id, offset, length))
+            offset += length
+        if offset != size:
+            raise OSError(f"a buffer's chunks hold {offset} bytes instead of {size}")
+
+        def read(job: tuple[str, int, int]) -> None:
+            chunk_id, start, length = job
             with open(self.chunks / chunk_id, "rb", buffering=0) as file:
-                while True:
-                    n = file.readinto(view[offset:])
+                done = 0
+                while done < length:
+                    n = file.readinto(view[start + done : start + length])
                     if not n:
-                        break
-                    offset += n
-        if offset != saved["size"]:
-            raise OSError(f"a buffer is {offset} bytes instead of {saved['size']}")
-        return buffer
+                        raise OSError(f"chunk {chunk_id} is shorter than {length} bytes")
+                    done += n
+
+        list(self._pool.map(read, offsets))
+        return view
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
 
 
-class _VariableUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, buffers: Iterable[Any], resolve: Any) -> None:
-        super().__init__(file, buffers=buffers)
-        self._resolve = resolve
+def _restore_tensor(array: Any, device: str, requires_grad: bool, is_parameter: bool) -> Any:
+    """Rebuild a tensor saved by ``_NamespacePickler.reducer_override``."""
+    import torch
 
-    def persistent_load(self, pid: Any) -> Any:
-        kind, name = pid
-        if kind != "variable":
-            raise pickle.UnpicklingError(f"unknown reference {pid!r}")
-        return self._resolve(name)
+    tensor = torch.from_numpy(array)
+    if device != "cpu":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            warnings.warn(
+                f"a tensor saved on {device} is restored on the CPU: this instance has no CUDA",
+                stacklevel=2,
+            )
+        else:
+            tensor = tensor.to(device)
+    if is_parameter:
+        return torch.nn.Parameter(tensor, requires_grad=requires_grad)
+    return tensor.requires_grad_(requires_grad) if requires_grad else tensor
+
+
+def _uninitialized(size: int) -> memoryview:
+    """``size`` writable bytes, not zero-filled (numpy's ``empty`` when numpy is there)."""
+    try:
+        import numpy
+    except ImportError:
+        return memoryview(bytearray(size))
+    return numpy.empty(size, dtype=numpy.uint8).data
 
 
 def _defined_in_notebook(value: Any) -> bool:

@@ -57,10 +57,8 @@ class KernelCheckpoints:
     def restore(self, checkpoint_id: str | None = None) -> RestoreReport:
         """Put a checkpoint's variables (the latest by default) back into the namespace."""
         with self._lock:
-            restored: dict[str, Any] = {}
-            report = self.store.load(checkpoint_id, into=restored)
-            self.shell.user_ns.update(restored)
-            self._unhide(restored)
+            report = self.store.load(checkpoint_id, into=self.shell.user_ns)
+            self._unhide({name: self.shell.user_ns[name] for name in report.variables})
             self.last_restore = report
             return report
 

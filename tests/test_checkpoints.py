@@ -34,6 +34,8 @@ def test_variables_come_back_equal_and_aliases_stay_aliases(tmp_path: Path) -> N
         "big": big,
         "frame": frame,
         "gen": numbers(),
+        "later": [frame],  # saved after a variable that could not be
+        "also": [frame],
         "np": np,
     }
     store = CheckpointStore(tmp_path)
@@ -48,6 +50,9 @@ def test_variables_come_back_equal_and_aliases_stay_aliases(tmp_path: Path) -> N
     assert restored["same"] is restored["nested"]
     assert restored["holder"][0] is restored["big"]
     assert restored["holder"][1] is restored["nested"]
+    # Past a variable that failed, sharing holds among the variables saved after it.
+    assert restored["later"][0] is restored["also"][0]
+    pd.testing.assert_frame_equal(restored["later"][0], frame)
     assert np.array_equal(restored["big"], big)
     restored["big"][0] = -1.0  # a writable array of its own
     assert big[0] != -1.0
@@ -130,3 +135,58 @@ def test_a_checkpoint_killed_while_writing_leaves_the_previous_one_whole(
 def test_loading_without_a_checkpoint_says_so(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         CheckpointStore(tmp_path).load()
+
+
+def test_pytorch_tensors_and_module_state_come_back(tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(3, 8)).sum().backward()
+    optimizer.step()
+    weights = torch.randn(256, 1024)  # 1 MiB: out of band
+    grad = torch.ones(3, requires_grad=True)
+    store = CheckpointStore(tmp_path)
+    saved = store.save({"model": model, "optimizer": optimizer, "weights": weights, "g": grad})
+    assert saved.skipped == []
+    restored: dict = {}
+    report = store.load(into=restored)
+    assert report.not_restored == []
+    assert torch.equal(restored["weights"], weights)
+    assert restored["g"].requires_grad
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), restored["model"].state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert isinstance(next(restored["model"].parameters()), torch.nn.Parameter)
+    x = torch.randn(5, 8)
+    assert torch.equal(model(x), restored["model"](x))
+    # The optimizer still steps the model's own parameters (one object, not a copy).
+    restored_params = {id(p) for p in restored["model"].parameters()}
+    optimizer_params = {id(p) for g in restored["optimizer"].param_groups for p in g["params"]}
+    assert optimizer_params == restored_params
+    restored["model"](torch.randn(3, 8)).sum().backward()
+    before = [p.detach().clone() for p in restored["model"].parameters()]
+    restored["optimizer"].step()
+    after = list(restored["model"].parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_functions_defined_in_the_notebook_are_saved_by_value(tmp_path: Path) -> None:
+    # What a notebook defines lives in __main__; pickle would save only its name.
+    namespace: dict = {}
+    exec(
+        "def scale(x):\n    return 3 * x\nclass Point:\n    def __init__(self, x): self.x = x\n"
+        "p = Point(4)\n",
+        {"__name__": "__main__"},
+        namespace,
+    )
+    store = CheckpointStore(tmp_path)
+    saved = store.save({k: namespace[k] for k in ("scale", "Point", "p")})
+    assert saved.skipped == []
+    restored: dict = {}
+    store.load(into=restored)
+    assert restored["scale"](5) == 15
+    assert restored["Point"](2).x == 2
+    assert restored["p"].x == 4

@@ -241,7 +241,9 @@ def resume_benchmark(count: int) -> None:
                     break
                 time.sleep(0.02)
             answer = execute_over_ws(
-                base, kernel_id, "print(int(state.sum()) if 'state' in globals() else sorted(globals()))"
+                base,
+                kernel_id,
+                "print(int(state.sum()) if 'state' in globals() else sorted(globals()))",
             )
             times.append(time.perf_counter() - started)
             assert answer.strip() == str(100 * 10**6 // 8), answer
