@@ -15,7 +15,7 @@ from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerFactory
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Dict, Enum, Float, List, TraitError, Unicode, validate
+from traitlets import Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 
 from . import events
 from ._version import __version__
@@ -84,8 +84,19 @@ class LowCostApp(ExtensionApp):
         config=True,
         help="""What happens to a kernel whose low-cost instance was interrupted or expired:
         ``relaunch`` (default) restarts it on a new low-cost instance of the same type;
-        ``fallback`` restarts it on a regular instance of the same type; ``none`` shuts the
+        ``fallback`` restarts it on a regular instance of the same type (after
+        ``fallback_after`` low-cost relaunches, when there is capacity); ``none`` shuts the
         kernel down. Example: ``c.LowCostApp.recovery_policy = "fallback"``.
+        """,
+    )
+
+    fallback_after = Int(
+        0,
+        config=True,
+        help="""With ``recovery_policy = "fallback"``: how many low-cost relaunches to try
+        before a regular instance (0, the default: a regular instance at once). A relaunch
+        is not tried when the backend has no low-cost capacity.
+        Example: ``c.LowCostApp.fallback_after = 2``.
         """,
     )
 
@@ -180,6 +191,7 @@ class LowCostApp(ExtensionApp):
             lifetime_cap=self.lifetime_cap,
             cap_notice=self.cap_notice,
             recovery_policy=self.recovery_policy,
+            fallback_after=self.fallback_after,
             launch_timeout=self.launch_timeout,
             max_notice=self.max_notice,
             channel_ip=self.channel_ip,

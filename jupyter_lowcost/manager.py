@@ -76,6 +76,7 @@ class InstanceManager:
         log: logging.Logger,
         checkpoints: str = "cell",
         checkpoint_dir: Path | None = None,
+        fallback_after: int = 0,
     ) -> None:
         self.catalog = catalog
         self.kernel_manager = kernel_manager
@@ -90,6 +91,7 @@ class InstanceManager:
         self.max_notice = max_notice
         self.log = log
         self.checkpoints = checkpoints
+        self.fallback_after = fallback_after
         self.checkpoint_dir = checkpoint_dir or data_dir / "checkpoints"
         self._resume: set[str] = set()  # kernels whose next start restores their checkpoint
         self._restored: dict[str, dict[str, Any]] = {}  # kernel id -> its last restore
@@ -519,20 +521,45 @@ class InstanceManager:
             await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
             return
         if self.recovery_policy == "fallback":
+            why = "the policy falls back at once"
+            for attempt in range(1, self.fallback_after + 1):
+                try:
+                    self.backend.check_capacity(True, replacing=None)
+                except BackendError as err:
+                    why = f"no low-cost capacity ({err.message})"
+                    break
+                if await self._relaunch(kernel_id, placement, what, f"attempt {attempt}"):
+                    return
+                why = f"{attempt} low-cost relaunch(es) failed"
             placement = Placement(placement.instance_type, low_cost=False)
             self._placements[kernel_id] = placement
+            what = f"{what}; {why}"
+        if not await self._relaunch(kernel_id, placement, what, ""):
+            if kernel_id in self.kernel_manager:
+                await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+
+    async def _relaunch(
+        self, kernel_id: str, placement: Placement, what: str, attempt: str
+    ) -> bool:
+        """Restart the kernel on a new instance of ``placement``; True when it runs there."""
         self._launch_reasons[kernel_id] = (
             f"recovery ({self.recovery_policy}) after the {what}: relaunched on "
-            f"{placement.describe()}"
+            f"{placement.describe()}" + (f" ({attempt})" if attempt else "")
         )
+        self._placements[kernel_id] = placement
         self._resume.add(kernel_id)
         try:
             await self.kernel_manager.restart_kernel(kernel_id, now=True)
-            self._reconnect_clients(kernel_id, died=True)
-        except Exception as err:  # the restart's own failure: report it, stop the kernel
-            self.log.error("jupyter_lowcost | recovery of kernel %s failed: %s", kernel_id, err)
-            if kernel_id in self.kernel_manager:
-                await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+        except Exception as err:  # the restart's own failure: report it to the caller
+            self.log.error(
+                "jupyter_lowcost | relaunch of kernel %s on %s failed: %s",
+                kernel_id,
+                placement.describe(),
+                err,
+            )
+            return False
+        self._reconnect_clients(kernel_id, died=True)
+        return True
 
     # -- what the REST API calls ---------------------------------------------------------
 

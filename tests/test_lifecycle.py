@@ -314,3 +314,37 @@ async def test_a_kernel_that_dies_is_restarted_on_a_new_instance(
     assert running["tier"] == "low-cost" and running["instance_type"] == "T4"
     await wait_until(lambda: moved(api, kernel_id))
     assert (await execute(jp_serverapp, kernel_id, "print('back')")).strip() == "back"
+
+
+@pytest.mark.lowcost(LowCostApp={"recovery_policy": "fallback", "fallback_after": 2})
+async def test_fallback_tries_low_cost_first_when_there_is_capacity(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    kernel_id, first, _ = await interrupt_at_once(api, instance_events)
+    running = await instance_events.wait_for(
+        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first
+    )
+    assert running["tier"] == "low-cost"
+    pending = instance_events.matching(instance_id=running["instance_id"], state="pending")
+    assert "(attempt 1)" in pending[0]["reason"]
+
+
+@pytest.mark.lowcost(
+    LowCostApp={"recovery_policy": "fallback", "fallback_after": 2},
+    LocalBackend={"slots": 2, "low_cost_when_full": "fail", "preemption_notice": 1.0},
+)
+async def test_fallback_goes_regular_when_there_is_no_low_cost_capacity(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    await start_lowcost_kernel(api, "T4")
+    second = await start_lowcost_kernel(api, "T4")
+    kernel_id, preempted = second["kernel"]["id"], second["instance"]["id"]
+    # A regular kernel takes the newest low-cost instance's slot: no low-cost slot is left.
+    await start_lowcost_kernel(api, "T4", low_cost=False)
+    await instance_events.wait_for(instance_id=preempted, state="interrupted", timeout=30)
+    running = await instance_events.wait_for(
+        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != preempted
+    )
+    assert running["tier"] == "regular"
+    pending = instance_events.matching(instance_id=running["instance_id"], state="pending")
+    assert "no low-cost capacity" in pending[0]["reason"]
