@@ -56,6 +56,8 @@ async def test_interruption_notice_counts_down_then_the_kernel_is_relaunched(
     relaunched = toast(page, "relaunched on a new low-cost T4 instance")
     await expect(relaunched).to_be_visible(timeout=60_000)
     await expect(relaunched).to_contain_text("1 variable restored")  # from its checkpoint
+    await expect(relaunched).not_to_have_class(re.compile("Toastify--animate"))
+    await screenshot(page, "resumed")
     await expect(switch(page)).to_have_attribute("aria-checked", "true")
     await expect(status_item(page)).to_contain_text(re.compile(r"Low-cost T4 · 23:59:\d\d left"))
 
