@@ -123,11 +123,6 @@ export class LowCostAPIError extends Error {
   ) {
     super(message);
   }
-
-  /** True when the server has no `lowcost/api` routes at all. */
-  get extensionMissing(): boolean {
-    return this.status === 404 && this.message === INSTALL_HINT;
-  }
 }
 
 /**
