@@ -68,8 +68,19 @@ export class LowCostSwitch extends Widget {
   private _onConnection(): void {
     // The server makes clients reconnect when the kernel has moved to a new instance
     // (a move, a recovery): ask where it runs now.
-    if (this._panel.sessionContext.session?.kernel?.connectionStatus === 'connected') {
-      this._refresh();
+    const kernel = this._panel.sessionContext.session?.kernel;
+    if (kernel?.connectionStatus !== 'connected') {
+      return;
+    }
+    this._refresh();
+    if (kernel.status === 'unknown') {
+      // After a reconnect JupyterLab shows "Unknown" until the kernel reports a tracked
+      // status; a silent empty execution (no history, no cell hooks) makes it say "Idle".
+      void kernel.info.then(() =>
+        kernel
+          .requestExecute({ code: '', silent: true, store_history: false, stop_on_error: false })
+          .done.catch(() => undefined)
+      );
     }
   }
 
