@@ -6,11 +6,6 @@ server cannot be SIGKILLed), with its own data directory kept across the two run
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,14 +14,9 @@ from typing import Any
 import pytest
 import requests
 from conftest import process_alive
+from jupyter_process import JupyterProcess
 
 TOKEN = "restart-test-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def poll_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -57,76 +47,34 @@ def launcher_children(server_pid: int) -> list[int]:
     return found
 
 
-class Server:
+class Server(JupyterProcess):
     """``jupyter server`` in a subprocess, on a fixed port and data directory."""
 
     def __init__(self, home: Path) -> None:
-        self.home = home
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/lowcost/api/"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__("jupyter_server", home, TOKEN, "server.log")
+        self.url = f"{self.base}lowcost/api/"
 
     def start(self) -> None:
         env = {
-            **os.environ,
             "JUPYTER_DATA_DIR": str(self.home / "data"),
             "JUPYTER_RUNTIME_DIR": str(self.home / "runtime"),
             # Orphaned launchers would stop by themselves after this long; the test must
             # see the restarted server stop them much sooner.
             "JUPYTER_LOWCOST_ORPHAN_TIMEOUT": "600",
         }
-        log = open(self.home / "server.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyter_server",
-                f"--ServerApp.port={self.port}",
-                "--ServerApp.port_retries=0",
-                f"--IdentityProvider.token={TOKEN}",
-                "--ServerApp.open_browser=False",
-                "--ServerApp.allow_root=True",
-                f"--ServerApp.root_dir={self.home}",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        poll_until(self._answers, 60, "the server to answer")
+        self.launch(self.home, env, self._answers)
 
     def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError((self.home / "server.log").read_text())
         try:
-            return self.get("status").status_code == 200
+            return self.exited() or self.get("status").status_code == 200
         except requests.ConnectionError:
             return False
 
     def get(self, path: str) -> requests.Response:
-        return requests.get(
-            self.url + path, headers={"Authorization": f"token {TOKEN}"}, timeout=30
-        )
+        return requests.get(self.url + path, headers=self.headers, timeout=30)
 
     def post(self, path: str, body: dict[str, Any]) -> requests.Response:
-        return requests.post(
-            self.url + path, json=body, headers={"Authorization": f"token {TOKEN}"}, timeout=60
-        )
-
-    def kill_hard(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        return requests.post(self.url + path, json=body, headers=self.headers, timeout=60)
 
 
 @pytest.fixture

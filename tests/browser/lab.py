@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import requests
+from jupyter_process import JupyterProcess
 
 TOKEN = "browser-test-token"
 
@@ -51,12 +47,6 @@ def find_chromium() -> str:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = {key: dict(value) for key, value in base.items()}
     for section, values in extra.items():
@@ -77,7 +67,7 @@ BASE_CONFIG: dict[str, Any] = {
 }
 
 
-class Lab:
+class Lab(JupyterProcess):
     """``jupyter lab`` on a free port, configured through a config file in its own home."""
 
     def __init__(
@@ -86,10 +76,7 @@ class Lab:
         config: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
     ) -> None:
-        self.home = home
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}/"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__("jupyterlab", home, TOKEN, "lab.log")
         config_dir = home / "config"
         config_dir.mkdir(parents=True, exist_ok=True)
         (config_dir / "jupyter_server_config.json").write_text(
@@ -112,53 +99,22 @@ class Lab:
 
     def start(self) -> None:
         env = {
-            **os.environ,
             "JUPYTER_CONFIG_DIR": str(self.home / "config"),
             "JUPYTER_DATA_DIR": str(self.home / "data"),
             "JUPYTER_RUNTIME_DIR": str(self.home / "runtime"),
             "JUPYTERLAB_SETTINGS_DIR": str(self.home / "settings"),
             "JUPYTERLAB_WORKSPACES_DIR": str(self.home / "workspaces"),
         }
-        log = open(self.home / "lab.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyterlab",
-                f"--ServerApp.port={self.port}",
-                "--ServerApp.port_retries=0",
-                "--ServerApp.ip=127.0.0.1",
-                f"--IdentityProvider.token={TOKEN}",
-                "--ServerApp.open_browser=False",
-                "--ServerApp.allow_root=True",
-                f"--ServerApp.root_dir={self.home / 'notebooks'}",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        end = time.monotonic() + 60
-        while not self._answers():
-            if time.monotonic() > end:
-                raise AssertionError(f"jupyter lab did not answer:\n{self.log()}")
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return (self.home / "lab.log").read_text(errors="replace")
+        self.launch(self.home / "notebooks", env, self._answers)
 
     def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"jupyter lab exited:\n{self.log()}")
         try:
-            return requests.get(f"{self.base}api/status", headers=self.headers, timeout=5).ok
+            return (
+                self.exited()
+                or requests.get(f"{self.base}api/status", headers=self.headers, timeout=5).ok
+            )
         except requests.ConnectionError:
             return False
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"token {TOKEN}"}
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         """Call ``lowcost/api/<path>`` (or ``api/<path>`` when it starts with ``/``)."""
@@ -172,15 +128,6 @@ class Lab:
         kernels = self.api("GET", "/api/kernels")
         assert len(kernels) == 1, kernels
         return kernels[0]["id"]
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 async def open_lab(browser: Any, lab: Lab) -> Any:
