@@ -162,12 +162,23 @@ class _NamespacePickler(pickle.Pickler):
             return NotImplemented
         if type(obj) not in (torch.Tensor, torch.nn.Parameter) or obj.is_sparse:
             return NotImplemented
-        try:
-            array = obj.detach().to("cpu").numpy()
-        except (TypeError, RuntimeError):  # bfloat16 and other types numpy lacks
-            return NotImplemented
+        host = obj.detach().to("cpu")
         is_parameter = isinstance(obj, torch.nn.Parameter)
-        return (_restore_tensor, (array, str(obj.device), obj.requires_grad, is_parameter))
+        try:
+            array = host.numpy()
+            dtype = None
+        except (TypeError, RuntimeError):
+            # bfloat16, float8 and other types numpy lacks: their raw bytes, and the
+            # dtype and shape to view them as again.
+            try:
+                array = host.contiguous().reshape(-1).view(torch.uint8).numpy()
+            except (TypeError, RuntimeError):
+                return NotImplemented
+            dtype = (str(host.dtype).removeprefix("torch."), tuple(host.shape))
+        return (
+            _restore_tensor,
+            (array, str(obj.device), obj.requires_grad, is_parameter, dtype),
+        )
 
 
 def _fallback_picklers() -> list[Any]:
@@ -536,11 +547,21 @@ class CheckpointStore:
         self._fingerprinter.shutdown(wait=False)
 
 
-def _restore_tensor(array: Any, device: str, requires_grad: bool, is_parameter: bool) -> Any:
-    """Rebuild a tensor saved by ``_NamespacePickler.reducer_override``."""
+def _restore_tensor(
+    array: Any,
+    device: str,
+    requires_grad: bool,
+    is_parameter: bool,
+    dtype: tuple[str, tuple[int, ...]] | None = None,
+) -> Any:
+    """Rebuild a tensor saved by ``_NamespacePickler.reducer_override`` (``dtype``: the
+    type and shape of a tensor saved as raw bytes)."""
     import torch
 
     tensor = torch.from_numpy(array)
+    if dtype is not None:
+        name, shape = dtype
+        tensor = tensor.view(getattr(torch, name)).reshape(shape)
     if device != "cpu":
         if device.startswith("cuda") and not torch.cuda.is_available():
             warnings.warn(

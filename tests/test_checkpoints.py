@@ -173,6 +173,26 @@ def test_pytorch_tensors_and_module_state_come_back(tmp_path: Path) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
+def test_bfloat16_tensors_are_saved_as_raw_bytes_and_come_back_typed(tmp_path: Path) -> None:
+    """numpy has no bfloat16: such tensors leave the stream as raw bytes (so they are
+    chunked like any buffer, and a CUDA one comes back on a machine without CUDA)."""
+    import torch
+
+    weights = torch.randn(512, 1024, dtype=torch.bfloat16)  # 1 MiB
+    columns = torch.randn(4, 6, dtype=torch.bfloat16).t()  # not contiguous
+    scalar = torch.tensor(2.5, dtype=torch.bfloat16)
+    store = CheckpointStore(tmp_path)
+    assert store.save({"w": weights, "c": columns, "s": scalar}).skipped == []
+    manifest = store.manifest(store.latest())
+    assert manifest["variables"]["w"]["buffers"][0]["size"] == weights.numel() * 2
+    restored: dict = {}
+    assert store.load(into=restored).not_restored == []
+    for name, tensor in {"w": weights, "c": columns, "s": scalar}.items():
+        back = restored[name]
+        assert (back.dtype, back.shape) == (tensor.dtype, tensor.shape), name
+        assert torch.equal(back, tensor), name
+
+
 def test_functions_defined_in_the_notebook_are_saved_by_value(tmp_path: Path) -> None:
     # What a notebook defines lives in __main__; pickle would save only its name.
     namespace: dict = {}
