@@ -19,7 +19,7 @@ from traitlets import Dict, Enum, Float, Int, List, TraitError, Unicode, validat
 
 from . import events
 from ._version import __version__
-from .backends import Backend, BackendListener, load_backend_class
+from .backends import Backend, BackendError, BackendListener, load_backend_class
 from .catalog import DEFAULT_INSTANCE_TYPES, parse_catalog
 from .handlers import default_handlers
 from .manager import RECOVERY_POLICIES, InstanceManager
@@ -227,8 +227,14 @@ class LowCostApp(ExtensionApp):
         self.handlers.extend(default_handlers)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        """Start the backend and settle what a previous run left, once the loop runs."""
-        await self.manager.ensure_started()
+        """Start the backend and settle what a previous run left, once the loop runs.
+
+        A backend that cannot start (Slurm's commands missing, say) leaves the server up:
+        the error is logged, and every lowcost route answers 503 with it."""
+        try:
+            await self.manager.ensure_started()
+        except BackendError as err:
+            self.log.error("jupyter_lowcost | the %s backend did not start: %s", self.backend, err.message)
 
     async def stop_extension(self) -> None:
         """Terminate every instance before the server exits."""

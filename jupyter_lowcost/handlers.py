@@ -46,6 +46,14 @@ class LowCostHandler(ExtensionHandlerMixin, APIHandler):
     def manager(self) -> InstanceManager:
         return self.settings["jupyter_lowcost_manager"]
 
+    async def prepare(self) -> None:  # type: ignore[override]
+        """Every route sees a started backend (its catalog, its capacity); a backend that
+        cannot start answers 503 with its reason, to authenticated users only."""
+        await super().prepare()
+        if self.current_user:
+            with backend_errors():
+                await self.manager.ensure_started()
+
     def json_body(self, allowed: tuple[str, ...]) -> dict[str, Any]:
         """The request body as a dict with only ``allowed`` keys (empty body: ``{}``)."""
         if not self.request.body:

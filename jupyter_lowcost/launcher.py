@@ -10,7 +10,13 @@ manager prepared, it:
    very process on ports it picks itself;
 3. reports those ports to the server, then serves the kernel;
 4. turns every interruption notice the server sends into what the kernel sees: the
-   ``jupyter_lowcost.notice`` flag, the ``SIGUSR1`` signal and the ``on_notice`` callbacks.
+   ``jupyter_lowcost.notice`` flag, the ``SIGUSR1`` signal and the ``on_notice`` callbacks;
+5. where SIGTERM is the notice (a Slurm job: preemption and the time limit send SIGTERM,
+   then SIGKILL ``KillWait`` seconds later; ``JUPYTER_LOWCOST_SIGTERM_NOTICE`` gives those
+   seconds), delivers that notice to the kernel at once and reports it to the server.
+
+The kernel binds ``config["ip"]``; ``auto`` means the address through which this launcher
+reached the server, which the server can reach back (a compute node's address).
 
 If the server goes away and does not come back within ``JUPYTER_LOWCOST_ORPHAN_TIMEOUT``
 seconds (default 30), the launcher stops the kernel: an instance never outlives the
@@ -23,6 +29,7 @@ import atexit
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -38,6 +45,7 @@ ENV_CHANNEL = "JUPYTER_LOWCOST_CHANNEL"
 ENV_INSTANCE_ID = "JUPYTER_LOWCOST_INSTANCE_ID"
 ENV_SECRET = "JUPYTER_LOWCOST_LAUNCH_SECRET"
 ENV_ORPHAN_TIMEOUT = "JUPYTER_LOWCOST_ORPHAN_TIMEOUT"
+ENV_SIGTERM_NOTICE = "JUPYTER_LOWCOST_SIGTERM_NOTICE"
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
@@ -85,6 +93,27 @@ def _listen(channel: Channel, orphan_timeout: float) -> None:
     os._exit(3)
 
 
+def _report_sigterm(channel: Channel, notice_seconds: float) -> None:
+    """Make SIGTERM an interruption notice ``notice_seconds`` long: the kernel sees it at
+    once (flag, callbacks), and the server hears of it from a thread (the handler may
+    have interrupted the main thread anywhere)."""
+
+    def handle(signum: int, frame: Any) -> None:
+        deadline = time.time() + notice_seconds
+        reason = f"the instance received SIGTERM: it stops in {notice_seconds:g} s"
+
+        def report() -> None:
+            try:
+                channel.send({"type": "notice", "deadline": deadline, "reason": reason})
+            except OSError:
+                pass
+
+        threading.Thread(target=report, name="lowcost-sigterm", daemon=True).start()
+        interruption.deliver(deadline, reason)
+
+    signal.signal(signal.SIGTERM, handle)
+
+
 def main() -> None:
     """Entry point of ``python -m jupyter_lowcost.launcher``."""
     try:
@@ -107,6 +136,9 @@ def main() -> None:
     if config is None or config.get("type") != "config":
         sys.exit("jupyter_lowcost launcher: the server refused this launch")
     channel.sock.settimeout(None)
+    ip = config["ip"]
+    if ip == "auto":
+        ip = channel.sock.getsockname()[0]
 
     try:
         from ipykernel.kernelapp import IPKernelApp
@@ -120,13 +152,16 @@ def main() -> None:
                     "key": config["key"],
                     "signature_scheme": config["signature_scheme"],
                     "transport": config.get("transport", "tcp"),
-                    "ip": config["ip"],
+                    "ip": ip,
                     **{name: 0 for name in PORT_NAMES},
                 },
                 handle,
             )
         os.chmod(connection_file, 0o600)
         interruption.install_signal_handler()
+        sigterm_notice = os.environ.pop(ENV_SIGTERM_NOTICE, "")
+        if sigterm_notice:
+            _report_sigterm(channel, float(sigterm_notice))
         app = IPKernelApp.instance()
         app.initialize(["-f", connection_file, "--IPKernelApp.extra_extensions=jupyter_lowcost"])
         ports = {name: getattr(app, name) for name in PORT_NAMES}
@@ -136,7 +171,7 @@ def main() -> None:
     channel.send(
         {
             "type": "ready",
-            "connection_info": {"ip": config["ip"], "transport": app.transport, **ports},
+            "connection_info": {"ip": ip, "transport": app.transport, **ports},
         }
     )
     threading.Thread(

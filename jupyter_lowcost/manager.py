@@ -8,7 +8,8 @@ One per server, created by ``LowCostApp``. Who calls it:
 - the kernel provisioner (``provisioner.py``), to launch, poll, signal and stop the instance
   of a kernel that has a placement; it finds the manager through :func:`current_manager`;
 - the backend and the launch channel, through :meth:`instance_noticed`,
-  :meth:`instance_exited` and :meth:`_on_channel_message`.
+  :meth:`instance_exited`, :meth:`instance_taken`, :meth:`instance_progress` and
+  :meth:`_on_channel_message` (a notice the launcher saw itself, such as Slurm's SIGTERM).
 
 Every transition of an instance is saved to the record store and emitted as an event.
 Recovery after an interruption or expiry, and every switch, is a restart of the same
@@ -107,6 +108,7 @@ class InstanceManager:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._deadlines: dict[str, asyncio.Task[None]] = {}
         self._ended: dict[str, asyncio.Event] = {}
+        self._expiring: set[str] = set()  # instances whose notice is their lifetime's end
         self._returncodes: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started: asyncio.Task[None] | None = None
@@ -127,6 +129,7 @@ class InstanceManager:
 
     async def _start(self) -> None:
         await self.backend.start()
+        self.catalog = self.backend.offered_types(self.catalog)
         await self.channel.start()
         records, orphaned_files = self.store.adopt_orphans()
         for record in records:
@@ -328,12 +331,14 @@ class InstanceManager:
             )
             launch_env = {
                 **env,
-                ENV_CHANNEL: self.channel.address,
+                ENV_CHANNEL: self.backend.channel_address(self.channel.host, self.channel.port),
                 ENV_INSTANCE_ID: record.id,
                 ENV_SECRET: secret,
             }
             self.instance_progress(record.id, "starting the kernel on the instance")
-            await self.backend.launch(record, LaunchSpec(python, launch_env, cwd, str(log_path)))
+            time_limit = self.lifetime_cap if record.low_cost and self.lifetime_cap > 0 else None
+            spec = LaunchSpec(python, launch_env, cwd, str(log_path), time_limit)
+            await self.backend.launch(record, spec)
             self._save()
             info = await asyncio.wait_for(ready, self.launch_timeout)
         except BackendError as err:
@@ -462,13 +467,47 @@ class InstanceManager:
         ):
             self._transition(record, InstanceState.PENDING, message)
 
+    def instance_taken(self, instance_id: str, expired: bool, reason: str) -> None:
+        """The instance is gone without (or before the end of) its notice: end it as
+        interrupted or expired now, and apply the recovery policy."""
+        record = self._records.get(instance_id)
+        if record is None or not record.is_live:
+            return
+        if record.state == InstanceState.PENDING or instance_id in self._stop_reasons:
+            # Not yet running (launch() says why it failed), or being stopped anyway.
+            self.instance_exited(instance_id, None, reason)
+            return
+        if expired:
+            self._expiring.add(instance_id)
+        task = self._deadlines.pop(instance_id, None)
+        if task is not None:
+            task.cancel()
+        self._deadlines[instance_id] = self._spawn(self._take_away(record, reason))
+
     def _on_channel_message(self, instance_id: str, message: dict[str, Any]) -> None:
-        if message.get("type") == "notice":
-            self.instance_noticed(
-                instance_id,
-                float(message.get("deadline") or time.time()),
-                str(message.get("reason") or "the instance received an interruption notice"),
-            )
+        """A launcher saw an interruption signal itself (Slurm's SIGTERM, say)."""
+        if message.get("type") != "notice":
+            return
+        record = self._records.get(instance_id)
+        if record is None or record.state != InstanceState.RUNNING:
+            return  # the server sent it (an injected notice), or already knows
+        if instance_id in self._stop_reasons:
+            return  # the server is stopping this instance: its own SIGTERM
+        deadline = float(message.get("deadline") or time.time())
+        reason = str(message.get("reason") or "the instance received an interruption notice")
+        self._spawn(self._launcher_notice(record, deadline, reason))
+
+    async def _launcher_notice(self, record: InstanceRecord, deadline: float, reason: str) -> None:
+        try:
+            explained = await self.backend.explain_notice(record)
+        except BackendError as err:
+            self.log.warning("jupyter_lowcost | could not explain a notice: %s", err.message)
+            explained = None
+        if explained is not None:
+            reason, expired = explained
+            if expired:
+                self._expiring.add(record.id)
+        self.instance_noticed(record.id, deadline, reason)
 
     def _end(self, record: InstanceRecord, state: InstanceState, reason: str) -> None:
         if record.is_live:
@@ -489,8 +528,16 @@ class InstanceManager:
         await asyncio.sleep(max(0.0, record.notice_deadline - time.time()))
         if record.state != InstanceState.NOTICE:
             return
+        await self._take_away(record, record.reason)
+
+    async def _take_away(self, record: InstanceRecord, reason: str) -> None:
+        """End a live instance as interrupted or expired, stop what is left of it, and
+        apply the recovery policy to its kernel."""
         kernel_id = record.kernel_id
-        expired = record.expires_at is not None and record.notice_deadline == record.expires_at
+        expired = record.id in self._expiring or (
+            record.expires_at is not None and record.notice_deadline == record.expires_at
+        )
+        self._expiring.discard(record.id)
         if kernel_id is not None:
             self._moving.add(kernel_id)
             if kernel_id in self.kernel_manager:
@@ -500,7 +547,7 @@ class InstanceManager:
             state = InstanceState.EXPIRED if expired else InstanceState.INTERRUPTED
             if kernel_id is not None and kernel_id in self.kernel_manager:
                 record.recovery = self.recovery_policy
-            self._end(record, state, record.reason)  # final before the exit is reported
+            self._end(record, state, reason)  # final before the exit is reported
             await self.backend.terminate(record, now=True)
             if kernel_id is not None:
                 await self._recover(kernel_id, record)

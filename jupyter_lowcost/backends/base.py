@@ -12,8 +12,11 @@ creates one at start-up (``LowCostApp.backend`` names its entry point in the gro
   while the instance lives, :meth:`Backend.forget_orphan` for records a previous server left.
 
 A backend reports what happens on its own through the listener: an interruption notice
-(``instance_noticed``), the end of an instance (``instance_exited``), and what a pending
-instance waits for (``instance_progress``). Backends are plain
+(``instance_noticed``), the end of an instance (``instance_exited``), an instance taken
+away without notice (``instance_taken``), and what a pending instance waits for
+(``instance_progress``). A launcher that sees an interruption signal itself (Slurm's
+SIGTERM) reports it over the launch channel; the manager asks :meth:`Backend.explain_notice`
+why. Backends are plain
 async Python; they raise :class:`BackendError` with a message a person understands.
 """
 
@@ -24,6 +27,7 @@ from typing import Any, Protocol
 
 from traitlets.config import LoggingConfigurable
 
+from ..catalog import InstanceType
 from ..records import InstanceRecord
 
 
@@ -50,10 +54,13 @@ class LaunchSpec:
     cwd: str | None
     #: Where the backend writes the launcher's output, for error messages and debugging.
     log_path: str
+    #: Seconds the instance may live (the low-cost lifetime cap), or ``None``: a backend
+    #: that can enforce it itself does (Slurm's ``--time``); the manager enforces it anyway.
+    time_limit: float | None = None
 
 
 class BackendListener(Protocol):
-    """What backends call on the manager. Both methods are safe to call from the event loop."""
+    """What backends call on the manager, from the event loop."""
 
     def instance_noticed(self, instance_id: str, deadline: float, reason: str) -> None:
         """An interruption of ``instance_id`` is announced for the UNIX time ``deadline``."""
@@ -63,6 +70,10 @@ class BackendListener(Protocol):
 
     def instance_progress(self, instance_id: str, message: str) -> None:
         """A pending instance is still on its way: ``message`` says what it waits for."""
+
+    def instance_taken(self, instance_id: str, expired: bool, reason: str) -> None:
+        """The instance was taken away without (or past) its notice: preempted, its node
+        lost, or its time limit reached (``expired``). The recovery policy applies."""
 
 
 class Backend(LoggingConfigurable):
@@ -86,6 +97,21 @@ class Backend(LoggingConfigurable):
     def capacity(self) -> dict[str, Any]:
         """What ``GET status`` shows of the backend's capacity."""
         return {}
+
+    def offered_types(self, catalog: dict[str, InstanceType]) -> dict[str, InstanceType]:
+        """The types of ``catalog`` this backend can run (called once, after :meth:`start`);
+        ``GET instance-types`` shows these."""
+        return catalog
+
+    def channel_address(self, host: str, port: int) -> str:
+        """``host:port`` that launchers dial to reach the launch channel listening on
+        ``host`` (a cluster backend may name an address its compute nodes reach)."""
+        return f"{host}:{port}"
+
+    async def explain_notice(self, record: InstanceRecord) -> tuple[str, bool] | None:
+        """Why the instance's launcher saw an interruption signal: ``(reason, expired)``,
+        or ``None`` when the server itself caused it (a notice is already in force)."""
+        return None
 
     def check_capacity(self, low_cost: bool, replacing: InstanceRecord | None) -> None:
         """Raise :class:`BackendError` if a new instance of this tier cannot be placed.

@@ -1,0 +1,1 @@
+"""Slurm backend tests, against a real one-node Slurm cluster started by the fixtures."""
