@@ -179,15 +179,17 @@ class SlurmCluster:
         return fields
 
     def cancel_all(self) -> None:
-        ids = [job["id"] for job in self.jobs()]
+        """Kill every job at once (kernels take SIGTERM as a notice and wait for SIGKILL)."""
+        ids = [job["id"] for job in self.jobs() if job["state"] not in ("COMPLETED", "CANCELLED")]
         if ids:
+            self.command("scancel", "--full", "--signal=KILL", *ids, check=False)
             self.command("scancel", *ids, check=False)
 
     def stop(self) -> None:
         try:
             self.cancel_all()
             end = time.monotonic() + 15
-            while self.jobs() and time.monotonic() < end:
+            while any(j["state"] in ("RUNNING", "COMPLETING", "PENDING") for j in self.jobs()) and time.monotonic() < end:
                 time.sleep(0.2)
         except Exception:  # noqa: BLE001 - stop the daemons whatever happened
             pass

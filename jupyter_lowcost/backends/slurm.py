@@ -236,6 +236,7 @@ class SlurmBackend(Backend):
     def __init__(self, listener: Any, **kwargs: Any) -> None:
         super().__init__(listener, **kwargs)
         self._commands: dict[str, str] = {}
+        self._env: dict[str, str] = {}  # the server's environment when the backend started
         self._config: dict[str, str] = {}
         self._partitions: dict[str, dict[str, str]] = {}
         self._partitions_read = 0.0
@@ -251,6 +252,7 @@ class SlurmBackend(Backend):
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._env = self._environment()
         for command in COMMANDS:
             path = (
                 os.path.join(self.commands_dir, command)
@@ -344,7 +346,7 @@ class SlurmBackend(Backend):
             process = await asyncio.create_subprocess_exec(
                 self._commands[command],
                 *args,
-                env=env or self._environment(),
+                env=env or self._env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -496,6 +498,8 @@ class SlurmBackend(Backend):
             argv.append(f"--chdir={spec.cwd}")
         argv += [*self.sbatch_args, str(JOB_SCRIPT), spec.python, "-m", "jupyter_lowcost.launcher"]
         env = self._environment({**spec.env, ENV_SIGTERM_NOTICE: f"{self.kill_wait:g}"})
+        if "SLURM_CONF" in self._env:
+            env.setdefault("SLURM_CONF", self._env["SLURM_CONF"])
         out = await self._run("sbatch", *argv, env=env)
         job_id = out.strip().split(";")[0]
         if not job_id.isdigit():
@@ -523,8 +527,10 @@ class SlurmBackend(Backend):
         if not job_id or record.id not in self._jobs:
             return
         self._cancelled.add(record.id)
-        if now:
-            await self._run("scancel", "--full", "--signal=KILL", job_id, check=False)
+        # SIGKILL even when asked politely: the launcher takes SIGTERM as an interruption
+        # notice, and jupyter_client asks to terminate only a kernel that did not stop
+        # when asked to shut down.
+        await self._run("scancel", "--full", "--signal=KILL", job_id, check=False)
         await self._run("scancel", job_id, check=False)
         gone = self._gone.get(record.id)
         if gone is None:

@@ -210,7 +210,7 @@ def test_sbatch_gets_arguments_never_a_shell_string(slurm: SlurmCluster, tmp_pat
     script = Path(__file__).parents[2] / "jupyter_lowcost" / "backends" / "slurm_job.sh"
     trap = tmp_path / "pwned"
     out = subprocess.run(
-        [str(script), "echo", f"$(touch {trap}); `touch {trap}`"],
+        ["/bin/sh", str(script), "echo", f"$(touch {trap}); `touch {trap}`"],
         capture_output=True,
         text=True,
         check=True,
