@@ -123,6 +123,15 @@ class LowCostApp(ExtensionApp):
         """,
     )
 
+    channel_port = Int(
+        0,
+        config=True,
+        help="""The port of the launch channel; 0 (default) picks a free one. Set it when a
+        firewall between compute nodes and the server must name the port.
+        Example: ``c.LowCostApp.channel_port = 8899``.
+        """,
+    )
+
     server_url = Unicode(
         "",
         config=True,
@@ -195,6 +204,7 @@ class LowCostApp(ExtensionApp):
             launch_timeout=self.launch_timeout,
             max_notice=self.max_notice,
             channel_ip=self.channel_ip,
+            channel_port=self.channel_port,
             checkpoints=self.checkpoints,
             checkpoint_dir=Path(self.checkpoint_dir)
             if self.checkpoint_dir

@@ -74,6 +74,7 @@ class InstanceManager:
         launch_timeout: float,
         max_notice: float,
         channel_ip: str,
+        channel_port: int = 0,
         log: logging.Logger,
         checkpoints: str = "cell",
         checkpoint_dir: Path | None = None,
@@ -98,7 +99,9 @@ class InstanceManager:
         self._restored: dict[str, dict[str, Any]] = {}  # kernel id -> its last restore
         self.backend = backend_factory(self)
         self.store = RecordStore(data_dir)
-        self.channel = LaunchChannel(log, self._on_channel_message, host=channel_ip)
+        self.channel = LaunchChannel(
+            log, self._on_channel_message, host=channel_ip, port=channel_port
+        )
         self._records: dict[str, InstanceRecord] = {}
         self._placements: dict[str, Placement] = {}
         self._current: dict[str, str] = {}  # kernel id -> id of its latest instance

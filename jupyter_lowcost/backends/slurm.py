@@ -573,6 +573,8 @@ class SlurmBackend(Backend):
         if state in ("TIMEOUT", "DEADLINE") or reason in ("TimeLimit", "DeadLine"):
             limit = "DEADLINE" if "DEAD" in (state + reason).upper() else "TIMEOUT"
             return f"Slurm job {job_id}: {TAKEN[limit]}; {notice}", True
+        if state in ("NODE_FAIL", "BOOT_FAIL") or reason in ("NodeDown", "NodeFail"):
+            return f"Slurm job {job_id}: {TAKEN['NODE_FAIL']}; {notice}", False
         if state in ("CANCELLED", "COMPLETING"):
             return f"Slurm job {job_id} was cancelled outside Jupyter (scancel); {notice}", False
         return f"Slurm job {job_id} received SIGTERM ({state or 'state unknown'}); {notice}", False
@@ -656,10 +658,13 @@ class SlurmBackend(Backend):
         if gone is not None:
             gone.set()
         job = f"Slurm job {record.backend_state.get('job_id')}"
+        expired = state in ("TIMEOUT", "DEADLINE")
         if state in TAKEN and not cancelled_here:
-            self.listener.instance_taken(
-                instance_id, state in ("TIMEOUT", "DEADLINE"), f"{job} ended: {TAKEN[state]}"
-            )
+            self.listener.instance_taken(instance_id, expired, f"{job} ended: {TAKEN[state]}")
+        elif record.state == InstanceState.NOTICE and not cancelled_here:
+            # Killed at the end of its notice (KillWait), maybe just before the server's
+            # own deadline: the interruption that was announced.
+            self.listener.instance_taken(instance_id, expired, record.reason)
         elif state == "COMPLETED":
             self.listener.instance_exited(instance_id, 0, f"{job} completed")
         elif state == "CANCELLED" and not cancelled_here:

@@ -217,3 +217,41 @@ def test_sbatch_gets_arguments_never_a_shell_string(slurm: SlurmCluster, tmp_pat
     ).stdout
     assert out.strip() == f"$(touch {trap}); `touch {trap}`"
     assert not trap.exists()
+
+
+async def test_a_job_lost_with_its_node_is_interrupted_and_relaunched(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder, slurm: SlurmCluster
+) -> None:
+    """A cloud cluster's spot node reclaimed: Slurm marks the node down and the job
+    NODE_FAIL; the kernel is relaunched, with its variables, when a node is back."""
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    job = job_of(slurm, first)["id"]
+    await execute(jp_serverapp, kernel_id, "weights = [0.5, 0.25]")
+    # (The test node comes back by itself at once: ReturnToService=2.)
+    slurm.command("scontrol", "update", "nodename=localhost", "state=down", "reason=reclaimed")
+    interrupted = await instance_events.wait_for(instance_id=first, state="interrupted")
+    assert f"Slurm job {job}" in interrupted["reason"]
+    assert "its node failed" in interrupted["reason"]
+    assert interrupted["recovery"] == "relaunch"
+    await instance_events.wait_for(
+        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first
+    )
+    await wait_until(lambda: moved(api, kernel_id))
+    out = await execute(jp_serverapp, kernel_id, "print(weights)")
+    assert out.strip() == "[0.5, 0.25]"
+
+
+async def test_a_job_cancelled_outside_jupyter_is_reported_and_the_kernel_restarted(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder, slurm: SlurmCluster
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    job = job_of(slurm, first)["id"]
+    slurm.command("scancel", job)
+    noticed = await instance_events.wait_for(instance_id=first, state="notice")
+    assert f"Slurm job {job} was cancelled outside Jupyter (scancel)" in noticed["reason"]
+    await instance_events.wait_for(instance_id=first, state="interrupted", timeout=20)
+    await instance_events.wait_for(
+        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first
+    )
