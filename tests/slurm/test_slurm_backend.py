@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,25 @@ async def test_a_job_cancelled_outside_jupyter_is_reported_and_the_kernel_restar
     await instance_events.wait_for(
         kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first
     )
+
+
+async def test_lowcost_magic_in_a_job_moves_it_between_partitions(
+    jp_fetch: Any, api: Any, jp_serverapp: Any, instance_events: EventRecorder,
+    slurm: SlurmCluster,
+) -> None:  # fmt: skip
+    """A notebook's own kernel: ``%lowcost on`` puts it in a low-cost job; ``%lowcost`` in
+    that job reaches the server's API; ``%lowcost off`` moves it to the regular partition."""
+    response = await jp_fetch("api", "kernels", method="POST", body="{}")
+    kernel_id = json.loads(response.body)["id"]
+    await execute(jp_serverapp, kernel_id, "%lowcost on --type T4")
+    running = await instance_events.wait_for(kernel_id=kernel_id, state="running")
+    await wait_until(lambda: moved(api, kernel_id))
+    assert job_of(slurm, running["instance_id"])["partition"] == "lowcost"
+    out = await execute(jp_serverapp, kernel_id, "%lowcost")
+    assert "runs on a low-cost T4 instance" in out
+    await execute(jp_serverapp, kernel_id, "%lowcost off")
+    regular = await instance_events.wait_for(kernel_id=kernel_id, state="running", tier="regular")
+    await wait_until(lambda: moved(api, kernel_id))
+    assert job_of(slurm, regular["instance_id"])["partition"] == "ondemand"
+    out = await execute(jp_serverapp, kernel_id, "import os; print(os.environ['SLURM_JOB_PARTITION'])")
+    assert out.strip() == "ondemand"
