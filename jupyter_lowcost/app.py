@@ -244,7 +244,9 @@ class LowCostApp(ExtensionApp):
         try:
             await self.manager.ensure_started()
         except BackendError as err:
-            self.log.error("jupyter_lowcost | the %s backend did not start: %s", self.backend, err.message)
+            self.log.error(
+                "jupyter_lowcost | the %s backend did not start: %s", self.backend, err.message
+            )
 
     async def stop_extension(self) -> None:
         """Terminate every instance before the server exits."""

@@ -13,6 +13,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import requests
 
 
 def free_port() -> int:
@@ -86,3 +89,36 @@ class JupyterProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class LowCostServer(JupyterProcess):
+    """``jupyter server`` in a subprocess whose data directory outlives it (tests that
+    kill a server hard and start another on the same directory), with the lowcost API."""
+
+    def __init__(self, home: Path, token: str, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__("jupyter_server", home, token, "server.log")
+        self.url = f"{self.base}lowcost/api/"
+        self.extra_env = extra_env or {}
+
+    def start(self) -> None:
+        env = {
+            "JUPYTER_DATA_DIR": str(self.home / "data"),
+            "JUPYTER_RUNTIME_DIR": str(self.home / "runtime"),
+            # Orphaned launchers would stop by themselves after this long; the tests must
+            # see a restarted server stop them much sooner.
+            "JUPYTER_LOWCOST_ORPHAN_TIMEOUT": "600",
+            **self.extra_env,
+        }
+        self.launch(self.home, env, self._answers)
+
+    def _answers(self) -> bool:
+        try:
+            return self.exited() or self.get("status").status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, headers=self.headers, timeout=30)
+
+    def post(self, path: str, body: dict[str, Any]) -> requests.Response:
+        return requests.post(self.url + path, json=body, headers=self.headers, timeout=60)

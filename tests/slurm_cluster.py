@@ -104,9 +104,7 @@ class SlurmCluster:
         (self.root / "munge-key").chmod(0o700)
         key = self.root / "munge-key" / "munge.key"
         if not key.exists():
-            subprocess.run(
-                [_program("mungekey"), "--create", f"--keyfile={key}"], check=True
-            )
+            subprocess.run([_program("mungekey"), "--create", f"--keyfile={key}"], check=True)
         subprocess.run(
             [
                 _program("munged"),
@@ -189,7 +187,10 @@ class SlurmCluster:
         try:
             self.cancel_all()
             end = time.monotonic() + 15
-            while any(j["state"] in ("RUNNING", "COMPLETING", "PENDING") for j in self.jobs()) and time.monotonic() < end:
+            while (
+                any(j["state"] in ("RUNNING", "COMPLETING", "PENDING") for j in self.jobs())
+                and time.monotonic() < end
+            ):
                 time.sleep(0.2)
         except Exception:  # noqa: BLE001 - stop the daemons whatever happened
             pass

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from conftest import process_alive
-from jupyter_process import JupyterProcess
+from jupyter_process import LowCostServer
 
 TOKEN = "restart-test-token"
 
@@ -47,34 +46,11 @@ def launcher_children(server_pid: int) -> list[int]:
     return found
 
 
-class Server(JupyterProcess):
-    """``jupyter server`` in a subprocess, on a fixed port and data directory."""
+class Server(LowCostServer):
+    """``jupyter server`` on the local backend, on a data directory kept across runs."""
 
     def __init__(self, home: Path) -> None:
-        super().__init__("jupyter_server", home, TOKEN, "server.log")
-        self.url = f"{self.base}lowcost/api/"
-
-    def start(self) -> None:
-        env = {
-            "JUPYTER_DATA_DIR": str(self.home / "data"),
-            "JUPYTER_RUNTIME_DIR": str(self.home / "runtime"),
-            # Orphaned launchers would stop by themselves after this long; the test must
-            # see the restarted server stop them much sooner.
-            "JUPYTER_LOWCOST_ORPHAN_TIMEOUT": "600",
-        }
-        self.launch(self.home, env, self._answers)
-
-    def _answers(self) -> bool:
-        try:
-            return self.exited() or self.get("status").status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def get(self, path: str) -> requests.Response:
-        return requests.get(self.url + path, headers=self.headers, timeout=30)
-
-    def post(self, path: str, body: dict[str, Any]) -> requests.Response:
-        return requests.post(self.url + path, json=body, headers=self.headers, timeout=60)
+        super().__init__(home, TOKEN)
 
 
 @pytest.fixture

@@ -638,7 +638,8 @@ class SlurmBackend(Backend):
             elif state == "PENDING":
                 why = PENDING_REASONS.get(reason, reason)
                 self.listener.instance_progress(
-                    instance_id, f"Slurm job {job_id} is queued{_on(record.backend_state.get('partition', ''))}: {why}"
+                    instance_id,
+                    f"Slurm job {job_id} is queued{_on(record.backend_state.get('partition', ''))}: {why}",
                 )
             elif state in ("RUNNING", "CONFIGURING") and previous != state:
                 record.backend_state["node"] = node
@@ -672,7 +673,9 @@ class SlurmBackend(Backend):
                 instance_id, None, f"{job} was cancelled outside Jupyter (scancel)"
             )
         else:
-            detail = f"{job} ended ({state.lower()}" + (f": {reason})" if reason not in ("", "None") else ")")
+            detail = f"{job} ended ({state.lower()}" + (
+                f": {reason})" if reason not in ("", "None") else ")"
+            )
             self.listener.instance_exited(instance_id, 0 if cancelled_here else None, detail)
 
 

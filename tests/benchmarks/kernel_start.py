@@ -193,6 +193,18 @@ class EventWatcher:
                     self.running.append(event["instance_id"])
                 self.changed.notify_all()
 
+    def next_instance(self, instance_id: str, start: float, latencies: list[float]) -> str:
+        """Wait for ``instance_id``'s notice (its latency from ``start`` goes to
+        ``latencies``), then for the instance the recovery relaunches; return that one."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: instance_id in self.arrivals, timeout=30):
+                raise SystemExit(f"no notice event for {instance_id} within 30 s")
+            latencies.append(self.arrivals[instance_id] - start)
+            self.changed.wait_for(
+                lambda: self.running and self.running[-1] != instance_id, timeout=120
+            )
+            return self.running[-1]
+
 
 def wait_settled(http: str, kernel_id: str) -> None:
     while requests.get(
@@ -221,15 +233,7 @@ def preemption_latencies(base: str, cluster: object, count: int) -> list[float]:
             "sbatch", "--parsable", "--partition=ondemand", "--cpus-per-task=2",
             "--output=/dev/null", "--wrap=sleep 1",
         )  # fmt: skip
-        with events.changed:
-            if not events.changed.wait_for(lambda: instance_id in events.arrivals, timeout=30):
-                raise SystemExit("no notice event within 30 s of the preempting sbatch")
-            latencies.append(events.arrivals[instance_id] - start)
-            # The recovery relaunches the kernel once the preemptor is done.
-            events.changed.wait_for(
-                lambda: events.running and events.running[-1] != instance_id, timeout=120
-            )
-            instance_id = events.running[-1]
+        instance_id = events.next_instance(instance_id, start, latencies)
         wait_settled(http, kernel_id)
     events.ws.close()
     requests.delete(f"{http}/api/kernels/{kernel_id}", headers=HEADERS, timeout=60)
@@ -257,38 +261,14 @@ def start_slurm(home: Path) -> tuple[object, subprocess.Popen[bytes], str]:
     server_home = home / "slurm-server"
     server_home.mkdir()
     port = free_port()
-    server = start_server(
-        server_home, port, {**cluster.env, "JUPYTER_CONFIG_DIR": str(config_dir)}
-    )
+    server = start_server(server_home, port, {**cluster.env, "JUPYTER_CONFIG_DIR": str(config_dir)})
     return cluster, server, f"127.0.0.1:{port}"
 
 
 def notice_latencies(base: str, count: int) -> list[float]:
+    """``POST instances/<id>/interrupt`` -> the ``notice`` event, on the local backend."""
     http = f"http://{base}"
-    arrivals: dict[str, float] = {}
-    running: list[str] = []
-    changed = threading.Condition()
-    ws = websocket.create_connection(
-        f"ws://{base}/api/events/subscribe", header=[f"Authorization: token {TOKEN}"], timeout=120
-    )
-
-    def listen() -> None:
-        while True:
-            try:
-                event = json.loads(ws.recv())
-            except (websocket.WebSocketException, OSError, ValueError):
-                return
-            now = time.perf_counter()
-            if not event.get("schema_id", "").endswith("jupyter_lowcost/instance/v1"):
-                continue
-            with changed:
-                if event["state"] == "notice":
-                    arrivals[event["instance_id"]] = now
-                elif event["state"] == "running":
-                    running.append(event["instance_id"])
-                changed.notify_all()
-
-    threading.Thread(target=listen, daemon=True).start()
+    events = EventWatcher(base)
     response = requests.post(
         f"{http}/lowcost/api/kernels",
         headers=HEADERS,
@@ -306,21 +286,9 @@ def notice_latencies(base: str, count: int) -> list[float]:
             json={"notice_seconds": 0.2},
             timeout=60,
         ).raise_for_status()
-        with changed:
-            changed.wait_for(lambda: instance_id in arrivals, timeout=30)
-            latencies.append(arrivals[instance_id] - start)
-            # The recovery relaunches the kernel on a new instance: measure that one next.
-            changed.wait_for(lambda: running and running[-1] != instance_id, timeout=60)
-            instance_id = running[-1]
-        model = requests.get(
-            f"{http}/lowcost/api/kernels/{kernel_id}", headers=HEADERS, timeout=30
-        ).json()
-        while model["moving"]:
-            time.sleep(0.05)
-            model = requests.get(
-                f"{http}/lowcost/api/kernels/{kernel_id}", headers=HEADERS, timeout=30
-            ).json()
-    ws.close()
+        instance_id = events.next_instance(instance_id, start, latencies)
+        wait_settled(http, kernel_id)
+    events.ws.close()
     return latencies
 
 

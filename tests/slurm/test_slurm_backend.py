@@ -109,7 +109,9 @@ async def test_preemption_is_a_notice_then_an_interruption_then_a_relaunch(
     second_job = job_of(slurm, running["instance_id"])
     assert second_job["partition"] == "lowcost" and second_job["id"] != first_job
     # The checkpoint taken at the notice came back on the new job.
-    out = await execute(jp_serverapp, kernel_id, "import os; print(kept, os.environ['SLURM_JOB_ID'])")
+    out = await execute(
+        jp_serverapp, kernel_id, "import os; print(kept, os.environ['SLURM_JOB_ID'])"
+    )
     assert out.split(maxsplit=2)[:2] == ["{'epoch':", "7}"] and out.split()[-1] == second_job["id"]
     assert slurm.job(first_job)["JobState"] == "PREEMPTED"
 
@@ -200,9 +202,13 @@ async def test_switching_moves_the_kernel_between_partitions(
     status, model = await api("GET", f"kernels/{kernel_id}")
     second = model["instance"]["id"]
     assert job_of(slurm, second)["partition"] == "ondemand"
-    out = await execute(jp_serverapp, kernel_id, "print(answer, __import__('os').environ['SLURM_JOB_PARTITION'])")
+    out = await execute(
+        jp_serverapp, kernel_id, "print(answer, __import__('os').environ['SLURM_JOB_PARTITION'])"
+    )
     assert out.split() == ["42", "ondemand"]
-    assert all(j["name"] != f"jupyter-lowcost-{first}" or j["state"] != "RUNNING" for j in slurm.jobs())
+    assert all(
+        j["name"] != f"jupyter-lowcost-{first}" or j["state"] != "RUNNING" for j in slurm.jobs()
+    )
 
 
 def test_sbatch_gets_arguments_never_a_shell_string(slurm: SlurmCluster, tmp_path: Path) -> None:
@@ -276,5 +282,7 @@ async def test_lowcost_magic_in_a_job_moves_it_between_partitions(
     regular = await instance_events.wait_for(kernel_id=kernel_id, state="running", tier="regular")
     await wait_until(lambda: moved(api, kernel_id))
     assert job_of(slurm, regular["instance_id"])["partition"] == "ondemand"
-    out = await execute(jp_serverapp, kernel_id, "import os; print(os.environ['SLURM_JOB_PARTITION'])")
+    out = await execute(
+        jp_serverapp, kernel_id, "import os; print(os.environ['SLURM_JOB_PARTITION'])"
+    )
     assert out.strip() == "ondemand"

@@ -6,11 +6,9 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
-from jupyter_process import JupyterProcess
+from jupyter_process import LowCostServer
 from slurm_cluster import SlurmCluster
 
 from .conftest import SLURM_CONFIG
@@ -18,40 +16,14 @@ from .conftest import SLURM_CONFIG
 TOKEN = "slurm-restart-token"
 
 
-class SlurmServer(JupyterProcess):
-    """``jupyter server`` with the slurm backend, in a subprocess, on a kept data dir."""
+class SlurmServer(LowCostServer):
+    """``jupyter server`` on the slurm backend, on a data directory kept across runs."""
 
     def __init__(self, home: Path, slurm: SlurmCluster) -> None:
-        super().__init__("jupyter_server", home, TOKEN, "server.log")
-        self.slurm = slurm
-        self.url = f"{self.base}lowcost/api/"
-
-    def start(self) -> None:
-        config_dir = self.home / "config"
+        config_dir = home / "config"
         config_dir.mkdir(exist_ok=True)
         (config_dir / "jupyter_server_config.json").write_text(json.dumps(SLURM_CONFIG))
-        env = {
-            **self.slurm.env,
-            "JUPYTER_CONFIG_DIR": str(config_dir),
-            "JUPYTER_DATA_DIR": str(self.home / "data"),
-            "JUPYTER_RUNTIME_DIR": str(self.home / "runtime"),
-            # Orphaned launchers would stop by themselves after this long; the restarted
-            # server must cancel their jobs much sooner.
-            "JUPYTER_LOWCOST_ORPHAN_TIMEOUT": "600",
-        }
-        self.launch(self.home, env, self._answers)
-
-    def _answers(self) -> bool:
-        try:
-            return self.exited() or self.get("status").status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def get(self, path: str) -> requests.Response:
-        return requests.get(self.url + path, headers=self.headers, timeout=30)
-
-    def post(self, path: str, body: dict[str, Any]) -> requests.Response:
-        return requests.post(self.url + path, json=body, headers=self.headers, timeout=60)
+        super().__init__(home, TOKEN, {**slurm.env, "JUPYTER_CONFIG_DIR": str(config_dir)})
 
 
 @pytest.fixture
