@@ -21,6 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from jupyter_process import free_port
+
+from jupyter_lowcost.backends.slurm import parse_oneliner
+
 #: Seconds between a preemption's SIGTERM and SIGKILL.
 KILL_WAIT = 5
 CPUS = 2
@@ -64,14 +68,6 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 State=UNKNOWN
 PartitionName=lowcost Nodes=localhost Default=YES MaxTime=24:00:00 PriorityTier=1 PreemptMode=REQUEUE GraceTime=0 State=UP
 PartitionName=ondemand Nodes=localhost MaxTime=24:00:00 PriorityTier=10 PreemptMode=OFF State=UP
 """
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def missing_commands() -> list[str]:
@@ -124,8 +120,8 @@ class SlurmCluster:
                 user=pwd.getpwuid(os.getuid()).pw_name,
                 root=self.root,
                 munge_socket=self.munge_socket,
-                ctld_port=_free_port(),
-                d_port=_free_port(),
+                ctld_port=free_port(),
+                d_port=free_port(),
                 kill_wait=KILL_WAIT,
                 cpus=CPUS,
             )
@@ -169,12 +165,9 @@ class SlurmCluster:
 
     def job(self, job_id: str) -> dict[str, str]:
         """``scontrol show job`` as a dict (empty once the job is forgotten)."""
-        out = self.command("scontrol", "show", "job", "--oneliner", job_id, check=False)
-        fields: dict[str, str] = {}
-        for item in out.split():
-            key, _, value = item.partition("=")
-            fields.setdefault(key, value)
-        return fields
+        return parse_oneliner(
+            self.command("scontrol", "show", "job", "--oneliner", job_id, check=False)
+        )
 
     def cancel_all(self) -> None:
         """Kill every job at once (kernels take SIGTERM as a notice and wait for SIGKILL)."""

@@ -38,7 +38,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import requests
 import websocket
@@ -213,33 +215,6 @@ def wait_settled(http: str, kernel_id: str) -> None:
         time.sleep(0.05)
 
 
-def preemption_latencies(base: str, cluster: object, count: int) -> list[float]:
-    """``sbatch`` of a job that needs every CPU on the high-priority partition -> the
-    ``notice`` event of the low-cost kernel it preempts."""
-    http = f"http://{base}"
-    events = EventWatcher(base)
-    response = requests.post(
-        f"{http}/lowcost/api/kernels",
-        headers=HEADERS,
-        timeout=60,
-        json={"instance_type": "T4", "low_cost": True},
-    )
-    kernel_id = response.json()["kernel"]["id"]
-    instance_id = response.json()["instance"]["id"]
-    latencies = []
-    for _ in range(count):
-        start = time.perf_counter()
-        cluster.command(  # type: ignore[attr-defined]
-            "sbatch", "--parsable", "--partition=ondemand", "--cpus-per-task=2",
-            "--output=/dev/null", "--wrap=sleep 1",
-        )  # fmt: skip
-        instance_id = events.next_instance(instance_id, start, latencies)
-        wait_settled(http, kernel_id)
-    events.ws.close()
-    requests.delete(f"{http}/api/kernels/{kernel_id}", headers=HEADERS, timeout=60)
-    return latencies
-
-
 def start_slurm(home: Path) -> tuple[object, subprocess.Popen[bytes], str]:
     """A one-node Slurm cluster and a server on the slurm backend."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -265,8 +240,10 @@ def start_slurm(home: Path) -> tuple[object, subprocess.Popen[bytes], str]:
     return cluster, server, f"127.0.0.1:{port}"
 
 
-def notice_latencies(base: str, count: int) -> list[float]:
-    """``POST instances/<id>/interrupt`` -> the ``notice`` event, on the local backend."""
+def notice_latencies(base: str, count: int, announce: Callable[[str], None]) -> list[float]:
+    """From ``announce(instance_id)`` (what makes the interruption happen) to the
+    ``notice`` event of a low-cost kernel's instance, ``count`` times: each time on the
+    instance the recovery relaunched."""
     http = f"http://{base}"
     events = EventWatcher(base)
     response = requests.post(
@@ -277,19 +254,41 @@ def notice_latencies(base: str, count: int) -> list[float]:
     )
     kernel_id = response.json()["kernel"]["id"]
     instance_id = response.json()["instance"]["id"]
-    latencies = []
+    latencies: list[float] = []
     for _ in range(count):
         start = time.perf_counter()
+        announce(instance_id)
+        instance_id = events.next_instance(instance_id, start, latencies)
+        wait_settled(http, kernel_id)
+    events.ws.close()
+    requests.delete(f"{http}/api/kernels/{kernel_id}", headers=HEADERS, timeout=60)
+    return latencies
+
+
+def interrupt_through_rest(base: str) -> Callable[[str], None]:
+    """``POST instances/<id>/interrupt`` with a 0.2 s notice (the local backend)."""
+
+    def announce(instance_id: str) -> None:
         requests.post(
-            f"{http}/lowcost/api/instances/{instance_id}/interrupt",
+            f"http://{base}/lowcost/api/instances/{instance_id}/interrupt",
             headers=HEADERS,
             json={"notice_seconds": 0.2},
             timeout=60,
         ).raise_for_status()
-        instance_id = events.next_instance(instance_id, start, latencies)
-        wait_settled(http, kernel_id)
-    events.ws.close()
-    return latencies
+
+    return announce
+
+
+def preempt_with_sbatch(cluster: Any) -> Callable[[str], None]:
+    """``sbatch`` of a job that needs every CPU on the high-priority partition."""
+
+    def announce(instance_id: str) -> None:
+        cluster.command(
+            "sbatch", "--parsable", "--partition=ondemand", "--cpus-per-task=2",
+            "--output=/dev/null", "--wrap=sleep 1",
+        )  # fmt: skip
+
+    return announce
 
 
 def main() -> None:
@@ -317,9 +316,11 @@ def main() -> None:
         for _ in range(args.starts):
             for kind in kinds:
                 times[kind].append(time_start(bases[kind], kind))
-        notices = notice_latencies(base, args.notices)
+        notices = notice_latencies(base, args.notices, interrupt_through_rest(base))
         if args.slurm:
-            preemptions = preemption_latencies(bases["slurm low-cost"], cluster, args.notices)
+            preemptions = notice_latencies(
+                bases["slurm low-cost"], args.notices, preempt_with_sbatch(cluster)
+            )
     finally:
         for process in (server, slurm_server):
             if process is not None:
