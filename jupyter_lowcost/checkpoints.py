@@ -6,10 +6,13 @@ Called in the kernel by :mod:`jupyter_lowcost.kernelside` (after cells, at a not
 Each variable is pickled on its own (protocol 5), so that one object that cannot be saved
 is reported (name, type, why) while the others are saved. Large buffers (numpy arrays,
 and the arrays inside pandas objects) leave the pickle stream out of band, without a
-copy, and are written in chunks of :data:`CHUNK_SIZE`; a chunk whose fingerprint has not
-changed since the previous checkpoint of the same variable is not written again, so
-``big[0] = 1`` on a large array rewrites one chunk. Variables that are the same object
-(``b = a``), or objects that hold another variable's object, are restored as one object.
+copy, and are written in chunks of :data:`CHUNK_SIZE`; a chunk that has not changed since
+the previous checkpoint of the same variable is not written again, so ``big[0] = 1`` on a
+large array rewrites one chunk. Which chunks changed: for large buffers, the pages written
+since the last checkpoint, from :mod:`jupyter_lowcost.write_watch` (the memory is not
+read); otherwise, or where Linux cannot say, a CRC32 of each chunk against the last one.
+Variables that are the same object (``b = a``), or objects that hold another variable's
+object, are restored as one object.
 
 A checkpoint directory holds::
 
@@ -31,6 +34,7 @@ import time
 import types
 import uuid
 import warnings
+import weakref
 import zlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -38,10 +42,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import write_watch
+
 #: Buffers are written in chunks of this many bytes (a changed chunk is rewritten whole).
 CHUNK_SIZE = 4 * 1024 * 1024
 #: Checkpoints kept after each new one (older ones and their chunks are deleted).
 KEEP = 3
+#: Buffers of at least this many chunks have their writes watched (where Linux can).
+WATCHED_CHUNKS = 4
 
 _ATOMIC_TYPES = (int, float, complex, bool, str, bytes, type(None))
 
@@ -66,6 +74,9 @@ class SaveReport:
     bytes_written: int
     seconds: float
     skipped: list[Skipped] = field(default_factory=list)
+    #: Bytes of memory read to find what changed (CRC32s); watched buffers need next to
+    #: none.
+    bytes_compared: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +163,9 @@ class _NamespacePickler(pickle.Pickler):
 
     def __init__(self, file: _Redirect, buffers: list[Any]) -> None:
         super().__init__(file, protocol=5, buffer_callback=buffers.append)
+        #: id of a CPU tensor's numpy array -> (the array, the tensor): the tensor is what
+        #: owns that memory from one checkpoint to the next.
+        self.owners: dict[int, tuple[Any, Any]] = {}
 
     def reducer_override(self, obj: Any) -> Any:
         """PyTorch tensors (and parameters) as numpy arrays on the host, so that their
@@ -175,6 +189,8 @@ class _NamespacePickler(pickle.Pickler):
             except (TypeError, RuntimeError):
                 return NotImplemented
             dtype = (str(host.dtype).removeprefix("torch."), tuple(host.shape))
+        if obj.device.type == "cpu":
+            self.owners[id(array)] = (array, obj)
         return (
             _restore_tensor,
             (array, str(obj.device), obj.requires_grad, is_parameter, dtype),
@@ -193,19 +209,47 @@ def _fallback_picklers() -> list[Any]:
     return found
 
 
-class CheckpointStore:
-    """One checkpoint directory: write checkpoints of a namespace, list them, load them."""
+@dataclass
+class _SavedBuffer:
+    """A buffer as the last checkpoint saved it (``CheckpointStore._previous``)."""
 
-    def __init__(self, root: str | os.PathLike[str], chunk_size: int = CHUNK_SIZE) -> None:
+    #: [chunk id, CRC32 (None: not computed), length] per chunk
+    chunks: list[list[Any]]
+    #: the object that owns the memory (weak), and where the buffer starts
+    owner: Any = None
+    address: int = 0
+    #: the page range under the write watch, and the CRC32s of the bytes of the buffer
+    #: before and after it (partial pages, not watched)
+    watched: tuple[int, int] | None = None
+    edges: tuple[int, int] = (0, 0)
+
+
+class CheckpointStore:
+    """One checkpoint directory: write checkpoints of a namespace, list them, load them.
+
+    ``watch_writes=False`` finds changed chunks by their CRC32 only (tests compare both)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        chunk_size: int = CHUNK_SIZE,
+        watch_writes: bool = True,
+    ) -> None:
         self.root = Path(root)
         self.chunk_size = chunk_size
         self.chunks = self.root / "chunks"
         self.manifests = self.root / "manifests"
         self.chunks.mkdir(parents=True, exist_ok=True)
         self.manifests.mkdir(parents=True, exist_ok=True)
-        # Per variable and buffer: the chunk ids and fingerprints of the last checkpoint,
-        # to write only the chunks that changed.
-        self._previous: dict[tuple[str, int], list[list[Any]]] = {}
+        # Per variable and buffer: its chunks in the last checkpoint, to write only the
+        # chunks that changed.
+        self._previous: dict[tuple[str, int], _SavedBuffer] = {}
+        self._watch = write_watch.shared() if watch_writes else None
+        # Pages written since the last checkpoint, per watched buffer (None: unknown).
+        self._written: dict[tuple[str, int], list[tuple[int, int]] | None] = {}
+        self._seen: set[tuple[str, int]] = set()
+        self._committed = True
+        self._compared = 0
         self._background: list[Any] = []
         self._fingerprinter = ThreadPoolExecutor(max_workers=1)
         self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
@@ -223,6 +267,7 @@ class CheckpointStore:
         after each cell do not push out the ones a person asked for."""
         started = time.perf_counter()
         taken_at = time.time()
+        self._start_watched_save()
         first_name: dict[int, str] = {}
         for name, value in namespace.items():
             first_name.setdefault(id(value), name)
@@ -264,6 +309,7 @@ class CheckpointStore:
             "skipped": [asdict(s) for s in skipped],
         }
         self._write_atomically(self.manifests / f"{checkpoint_id}.json", json.dumps(manifest))
+        self._finish_watched_save()
         self._collect_garbage()
         return SaveReport(
             checkpoint_id=checkpoint_id,
@@ -273,7 +319,34 @@ class CheckpointStore:
             bytes_written=written,
             seconds=time.perf_counter() - started,
             skipped=skipped,
+            bytes_compared=self._compared,
         )
+
+    def _start_watched_save(self) -> None:
+        """Read (and clear) the written pages of every watched buffer, before any of the
+        namespace is read: a write from now on is seen by the next checkpoint."""
+        self._seen = set()
+        self._compared = 0
+        self._written = {}
+        if not self._committed:
+            # The last save stopped half way: the pages it cleared were not all saved.
+            for saved in self._previous.values():
+                self._unwatch(saved)
+        self._committed = False
+        for key, saved in self._previous.items():
+            if saved.watched is not None and self._watch is not None:
+                self._written[key] = self._watch.written(*saved.watched)
+
+    def _finish_watched_save(self) -> None:
+        """The checkpoint is written: forget the buffers it did not save."""
+        for key in [k for k in self._previous if k not in self._seen]:
+            self._unwatch(self._previous.pop(key))
+        self._committed = True
+
+    def _unwatch(self, saved: _SavedBuffer) -> None:
+        if saved.watched is not None and self._watch is not None:
+            self._watch.unwatch(*saved.watched)
+        saved.watched = None
 
     def _save_variable(self, name: str, value: Any) -> tuple[dict[str, Any], int, int]:
         stream = io.BytesIO()
@@ -311,15 +384,15 @@ class CheckpointStore:
         written = 0
         stream_id, written = self._put_stream(data)
         saved_buffers = []
+        owners = self._pickler.owners
         for index, buffer in enumerate(buffers):
             view = buffer.raw()
-            chunks, new = self._save_buffer((name, index), view)
+            exporter = view.obj
+            owner = owners[id(exporter)][1] if id(exporter) in owners else _memory_owner(exporter)
+            chunks, new = self._save_buffer((name, index), view, owner)
             saved_buffers.append({"size": view.nbytes, "chunks": chunks})
             size += view.nbytes
             written += new
-        # Buffers of this variable beyond those saved now are forgotten.
-        for key in [k for k in self._previous if k[0] == name and k[1] >= len(buffers)]:
-            del self._previous[key]
         entry = {
             "type": type_name(value),
             "pickler": pickler_name,
@@ -329,46 +402,131 @@ class CheckpointStore:
         }
         return entry, size, written
 
-    def _save_buffer(self, key: tuple[str, int], view: memoryview) -> tuple[list[str], int]:
+    def _save_buffer(
+        self, key: tuple[str, int], view: memoryview, owner: Any
+    ) -> tuple[list[str], int]:
         """Write the chunks of ``view`` that changed since this buffer's last checkpoint.
 
-        A buffer seen for the first time is written without fingerprints (a full
-        checkpoint costs what writing costs); the CRC32 of each chunk is then computed in
-        the background from the file just written, which is exactly what the chunk holds,
-        so the next checkpoint can compare the memory with it and skip unchanged chunks."""
-        previous = self._previous.get(key)
+        A buffer seen for the first time is written whole, without fingerprints (a full
+        checkpoint costs what writing costs). A large one is then watched: the next
+        checkpoint rewrites the chunks whose pages were written, and the first or last
+        one when the bytes beside the watched pages changed. Others get the CRC32 of each
+        chunk, computed in the background from the file just written (exactly what the
+        chunk holds); the next checkpoint compares the memory with it."""
+        self._seen.add(key)
         step = self.chunk_size
         spans = [
             (offset, min(step, view.nbytes - offset)) for offset in range(0, view.nbytes, step)
         ]
-        if previous is not None and len(previous) != len(spans):
+        address = _address(view)
+        previous = self._previous.get(key)
+        if previous is not None and len(previous.chunks) != len(spans):
+            self._unwatch(previous)
             previous = None
+        changed: set[int] | None = None  # chunk indexes known to have changed
+        watched: tuple[int, int] | None = None
+        if previous is not None and previous.watched is not None:
+            pages = self._written.get(key)
+            if (
+                pages is not None
+                and address == previous.address
+                and view.nbytes == sum(chunk[2] for chunk in previous.chunks)
+                and owner is not None
+                and previous.owner() is owner
+            ):
+                watched = previous.watched
+            else:
+                self._unwatch(previous)
+        if watched is None:
+            watched = self._start_watching(view, address, owner)
+        # Before the memory is read: a write during this checkpoint is also seen next time.
+        edges = self._edge_fingerprints(view, address, watched) if watched else (0, 0)
+        if previous is not None and previous.watched is not None and watched is not None:
+            changed = self._changed_chunks(previous, self._written[key] or [], edges, view)
 
         def one(index: int) -> tuple[str, int | None, int]:
             offset, length = spans[index]
             part = view[offset : offset + length]
-            if previous is None:
-                chunk_id = uuid.uuid4().hex
-                self._write_atomically(self.chunks / chunk_id, part)
-                return chunk_id, None, length
-            fingerprint = zlib.crc32(part)
-            chunk_id, old_fingerprint, old_length = previous[index]
-            path = self.chunks / chunk_id
-            if old_length == length and path.exists():
-                if old_fingerprint is None:  # its background CRC did not run yet
-                    old_fingerprint = zlib.crc32(path.read_bytes())
-                if old_fingerprint == fingerprint:
-                    return chunk_id, fingerprint, 0
+            if previous is not None:
+                chunk_id, old_fingerprint, old_length = previous.chunks[index]
+                path = self.chunks / chunk_id
+                if changed is not None:
+                    if index not in changed and path.exists():
+                        return chunk_id, old_fingerprint, 0
+                elif old_length == length and path.exists():
+                    fingerprint = zlib.crc32(part)
+                    if old_fingerprint is None:  # its background CRC did not run yet
+                        old_fingerprint = zlib.crc32(path.read_bytes())
+                    if old_fingerprint == fingerprint:
+                        return chunk_id, fingerprint, 0
             chunk_id = uuid.uuid4().hex
             self._write_atomically(self.chunks / chunk_id, part)
-            return chunk_id, fingerprint, length
+            return chunk_id, None, length
 
+        if previous is not None and changed is None:
+            self._compared += view.nbytes
         results = list(self._pool.map(one, range(len(spans))))
         chunks = [[c, f, spans[i][1]] for i, (c, f, _) in enumerate(results)]
-        self._previous[key] = chunks
-        if previous is None:
+        self._previous[key] = _SavedBuffer(
+            chunks=chunks,
+            owner=weakref.ref(owner) if watched else None,
+            address=address or 0,
+            watched=watched,
+            edges=edges,
+        )
+        if watched is None and any(f is None for _, f, _ in chunks):
             self._background.append(self._fingerprinter.submit(self._fingerprint_files, chunks))
         return [c for c, _, _ in results], sum(n for _, _, n in results)
+
+    def _start_watching(
+        self, view: memoryview, address: int | None, owner: Any
+    ) -> tuple[int, int] | None:
+        """Watch the writes to a large buffer whose memory has an owner that can be
+        followed (weakly) from one checkpoint to the next; None when it is not watched."""
+        if self._watch is None or address is None or owner is None:
+            return None
+        if view.nbytes < WATCHED_CHUNKS * self.chunk_size:
+            return None
+        try:
+            weakref.ref(owner)
+        except TypeError:
+            return None
+        start, end = write_watch.page_span(address, view.nbytes)
+        return (start, end) if self._watch.watch(start, end, owner) else None
+
+    def _edge_fingerprints(
+        self, view: memoryview, address: int | None, watched: tuple[int, int]
+    ) -> tuple[int, int]:
+        """CRC32 of the buffer's bytes before and after its watched pages."""
+        head = watched[0] - (address or 0)
+        tail = watched[1] - (address or 0)
+        self._compared += head + (view.nbytes - tail)
+        return zlib.crc32(view[:head]), zlib.crc32(view[tail:])
+
+    def _changed_chunks(
+        self,
+        previous: _SavedBuffer,
+        pages: list[tuple[int, int]],
+        edges: tuple[int, int],
+        view: memoryview,
+    ) -> set[int]:
+        """The chunks of a watched buffer with a written page, or changed edge bytes."""
+        step = self.chunk_size
+        last = (view.nbytes - 1) // step
+        changed: set[int] = set()
+        for start, end in pages:
+            first_byte = max(0, start - previous.address)
+            last_byte = min(view.nbytes, end - previous.address) - 1
+            if last_byte >= first_byte:
+                changed.update(range(first_byte // step, last_byte // step + 1))
+        assert previous.watched is not None
+        head = previous.watched[0] - previous.address  # bytes before the watched pages
+        tail = previous.watched[1] - previous.address  # where the bytes after them start
+        if edges[0] != previous.edges[0]:
+            changed.update(range(0, max(0, head - 1) // step + 1))
+        if edges[1] != previous.edges[1]:
+            changed.update(range(min(tail, view.nbytes - 1) // step, last + 1))
+        return changed
 
     def _fingerprint_files(self, chunks: list[list[Any]]) -> None:
         """CRC32 of written chunk files (a background job of ``_save_buffer``)."""
@@ -543,6 +701,8 @@ class CheckpointStore:
         return time.perf_counter() - started
 
     def close(self) -> None:
+        for saved in self._previous.values():
+            self._unwatch(saved)
         self._pool.shutdown(wait=False)
         self._fingerprinter.shutdown(wait=False)
 
@@ -573,6 +733,24 @@ def _restore_tensor(
     if is_parameter:
         return torch.nn.Parameter(tensor, requires_grad=requires_grad)
     return tensor.requires_grad_(requires_grad) if requires_grad else tensor
+
+
+def _address(view: memoryview) -> int | None:
+    """Where the buffer's memory starts (for numpy arrays), or None."""
+    interface = getattr(view.obj, "__array_interface__", None)
+    if not isinstance(interface, dict) or not view.c_contiguous:
+        return None
+    data = interface.get("data")
+    return data[0] if isinstance(data, tuple) else None
+
+
+def _memory_owner(exporter: Any) -> Any:
+    """The array that owns an array's memory: the last of its ``base`` arrays (a view or
+    a transposed copy made for pickling is new at each checkpoint; the owner is not)."""
+    owner = exporter
+    while hasattr(getattr(owner, "base", None), "__array_interface__"):
+        owner = owner.base
+    return owner
 
 
 def _uninitialized(size: int) -> memoryview:

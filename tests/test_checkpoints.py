@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from jupyter_lowcost import write_watch
 from jupyter_lowcost.checkpoints import CHUNK_SIZE, CheckpointStore
 
 
@@ -64,20 +66,107 @@ def test_variables_come_back_equal_and_aliases_stay_aliases(tmp_path: Path) -> N
     assert report.bytes > 200 * 1024 * 1024
 
 
-def test_a_change_of_one_element_rewrites_about_one_chunk(tmp_path: Path) -> None:
+WATCHED = write_watch.shared() is not None
+
+
+@pytest.mark.parametrize("watch_writes", [True, False], ids=["watched", "compared"])
+def test_a_change_of_one_element_rewrites_about_one_chunk(
+    tmp_path: Path, watch_writes: bool
+) -> None:
     big = np.zeros(64 * 1024 * 1024 // 8)  # 64 MiB, 16 chunks
-    store = CheckpointStore(tmp_path)
+    store = CheckpointStore(tmp_path, watch_writes=watch_writes)
     first = store.save({"big": big})
     assert first.bytes_written >= big.nbytes
     big[0] = 1
     second = store.save({"big": big})
     # One chunk, plus the small pickle stream (which did not change either).
     assert second.bytes_written == CHUNK_SIZE
+    if watch_writes and WATCHED:
+        # The written pages come from Linux: the array is not read, but for the bytes
+        # before and after its whole pages.
+        assert second.bytes_compared <= 2 * write_watch.PAGE
+    else:
+        assert second.bytes_compared == big.nbytes
     unchanged = store.save({"big": big})
     assert unchanged.bytes_written == 0
     restored: dict = {}
     store.load(into=restored)
     assert restored["big"][0] == 1 and not restored["big"][1:].any()
+
+
+def test_writes_watched_by_linux_cover_every_way_memory_changes(tmp_path: Path) -> None:
+    """Each way a notebook changes an array: the next checkpoint holds the change, and
+    rewrites only the chunks around it (a page may straddle two chunks)."""
+    mib = 1024 * 1024
+    store = CheckpointStore(tmp_path, chunk_size=mib)
+    big = np.arange(16 * mib // 8, dtype=np.float64)
+    state = {"big": big}
+    store.save(state)
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"\x07" * 100)
+
+    def read_file_into_the_array() -> None:  # the kernel writes, not this process
+        with open(source, "rb", buffering=0) as file:
+            file.readinto(memoryview(big).cast("B")[5 * mib : 5 * mib + 100])
+
+    def write_from_a_thread() -> None:
+        thread = threading.Thread(target=big.__setitem__, args=(1_500_000, -2.0))
+        thread.start()
+        thread.join()
+
+    changes = [
+        ("first element", lambda: big.__setitem__(0, -1.0)),
+        ("last element", lambda: big.__setitem__(-1, -1.0)),
+        ("an element inside", lambda: big.__setitem__(1_000_000, -3.0)),
+        ("a thread", write_from_a_thread),
+        ("read() into it", read_file_into_the_array),
+        ("a view of a slice", lambda: np.add(big[300_000:300_010], 1, out=big[300_000:300_010])),
+        ("nothing", lambda: None),
+    ]
+    for what, change in changes:
+        change()
+        report = store.save(state)
+        restored: dict = {}
+        store.load(into=restored)
+        assert np.array_equal(restored["big"], big), what
+        most = 0 if what == "nothing" else 2 * mib
+        assert report.bytes_written <= most + 4096, (what, report.bytes_written)
+        if WATCHED:
+            assert report.bytes_compared <= 2 * write_watch.PAGE, what
+    # Another array in its place: compared, then watched.
+    state["big"] = big = big.copy()
+    big[7] = 8.0
+    report = store.save(state)
+    assert report.bytes_written <= mib + 4096
+    restored = {}
+    store.load(into=restored)
+    assert np.array_equal(restored["big"], big)
+
+
+def test_a_save_that_stopped_half_way_does_not_hide_changes_from_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mib = 1024 * 1024
+    store = CheckpointStore(tmp_path, chunk_size=mib)
+    big = np.zeros(16 * mib // 8)
+    store.save({"big": big})
+    big[1_000_000] = 5.0
+    # The disk fills up while the next checkpoint writes the changed chunk: that save
+    # has read (and cleared) the written pages, yet saved nothing.
+    original = CheckpointStore._write_atomically
+
+    def disk_full(path: Path, data: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(CheckpointStore, "_write_atomically", staticmethod(disk_full))
+    with pytest.raises(OSError, match="No space left"):
+        store.save({"big": big})
+    monkeypatch.setattr(CheckpointStore, "_write_atomically", staticmethod(original))
+    report = store.save({"big": big})
+    assert report.bytes_written >= mib
+    restored: dict = {}
+    store.load(into=restored)
+    assert restored["big"][1_000_000] == 5.0
 
 
 def test_old_checkpoints_are_deleted_with_their_chunks(tmp_path: Path) -> None:

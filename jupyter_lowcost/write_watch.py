@@ -1,0 +1,248 @@
+"""Which pages of a large buffer were written since the last checkpoint, without reading it.
+
+:class:`~jupyter_lowcost.checkpoints.CheckpointStore` asks this module, for each large
+buffer it saved before, which of its chunks changed; the buffer itself is not read. It
+uses what Linux (6.7 and later) offers for exactly this: the memory is registered with a
+userfaultfd in asynchronous write-protect mode (``UFFD_FEATURE_WP_ASYNC``), so that the
+first write to each page after it was protected marks the page as written (the kernel
+resolves the fault itself; nothing waits on this process), and the ``PAGEMAP_SCAN``
+ioctl of ``/proc/self/pagemap`` returns the written pages and protects them again, in one
+call. Writes by the kernel on the process's behalf (``read`` into the buffer) count too.
+
+Where any of this is missing (another OS, an older kernel, a seccomp filter, memory that
+is not private anonymous memory), :func:`shared` returns None, or :meth:`WriteWatch.watch`
+returns False, and the store compares checksums of the memory instead (it reads all of
+it). One watch serves the whole process: a page's "written" mark can only be read once,
+so two watched ranges never overlap.
+
+Not seen: writes by a device straight into pinned host memory (``cudaHostRegister`` of a
+numpy array's memory, RDMA); such memory should not be watched.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import fcntl
+import mmap
+import os
+import platform
+import struct
+import threading
+import weakref
+from typing import Any
+
+PAGE = mmap.PAGESIZE
+
+_SYSCALL_USERFAULTFD = {"x86_64": 323, "aarch64": 282}
+_UFFD_USER_MODE_ONLY = 1
+_UFFD_API = 0xAA
+_UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
+_UFFD_FEATURE_WP_ASYNC = 1 << 15
+_UFFDIO_REGISTER_MODE_WP = 1 << 1
+_UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0
+_PAGE_IS_WRITTEN = 1 << 1
+_PM_SCAN_WP_MATCHING = 1 << 0
+_PM_SCAN_CHECK_WPASYNC = 1 << 1
+_SCAN_ARG = struct.Struct("12Q")
+_REGIONS = 512  # page regions returned per PAGEMAP_SCAN call
+
+
+def _iowr(kind: int, number: int, size: int) -> int:
+    return (3 << 30) | (size << 16) | (kind << 8) | number
+
+
+def _ior(kind: int, number: int, size: int) -> int:
+    return (2 << 30) | (size << 16) | (kind << 8) | number
+
+
+_UFFDIO_API = _iowr(0xAA, 0x3F, 24)
+_UFFDIO_REGISTER = _iowr(0xAA, 0x00, 32)
+_UFFDIO_UNREGISTER = _ior(0xAA, 0x01, 16)
+_UFFDIO_WRITEPROTECT = _iowr(0xAA, 0x06, 24)
+_PAGEMAP_SCAN = _iowr(ord("f"), 16, _SCAN_ARG.size)
+
+
+def page_span(address: int, length: int) -> tuple[int, int]:
+    """The whole pages inside ``[address, address + length)`` (empty when there are none)."""
+    start = -(-address // PAGE) * PAGE
+    end = (address + length) // PAGE * PAGE
+    return (start, end) if end > start else (start, start)
+
+
+class WriteWatch:
+    """Write tracking of page ranges of this process (see the module's docstring)."""
+
+    def __init__(self, uffd: int, pagemap: int) -> None:
+        self._uffd = uffd
+        self._pagemap = pagemap
+        self._regions = (ctypes.c_uint64 * (3 * _REGIONS))()
+        self._lock = threading.Lock()
+        self._ranges: list[tuple[int, int]] = []  # watched, sorted, never overlapping
+        self._owners: dict[tuple[int, int], Any] = {}  # range -> weak ref to its owner
+        self.pid = os.getpid()
+
+    @classmethod
+    def open(cls) -> WriteWatch | None:
+        """A watch, or None where this system cannot watch writes."""
+        number = _SYSCALL_USERFAULTFD.get(platform.machine())
+        if number is None or not os.path.exists("/proc/self/pagemap"):
+            return None
+        libc = ctypes.CDLL(None, use_errno=True)
+        uffd = libc.syscall(number, os.O_CLOEXEC | os.O_NONBLOCK | _UFFD_USER_MODE_ONLY)
+        if uffd < 0:
+            return None
+        try:
+            api = bytearray(
+                struct.pack(
+                    "QQQ", _UFFD_API, _UFFD_FEATURE_WP_ASYNC | _UFFD_FEATURE_WP_UNPOPULATED, 0
+                )
+            )
+            fcntl.ioctl(uffd, _UFFDIO_API, api, True)
+            pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(uffd)
+            return None
+        watch = cls(uffd, pagemap)
+        if not watch._works():
+            watch.close()
+            return None
+        return watch
+
+    def _works(self) -> bool:
+        """Watch a scratch mapping: a write must be seen, and only once."""
+        scratch = mmap.mmap(-1, 4 * PAGE)
+        pointer = ctypes.c_char.from_buffer(scratch)
+        address = ctypes.addressof(pointer)
+        del pointer  # (an exported buffer would keep the mapping from being closed)
+        end = address + 4 * PAGE
+        try:
+            if not self.watch(address, end, scratch):
+                return False
+            scratch[PAGE + 1] = 1
+            first = self.written(address, end)
+            second = self.written(address, end)
+            self.unwatch(address, end)
+            return first == [(address + PAGE, address + 2 * PAGE)] and second == []
+        finally:
+            scratch.close()
+
+    def watch(self, start: int, end: int, owner: Any) -> bool:
+        """Protect the pages of ``[start, end)`` (page-aligned) and start watching them for
+        as long as ``owner`` (the object whose memory it is) lives or :meth:`unwatch`.
+
+        False when they cannot be watched: not private anonymous memory, or overlapping a
+        range watched already for a living owner (its marks would be read twice)."""
+        if end <= start:
+            return False
+        with self._lock:
+            index = bisect.bisect_left(self._ranges, (start, end))
+            while index > 0 and self._ranges[index - 1][1] > start:
+                if not self._forget_dead(self._ranges[index - 1]):
+                    return False
+                index -= 1
+            while index < len(self._ranges) and self._ranges[index][0] < end:
+                if not self._forget_dead(self._ranges[index]):
+                    return False
+            try:
+                register = bytearray(
+                    struct.pack("QQQQ", start, end - start, _UFFDIO_REGISTER_MODE_WP, 0)
+                )
+                fcntl.ioctl(self._uffd, _UFFDIO_REGISTER, register, True)
+                protect = bytearray(
+                    struct.pack("QQQ", start, end - start, _UFFDIO_WRITEPROTECT_MODE_WP)
+                )
+                fcntl.ioctl(self._uffd, _UFFDIO_WRITEPROTECT, protect, True)
+            except OSError:
+                return False
+            self._ranges.insert(index, (start, end))
+            self._owners[(start, end)] = weakref.ref(owner)
+            return True
+
+    def unwatch(self, start: int, end: int) -> None:
+        """Stop watching ``[start, end)`` (a range :meth:`watch` accepted)."""
+        with self._lock:
+            if (start, end) in self._owners:
+                self._unregister((start, end))
+
+    def _forget_dead(self, watched: tuple[int, int]) -> bool:
+        """Stop watching a range whose owner is gone; False if it lives."""
+        if self._owners[watched]() is not None:
+            return False
+        self._unregister(watched)
+        return True
+
+    def _unregister(self, watched: tuple[int, int]) -> None:
+        self._ranges.remove(watched)
+        del self._owners[watched]
+        start, end = watched
+        try:
+            fcntl.ioctl(
+                self._uffd,
+                _UFFDIO_UNREGISTER,
+                bytearray(struct.pack("QQ", start, end - start)),
+                True,
+            )
+        except OSError:
+            pass  # unmapped since: nothing is registered there any more
+
+    def written(self, start: int, end: int) -> list[tuple[int, int]] | None:
+        """The page ranges of ``[start, end)`` written since they were last protected,
+        which are protected again; None when the range is no longer fully watched (the
+        memory was unmapped or replaced), so that nothing about it can be said."""
+        found: list[tuple[int, int]] = []
+        regions = self._regions
+        address = ctypes.addressof(regions)
+        with self._lock:
+            while start < end:
+                arg = bytearray(
+                    _SCAN_ARG.pack(
+                        _SCAN_ARG.size,
+                        _PM_SCAN_WP_MATCHING | _PM_SCAN_CHECK_WPASYNC,
+                        start,
+                        end,
+                        0,
+                        address,
+                        _REGIONS,
+                        0,
+                        0,
+                        _PAGE_IS_WRITTEN,
+                        0,
+                        _PAGE_IS_WRITTEN,
+                    )
+                )
+                try:
+                    count = fcntl.ioctl(self._pagemap, _PAGEMAP_SCAN, arg, True)
+                except OSError:
+                    return None
+                walk_end = _SCAN_ARG.unpack(arg)[4]
+                for i in range(count):
+                    found.append((regions[3 * i], regions[3 * i + 1]))
+                if walk_end <= start:
+                    return None
+                start = walk_end
+        return found
+
+    def close(self) -> None:
+        for descriptor in (self._uffd, self._pagemap):
+            try:
+                os.close(descriptor)
+            except OSError:
+                pass
+
+
+_shared: Any = False  # not opened yet
+_shared_lock = threading.Lock()
+
+
+def shared() -> WriteWatch | None:
+    """This process's watch (opened on first use; a forked child opens its own), or None
+    where writes cannot be watched; ``JUPYTER_LOWCOST_WATCH_WRITES=0`` turns it off."""
+    global _shared
+    with _shared_lock:
+        if _shared is False or (_shared is not None and _shared.pid != os.getpid()):
+            if os.environ.get("JUPYTER_LOWCOST_WATCH_WRITES", "1") == "0":
+                _shared = None
+            else:
+                _shared = WriteWatch.open()
+        return _shared
