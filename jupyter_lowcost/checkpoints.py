@@ -189,7 +189,8 @@ class _NamespacePickler(pickle.Pickler):
             except (TypeError, RuntimeError):
                 return NotImplemented
             dtype = (str(host.dtype).removeprefix("torch."), tuple(host.shape))
-        if obj.device.type == "cpu":
+        if obj.device.type == "cpu" and not obj.is_pinned():
+            # (pinned memory is written by the GPU directly: a write watch cannot see it)
             self.owners[id(array)] = (array, obj)
         return (
             _restore_tensor,
@@ -450,10 +451,7 @@ class CheckpointStore:
             if previous is not None:
                 chunk_id, old_fingerprint, old_length = previous.chunks[index]
                 path = self.chunks / chunk_id
-                if changed is not None:
-                    if index not in changed and path.exists():
-                        return chunk_id, old_fingerprint, 0
-                elif old_length == length and path.exists():
+                if changed is None and old_length == length and path.exists():
                     fingerprint = zlib.crc32(part)
                     if old_fingerprint is None:  # its background CRC did not run yet
                         old_fingerprint = zlib.crc32(path.read_bytes())
@@ -465,7 +463,15 @@ class CheckpointStore:
 
         if previous is not None and changed is None:
             self._compared += view.nbytes
-        results = list(self._pool.map(one, range(len(spans))))
+        # Unchanged chunks of a watched buffer are kept here; the others go to the pool.
+        results: list[Any] = [None] * len(spans)
+        if changed is not None and previous is not None:
+            for index, (chunk_id, fingerprint, _) in enumerate(previous.chunks):
+                if index not in changed and (self.chunks / chunk_id).exists():
+                    results[index] = (chunk_id, fingerprint, 0)
+        pending = [index for index, result in enumerate(results) if result is None]
+        for index, result in zip(pending, self._pool.map(one, pending)):
+            results[index] = result
         chunks = [[c, f, spans[i][1]] for i, (c, f, _) in enumerate(results)]
         self._previous[key] = _SavedBuffer(
             chunks=chunks,
@@ -746,11 +752,13 @@ def _address(view: memoryview) -> int | None:
 
 def _memory_owner(exporter: Any) -> Any:
     """The array that owns an array's memory: the last of its ``base`` arrays (a view or
-    a transposed copy made for pickling is new at each checkpoint; the owner is not)."""
+    a transposed copy made for pickling is new at each checkpoint; the owner is not).
+    None when that array's memory belongs to something else (a file mapping, a tensor):
+    its writes are not watched."""
     owner = exporter
     while hasattr(getattr(owner, "base", None), "__array_interface__"):
         owner = owner.base
-    return owner
+    return owner if getattr(owner, "base", None) is None else None
 
 
 def _uninitialized(size: int) -> memoryview:

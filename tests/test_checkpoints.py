@@ -262,6 +262,28 @@ def test_pytorch_tensors_and_module_state_come_back(tmp_path: Path) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
+def test_a_tensor_changed_in_place_rewrites_about_one_chunk(tmp_path: Path) -> None:
+    """A model's parameter updated in place (an optimizer step on a slice): the tensor
+    itself is followed from one checkpoint to the next, not the array made to save it."""
+    import torch
+
+    mib = 1024 * 1024
+    weights = torch.nn.Parameter(torch.zeros(16 * mib // 4))
+    state = {"weights": weights}
+    store = CheckpointStore(tmp_path, chunk_size=mib)
+    store.save(state)
+    with torch.no_grad():
+        weights[1_000_000] = 2.5
+    report = store.save(state)
+    assert report.bytes_written <= 2 * mib
+    if WATCHED:
+        assert report.bytes_compared <= 2 * write_watch.PAGE
+    restored: dict = {}
+    store.load(into=restored)
+    assert torch.equal(restored["weights"], weights)
+    assert isinstance(restored["weights"], torch.nn.Parameter)
+
+
 def test_bfloat16_tensors_are_saved_as_raw_bytes_and_come_back_typed(tmp_path: Path) -> None:
     """numpy has no bfloat16: such tensors leave the stream as raw bytes (so they are
     chunked like any buffer, and a CUDA one comes back on a machine without CUDA)."""

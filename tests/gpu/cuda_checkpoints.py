@@ -7,7 +7,9 @@ Saves a namespace holding CUDA tensors (float32, bfloat16, a parameter with grad
 ``nn.Module`` on the GPU, its Adam optimizer after one step, and an alias; then restores it
 in a fresh process that sees the GPU (everything back on ``cuda:0``, equal, the optimizer's
 state keyed by the restored model's own parameters) and in one that does not
-(``CUDA_VISIBLE_DEVICES=""``: on the CPU, with a warning). Also prints how fast a 2 GiB
+(``CUDA_VISIBLE_DEVICES=""``: on the CPU, with a warning). Checks that host tensors the
+GPU copies into after a checkpoint (pinned, by DMA; and pageable) are saved changed by the
+next one, which the write watch must not miss. Also prints how fast a 2 GiB
 CUDA tensor checkpoints and restores against ``torch.save``/``torch.load`` of the same
 tensor. Exits non-zero on the first check that fails.
 """
@@ -101,6 +103,33 @@ print(f"2 GiB CUDA tensor: checkpoint {t_save:.2f} s, torch.save {t_ref:.2f} s "
 """
 
 
+COPIED_FROM_GPU = r"""
+import platform, sys, torch
+from jupyter_lowcost import write_watch
+from jupyter_lowcost.checkpoints import CheckpointStore
+mib = 1024 * 1024
+store = CheckpointStore(sys.argv[1], chunk_size=mib)
+pinned = torch.zeros(16 * mib // 4, pin_memory=True)
+pageable = torch.zeros(16 * mib // 4)
+state = dict(pinned=pinned, pageable=pageable)
+store.save(state)
+# The GPU writes host memory after a checkpoint: by DMA into the pinned tensor.
+source = torch.arange(16 * mib // 4, dtype=torch.float32, device="cuda")
+pinned.copy_(source, non_blocking=True)
+pageable.copy_(source, non_blocking=True)
+torch.cuda.synchronize()
+report = store.save(state)
+back = {}
+store.load(into=back)
+assert torch.equal(back["pinned"], source.cpu()), "a GPU copy into pinned memory was missed"
+assert torch.equal(back["pageable"], source.cpu()), "a GPU copy into pageable memory was missed"
+print(f"GPU copies into host tensors after a checkpoint: kept (Linux {platform.release()}, "
+      f"write watch {'on' if write_watch.shared() else 'not available'}; the next "
+      f"checkpoint wrote {report.bytes_written / mib:.0f} MiB, read "
+      f"{report.bytes_compared / mib:.2f} MiB to compare)")
+"""
+
+
 def run(code: str, *args: str, env: dict[str, str] | None = None) -> None:
     merged = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     result = subprocess.run([sys.executable, "-c", code, *args], env=merged, text=True)
@@ -120,6 +149,8 @@ def main() -> None:
         run(RESTORE, folder, "cuda")
         run(RESTORE, folder, "cpu", env={"CUDA_VISIBLE_DEVICES": ""})
         print(f"round trips: {time.perf_counter() - started:.1f} s")
+    with tempfile.TemporaryDirectory() as folder:
+        run(COPIED_FROM_GPU, folder)
     with tempfile.TemporaryDirectory(dir=os.environ.get("CHECK_DIR")) as folder:
         run(SPEED, folder)
     print("ALL CUDA CHECKS PASSED")
