@@ -346,7 +346,7 @@ class CheckpointStore:
 
     def _unwatch(self, saved: _SavedBuffer) -> None:
         if saved.watched is not None and self._watch is not None:
-            self._watch.unwatch(*saved.watched)
+            self._watch.unwatch(*saved.watched, saved.owner() if saved.owner else None)
         saved.watched = None
 
     def _save_variable(self, name: str, value: Any) -> tuple[dict[str, Any], int, int]:

@@ -122,7 +122,7 @@ class WriteWatch:
             scratch[PAGE + 1] = 1
             first = self.written(address, end)
             second = self.written(address, end)
-            self.unwatch(address, end)
+            self.unwatch(address, end, scratch)
             return first == [(address + PAGE, address + 2 * PAGE)] and second == []
         finally:
             scratch.close()
@@ -159,10 +159,15 @@ class WriteWatch:
             self._owners[(start, end)] = weakref.ref(owner)
             return True
 
-    def unwatch(self, start: int, end: int) -> None:
-        """Stop watching ``[start, end)`` (a range :meth:`watch` accepted)."""
+    def unwatch(self, start: int, end: int, owner: Any) -> None:
+        """Stop watching ``[start, end)``, a range :meth:`watch` accepted for ``owner``
+        (None: an owner gone since); a range watched now for another living owner stays."""
         with self._lock:
-            if (start, end) in self._owners:
+            watched = self._owners.get((start, end))
+            if watched is None:
+                return
+            current = watched()
+            if current is None or current is owner:
                 self._unregister((start, end))
 
     def _forget_dead(self, watched: tuple[int, int]) -> bool:
