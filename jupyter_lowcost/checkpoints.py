@@ -266,6 +266,18 @@ class CheckpointStore:
         The last :data:`KEEP` automatic checkpoints are kept, and beside them the last
         :data:`KEEP` ``manual`` ones (``%lowcost checkpoint``), so that checkpoints taken
         after each cell do not push out the ones a person asked for."""
+        try:
+            return self._save(namespace, kernel_id, manual)
+        finally:
+            # The pickler's memo holds every object it saved: let them go now, not at the
+            # next checkpoint (``del big`` in the next cell must free big's memory).
+            self._pickler = None
+            self._file = None
+            self._buffers = []
+
+    def _save(
+        self, namespace: Mapping[str, Any], kernel_id: str | None, manual: bool
+    ) -> SaveReport:
         started = time.perf_counter()
         taken_at = time.time()
         self._start_watched_save()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +186,20 @@ def test_a_save_that_stopped_half_way_does_not_hide_changes_from_the_next(
     restored: dict = {}
     store.load(into=restored)
     assert restored["big"][1_000_000] == 5.0
+
+
+def test_a_saved_variable_deleted_afterwards_frees_its_memory(tmp_path: Path) -> None:
+    """The store keeps nothing of the namespace alive after a checkpoint."""
+    import torch
+
+    big = np.ones(1_000_000)
+    weights = torch.ones(1_000_000)
+    alive = [weakref.ref(big), weakref.ref(weights)]
+    store = CheckpointStore(tmp_path)
+    store.save({"big": big, "weights": weights})
+    del big, weights
+    gc.collect()
+    assert [ref() for ref in alive] == [None, None]
 
 
 def test_old_checkpoints_are_deleted_with_their_chunks(tmp_path: Path) -> None:
