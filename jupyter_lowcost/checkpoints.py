@@ -189,8 +189,9 @@ class _NamespacePickler(pickle.Pickler):
             except (TypeError, RuntimeError):
                 return NotImplemented
             dtype = (str(host.dtype).removeprefix("torch."), tuple(host.shape))
-        if obj.device.type == "cpu" and not obj.is_pinned():
-            # (pinned memory is written by the GPU directly: a write watch cannot see it)
+        if obj.device.type == "cpu" and not obj.is_pinned() and not obj.is_shared():
+            # (pinned memory is written by the GPU directly, shared memory by other
+            # processes: a write watch would not see those writes)
             self.owners[id(array)] = (array, obj)
         return (
             _restore_tensor,

@@ -111,7 +111,7 @@ class WriteWatch:
 
     def _works(self) -> bool:
         """Watch a scratch mapping: a write must be seen, and only once."""
-        scratch = mmap.mmap(-1, 4 * PAGE)
+        scratch = mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         pointer = ctypes.c_char.from_buffer(scratch)
         address = ctypes.addressof(pointer)
         del pointer  # (an exported buffer would keep the mapping from being closed)
@@ -131,9 +131,11 @@ class WriteWatch:
         """Protect the pages of ``[start, end)`` (page-aligned) and start watching them for
         as long as ``owner`` (the object whose memory it is) lives or :meth:`unwatch`.
 
-        False when they cannot be watched: not private anonymous memory, or overlapping a
-        range watched already for a living owner (its marks would be read twice)."""
-        if end <= start:
+        False when they cannot be watched: not private anonymous memory (shared memory can
+        be written by another process, whose writes this one's page tables do not see),
+        or overlapping a range watched already for a living owner (its marks would be
+        read twice)."""
+        if end <= start or not _private_anonymous(start, end):
             return False
         with self._lock:
             index = bisect.bisect_left(self._ranges, (start, end))
@@ -234,6 +236,27 @@ class WriteWatch:
                 os.close(descriptor)
             except OSError:
                 pass
+
+
+def _private_anonymous(start: int, end: int) -> bool:
+    """Whether all of ``[start, end)`` is mapped private and anonymous (no file behind
+    it, not shared with another process), from ``/proc/self/maps``."""
+    covered = start
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if high <= covered or low >= end:
+                continue
+            if low > covered:
+                return False  # a hole
+            path = fields[5].strip() if len(fields) > 5 else ""
+            if fields[1][3] != "p" or fields[4] != "0" or path not in ("", "[heap]"):
+                return False
+            covered = high
+            if covered >= end:
+                return True
+    return False
 
 
 _shared: Any = False  # not opened yet

@@ -317,6 +317,32 @@ def test_a_tensor_changed_in_place_rewrites_about_one_chunk(tmp_path: Path) -> N
     assert isinstance(restored["weights"], torch.nn.Parameter)
 
 
+def test_a_tensor_in_shared_memory_written_by_another_process_is_saved_changed(
+    tmp_path: Path,
+) -> None:
+    """Shared memory is not watched: this process's page tables do not see the writes of
+    a worker process (torch.multiprocessing, DataLoader workers)."""
+    import multiprocessing
+
+    import torch
+
+    mib = 1024 * 1024
+    shared = torch.zeros(16 * mib // 4).share_memory_()
+    store = CheckpointStore(tmp_path, chunk_size=mib)
+    store.save({"shared": shared})
+    worker = multiprocessing.get_context("fork").Process(
+        target=shared.__setitem__, args=(1_000_000, 7.0)
+    )
+    worker.start()
+    worker.join(timeout=60)
+    assert worker.exitcode == 0
+    assert shared[1_000_000] == 7.0
+    store.save({"shared": shared})
+    restored: dict = {}
+    store.load(into=restored)
+    assert restored["shared"][1_000_000] == 7.0
+
+
 def test_bfloat16_tensors_are_saved_as_raw_bytes_and_come_back_typed(tmp_path: Path) -> None:
     """numpy has no bfloat16: such tensors leave the stream as raw bytes (so they are
     chunked like any buffer, and a CUDA one comes back on a machine without CUDA)."""
