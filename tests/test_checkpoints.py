@@ -317,21 +317,25 @@ def test_a_tensor_changed_in_place_rewrites_about_one_chunk(tmp_path: Path) -> N
     assert isinstance(restored["weights"], torch.nn.Parameter)
 
 
+def write_seven_at(tensor: object, index: int) -> None:
+    """In a worker process: one write into a tensor shared with the test's process."""
+    tensor[index] = 7.0  # type: ignore[index]
+
+
 def test_a_tensor_in_shared_memory_written_by_another_process_is_saved_changed(
     tmp_path: Path,
 ) -> None:
     """Shared memory is not watched: this process's page tables do not see the writes of
     a worker process (torch.multiprocessing, DataLoader workers)."""
-    import multiprocessing
-
     import torch
+    import torch.multiprocessing
 
     mib = 1024 * 1024
     shared = torch.zeros(16 * mib // 4).share_memory_()
     store = CheckpointStore(tmp_path, chunk_size=mib)
     store.save({"shared": shared})
-    worker = multiprocessing.get_context("fork").Process(
-        target=shared.__setitem__, args=(1_000_000, 7.0)
+    worker = torch.multiprocessing.get_context("spawn").Process(
+        target=write_seven_at, args=(shared, 1_000_000)
     )
     worker.start()
     worker.join(timeout=60)
