@@ -542,7 +542,7 @@ class CheckpointStore:
         head = previous.watched[0] - previous.address  # bytes before the watched pages
         tail = previous.watched[1] - previous.address  # where the bytes after them start
         if edges[0] != previous.edges[0]:
-            changed.update(range(0, max(0, head - 1) // step + 1))
+            changed.update(range(max(0, head - 1) // step + 1))
         if edges[1] != previous.edges[1]:
             changed.update(range(min(tail, view.nbytes - 1) // step, last + 1))
         return changed

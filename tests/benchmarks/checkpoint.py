@@ -155,7 +155,7 @@ def store_benchmarks(root: Path, gib: float) -> None:
         t, m, _ = measured(lambda: store.load(into=restored))  # noqa: B023
         restores.append((t, m))
         assert all(np.array_equal(restored[n], state[n]) for n in state)
-        del restored
+        restored.clear()
     t_load_npy = min(loads_npy)
     t_restore, m_restore = min(restores)
     print(
@@ -172,7 +172,7 @@ def store_benchmarks(root: Path, gib: float) -> None:
     store.close()
     shutil.rmtree(npy)
     shutil.rmtree(store_dir)
-    del state
+    state.clear()
 
     big = np.empty(512 * MiB // 8)
     big[:] = np.arange(big.size)
