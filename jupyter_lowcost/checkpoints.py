@@ -437,26 +437,25 @@ class CheckpointStore:
         if previous is not None and len(previous.chunks) != len(spans):
             self._unwatch(previous)
             previous = None
-        changed: set[int] | None = None  # chunk indexes known to have changed
-        watched: tuple[int, int] | None = None
-        if previous is not None and previous.watched is not None:
-            pages = self._written.get(key)
-            if (
-                pages is not None
-                and address == previous.address
-                and view.nbytes == sum(chunk[2] for chunk in previous.chunks)
-                and owner is not None
-                and previous.owner() is owner
-            ):
-                watched = previous.watched
-            else:
-                self._unwatch(previous)
-        if watched is None:
-            watched = self._start_watching(view, address, owner)
+        # The written pages can be trusted for the same memory of the same owner, watched
+        # all along.
+        pages = self._written.get(key)
+        trusted = (
+            previous is not None
+            and pages is not None
+            and address == previous.address
+            and view.nbytes == sum(chunk[2] for chunk in previous.chunks)
+            and owner is not None
+            and previous.owner is not None
+            and previous.owner() is owner
+        )
+        if previous is not None and not trusted:
+            self._unwatch(previous)
+        watched = previous.watched if trusted else self._start_watching(view, address, owner)
         # Before the memory is read: a write during this checkpoint is also seen next time.
         edges = self._edge_fingerprints(view, address, watched) if watched else (0, 0)
-        if previous is not None and previous.watched is not None and watched is not None:
-            changed = self._changed_chunks(previous, self._written[key] or [], edges, view)
+        # Chunk indexes known to have changed (None: compare each chunk's CRC32).
+        changed = self._changed_chunks(previous, pages, edges, view) if trusted else None
 
         def one(index: int) -> tuple[str, int | None, int]:
             offset, length = spans[index]

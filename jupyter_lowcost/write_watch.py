@@ -21,7 +21,6 @@ numpy array's memory, RDMA); such memory should not be watched.
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import fcntl
 import mmap
@@ -78,8 +77,8 @@ class WriteWatch:
         self._pagemap = pagemap
         self._regions = (ctypes.c_uint64 * (3 * _REGIONS))()
         self._lock = threading.Lock()
-        self._ranges: list[tuple[int, int]] = []  # watched, sorted, never overlapping
-        self._owners: dict[tuple[int, int], Any] = {}  # range -> weak ref to its owner
+        # Watched ranges (never overlapping) -> a weak reference to the owner of each.
+        self._owners: dict[tuple[int, int], Any] = {}
         self.pid = os.getpid()
 
     @classmethod
@@ -138,14 +137,11 @@ class WriteWatch:
         if end <= start or not _private_anonymous(start, end):
             return False
         with self._lock:
-            index = bisect.bisect_left(self._ranges, (start, end))
-            while index > 0 and self._ranges[index - 1][1] > start:
-                if not self._forget_dead(self._ranges[index - 1]):
-                    return False
-                index -= 1
-            while index < len(self._ranges) and self._ranges[index][0] < end:
-                if not self._forget_dead(self._ranges[index]):
-                    return False
+            overlapping = [r for r in self._owners if r[0] < end and start < r[1]]
+            if any(self._owners[r]() is not None for r in overlapping):
+                return False
+            for dead in overlapping:  # their owners are gone: so is what they watched
+                self._unregister(dead)
             try:
                 register = bytearray(
                     struct.pack("QQQQ", start, end - start, _UFFDIO_REGISTER_MODE_WP, 0)
@@ -157,7 +153,6 @@ class WriteWatch:
                 fcntl.ioctl(self._uffd, _UFFDIO_WRITEPROTECT, protect, True)
             except OSError:
                 return False
-            self._ranges.insert(index, (start, end))
             self._owners[(start, end)] = weakref.ref(owner)
             return True
 
@@ -172,15 +167,7 @@ class WriteWatch:
             if current is None or current is owner:
                 self._unregister((start, end))
 
-    def _forget_dead(self, watched: tuple[int, int]) -> bool:
-        """Stop watching a range whose owner is gone; False if it lives."""
-        if self._owners[watched]() is not None:
-            return False
-        self._unregister(watched)
-        return True
-
     def _unregister(self, watched: tuple[int, int]) -> None:
-        self._ranges.remove(watched)
         del self._owners[watched]
         start, end = watched
         try:
