@@ -15,7 +15,7 @@ from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerFactory
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Dict, Enum, Float, Int, List, TraitError, Unicode, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from . import events
 from ._version import __version__
@@ -25,6 +25,8 @@ from .handlers import default_handlers
 from .manager import RECOVERY_POLICIES, InstanceManager
 
 PROVISIONER_NAME = "lowcost-provisioner"
+DEMO_LIFETIME_CAP = 600.0  # LowCostApp.demo: a cap short enough to watch it count down
+DEMO_CAP_NOTICE = 30.0
 
 
 class LowCostApp(ExtensionApp):
@@ -44,8 +46,19 @@ class LowCostApp(ExtensionApp):
         """,
     )
 
+    demo = Bool(
+        False,
+        config=True,
+        help="""Demo mode, for trying jupyter-lowcost (the Binder demo), not for real work:
+        low-cost instances stop after a 10-minute lifetime cap with a 30 s notice (unless
+        ``lifetime_cap`` and ``cap_notice`` are set), the local backend interrupts them at
+        random about every 5 minutes (``LocalBackend.random_interruption_rate``), and
+        JupyterLab, ``%lowcost`` and ``GET status`` say that this server is a demo.
+        Example: ``c.LowCostApp.demo = True``.
+        """,
+    )
+
     lifetime_cap = Float(
-        24 * 3600.0,
         config=True,
         help="""Seconds after which a low-cost instance always stops (24 hours by default,
         as with preemptible VMs); a notice comes ``cap_notice`` seconds before. 0 turns the
@@ -54,12 +67,19 @@ class LowCostApp(ExtensionApp):
     )
 
     cap_notice = Float(
-        120.0,
         config=True,
         help="""Seconds of notice before the lifetime cap stops an instance (at most half
         of ``lifetime_cap``). Example: ``c.LowCostApp.cap_notice = 300``.
         """,
     )
+
+    @default("lifetime_cap")
+    def _default_lifetime_cap(self) -> float:
+        return DEMO_LIFETIME_CAP if self.demo else 24 * 3600.0
+
+    @default("cap_notice")
+    def _default_cap_notice(self) -> float:
+        return DEMO_CAP_NOTICE if self.demo else 120.0
 
     instance_types = List(
         Dict(),
@@ -198,6 +218,7 @@ class LowCostApp(ExtensionApp):
             server_url=self._server_url,
             token=self._token,
             lifetime_cap=self.lifetime_cap,
+            demo=self.demo,
             cap_notice=self.cap_notice,
             recovery_policy=self.recovery_policy,
             fallback_after=self.fallback_after,

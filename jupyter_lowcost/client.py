@@ -80,6 +80,12 @@ class LowCostClient:
         """The backend and its capacity."""
         return self.request("GET", "status")
 
+    def interrupt(self, instance_id: str, notice_seconds: float) -> Any:
+        """Announce an interruption of an instance (``POST instances/<id>/interrupt``)."""
+        return self.request(
+            "POST", f"instances/{instance_id}/interrupt", json={"notice_seconds": notice_seconds}
+        )
+
     def switch(self, low_cost: bool, instance_type: str | None, wait: bool = False) -> Any:
         """Move this kernel; without ``wait`` the server answers before it restarts it."""
         body: dict[str, Any] = {"low_cost": low_cost}

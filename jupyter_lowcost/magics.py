@@ -8,6 +8,8 @@ so the magic and JupyterLab's switch always show the same state::
     %lowcost on [--type T]     move this kernel to a low-cost instance (it restarts)
     %lowcost off               move it back to a regular instance (it restarts)
     %lowcost types             the instance types and their prices
+    %lowcost interrupt [--notice S] [--in S]
+                               simulate an interruption of this kernel's low-cost instance
     %lowcost checkpoint        save the kernel's variables now (kernel side, no REST call)
     %lowcost checkpoints       list the saved checkpoints
     %lowcost restore [ID]      put a checkpoint's variables back
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +32,8 @@ if TYPE_CHECKING:  # the client imports requests: kept out of every kernel's sta
     from .client import LowCostClient
 
 USAGE = (
-    "usage: %lowcost [status | on [--type T] | off | types | checkpoint | checkpoints "
-    "| restore [ID]]"
+    "usage: %lowcost [status | on [--type T] | off | types | interrupt [--notice S] [--in S] "
+    "| checkpoint | checkpoints | restore [ID]]"
 )
 
 
@@ -104,6 +107,10 @@ class LowCostMagics(Magics):
         %lowcost on [--type T]     move this kernel to a low-cost instance (restarts it)
         %lowcost off               move it back to a regular instance (restarts it)
         %lowcost types             the instance types and their prices
+        %lowcost interrupt [--notice S] [--in S]
+                                   simulate an interruption of this kernel's low-cost
+                                   instance: a notice of S seconds (30), announced now or
+                                   in S seconds, as a provider taking it back would give
         %lowcost checkpoint        save the variables now
         %lowcost checkpoints       the saved checkpoints
         %lowcost restore [ID]      put a checkpoint's variables back (the latest by default)
@@ -120,6 +127,9 @@ class LowCostMagics(Magics):
             client = LowCostClient.from_environment()
             if command == "status" and not rest:
                 print(describe_status(client.kernel()))
+                demo = client.status().get("demo")
+                if demo:
+                    print(demo)
                 checkpoints = installed()
                 if checkpoints is not None:
                     print(checkpoints.status())
@@ -129,6 +139,8 @@ class LowCostMagics(Magics):
                 self._on(client, _parse_type(rest))
             elif command == "off" and not rest:
                 self._off(client)
+            elif command == "interrupt":
+                self._interrupt(client, *_parse_interrupt(rest))
             else:
                 raise UsageError(USAGE)
         except LowCostError as err:
@@ -198,6 +210,71 @@ class LowCostMagics(Magics):
             f"Moving this kernel to a regular {placement['instance_type']} instance. "
             "The kernel restarts on the new instance when this cell ends."
         )
+
+    def _interrupt(self, client: LowCostClient, notice_seconds: float, delay: float) -> None:
+        from .client import LowCostError
+
+        instance = client.kernel().get("instance")
+        if instance is None or not instance.get("low_cost"):
+            print(
+                "%lowcost: this kernel is not on a low-cost instance; only those are "
+                "interrupted (%lowcost on moves it to one)",
+                file=sys.stderr,
+            )
+            return
+        if instance["state"] != "running":
+            print(
+                f"%lowcost: this kernel's instance is {instance['state']}, not running; "
+                "nothing to interrupt",
+                file=sys.stderr,
+            )
+            return
+        when = f"in {delay:g} s" if delay else "now"
+        print(
+            f"Simulated interruption of instance {instance['id']}, announced {when} with "
+            f"{notice_seconds:g} s notice, as a provider taking a spot instance back would "
+            "give: the `notice` flag turns true and on_notice callbacks run; at the end of "
+            "the notice the instance is taken away, and the kernel resumes on a new "
+            "instance from its checkpoint."
+        )
+        if not delay:
+            client.interrupt(instance["id"], notice_seconds)
+            return
+
+        def announce() -> None:
+            try:
+                client.interrupt(instance["id"], notice_seconds)
+            except LowCostError as err:
+                print(f"%lowcost interrupt: {err}", file=sys.stderr)
+
+        timer = threading.Timer(delay, announce)
+        timer.daemon = True
+        timer.start()
+
+
+def _parse_interrupt(words: list[str]) -> tuple[float, float]:
+    """``--notice S`` (default 30) and ``--in S`` (default 0) of ``%lowcost interrupt``."""
+    values = {"--notice": 30.0, "--in": 0.0}
+    pairs = list(words)
+    while pairs:
+        option = pairs.pop(0)
+        name, _, value = option.partition("=")
+        if name not in values:
+            raise UsageError(f"%lowcost interrupt: unknown option {option!r}; {USAGE}")
+        if not value:
+            if not pairs:
+                raise UsageError(f"%lowcost interrupt: {name} needs a number of seconds")
+            value = pairs.pop(0)
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise UsageError(
+                f"%lowcost interrupt: {name} needs a number of seconds, not {value!r}"
+            ) from None
+        if seconds < 0:
+            raise UsageError(f"%lowcost interrupt: {name} must be 0 or more seconds")
+        values[name] = seconds
+    return values["--notice"], values["--in"]
 
 
 def _memory_rule() -> str:

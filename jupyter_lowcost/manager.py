@@ -55,6 +55,16 @@ def current_manager() -> InstanceManager | None:
     return _current
 
 
+def describe_seconds(seconds: float) -> str:
+    """``86400`` -> "24 hours", ``600`` -> "10 minutes", ``90`` -> "1.5 minutes",
+    ``45`` -> "45 seconds": for messages."""
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            amount = round(seconds / size, 1)
+            return f"{amount:g} {unit}{'' if amount == 1 else 's'}"
+    return f"{seconds:g} second{'' if seconds == 1 else 's'}"
+
+
 class InstanceManager:
     """Owns placements and instance records; drives the backend; enforces the cap."""
 
@@ -79,6 +89,7 @@ class InstanceManager:
         checkpoints: str = "cell",
         checkpoint_dir: Path | None = None,
         fallback_after: int = 0,
+        demo: bool = False,
     ) -> None:
         self.catalog = catalog
         self.kernel_manager = kernel_manager
@@ -94,6 +105,7 @@ class InstanceManager:
         self.log = log
         self.checkpoints = checkpoints
         self.fallback_after = fallback_after
+        self.demo = demo
         self.checkpoint_dir = checkpoint_dir or data_dir / "checkpoints"
         self._resume: set[str] = set()  # kernels whose next start restores their checkpoint
         self._restored: dict[str, dict[str, Any]] = {}  # kernel id -> its last restore
@@ -520,8 +532,7 @@ class InstanceManager:
         record = self._records.get(instance_id)
         if record is None or record.expires_at is None:
             return
-        hours = self.lifetime_cap / 3600
-        cap = f"{hours:g} hours" if hours >= 1 else f"{self.lifetime_cap:g} seconds"
+        cap = describe_seconds(self.lifetime_cap)
         self.instance_noticed(
             instance_id, record.expires_at, f"low-cost instances always stop after {cap}"
         )
@@ -645,7 +656,20 @@ class InstanceManager:
             "recovery_policy": self.recovery_policy,
             "checkpoints": self.checkpoints,
             "live_instances": len(live),
+            "demo": self.demo_message() if self.demo else None,
         }
+
+    def demo_message(self) -> str:
+        """What this demo server does that a real one does not (``LowCostApp.demo``),
+        shown by ``GET status``, the JupyterLab dialog and status bar, and ``%lowcost``."""
+        parts = []
+        if self.lifetime_cap > 0:
+            parts.append(f"stop after {describe_seconds(self.lifetime_cap)} (not 24 hours)")
+        random_interruptions = self.backend.random_interruptions()
+        if random_interruptions:
+            parts.append(random_interruptions)
+        rules = " and ".join(parts) if parts else "behave as configured"
+        return f"Demo server (LowCostApp.demo): its low-cost instances {rules}."
 
     def instance_models(self, kernel_id: str | None = None) -> list[dict[str, Any]]:
         """``GET instances``: every record this server knows, oldest first."""

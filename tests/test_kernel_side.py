@@ -8,6 +8,8 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
 
 
@@ -140,3 +142,98 @@ def test_notice_flag_and_callbacks_in_a_python_process(tmp_path: Any) -> None:
     )
     assert result.stdout.strip() == "[('first', True), ('third', 30), ('late', 'test')] True"
     assert "ZeroDivisionError" in result.stderr  # a failing callback is reported, not fatal
+
+
+async def test_lowcost_interrupt_simulates_a_reclaim_and_the_kernel_resumes(
+    jp_fetch: Any, jp_serverapp: Any, api: Any, instance_events: EventRecorder
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(
+        jp_serverapp,
+        kernel_id,
+        "from jupyter_lowcost import notice, on_notice\n"
+        "heard = []\n"
+        "on_notice(lambda n: heard.append(round(n.seconds_left)))\n"
+        "weights = [0.5, 0.25]",
+    )
+    out = await execute(jp_serverapp, kernel_id, "%lowcost interrupt --notice 3 --in 1")
+    assert f"Simulated interruption of instance {first}, announced in 1 s with 3 s notice" in out
+    # Announced later, from a thread of the kernel: the flag is still down right after.
+    assert (await execute(jp_serverapp, kernel_id, "print(bool(notice))")).strip() == "False"
+    noticed = await instance_events.wait_for(instance_id=first, state="notice")
+    assert noticed["reason"] == "interruption injected through the REST API"
+    assert (await execute(jp_serverapp, kernel_id, "print(bool(notice), heard)")).strip() in (
+        "True [3]",
+        "True [2]",
+    )
+    await instance_events.wait_for(instance_id=first, state="interrupted")
+    second = await instance_events.wait_for(
+        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first
+    )
+    assert second["tier"] == "low-cost"
+    await wait_until(lambda: moved(api, kernel_id))
+    assert (await execute(jp_serverapp, kernel_id, "print(weights)")).strip() == "[0.5, 0.25]"
+
+
+async def test_lowcost_interrupt_refuses_what_it_cannot_do(
+    jp_fetch: Any, jp_serverapp: Any, api: Any
+) -> None:
+    plain = await start_plain_kernel(jp_fetch)
+    out = await execute(jp_serverapp, plain, "%lowcost interrupt")
+    assert "not on a low-cost instance; only those are interrupted" in out
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id = body["kernel"]["id"]
+    for line, message in [
+        ("interrupt --notice soon", "--notice needs a number of seconds, not 'soon'"),
+        ("interrupt --later 3", "unknown option '--later'"),
+        ("interrupt --in", "--in needs a number of seconds"),
+        ("interrupt --notice=-1", "--notice must be 0 or more seconds"),
+    ]:
+        out = await execute(
+            jp_serverapp,
+            kernel_id,
+            f"try:\n    get_ipython().run_line_magic('lowcost', {line!r})\n"
+            "except Exception as e:\n    print(type(e).__name__, e)",
+        )
+        assert out.startswith("UsageError") and message in out, out
+    # The server's own limit comes back in its words.
+    out = await execute(jp_serverapp, kernel_id, "%lowcost interrupt --notice 100000")
+    assert "notice_seconds must be between 0 and" in out
+    status, instance = await api("GET", f"instances/{body['instance']['id']}")
+    assert instance["state"] == "running"
+
+
+@pytest.mark.lowcost(LowCostApp={"demo": True})
+async def test_a_demo_server_says_so_and_interrupts_at_random_with_a_short_cap(
+    jp_fetch: Any, jp_serverapp: Any, api: Any
+) -> None:
+    status, server = await api("GET", "status")
+    assert server["demo"] == (
+        "Demo server (LowCostApp.demo): its low-cost instances stop after 10 minutes "
+        "(not 24 hours) and are interrupted at random, about every 5 minutes on average, "
+        "with 30 s notice."
+    )
+    assert server["lifetime_cap_seconds"] == 600
+    body = await start_lowcost_kernel(api, "T4")
+    instance = body["instance"]
+    assert 590 <= instance["seconds_left"] <= 600
+    out = await execute(jp_serverapp, body["kernel"]["id"], "%lowcost")
+    assert "Time left before the lifetime cap: 9 min" in out
+    assert "Demo server (LowCostApp.demo)" in out
+
+
+@pytest.mark.lowcost(
+    LowCostApp={"demo": True, "lifetime_cap": 3600.0}, LocalBackend={"random_interruption_rate": 0}
+)
+async def test_demo_settings_give_way_to_explicit_ones(api: Any) -> None:
+    status, server = await api("GET", "status")
+    assert server["demo"] == (
+        "Demo server (LowCostApp.demo): its low-cost instances stop after 1 hour (not 24 hours)."
+    )
+    assert server["lifetime_cap_seconds"] == 3600
+
+
+async def test_a_real_server_is_not_a_demo(api: Any) -> None:
+    status, server = await api("GET", "status")
+    assert server["demo"] is None and server["lifetime_cap_seconds"] == 24 * 3600

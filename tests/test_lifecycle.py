@@ -223,7 +223,8 @@ async def test_random_interruptions_for_demos(api: Any, instance_events: EventRe
     body = await start_lowcost_kernel(api, "T4")
     first = body["instance"]["id"]
     noticed = await instance_events.wait_for(instance_id=first, state="notice")
-    assert noticed["reason"].startswith("random interruption (demo setting")
+    assert noticed["reason"].startswith("a random interruption, as when a provider")
+    assert "demo setting LocalBackend.random_interruption_rate" in noticed["reason"]
     await instance_events.wait_for(instance_id=first, state="interrupted")
 
 

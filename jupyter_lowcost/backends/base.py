@@ -98,6 +98,11 @@ class Backend(LoggingConfigurable):
         """What ``GET status`` shows of the backend's capacity."""
         return {}
 
+    def random_interruptions(self) -> str:
+        """How this backend interrupts instances at random, in words ("are interrupted at
+        random ..."), for a demo server's description; empty when it does not."""
+        return ""
+
     def offered_types(self, catalog: dict[str, InstanceType]) -> dict[str, InstanceType]:
         """The types of ``catalog`` this backend can run (called once, after :meth:`start`);
         ``GET instance-types`` shows these."""

@@ -24,10 +24,12 @@ import subprocess
 import time
 from typing import Any
 
-from traitlets import Enum, Float, Int
+from traitlets import Enum, Float, Int, default
 
 from ..records import InstanceRecord, InstanceState, process_start_ticks
 from .base import Backend, BackendError, LaunchSpec
+
+DEMO_INTERRUPTIONS_PER_HOUR = 12.0  # LowCostApp.demo: one every five minutes on average
 
 
 def detect_gpus() -> list[str]:
@@ -94,13 +96,17 @@ class LocalBackend(Backend):
     )
 
     random_interruption_rate = Float(
-        0.0,
         config=True,
         help="""Random interruptions of low-cost instances, per instance and per hour
-        (0, the default, turns them off). For demos: ``c.LocalBackend.random_interruption_rate
-        = 12`` interrupts a low-cost instance every five minutes on average.
+        (0 turns them off; the default, except on a demo server, ``LowCostApp.demo``, where
+        it is 12). For demos: ``c.LocalBackend.random_interruption_rate = 12`` interrupts a
+        low-cost instance every five minutes on average.
         """,
     )
+
+    @default("random_interruption_rate")
+    def _default_random_interruption_rate(self) -> float:
+        return DEMO_INTERRUPTIONS_PER_HOUR if getattr(self.parent, "demo", False) else 0.0
 
     random_interruption_notice = Float(
         30.0,
@@ -159,6 +165,15 @@ class LocalBackend(Backend):
             await self.terminate(record, now=True)
         for task in list(self._watchers.values()):
             task.cancel()
+
+    def random_interruptions(self) -> str:
+        if self.random_interruption_rate <= 0:
+            return ""
+        minutes = 60 / self.random_interruption_rate
+        return (
+            f"are interrupted at random, about every {minutes:.3g} minutes on average, "
+            f"with {self.random_interruption_notice:g} s notice"
+        )
 
     def capacity(self) -> dict[str, Any]:
         used = sum(1 for s in self._slots if s is not None)
@@ -312,7 +327,8 @@ class LocalBackend(Backend):
         self.listener.instance_noticed(
             instance_id,
             time.time() + self.random_interruption_notice,
-            "random interruption (demo setting LocalBackend.random_interruption_rate)",
+            "a random interruption, as when a provider takes a spot instance back "
+            "(demo setting LocalBackend.random_interruption_rate)",
         )
 
     async def _watch(self, record: InstanceRecord, process: asyncio.subprocess.Process) -> None:
