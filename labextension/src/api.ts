@@ -77,6 +77,8 @@ export interface IStatus {
   /** When kernels checkpoint their variables: cell, interval:<s>, notice or off. */
   checkpoints: string;
   live_instances: number;
+  /** What this demo server does that a real one does not (`LowCostApp.demo`); null on a real server. */
+  demo: string | null;
 }
 
 /** The data of a "resumed from a checkpoint" event (schema `.../checkpoint/v1`). */

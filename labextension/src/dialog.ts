@@ -98,6 +98,9 @@ class LowCostBody extends Widget implements Dialog.IBodyWidget<string> {
         rules.append(element('li', 'jp-LowCost-rule', rule));
       }
     }
+    if (status.demo) {
+      this.node.append(element('p', 'jp-LowCost-demo', status.demo));
+    }
     this.node.append(picker, price, rules);
   }
 

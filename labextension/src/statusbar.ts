@@ -69,6 +69,10 @@ export class LowCostStatusItem extends Widget {
     _store.changed.connect(this._onChanged, this);
     this._timer = window.setInterval(() => this.render(), 1000);
     this._follow();
+    void _store.status.then(status => {
+      this._demo = status?.demo ?? null;
+      this.render();
+    });
   }
 
   /** Emitted when the item starts or stops having something to show. */
@@ -88,14 +92,18 @@ export class LowCostStatusItem extends Widget {
   render(): void {
     const kernelId = this._kernelId();
     const view = kernelId ? this._store.get(kernelId) : undefined;
-    const text = statusText(view);
+    const placed = statusText(view);
+    // A demo server's short cap and random interruptions are not what a cloud does: say so.
+    const text = placed && this._demo ? `Demo · ${placed}` : placed;
     const wasActive = this.active;
     this._text = text;
     if (this.node.textContent !== text) {
       this.node.textContent = text;
     }
     this.toggleClass('jp-mod-notice', view?.instance?.state === 'notice');
-    this.node.title = view?.instance?.reason || text;
+    const reason = view?.instance?.reason || text;
+    this.node.title = this._demo ? `${reason}\n${this._demo}` : reason;
+    this.toggleClass('jp-mod-demo', this._demo !== null);
     if (wasActive !== this.active) {
       this.activeChanged.emit();
     }
@@ -130,6 +138,7 @@ export class LowCostStatusItem extends Widget {
   }
 
   private _text = '';
+  private _demo: string | null = null;
   private _timer: number;
   private _followed = new Set<string>();
 }

@@ -154,3 +154,28 @@ async def test_a_refused_move_shows_the_servers_message(lab: Lab, browser: Any) 
     assert not any("lowcost" in e.lower() or "uncaught" in e for e in browser.errors), (
         browser.errors
     )
+
+
+@pytest.mark.lab(config={"LowCostApp": {"demo": True}, "LocalBackend": {"slots": 2}})
+async def test_a_demo_server_is_labelled_as_one(lab: Lab, browser: Any, screenshot: Any) -> None:
+    page = await browser.open(lab)
+    await new_notebook(page)
+    await switch(page).click()
+    dialog = page.locator(".jp-Dialog")
+    await expect(dialog.locator(".jp-LowCost-demo")).to_have_text(
+        "Demo server (LowCostApp.demo): its low-cost instances stop after 10 minutes "
+        "(not 24 hours) and are interrupted at random, about every 5 minutes on average, "
+        "with 30 s notice."
+    )
+    await expect(dialog).to_contain_text("always shut down after 10 minutes")
+    await screenshot(dialog.locator(".jp-Dialog-content"), "dialog-demo")
+    await dialog.get_by_label("Instance type").select_option("T4")
+    await dialog.get_by_role("button", name="Switch to low-cost").click()
+    await expect(switch(page)).to_have_attribute("aria-checked", "true", timeout=60_000)
+    status = status_item(page)
+    # (a random interruption may already have come: its countdown is labelled the same)
+    await expect(status).to_contain_text(
+        re.compile(r"^Demo · Low-cost T4 · (9:\d\d left|interruption in)")
+    )
+    assert "Demo server (LowCostApp.demo)" in (await status.get_attribute("title"))
+    await screenshot(page.locator("#jp-main-statusbar"), "statusbar-demo")
