@@ -16,9 +16,16 @@ from typing import Any
 
 from ._version import __version__
 from .interruption import notice, on_notice, remove_notice_callback
-from .training import save_on_notice
+from .training import load_saved, save_on_notice
 
-__all__ = ["__version__", "notice", "on_notice", "remove_notice_callback", "save_on_notice"]
+__all__ = [
+    "__version__",
+    "load_saved",
+    "notice",
+    "on_notice",
+    "remove_notice_callback",
+    "save_on_notice",
+]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:

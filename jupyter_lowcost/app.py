@@ -241,7 +241,11 @@ class LowCostApp(ExtensionApp):
 
     def _token(self) -> str:
         assert self.serverapp is not None
-        return str(self.serverapp.identity_provider.token or "")
+        # A server started by JupyterHub (Binder) has no token of its own; its API token
+        # (JUPYTERHUB_API_TOKEN) is what identifies requests to it as this user's.
+        return str(
+            self.serverapp.identity_provider.token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        )
 
     def _make_default_provisioner(self) -> None:
         """Make every kernelspec without a provisioner of its own use ours."""

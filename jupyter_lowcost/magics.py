@@ -242,6 +242,10 @@ class LowCostMagics(Magics):
             return
 
         def announce() -> None:
+            from .interruption import notice
+
+            if notice:  # another interruption came first: it is the one that counts
+                return
             try:
                 client.interrupt(instance["id"], notice_seconds)
             except LowCostError as err:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import zmq
 from jupyter_events import EventLogger
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from tornado import web
@@ -767,7 +768,9 @@ class InstanceManager:
         try:
             if after_cell:
                 # Asked from the kernel itself (%lowcost): let the asking cell finish first.
-                await self._until_idle(kernel_id)
+                await self._until_cell_ended(kernel_id)
+                # Its last output and "idle" may still wait in the websockets' iopub queue.
+                await self._forwarded(kernel_id)
             # What the old kernel prints while it shuts down is noise in the user's cell.
             self._mute_clients(kernel_id)
             if live is not None:
@@ -832,6 +835,24 @@ class InstanceManager:
             if iopub is not None and not iopub.closed():
                 iopub.on_recv(_drop)
 
+    async def _forwarded(self, kernel_id: str, timeout: float = 1.0) -> None:
+        """Wait until the kernel's websockets have no iopub message waiting to be forwarded
+        (what the kernel published before its last reply is then with the browser)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            await asyncio.sleep(0)  # let the loop hand on what has arrived
+            pending = [
+                iopub
+                for connection in self._connections(kernel_id)
+                if (iopub := connection.channels.get("iopub")) is not None
+                and not iopub.closed()
+                and iopub.socket.get(zmq.EVENTS) & zmq.POLLIN
+            ]
+            if not pending:
+                return
+            await asyncio.sleep(0.01)
+
     @staticmethod
     def _connections(kernel_id: str) -> list[Any]:
         """jupyter_server's open websocket connections to the kernel."""
@@ -841,12 +862,29 @@ class InstanceManager:
             if getattr(connection, "kernel_id", None) == kernel_id
         ]
 
-    async def _until_idle(self, kernel_id: str, timeout: float = 30.0) -> None:
+    async def _until_cell_ended(self, kernel_id: str, timeout: float = 30.0) -> None:
+        """Wait until the cell that asked for a move (``%lowcost on``) has ended and its
+        reply has been sent: a request on the kernel's shell channel is answered only after
+        the requests before it, since a kernel handles them one at a time. (The server's
+        ``execution_state`` cannot tell: the kernel's "busy" for the cell can reach the
+        server after the cell's own request, and moving then would stop the kernel before
+        it sent the cell's reply.)"""
         kernel = self.kernel_manager.get_kernel(kernel_id)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while getattr(kernel, "execution_state", "idle") == "busy" and loop.time() < end:
-            await asyncio.sleep(0.05)
+        answered = asyncio.get_running_loop().create_future()
+        channel = kernel.connect_shell()
+        channel.on_recv(lambda _msg: answered.done() or answered.set_result(None))
+        kernel.session.send(channel, "kernel_info_request")
+        try:
+            await asyncio.wait_for(answered, timeout)
+        except asyncio.TimeoutError:
+            self.log.warning(
+                "jupyter_lowcost | kernel %s still runs the cell that asked to move it after "
+                "%g s; moving it now",
+                kernel_id,
+                timeout,
+            )
+        finally:
+            channel.close()
 
     async def terminate(self, instance_id: str) -> None:
         """``DELETE instances/<id>``: stop the instance; its kernel is shut down."""

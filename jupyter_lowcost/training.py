@@ -47,3 +47,15 @@ def save_on_notice(path: str | os.PathLike[str], **objects: Any) -> Callable[[No
         os.replace(temporary, path)
 
     return on_notice(save)
+
+
+def load_saved(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read what :func:`save_on_notice` wrote to ``path``: a dict of the saved objects (or
+    of their ``state_dict()``), with ``torch.load`` when PyTorch is installed, else pickle.
+    Only load files you wrote: both formats can run code while loading."""
+    try:
+        import torch
+    except ImportError:
+        with open(path, "rb") as file:
+            return pickle.load(file)
+    return torch.load(path, weights_only=False)

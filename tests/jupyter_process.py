@@ -27,8 +27,17 @@ def free_port() -> int:
 class JupyterProcess:
     """``python -m <module>`` on a free port with ``token``, its output in ``log_path``."""
 
-    def __init__(self, module: str, home: Path, token: str, log_name: str) -> None:
+    def __init__(
+        self,
+        module: str,
+        home: Path,
+        token: str,
+        log_name: str,
+        program: list[str] | None = None,
+    ) -> None:
         self.module = module
+        #: What runs: ``python -m <module>`` unless the caller names a command.
+        self.program = program or [sys.executable, "-m", module]
         self.home = home
         self.token = token
         self.log_path = home / log_name
@@ -40,14 +49,18 @@ class JupyterProcess:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"token {self.token}"}
 
-    def launch(self, root_dir: Path, env: dict[str, str], answers: Callable[[], bool]) -> None:
+    def launch(
+        self,
+        root_dir: Path,
+        env: dict[str, str],
+        answers: Callable[[], bool],
+        cwd: Path | None = None,
+    ) -> None:
         """Start the process and wait (60 s at most) until ``answers()`` is true."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable,
-                    "-m",
-                    self.module,
+                    *self.program,
                     f"--ServerApp.port={self.port}",
                     "--ServerApp.port_retries=0",
                     "--ServerApp.ip=127.0.0.1",
@@ -57,6 +70,7 @@ class JupyterProcess:
                     f"--ServerApp.root_dir={root_dir}",
                 ],
                 env={**os.environ, **env},
+                cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

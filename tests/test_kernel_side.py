@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -237,3 +238,27 @@ async def test_demo_settings_give_way_to_explicit_ones(api: Any) -> None:
 async def test_a_real_server_is_not_a_demo(api: Any) -> None:
     status, server = await api("GET", "status")
     assert server["demo"] is None and server["lifetime_cap_seconds"] == 24 * 3600
+
+
+async def test_a_move_asked_from_a_cell_waits_for_that_cell_to_end(
+    jp_fetch: Any, jp_serverapp: Any, api: Any
+) -> None:
+    kernel_id = await start_plain_kernel(jp_fetch)
+    kernel = jp_serverapp.kernel_manager.get_kernel(kernel_id)
+    code = (
+        "import time\n"
+        "time.sleep(1)\n"
+        "get_ipython().run_line_magic('lowcost', 'on --type T4')\n"
+        "time.sleep(1)\n"
+        "print('the cell ran to its end')"
+    )
+    running = asyncio.ensure_future(execute(jp_serverapp, kernel_id, code, timeout=30))
+    await wait_until(lambda: kernel.execution_state == "busy")
+    # As when the kernel's "busy" reaches the server after the cell's own request (ipykernel
+    # publishes it from a thread): the server's state still says idle.
+    kernel.execution_state = "idle"
+    out = await running
+    assert "Moving this kernel to a low-cost T4 instance" in out
+    assert "the cell ran to its end" in out
+    model = await after_move(api, kernel_id)
+    assert model["placement"]["low_cost"] is True

@@ -153,3 +153,6 @@ async def test_save_on_notice_writes_the_training_state(
     else:  # with PyTorch installed the helper writes with torch.save
         saved = torch.load(target, weights_only=False)
     assert saved == {"model": {"w": [0.5, 0.25]}, "step": 7}
+    from jupyter_lowcost import load_saved
+
+    assert load_saved(target) == saved
