@@ -5,89 +5,41 @@ demo notebook run headless against it, cell by cell.
 
 repo2docker's base environment brings Python, Node.js, JupyterLab and Jupyter Server; here
 the venv's pip brings JupyterLab and Jupyter Server (jupyter-lowcost depends on them) and
-this machine has Node.js. The copy of the repository leaves out the built extension, so
-postBuild builds it from source, as on Binder.
+this machine has Node.js.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
 import requests
-
+from fresh_install import fresh_copy, fresh_venv, run_logged
 from jupyter_process import JupyterProcess
 from notebook_runner import NotebookRunner, text_of
 
-REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(__file__).parent / "artifacts"
 TOKEN = "binder-demo-token"
-
-# What a Binder build would not have: this checkout's builds, dependencies and outputs.
-NOT_COPIED = shutil.ignore_patterns(
-    ".git", ".ci", "node_modules", "lib", "labextension", "tsconfig.tsbuildinfo",
-    "__pycache__", "*.egg-info", "build", "dist", "artifacts", ".yarn", ".pytest_cache",
-)
-
-
-def run_step(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
-    """Run one build step as repo2docker does, its output kept in ``log``."""
-    with open(log, "ab") as out:
-        out.write(f"\n$ {' '.join(command)}\n".encode())
-        out.flush()
-        result = subprocess.run(
-            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900
-        )
-    if result.returncode:
-        raise AssertionError(
-            f"{' '.join(command)} failed ({result.returncode}):\n{log.read_text()[-6000:]}"
-        )
 
 
 @pytest.fixture(scope="module")
 def binder_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A copy of the repository built by binder/ in a new venv; (its folder, its env)."""
+    """A fresh copy of the repository built by binder/ in a new venv; (its folder, its env).
+    The copy has no built extension (git ignores it): postBuild builds it from source."""
     root = tmp_path_factory.mktemp("binder")
-    repo = root / "repo"
-    shutil.copytree(REPO, repo, ignore=NOT_COPIED)
-    # The package's own TypeScript sources come along (only their build is left out).
-    shutil.copytree(
-        REPO / "labextension",
-        repo / "labextension",
-        ignore=shutil.ignore_patterns("node_modules", "lib", "tsconfig.tsbuildinfo"),
-    )
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("JUPYTER", "PYTHON", "PIP_", "VIRTUAL_ENV", "CONDA"))
-    }
-    env.update(
-        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-        VIRTUAL_ENV=str(venv),
-        HOME=str(root / "home"),  # no user config of this machine's
-        JUPYTER_CONFIG_DIR=str(root / "home" / ".jupyter"),
-        JUPYTER_DATA_DIR=str(root / "home" / ".local" / "share" / "jupyter"),
-        JUPYTER_RUNTIME_DIR=str(root / "runtime"),
-        # yarn's global mirror of this machine, so that the extension's npm packages are
-        # not all downloaded again (a Binder build has its own)
-        YARN_GLOBAL_FOLDER=os.environ.get("YARN_GLOBAL_FOLDER")
-        or str(Path.home() / ".yarn" / "berry"),
-    )
-    (root / "home").mkdir()
+    repo = fresh_copy(root / "repo")
+    env = fresh_venv(root)
     log = root / "build.log"
-    run_step(
+    # What repo2docker runs, in the repository's folder:
+    run_logged(
         ["pip", "install", "--no-cache-dir", "-r", "binder/requirements.txt"], repo, env, log
     )
-    run_step(["./binder/postBuild"], repo, env, log)
+    run_logged(["./binder/postBuild"], repo, env, log)
     yield repo, env
 
 
@@ -98,7 +50,7 @@ def test_binder_builds_the_extension_from_source_and_enables_it(
     python = shutil.which("python", path=env["PATH"])
     assert python is not None and python.startswith(env["VIRTUAL_ENV"])
     listed = subprocess.run(
-        ["jupyter", "labextension", "list"], env=env, capture_output=True, text=True
+        ["jupyter", "labextension", "list"], env=env, capture_output=True, text=True, check=True
     )
     plain = re.sub(r"\x1b\[[0-9;]*m", "", listed.stdout + listed.stderr)  # no colours
     assert re.search(r"jupyter-lowcost v\S+ enabled OK", plain), plain
@@ -163,8 +115,10 @@ def test_the_demo_notebook_runs_and_shows_an_interruption_and_the_resume(
     assert notice_epoch, interrupted
     assert notice_epoch[2] in (
         "interruption injected through the REST API",
-        "a random interruption, as when a provider takes a spot instance back "
-        "(demo setting LocalBackend.random_interruption_rate)",
+        (
+            "a random interruption, as when a provider takes a spot instance back "
+            "(demo setting LocalBackend.random_interruption_rate)"
+        ),
     )
     # The resume: a new instance, the checkpoint restored, the variables as they were.
     assert re.search(r"Resumed from checkpoint \d+: \d+ variables", resumed), resumed
