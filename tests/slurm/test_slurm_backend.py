@@ -155,7 +155,7 @@ async def test_the_lifetime_cap_is_the_jobs_time_limit(
     assert job["time_limit"] == "1:00"  # --time=1: Slurm stops the job after the cap
     await execute(jp_serverapp, kernel_id, "progress = 'kept across the cap'")
     expired = await instance_events.wait_for(instance_id=first, state="expired", timeout=120)
-    assert "60 seconds" in expired["reason"] or "time limit" in expired["reason"]
+    assert "1 minute" in expired["reason"] or "time limit" in expired["reason"]
     running = await instance_events.wait_for(
         kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first
     )
