@@ -10,7 +10,6 @@ import sys
 from typing import Any
 
 import pytest
-
 from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
 
 
@@ -201,7 +200,7 @@ async def test_lowcost_interrupt_refuses_what_it_cannot_do(
     # The server's own limit comes back in its words.
     out = await execute(jp_serverapp, kernel_id, "%lowcost interrupt --notice 100000")
     assert "notice_seconds must be between 0 and" in out
-    status, instance = await api("GET", f"instances/{body['instance']['id']}")
+    _, instance = await api("GET", f"instances/{body['instance']['id']}")
     assert instance["state"] == "running"
 
 
@@ -209,7 +208,7 @@ async def test_lowcost_interrupt_refuses_what_it_cannot_do(
 async def test_a_demo_server_says_so_and_interrupts_at_random_with_a_short_cap(
     jp_fetch: Any, jp_serverapp: Any, api: Any
 ) -> None:
-    status, server = await api("GET", "status")
+    _, server = await api("GET", "status")
     assert server["demo"] == (
         "Demo server (LowCostApp.demo): its low-cost instances stop after 10 minutes "
         "(not 24 hours) and are interrupted at random, about every 5 minutes on average, "
@@ -228,7 +227,7 @@ async def test_a_demo_server_says_so_and_interrupts_at_random_with_a_short_cap(
     LowCostApp={"demo": True, "lifetime_cap": 3600.0}, LocalBackend={"random_interruption_rate": 0}
 )
 async def test_demo_settings_give_way_to_explicit_ones(api: Any) -> None:
-    status, server = await api("GET", "status")
+    _, server = await api("GET", "status")
     assert server["demo"] == (
         "Demo server (LowCostApp.demo): its low-cost instances stop after 1 hour (not 24 hours)."
     )
@@ -236,7 +235,7 @@ async def test_demo_settings_give_way_to_explicit_ones(api: Any) -> None:
 
 
 async def test_a_real_server_is_not_a_demo(api: Any) -> None:
-    status, server = await api("GET", "status")
+    _, server = await api("GET", "status")
     assert server["demo"] is None and server["lifetime_cap_seconds"] == 24 * 3600
 
 
