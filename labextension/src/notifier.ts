@@ -24,6 +24,23 @@ const RECOVERING: Record<string, string> = {
   none: 'The kernel is stopped (recovery policy: none).'
 };
 
+/**
+ * JupyterLab says "The kernel for nb.ipynb appears to have died. It will restart
+ * automatically." (a dialog to click away) whenever the server restarts a kernel on its
+ * own, as the recovery of a taken instance does. Here it would be wrong twice: the toasts
+ * already say what happened, and the kernel's variables come back from its checkpoint.
+ * NotebookPanel shows that dialog only for the first of a series of automatic restarts;
+ * marking the series as begun (its `_autorestarting` flag, which it clears at the kernel's
+ * next status) keeps the dialog away. Where the flag is missing (another JupyterLab), the
+ * dialog shows as before.
+ */
+function expectRecoveryRestart(panel: NotebookPanel): void {
+  const flags = panel as unknown as { _autorestarting?: boolean };
+  if (typeof flags._autorestarting === 'boolean') {
+    flags._autorestarting = true;
+  }
+}
+
 interface INotice {
   toast: string;
   deadline: string | null;
@@ -122,6 +139,7 @@ export class Notifier {
         );
         if (event.recovery && event.recovery !== 'none') {
           this._recovering.set(kernelId, event.instance_id);
+          expectRecoveryRestart(panel);
         }
         break;
       }

@@ -61,9 +61,10 @@ async def test_interruption_notice_counts_down_then_the_kernel_is_relaunched(
     await expect(switch(page)).to_have_attribute("aria-checked", "true")
     await expect(status_item(page)).to_contain_text(re.compile(r"Low-cost T4 · 23:59:\d\d left"))
 
-    # JupyterLab says the kernel restarted (its memory is gone); then cells run again.
-    restart_dialog = page.locator(".jp-Dialog").filter(has_text="Kernel Restarting")
-    await restart_dialog.get_by_role("button", name="Ok").click()
+    # JupyterLab's own "the kernel appears to have died" dialog does not cover the page:
+    # the toasts say what happened, and the variables came back.
+    await wait_kernel_idle(page)
+    await expect(page.locator(".jp-Dialog")).to_have_count(0)
     # The toast's Details say why, in the server's words.
     await interrupted.get_by_role("button", name="Details").click()
     details = page.locator(".jp-Dialog").filter(has_text="Low-cost instance")
