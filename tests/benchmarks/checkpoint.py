@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: notebook_runner
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from jupyter_lowcost import write_watch
@@ -203,60 +204,15 @@ def store_benchmarks(root: Path, gib: float) -> None:
 
 def execute_over_ws(base: str, kernel_id: str, code: str) -> str:
     """Run ``code`` through the kernel's websocket, as JupyterLab does; its stdout."""
-    import json
-    import uuid
-
-    import websocket
     from kernel_start import TOKEN
+    from notebook_runner import NotebookRunner
 
-    ws = websocket.create_connection(
-        f"ws://{base}/api/kernels/{kernel_id}/channels",
-        header=[f"Authorization: token {TOKEN}"],
-        timeout=120,
-    )
-    msg_id = uuid.uuid4().hex
-    header = {
-        "msg_id": msg_id,
-        "username": "bench",
-        "session": uuid.uuid4().hex,
-        "msg_type": "execute_request",
-        "version": "5.3",
-        "date": "",
-    }
-    content = {
-        "code": code,
-        "silent": False,
-        "store_history": True,
-        "user_expressions": {},
-        "allow_stdin": False,
-        "stop_on_error": True,
-    }
-    ws.send(
-        json.dumps(
-            {
-                "header": header,
-                "parent_header": {},
-                "metadata": {},
-                "content": content,
-                "channel": "shell",
-            }
-        )
-    )
-    out = []
-    try:
-        while True:
-            msg = json.loads(ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind = msg["header"]["msg_type"]
-            if kind == "stream":
-                out.append(msg["content"]["text"])
-            elif kind == "error":
-                raise RuntimeError("\n".join(msg["content"]["traceback"]))
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                return "".join(out)
-    finally:
-        ws.close()
+    runner = NotebookRunner(f"http://{base}/", TOKEN, path="")
+    runner.kernel_id = kernel_id
+    reply, outputs = runner.execute(code, timeout=120)
+    if reply["status"] != "ok":
+        raise RuntimeError("\n".join(reply["traceback"]))
+    return "".join(output.text for output in outputs if output.output_type == "stream")
 
 
 def resume_benchmark(count: int) -> None:
