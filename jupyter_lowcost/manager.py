@@ -836,8 +836,9 @@ class InstanceManager:
                 iopub.on_recv(_drop)
 
     async def _forwarded(self, kernel_id: str, timeout: float = 1.0) -> None:
-        """Wait until the kernel's websockets have no iopub message waiting to be forwarded
-        (what the kernel published before its last reply is then with the browser)."""
+        """Wait (1 s at most) until the kernel's websockets have no iopub message received
+        and not yet forwarded: the kernel published its last outputs and "idle" before the
+        reply that ended the wait above, but they come over another socket."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while loop.time() < end:
@@ -862,27 +863,26 @@ class InstanceManager:
             if getattr(connection, "kernel_id", None) == kernel_id
         ]
 
-    async def _until_cell_ended(self, kernel_id: str, timeout: float = 30.0) -> None:
+    async def _until_cell_ended(self, kernel_id: str) -> None:
         """Wait until the cell that asked for a move (``%lowcost on``) has ended and its
-        reply has been sent: a request on the kernel's shell channel is answered only after
-        the requests before it, since a kernel handles them one at a time. (The server's
-        ``execution_state`` cannot tell: the kernel's "busy" for the cell can reach the
-        server after the cell's own request, and moving then would stop the kernel before
-        it sent the cell's reply.)"""
+        reply has been sent, however long it runs ("the kernel restarts on the new instance
+        when this cell ends"), or until the kernel is gone. A request on the kernel's shell
+        channel is answered only after the requests before it, since a kernel handles them
+        one at a time. (The server's ``execution_state`` cannot tell: the kernel's "busy"
+        for the cell can reach the server after the cell's own request, and moving then
+        would stop the kernel before it sent the cell's reply.)"""
         kernel = self.kernel_manager.get_kernel(kernel_id)
         answered = asyncio.get_running_loop().create_future()
         channel = kernel.connect_shell()
         channel.on_recv(lambda _msg: answered.done() or answered.set_result(None))
         kernel.session.send(channel, "kernel_info_request")
         try:
-            await asyncio.wait_for(answered, timeout)
-        except asyncio.TimeoutError:
-            self.log.warning(
-                "jupyter_lowcost | kernel %s still runs the cell that asked to move it after "
-                "%g s; moving it now",
-                kernel_id,
-                timeout,
-            )
+            while not answered.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(answered), 1.0)
+                except asyncio.TimeoutError:
+                    if kernel_id not in self.kernel_manager or not await kernel.is_alive():
+                        return
         finally:
             channel.close()
 
