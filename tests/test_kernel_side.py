@@ -18,6 +18,16 @@ async def start_plain_kernel(jp_fetch: Any) -> str:
     return json.loads(response.body)["id"]
 
 
+async def magic_raised(serverapp: Any, kernel_id: str, line: str) -> str:
+    """Run ``%lowcost <line>`` in the kernel; what it raised, as "<type> <message>"."""
+    return await execute(
+        serverapp,
+        kernel_id,
+        f"try:\n    get_ipython().run_line_magic('lowcost', {line!r})\n"
+        "except Exception as e:\n    print(type(e).__name__, e)",
+    )
+
+
 async def after_move(api: Any, kernel_id: str) -> dict[str, Any]:
     """The kernel's model once the move under way is over."""
     await wait_until(lambda: moved(api, kernel_id))
@@ -90,11 +100,7 @@ async def test_lowcost_magic_refuses_bad_input_plainly(
     kernel_id = await start_plain_kernel(jp_fetch)
     out = await execute(jp_serverapp, kernel_id, "%lowcost on --type Z999")
     assert "unknown instance type 'Z999'; the catalog has: T4, P100" in out
-    out = await execute(
-        jp_serverapp,
-        kernel_id,
-        "try:\n    get_ipython().run_line_magic('lowcost', 'sideways')\nexcept Exception as e:\n    print(type(e).__name__, e)",
-    )
+    out = await magic_raised(jp_serverapp, kernel_id, "sideways")
     assert "UsageError usage: %lowcost" in out
     status, instances = await api("GET", "instances")
     assert instances == []
@@ -190,12 +196,7 @@ async def test_lowcost_interrupt_refuses_what_it_cannot_do(
         ("interrupt --in", "--in needs a number of seconds"),
         ("interrupt --notice=-1", "--notice must be 0 or more seconds"),
     ]:
-        out = await execute(
-            jp_serverapp,
-            kernel_id,
-            f"try:\n    get_ipython().run_line_magic('lowcost', {line!r})\n"
-            "except Exception as e:\n    print(type(e).__name__, e)",
-        )
+        out = await magic_raised(jp_serverapp, kernel_id, line)
         assert out.startswith("UsageError") and message in out, out
     # The server's own limit comes back in its words.
     out = await execute(jp_serverapp, kernel_id, "%lowcost interrupt --notice 100000")

@@ -103,7 +103,6 @@ export class LowCostStatusItem extends Widget {
     this.toggleClass('jp-mod-notice', view?.instance?.state === 'notice');
     const reason = view?.instance?.reason || text;
     this.node.title = this._demo ? `${reason}\n${this._demo}` : reason;
-    this.toggleClass('jp-mod-demo', this._demo !== null);
     if (wasActive !== this.active) {
       this.activeChanged.emit();
     }
