@@ -46,10 +46,27 @@ def fresh_copy(destination: Path) -> Path:
     return destination
 
 
+#: pip settings of this machine that say where packages come from, kept in a fresh
+#: environment as a newcomer on this machine has them (a folder of wheels, an index, its
+#: certificate); every other PIP_ variable is left out.
+PACKAGE_SOURCES = frozenset(
+    {
+        "PIP_FIND_LINKS",
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_TRUSTED_HOST",
+        "PIP_CERT",
+        "PIP_DEFAULT_TIMEOUT",
+        "PIP_DISABLE_PIP_VERSION_CHECK",
+    }
+)
+
+
 def fresh_venv(root: Path) -> dict[str, str]:
     """A new virtual environment (without this Python's packages) under ``root``, and the
     environment to run commands in it: its ``bin`` first on PATH, a home and Jupyter
-    folders of its own, nothing of this process's Python or Jupyter settings."""
+    folders of its own, nothing of this process's Python or Jupyter settings (only where
+    pip finds packages, :data:`PACKAGE_SOURCES`)."""
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     home = root / "home"
@@ -57,7 +74,8 @@ def fresh_venv(root: Path) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("JUPYTER", "PYTHON", "PIP_", "VIRTUAL_ENV", "CONDA"))
+        if key in PACKAGE_SOURCES
+        or not key.startswith(("JUPYTER", "PYTHON", "PIP_", "VIRTUAL_ENV", "CONDA"))
     }
     env.update(
         PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",

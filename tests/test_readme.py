@@ -1,7 +1,9 @@
-"""The README's set-up commands, run as a newcomer runs them: the first one in a fresh copy
-of the repository and a fresh virtual environment, until JupyterLab answers with the
-extension on the local backend. (``.ci/run`` runs the second one, read from the README, on
-a clean clone: it is the whole test suite, this test included.)
+"""The README's set-up commands, run as a newcomer runs them, in a fresh copy of the
+repository and a fresh virtual environment: the first one until JupyterLab answers with the
+extension on the local backend; the second one with another Python's ``pytest`` first on
+PATH, as on a machine whose own Python has pytest, up to the collection of the suite.
+(``.ci/run`` runs the second one in full, read from the README, on a clean clone: it is the
+whole test suite, this module included.)
 """
 
 from __future__ import annotations
@@ -10,15 +12,35 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
-from fresh_install import fresh_copy, fresh_venv, readme_commands
+from fresh_install import fresh_copy, fresh_venv, readme_commands, run_logged
 from jupyter_process import free_port
 
 TOKEN = "readme-token"
+
+
+@dataclass
+class Newcomer:
+    """A fresh copy of the repository and a fresh virtual environment to run its README's
+    commands in, shared by this module's tests (what the first command installs, the
+    second one finds there, as on a newcomer's machine)."""
+
+    root: Path
+    repo: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Newcomer]:
+    root = tmp_path_factory.mktemp("newcomer")
+    yield Newcomer(root, fresh_copy(root / "clone"), fresh_venv(root))
 
 
 def test_the_readme_has_exactly_two_set_up_commands() -> None:
@@ -31,11 +53,10 @@ def test_the_readme_has_exactly_two_set_up_commands() -> None:
 
 @pytest.mark.timeout(900)
 def test_the_first_command_starts_jupyterlab_with_the_extension_on_the_local_backend(
-    tmp_path: Path,
+    newcomer: Newcomer,
 ) -> None:
     start = readme_commands()[0]
-    repo = fresh_copy(tmp_path / "clone")
-    env = fresh_venv(tmp_path)
+    repo, env, tmp_path = newcomer.repo, dict(newcomer.env), newcomer.root
     port = free_port()
     # What a person would pass on the command line or keep in their config: where to
     # listen, a known token, no browser to open (and, as root, --allow-root).
@@ -115,3 +136,58 @@ def test_the_first_command_starts_jupyterlab_with_the_extension_on_the_local_bac
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def another_pythons_pytest(root: Path) -> Path:
+    """A folder holding only ``pytest``, the one of another Python (a virtual environment
+    of its own that has pytest and nothing of this project), to put first on PATH."""
+    other = root / "other-python"
+    subprocess.run([sys.executable, "-m", "venv", str(other)], check=True)
+    run_logged(
+        [str(other / "bin" / "python"), "-m", "pip", "install", "pytest"],
+        root,
+        dict(os.environ),
+        root / "other-python.log",
+    )
+    shadow = root / "shadow"
+    shadow.mkdir()
+    (shadow / "pytest").symlink_to(other / "bin" / "pytest")
+    return shadow
+
+
+@pytest.mark.timeout(900)
+def test_the_second_command_runs_the_suite_with_the_python_it_installed_into(
+    newcomer: Newcomer, tmp_path: Path
+) -> None:
+    """On a machine whose own Python has pytest (first on PATH), the README's test command
+    must not run that pytest: it cannot import jupyter_lowcost, and the suite stops at its
+    conftest. The command runs as written; PYTEST_ADDOPTS makes its pytest only collect
+    the suite (running it in full here would run this test again)."""
+    command = readme_commands()[1]
+    shadow = another_pythons_pytest(tmp_path)
+    env = dict(
+        newcomer.env,
+        PATH=f"{shadow}{os.pathsep}{newcomer.env['PATH']}",
+        PYTEST_ADDOPTS="--collect-only -q -p no:cacheprovider",
+    )
+    log_path = tmp_path / "test-command.log"
+    with open(log_path, "wb") as log:
+        result = subprocess.run(
+            ["bash", "-c", command],
+            cwd=newcomer.repo,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=840,
+            check=False,
+        )
+    output = log_path.read_text()
+    assert result.returncode == 0, f"{command!r} failed ({result.returncode}):\n{output[-6000:]}"
+    # The whole suite was collected, conftest and every module imported, this test among them.
+    collected = re.search(r"^(\d+) tests? collected", output, re.MULTILINE)
+    assert collected and int(collected[1]) > 50, output[-6000:]
+    assert "error" not in output[collected.start() :].lower(), output[-6000:]
+    assert (
+        "tests/test_readme.py::"
+        "test_the_second_command_runs_the_suite_with_the_python_it_installed_into" in output
+    ), output[-6000:]
