@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +37,9 @@ class Newcomer:
 
 
 @pytest.fixture(scope="module")
-def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Newcomer]:
+def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Newcomer:
     root = tmp_path_factory.mktemp("newcomer")
-    yield Newcomer(root, fresh_copy(root / "clone"), fresh_venv(root))
+    return Newcomer(root, fresh_copy(root / "clone"), fresh_venv(root))
 
 
 def test_the_readme_has_exactly_two_set_up_commands() -> None:
@@ -56,7 +55,7 @@ def test_the_first_command_starts_jupyterlab_with_the_extension_on_the_local_bac
     newcomer: Newcomer,
 ) -> None:
     start = readme_commands()[0]
-    repo, env, tmp_path = newcomer.repo, dict(newcomer.env), newcomer.root
+    repo, env, tmp_path = newcomer.repo, newcomer.env, newcomer.root
     port = free_port()
     # What a person would pass on the command line or keep in their config: where to
     # listen, a known token, no browser to open (and, as root, --allow-root).
@@ -171,18 +170,8 @@ def test_the_second_command_runs_the_suite_with_the_python_it_installed_into(
         PYTEST_ADDOPTS="--collect-only -q -p no:cacheprovider",
     )
     log_path = tmp_path / "test-command.log"
-    with open(log_path, "wb") as log:
-        result = subprocess.run(
-            ["bash", "-c", command],
-            cwd=newcomer.repo,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=840,
-            check=False,
-        )
+    run_logged(["bash", "-c", command], newcomer.repo, env, log_path)  # fails unless exit 0
     output = log_path.read_text()
-    assert result.returncode == 0, f"{command!r} failed ({result.returncode}):\n{output[-6000:]}"
     # The whole suite was collected, conftest and every module imported, this test among them.
     collected = re.search(r"^(\d+) tests? collected", output, re.MULTILINE)
     assert collected and int(collected[1]) > 50, output[-6000:]
