@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from typing import Any
 
 import pytest
@@ -148,6 +149,49 @@ def test_notice_flag_and_callbacks_in_a_python_process(tmp_path: Any) -> None:
     )
     assert result.stdout.strip() == "[('first', True), ('third', 30), ('late', 'test')] True"
     assert "ZeroDivisionError" in result.stderr  # a failing callback is reported, not fatal
+
+
+def run_save_on_notice(target: Any, setup: str, objects: str) -> str:
+    """In a new Python process: ``setup``, ``save_on_notice(target, <objects>)``, a notice
+    delivered as the launcher delivers it; prints whether PyTorch was imported after the
+    save, then what :func:`load_saved` reads back."""
+    script = (
+        "import os, sys, time\n"
+        "from jupyter_lowcost import interruption, load_saved, save_on_notice\n"
+        "interruption.install_signal_handler()\n"
+        f"{setup}\n"
+        f"save_on_notice({str(target)!r}, {objects})\n"
+        "interruption.deliver(time.time() + 2, 'test')\n"
+        "for _ in range(500):\n"
+        "    if os.path.exists(sys.argv[1]): break\n"
+        "    time.sleep(0.01)\n"
+        "print('torch' in sys.modules, load_saved(sys.argv[1]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(target)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_save_on_notice_never_imports_pytorch_at_the_notice(tmp_path: Any) -> None:
+    """Importing PyTorch takes seconds (more than a short notice leaves): the notice saves
+    with pickle unless the kernel has imported PyTorch itself, and then with torch.save."""
+    import torch  # installed with the test extras: the helper must still not import it
+
+    plain = tmp_path / "plain.ckpt"
+    out = run_save_on_notice(plain, "model = {'w': [0.5]}", "model=model, step=7")
+    assert out == "False {'model': {'w': [0.5]}, 'step': 7}"
+    assert not zipfile.is_zipfile(plain)
+    tensors = tmp_path / "tensors.pt"
+    out = run_save_on_notice(tensors, "import torch", "w=torch.ones(2), step=7")
+    assert out == "True {'w': tensor([1., 1.]), 'step': 7}"
+    assert zipfile.is_zipfile(tensors)  # torch.save's format
+    assert torch.load(tensors, weights_only=False)["step"] == 7
 
 
 async def test_lowcost_interrupt_simulates_a_reclaim_and_the_kernel_resumes(
