@@ -181,6 +181,20 @@ class LowCostApp(ExtensionApp):
         """,
     )
 
+    orphaned_checkpoints_days = Float(
+        7.0,
+        config=True,
+        help="""Days the checkpoints of a kernel that no server runs any more are kept.
+
+        A kernel whose server was killed, or that its recovery could not relaunch, leaves
+        its checkpoints behind: ``%lowcost checkpoints --all`` lists them and
+        ``%lowcost restore KERNEL`` takes one into another kernel. When the server starts,
+        it deletes those whose newest checkpoint is older than this (0: never). A kernel
+        that its user shuts down takes its checkpoints with it at once.
+        Example: ``c.LowCostApp.orphaned_checkpoints_days = 30``.
+        """,
+    )
+
     @validate("checkpoints")
     def _check_checkpoints(self, proposal: Any) -> str:
         value = proposal["value"]
@@ -230,6 +244,7 @@ class LowCostApp(ExtensionApp):
             checkpoint_dir=Path(self.checkpoint_dir)
             if self.checkpoint_dir
             else Path(self.serverapp.data_dir) / "lowcost" / "checkpoints",
+            orphaned_checkpoints_seconds=self.orphaned_checkpoints_days * 86400,
             log=self.log,
         )
         self.manager.activate()

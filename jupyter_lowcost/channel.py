@@ -12,7 +12,10 @@ per-launch secret can use its connection::
     server -> {"type": "notice", "deadline": T, "reason": R}   an interruption notice
     launcher -> {"type": "notice", "deadline": T, "reason": R} a notice seen on the instance
 
-A secret is good for one connection; a wrong MAC closes the connection.
+A secret is good for one connection: once used it can never authenticate again (nor
+can an unknown one). An instance has at most one live launcher connection; a second
+hello for it, a wrong MAC, or a frame that is not a JSON object closes the connection
+and is logged.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ class LaunchFailed(Exception):
 
 @dataclass
 class _Expected:
-    secret: str
+    #: None once used: a secret is good for one connection.
+    secret: str | None
     config: dict[str, Any]
     ready: asyncio.Future[dict[str, Any]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -127,37 +131,80 @@ class LaunchChannel:
             return False
         return True
 
+    def _authenticate(self, hello: dict[str, Any], nonce: str) -> str | None:
+        """The instance id a hello proves, or None (and why, in the log)."""
+        instance_id = hello.get("instance_id")
+        mac = hello.get("mac")
+        expected = self._expected.get(instance_id) if isinstance(instance_id, str) else None
+        if expected is None or not isinstance(mac, str):
+            self.log.warning(
+                "jupyter_lowcost | launch channel: refused a hello for unknown instance %r",
+                str(instance_id)[:64],
+            )
+            return None
+        if instance_id in self._writers:
+            self.log.warning(
+                "jupyter_lowcost | launch channel: refused a second hello for instance %s, "
+                "whose launcher is connected",
+                instance_id,
+            )
+            return None
+        if not expected.secret or not hmac.compare_digest(sign(expected.secret, nonce), mac):
+            self.log.warning(
+                "jupyter_lowcost | launch channel: refused a hello for instance %s: %s",
+                instance_id,
+                "its secret was already used" if not expected.secret else "wrong MAC",
+            )
+            return None
+        expected.secret = None  # one connection per secret, ever
+        return instance_id
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         instance_id = None
         try:
             nonce = secrets.token_hex(16)
             writer.write(encode({"type": "challenge", "nonce": nonce}))
             await writer.drain()
-            hello = json.loads(await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT) or b"{}")
-            instance_id = str(hello.get("instance_id", ""))
-            expected = self._expected.get(instance_id)
-            if expected is None or not hmac.compare_digest(
-                sign(expected.secret, nonce), str(hello.get("mac", ""))
-            ):
-                self.log.warning("jupyter_lowcost | launch channel: refused an unknown launcher")
-                instance_id = None
+            hello = _object(await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT) or b"{}")
+            instance_id = self._authenticate(hello, nonce)
+            if instance_id is None:
                 return
-            expected.secret = ""  # one connection per secret
+            expected = self._expected[instance_id]
             self._writers[instance_id] = writer
             writer.write(encode({"type": "config", **expected.config}))
             await writer.drain()
             while line := await reader.readline():
-                message = json.loads(line)
-                if message.get("type") == "ready" and not expected.ready.done():
-                    expected.ready.set_result(message["connection_info"])
-                elif message.get("type") == "failed" and not expected.ready.done():
-                    expected.ready.set_exception(LaunchFailed(message.get("error", "")))
+                message = _object(line)
+                kind = message.get("type")
+                if kind == "ready" and not expected.ready.done():
+                    info = message.get("connection_info")
+                    if not isinstance(info, dict):
+                        raise TypeError("a ready message without connection_info")
+                    expected.ready.set_result(info)
+                elif kind == "failed" and not expected.ready.done():
+                    expected.ready.set_exception(LaunchFailed(str(message.get("error", ""))))
                 else:
                     self.on_message(instance_id, message)
-        except (asyncio.TimeoutError, ConnectionError, ValueError, KeyError) as err:
-            self.log.warning("jupyter_lowcost | launch channel: %s", err or type(err).__name__)
+        except (asyncio.TimeoutError, ConnectionError, ValueError, TypeError) as err:
+            self.log.warning(
+                "jupyter_lowcost | launch channel%s: %s",
+                f" (instance {instance_id})" if instance_id else "",
+                err or type(err).__name__,
+            )
         finally:
             if instance_id is not None and self._writers.get(instance_id) is writer:
                 del self._writers[instance_id]
                 self.fail(instance_id, "the launcher disconnected before its kernel was ready")
             writer.close()
+
+
+def _object(line: bytes) -> dict[str, Any]:
+    """One frame as a JSON object; ``ValueError`` or ``TypeError`` for anything else (the
+    caller closes the connection)."""
+    try:
+        message = json.loads(line)
+    except RecursionError:
+        raise ValueError("a frame nested too deeply") from None
+    if not isinstance(message, dict):
+        raise TypeError(f"a frame that is not a JSON object: {line[:80]!r}")
+    return message

@@ -20,7 +20,10 @@ A checkpoint directory holds::
     manifests/<seq>.json  one per checkpoint, written last, by an atomic rename
 
 A process killed while writing leaves, at worst, chunk files that no manifest names; the
-previous manifest and every chunk it names are untouched, so it loads whole.
+previous manifest and every chunk it names are untouched, so it loads whole. A write that
+fails (a full disk) fails the whole checkpoint with :class:`CheckpointWriteFailed`: the
+files it wrote are deleted again and the previous checkpoint stays the latest. Every file
+and directory is its owner's only (0600, 0700).
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ import weakref
 import zlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import write_watch
+from .private import open_private, private_dir
 
 #: Buffers are written in chunks of this many bytes (a changed chunk is rewritten whole).
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -52,6 +57,11 @@ KEEP = 3
 WATCHED_CHUNKS = 4
 
 _ATOMIC_TYPES = (int, float, complex, bool, str, bytes, type(None))
+
+
+class CheckpointWriteFailed(OSError):
+    """A checkpoint could not be written (a full disk, say): nothing of it was kept, and
+    the previous checkpoint is still the latest."""
 
 
 @dataclass
@@ -241,8 +251,10 @@ class CheckpointStore:
         self.chunk_size = chunk_size
         self.chunks = self.root / "chunks"
         self.manifests = self.root / "manifests"
-        self.chunks.mkdir(parents=True, exist_ok=True)
-        self.manifests.mkdir(parents=True, exist_ok=True)
+        private_dir(self.chunks)
+        private_dir(self.manifests)
+        # Files the checkpoint being written has added (deleted again if it fails).
+        self._new_files: list[Path] = []
         # Per variable and buffer: its chunks in the last checkpoint, to write only the
         # chunks that changed.
         self._previous: dict[tuple[str, int], _SavedBuffer] = {}
@@ -260,16 +272,26 @@ class CheckpointStore:
     # -- writing -------------------------------------------------------------------------
 
     def save(
-        self, namespace: Mapping[str, Any], kernel_id: str | None = None, manual: bool = False
+        self,
+        namespace: Mapping[str, Any],
+        kernel_id: str | None = None,
+        manual: bool = False,
+        notebook: str | None = None,
     ) -> SaveReport:
         """Checkpoint ``namespace`` (name -> object); returns what was saved.
 
         The last :data:`KEEP` automatic checkpoints are kept, and beside them the last
         :data:`KEEP` ``manual`` ones (``%lowcost checkpoint``), so that checkpoints taken
         after each cell do not push out the ones a person asked for."""
+        self._new_files = []
         try:
-            return self._save(namespace, kernel_id, manual)
+            return self._save(namespace, kernel_id, manual, notebook)
+        except CheckpointWriteFailed:
+            for path in self._new_files:
+                path.unlink(missing_ok=True)
+            raise
         finally:
+            self._new_files = []
             # The pickler's memo holds every object it saved: let them go now, not at the
             # next checkpoint (``del big`` in the next cell must free big's memory).
             self._pickler = None
@@ -277,7 +299,11 @@ class CheckpointStore:
             self._buffers = []
 
     def _save(
-        self, namespace: Mapping[str, Any], kernel_id: str | None, manual: bool
+        self,
+        namespace: Mapping[str, Any],
+        kernel_id: str | None,
+        manual: bool,
+        notebook: str | None = None,
     ) -> SaveReport:
         started = time.perf_counter()
         taken_at = time.time()
@@ -301,6 +327,8 @@ class CheckpointStore:
                 continue
             try:
                 entry, size, new = self._save_variable(name, value)
+            except CheckpointWriteFailed:
+                raise  # the disk, not the variable: no checkpoint rather than a partial one
             except Exception as err:  # any failure of any pickler: report it, go on
                 skipped.append(Skipped(name, type_name(value), _why(err)))
                 continue
@@ -316,6 +344,7 @@ class CheckpointStore:
         manifest = {
             "id": checkpoint_id,
             "kernel_id": kernel_id,
+            "notebook": notebook,
             "taken_at": taken_at,
             "bytes": total,
             "manual": manual,
@@ -482,8 +511,12 @@ class CheckpointStore:
                 if index not in changed and (self.chunks / chunk_id).exists():
                     results[index] = (chunk_id, fingerprint, 0)
         pending = [index for index, result in enumerate(results) if result is None]
-        for index, result in zip(pending, self._pool.map(one, pending)):
-            results[index] = result
+        jobs = [self._pool.submit(one, index) for index in pending]
+        # Every write has ended before a failure is raised: a failed checkpoint then
+        # deletes every file it wrote, none is still being written.
+        futures_wait(jobs)
+        for index, job in zip(pending, jobs):
+            results[index] = job.result()
         chunks = [[c, f, spans[i][1]] for i, (c, f, _) in enumerate(results)]
         self._previous[key] = _SavedBuffer(
             chunks=chunks,
@@ -568,13 +601,20 @@ class CheckpointStore:
         self._write_atomically(path, data)
         return stream_id, len(data)
 
-    @staticmethod
-    def _write_atomically(path: Path, data: Any) -> None:
-        """Write to a temporary name beside ``path`` and rename: never a half file."""
+    def _write_atomically(self, path: Path, data: Any) -> None:
+        """Write to a temporary name beside ``path`` and rename: never a half file. A
+        failure leaves nothing behind and raises :class:`CheckpointWriteFailed`."""
         temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(temporary, "wb") as file:
-            file.write(data.encode() if isinstance(data, str) else data)
-        os.replace(temporary, path)
+        try:
+            with open_private(temporary, "wb", exclusive=True) as file:
+                file.write(data.encode() if isinstance(data, str) else data)
+            os.replace(temporary, path)
+        except OSError as err:
+            temporary.unlink(missing_ok=True)
+            raise CheckpointWriteFailed(
+                err.errno, f"could not write the checkpoint in {self.root}: {err.strerror or err}"
+            ) from err
+        self._new_files.append(path)
 
     def _next_seq(self) -> int:
         ids = self.checkpoint_ids()

@@ -64,6 +64,16 @@ class LowCostClient:
             raise LowCostError(f"{message} (HTTP {response.status_code})")
         return response.json() if response.content else None
 
+    def running_kernel_ids(self) -> set[str]:
+        """The ids of the kernels the server runs (jupyter_server's ``GET /api/kernels``)."""
+        url = self.api.removesuffix("lowcost/api/") + "api/kernels"
+        try:
+            response = self.session.get(url, timeout=self.timeout)
+            response.raise_for_status()
+            return {kernel["id"] for kernel in response.json()}
+        except (requests.RequestException, ValueError, KeyError, TypeError) as err:
+            raise LowCostError(f"could not list the server's kernels: {err}") from err
+
     def kernel(self) -> dict[str, Any]:
         """This kernel's placement, current instance and history."""
         return self.request("GET", f"kernels/{self.kernel_id}")
@@ -71,6 +81,10 @@ class LowCostClient:
     def report_restored(self, report: dict[str, Any]) -> Any:
         """Say what a resume restored (the server emits it as an event)."""
         return self.request("POST", f"kernels/{self.kernel_id}/restored", json=report)
+
+    def report_checkpoint(self, report: dict[str, Any]) -> Any:
+        """Say that a checkpoint failed, or that they work again (an event for JupyterLab)."""
+        return self.request("POST", f"kernels/{self.kernel_id}/checkpoint", json=report)
 
     def instance_types(self) -> list[dict[str, Any]]:
         """The catalog."""

@@ -18,11 +18,19 @@ SCHEMA_ID = "https://events.jupyter.org/jupyter_lowcost/instance/v1"
 SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "instance" / "v1.yaml"
 RESTORED_SCHEMA_ID = "https://events.jupyter.org/jupyter_lowcost/checkpoint/v1"
 RESTORED_SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "checkpoint" / "v1.yaml"
+CHECKPOINT_STATUS_SCHEMA_ID = "https://events.jupyter.org/jupyter_lowcost/checkpoint-status/v1"
+CHECKPOINT_STATUS_SCHEMA_PATH = (
+    Path(__file__).parent / "event_schemas" / "checkpoint-status" / "v1.yaml"
+)
 
 
 def register(event_logger: EventLogger) -> None:
     """Register the schemas (a second registration is a no-op)."""
-    for schema_id, path in ((SCHEMA_ID, SCHEMA_PATH), (RESTORED_SCHEMA_ID, RESTORED_SCHEMA_PATH)):
+    for schema_id, path in (
+        (SCHEMA_ID, SCHEMA_PATH),
+        (RESTORED_SCHEMA_ID, RESTORED_SCHEMA_PATH),
+        (CHECKPOINT_STATUS_SCHEMA_ID, CHECKPOINT_STATUS_SCHEMA_PATH),
+    ):
         if schema_id not in event_logger.schemas.schema_ids:
             event_logger.register_event_schema(path)
 
@@ -51,3 +59,10 @@ def emit_restored(event_logger: EventLogger | None, model: dict[str, Any]) -> No
     if event_logger is None:
         return
     event_logger.emit(schema_id=RESTORED_SCHEMA_ID, data=dict(model))
+
+
+def emit_checkpoint_status(event_logger: EventLogger | None, model: dict[str, Any]) -> None:
+    """A kernel's checkpoints failed, or work again (see the checkpoint-status schema)."""
+    if event_logger is None:
+        return
+    event_logger.emit(schema_id=CHECKPOINT_STATUS_SCHEMA_ID, data=dict(model))

@@ -2,8 +2,10 @@
 
 Each handler is a few lines: parse, call the :class:`~jupyter_lowcost.manager.InstanceManager`,
 answer JSON. Every method is ``@web.authenticated`` and ``@authorized`` (resource
-``lowcost``). Bad input is answered with a 4xx whose ``message`` names the problem; the
-manager validates before it changes anything.
+``lowcost``). Every body is checked against its route's JSON Schema
+(:mod:`jupyter_lowcost.rest_schemas`) before anything else; bad input is answered with a
+4xx whose ``message`` names the problem; the manager validates the rest before it changes
+anything.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from . import rest_schemas
 from .backends import BackendError
 from .manager import InstanceManager
 
@@ -54,22 +57,9 @@ class LowCostHandler(ExtensionHandlerMixin, APIHandler):
             with backend_errors():
                 await self.manager.ensure_started()
 
-    def json_body(self, allowed: tuple[str, ...]) -> dict[str, Any]:
-        """The request body as a dict with only ``allowed`` keys (empty body: ``{}``)."""
-        if not self.request.body:
-            return {}
-        try:
-            body = json.loads(self.request.body)
-        except ValueError as err:
-            raise web.HTTPError(400, f"the request body is not JSON: {err}") from err
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, "the request body must be a JSON object")
-        unknown = sorted(set(body) - set(allowed))
-        if unknown:
-            raise web.HTTPError(
-                400, f"unknown field(s) {', '.join(unknown)}; expected: {', '.join(allowed)}"
-            )
-        return body
+    def json_body(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """The request body checked against ``schema`` (empty body: ``{}``)."""
+        return rest_schemas.parse_body(self.request.body or b"", schema)
 
     def write_json(self, model: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -94,22 +84,21 @@ class KernelsHandler(LowCostHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body(("name", "instance_type", "low_cost", "path"))
+        body = self.json_body(rest_schemas.START_KERNEL)
         name = body.get("name") or self.kernel_manager.default_kernel_name
         path = body.get("path")
-        if not isinstance(name, str):
-            raise web.HTTPError(400, f"name must be a kernelspec name, not {name!r}")
-        if path is not None and not isinstance(path, str):
-            raise web.HTTPError(400, f"path must be a string, not {path!r}")
         try:
             await ensure_async(self.kernel_spec_manager.get_kernel_spec(name))
         except NoSuchKernel as err:
             known = ", ".join(sorted(self.kernel_spec_manager.find_kernel_specs()))
             raise web.HTTPError(400, f"no kernelspec named {name!r}; installed: {known}") from err
         placement = self.manager.parse_placement(body, None)
-        kernel_path = await ensure_async(self.contents_manager.get_kernel_path(path or ""))
+        try:
+            kernel_path = await ensure_async(self.contents_manager.get_kernel_path(path or ""))
+        except (OSError, ValueError, web.HTTPError) as err:
+            raise web.HTTPError(400, f"path {path!r} is not a path of this server: {err}") from err
         with backend_errors():
-            kernel_id = await self.manager.start_kernel(name, placement, kernel_path)
+            kernel_id = await self.manager.start_kernel(name, placement, kernel_path, path)
         model = await ensure_async(self.kernel_manager.kernel_model(kernel_id))
         self.set_header("Location", url_path_join(self.base_url, "lowcost/api/kernels", kernel_id))
         self.write_json(
@@ -127,9 +116,7 @@ class KernelHandler(LowCostHandler):
     @authorized
     async def put(self, kernel_id: str) -> None:
         self.manager.kernel_model(kernel_id)  # 404 before anything else
-        body = self.json_body(("low_cost", "instance_type"))
-        if "low_cost" not in body and "instance_type" not in body:
-            raise web.HTTPError(400, "say where to move the kernel: low_cost and/or instance_type")
+        body = self.json_body(rest_schemas.SWITCH_KERNEL)
         placement = self.manager.parse_placement(body, self.manager.placement(kernel_id))
         wait = self.get_argument("wait", "1") not in ("0", "false", "no")
         with backend_errors():
@@ -165,9 +152,7 @@ class InterruptHandler(LowCostHandler):
     @authorized
     async def post(self, instance_id: str) -> None:
         self.manager.instance_model(instance_id)  # 404 before anything else
-        body = self.json_body(("notice_seconds",))
-        if "notice_seconds" not in body:
-            raise web.HTTPError(400, "notice_seconds is required: the seconds of notice to give")
+        body = self.json_body(rest_schemas.INTERRUPT)
         with backend_errors():
             model = await self.manager.interrupt(instance_id, body["notice_seconds"])
         self.write_json(model, 202)
@@ -180,14 +165,20 @@ class RestoredHandler(LowCostHandler):
     @authorized
     async def post(self, kernel_id: str) -> None:
         self.manager.kernel_model(kernel_id)  # 404 before anything else
-        body = self.json_body(
-            ("checkpoint_id", "taken_at", "variables", "bytes", "seconds", "not_restored")
-        )
-        if not isinstance(body.get("variables", []), list) or not isinstance(
-            body.get("not_restored", []), list
-        ):
-            raise web.HTTPError(400, "variables and not_restored must be lists")
+        body = self.json_body(rest_schemas.RESTORED)
         self.write_json(self.manager.kernel_restored(kernel_id, body), 201)
+
+
+class CheckpointStatusHandler(LowCostHandler):
+    """Called by a kernel (its checkpoint code) when a checkpoint fails, and when they
+    work again: the server emits it, JupyterLab shows it."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str) -> None:
+        self.manager.kernel_model(kernel_id)  # 404 before anything else
+        body = self.json_body(rest_schemas.CHECKPOINT_STATUS)
+        self.write_json(self.manager.checkpoint_status(kernel_id, body), 201)
 
 
 default_handlers = [
@@ -196,6 +187,7 @@ default_handlers = [
     (rf"{API}/kernels", KernelsHandler),
     (rf"{API}/kernels/(?P<kernel_id>[\w-]+)", KernelHandler),
     (rf"{API}/kernels/(?P<kernel_id>[\w-]+)/restored", RestoredHandler),
+    (rf"{API}/kernels/(?P<kernel_id>[\w-]+)/checkpoint", CheckpointStatusHandler),
     (rf"{API}/instances", InstancesHandler),
     (rf"{API}/instances/(?P<instance_id>\w+)", InstanceHandler),
     (rf"{API}/instances/(?P<instance_id>\w+)/interrupt", InterruptHandler),

@@ -9,13 +9,20 @@ server's data directory), when to take them, and whether this start is a resume.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
 import time
 from typing import Any
 
-from .checkpoints import CheckpointStore, RestoreReport, SaveReport, user_variables
+from .checkpoints import (
+    CheckpointStore,
+    CheckpointWriteFailed,
+    RestoreReport,
+    SaveReport,
+    user_variables,
+)
 from .interruption import add_final_notice_callback
 
 ENV_DIR = "JUPYTER_LOWCOST_CHECKPOINT_DIR"
@@ -23,6 +30,11 @@ ENV_DIR = "JUPYTER_LOWCOST_CHECKPOINT_DIR"
 ENV_WHEN = "JUPYTER_LOWCOST_CHECKPOINTS"
 #: ``1``: this start resumes the kernel (a move or a recovery): restore the latest checkpoint.
 ENV_RESTORE = "JUPYTER_LOWCOST_RESTORE"
+#: The notebook the kernel belongs to (for the listings of ``%lowcost checkpoints --all``).
+ENV_NOTEBOOK = "JUPYTER_LOWCOST_NOTEBOOK"
+#: Why the kernel's checkpoints were failing on its previous instance (the server says so
+#: until a checkpoint works again: the first one that does tells it).
+ENV_FAILING = "JUPYTER_LOWCOST_CHECKPOINTS_FAILING"
 
 _installed: KernelCheckpoints | None = None
 
@@ -37,27 +49,65 @@ class KernelCheckpoints:
         self.interval = float(when.split(":", 1)[1]) if when.startswith("interval:") else 0.0
         self.last_save: SaveReport | None = None
         self.last_restore: RestoreReport | None = None
+        #: The last checkpoint that could not be written: (when, why); None after a success.
+        self.last_failure: tuple[float, str] | None = None
         self._last_time = time.monotonic()
         self._lock = threading.Lock()
         self._unhide_pending: dict[str, Any] = {}
+        #: True once the kernel shuts down: IPython empties the namespace on the way out,
+        #: and a notice then must not save that as the latest checkpoint.
+        self.closing = False
 
     def namespace(self) -> dict[str, Any]:
+        """The user's variables, restored ones included: a notice or a move before the
+        first cell after a resume must save what came back, not an empty namespace."""
+        self._unhide_restored()
         return user_variables(self.shell.user_ns, self.shell.user_ns_hidden)
 
     def checkpoint(self, manual: bool = False) -> SaveReport:
-        """Save the namespace now (``manual``: asked by the user, kept longer)."""
+        """Save the namespace now (``manual``: asked by the user, kept longer).
+
+        A checkpoint that cannot be written (a full disk) raises
+        :class:`CheckpointWriteFailed`; nothing of it is left, the previous checkpoint
+        stays the latest, and the server is told (an event, shown by JupyterLab)."""
         with self._lock:
-            report = self.store.save(
-                self.namespace(), os.environ.get("JUPYTER_LOWCOST_KERNEL_ID"), manual=manual
-            )
+            try:
+                report = self.store.save(
+                    self.namespace(),
+                    os.environ.get("JUPYTER_LOWCOST_KERNEL_ID"),
+                    manual=manual,
+                    notebook=os.environ.get(ENV_NOTEBOOK) or os.environ.get("JPY_SESSION_NAME"),
+                )
+            except CheckpointWriteFailed as err:
+                first = self.last_failure is None
+                self.last_failure = (time.time(), str(err))
+                if first:
+                    _tell_server_in_background(self._failure_report(str(err)))
+                raise
+            if self.last_failure is not None:
+                self.last_failure = None
+                _tell_server_in_background({"ok": True, "checkpoint_id": report.checkpoint_id})
             self.last_save = report
             self._last_time = time.monotonic()
             return report
+
+    def _failure_report(self, error: str) -> dict[str, Any]:
+        kept = self.store.latest()
+        return {"ok": False, "error": error, "checkpoint_id": kept or ""}
 
     def restore(self, checkpoint_id: str | None = None) -> RestoreReport:
         """Put a checkpoint's variables (the latest by default) back into the namespace."""
         with self._lock:
             report = self.store.load(checkpoint_id, into=self.shell.user_ns)
+            self._unhide({name: self.shell.user_ns[name] for name in report.variables})
+            self.last_restore = report
+            return report
+
+    def restore_from(self, store: CheckpointStore, checkpoint_id: str | None) -> RestoreReport:
+        """Put another kernel's checkpoint (``%lowcost restore <kernel>/<id>``) into this
+        namespace; this kernel's own checkpoints are untouched until its next one."""
+        with self._lock:
+            report = store.load(checkpoint_id, into=self.shell.user_ns)
             self._unhide({name: self.shell.user_ns[name] for name in report.variables})
             self.last_restore = report
             return report
@@ -77,28 +127,39 @@ class KernelCheckpoints:
 
             def before_first_cell(*args: Any) -> None:
                 self.shell.events.unregister("pre_run_cell", before_first_cell)
-                pending, self._unhide_pending = self._unhide_pending, {}
-                for name, value in pending.items():
-                    if name in hidden and hidden[name] is value:
-                        del hidden[name]
+                self._unhide_restored()
+                self._unhide_pending = {}
 
             self.shell.events.register("pre_run_cell", before_first_cell)
+
+    def _unhide_restored(self) -> None:
+        """Unhide what the last restore brought back, if IPython has hidden it since."""
+        hidden = self.shell.user_ns_hidden
+        for name, value in self._unhide_pending.items():
+            if name in hidden and hidden[name] is value and self.shell.user_ns.get(name) is value:
+                del hidden[name]
 
     def _after_cell(self, result: Any = None) -> None:
         if self.when == "cell" or (
             self.interval and time.monotonic() - self._last_time >= self.interval
         ):
+            if not self.namespace() and self.store.latest() is None:
+                return  # nothing made yet: no empty checkpoint to "restore" later
             self._quietly(self.checkpoint)
 
     def _at_notice(self, notice: Any) -> None:
-        if self.when != "off":
+        # Not once the kernel is shutting down (its last checkpoint is taken), and never an
+        # empty namespace over the latest checkpoint: a notice that comes while the
+        # process exits sees what IPython has emptied, not what the user made.
+        if self.when != "off" and not self.closing and self.namespace():
             self._quietly(self.checkpoint)
 
     def _at_shutdown(self) -> None:
         # A move shuts the kernel down gracefully: what it had goes with it. (Not at
         # interpreter exit: IPython empties the namespace before that.)
-        if self.when != "off" and self.namespace():
+        if self.when != "off" and not self.closing and self.namespace():
             self._quietly(self.checkpoint)
+        self.closing = True
 
     def hook_shutdown(self) -> None:
         """Checkpoint when the kernel receives its shutdown request (ipykernel)."""
@@ -113,16 +174,33 @@ class KernelCheckpoints:
 
         kernel.do_shutdown = do_shutdown
 
-    @staticmethod
-    def _quietly(action: Any) -> None:
+    def _quietly(self, action: Any) -> None:
         try:
             action()
+        except CheckpointWriteFailed as err:
+            kept = self.store.latest()
+            print(
+                f"jupyter_lowcost: checkpoint failed: {err}; "
+                + (f"checkpoint {kept} is kept" if kept else "there is no earlier checkpoint"),
+                file=sys.stderr,
+            )
         except Exception as err:  # a checkpoint that fails must not break the user's cell
             print(f"jupyter_lowcost: checkpoint failed: {err}", file=sys.stderr)
 
     def status(self) -> str:
         """The lines ``%lowcost`` adds about checkpoints."""
         lines = []
+        if self.last_failure is not None:
+            when, why = self.last_failure
+            kept = self.store.latest()
+            lines.append(
+                f"Checkpoints are failing ({time.time() - when:.0f} s ago): {why}. "
+                + (
+                    f"An interruption now resumes from checkpoint {kept}."
+                    if kept
+                    else "An interruption now loses the variables."
+                )
+            )
         if self.last_restore is not None:
             r = self.last_restore
             lines.append(f"Resumed from checkpoint {r.checkpoint_id}: {r.summary()}.")
@@ -148,6 +226,9 @@ def install(shell: Any) -> KernelCheckpoints | None:
         return _installed
     checkpoints = KernelCheckpoints(shell, directory, os.environ.get(ENV_WHEN, "cell"))
     _installed = checkpoints
+    failing = os.environ.pop(ENV_FAILING, "")
+    if failing:
+        checkpoints.last_failure = (time.time(), failing)
     if os.environ.pop(ENV_RESTORE, "") == "1" and checkpoints.store.latest():
         try:
             report = checkpoints.restore()
@@ -155,6 +236,8 @@ def install(shell: Any) -> KernelCheckpoints | None:
             print(f"jupyter_lowcost: could not restore the checkpoint: {err}", file=sys.stderr)
         else:
             _tell_server(report)
+    # (atexit runs the last registered first: this before IPython empties the namespace)
+    atexit.register(setattr, checkpoints, "closing", True)
     shell.events.register("post_run_cell", checkpoints._after_cell)
     add_final_notice_callback(checkpoints._at_notice)
     checkpoints.hook_shutdown()
@@ -163,6 +246,20 @@ def install(shell: Any) -> KernelCheckpoints | None:
 
 def installed() -> KernelCheckpoints | None:
     return _installed
+
+
+def _tell_server_in_background(report: dict[str, Any]) -> None:
+    """Say that checkpoints fail (or work again), without holding up the user's cell."""
+
+    def tell() -> None:
+        try:
+            from .client import LowCostClient
+
+            LowCostClient.from_environment().report_checkpoint(report)
+        except Exception as err:
+            print(f"jupyter_lowcost: could not report the checkpoint: {err}", file=sys.stderr)
+
+    threading.Thread(target=tell, name="lowcost-checkpoint-report", daemon=True).start()
 
 
 def _tell_server(report: RestoreReport) -> None:

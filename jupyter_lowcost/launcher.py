@@ -50,6 +50,37 @@ ENV_SIGTERM_NOTICE = "JUPYTER_LOWCOST_SIGTERM_NOTICE"
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
+class _ForgivingStream:
+    """The launcher's stdout or stderr (its log file): a write that fails, on a full disk,
+    costs that line of the log, not the kernel (ipykernel prints to ``sys.__stdout__``
+    while it starts)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _forgive_log_errors() -> None:
+    for name in ("stdout", "stderr"):
+        stream = _ForgivingStream(getattr(sys, f"__{name}__"))
+        setattr(sys, f"__{name}__", stream)
+        setattr(sys, name, stream)
+
+
 def is_ipykernel_command(argv: list[str]) -> bool:
     """True for ``python -m ipykernel_launcher ...``: the kernels the launcher can run."""
     return len(argv) >= 3 and argv[1] == "-m" and argv[2] in ("ipykernel_launcher", "ipykernel")
@@ -116,6 +147,7 @@ def _report_sigterm(channel: Channel, notice_seconds: float) -> None:
 
 def main() -> None:
     """Entry point of ``python -m jupyter_lowcost.launcher``."""
+    _forgive_log_errors()
     try:
         address = os.environ.pop(ENV_CHANNEL)
         instance_id = os.environ.pop(ENV_INSTANCE_ID)

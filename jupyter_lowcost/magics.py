@@ -11,8 +11,12 @@ so the magic and JupyterLab's switch always show the same state::
     %lowcost interrupt [--notice S] [--in S]
                                simulate an interruption of this kernel's low-cost instance
     %lowcost checkpoint        save the kernel's variables now (kernel side, no REST call)
-    %lowcost checkpoints       list the saved checkpoints
-    %lowcost restore [ID]      put a checkpoint's variables back
+    %lowcost checkpoints [--all]
+                               list the saved checkpoints (--all: of every kernel,
+                               also those no server runs any more)
+    %lowcost restore [ID | KERNEL[/ID]]
+                               put a checkpoint's variables back (this kernel's, or
+                               another kernel's as --all lists them)
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
+from .checkpoints import human_bytes
 from .kernel_checkpoints import installed
 
 if TYPE_CHECKING:  # the client imports requests: kept out of every kernel's start-up
@@ -33,7 +38,7 @@ if TYPE_CHECKING:  # the client imports requests: kept out of every kernel's sta
 
 USAGE = (
     "usage: %lowcost [status | on [--type T] | off | types | interrupt [--notice S] [--in S] "
-    "| checkpoint | checkpoints | restore [ID]]"
+    "| checkpoint | checkpoints [--all] | restore [ID | KERNEL[/ID]]]"
 )
 
 
@@ -113,7 +118,13 @@ class LowCostMagics(Magics):
                                    in S seconds, as a provider taking it back would give
         %lowcost checkpoint        save the variables now
         %lowcost checkpoints       the saved checkpoints
+        %lowcost checkpoints --all the checkpoints of every kernel of this server's data,
+                                   with their notebook, age and size, also of kernels
+                                   that no server runs any more
         %lowcost restore [ID]      put a checkpoint's variables back (the latest by default)
+        %lowcost restore KERNEL[/ID]
+                                   put another kernel's checkpoint (its latest by
+                                   default) into this kernel, as --all lists them
         """
         from .client import LowCostClient, LowCostError
 
@@ -177,10 +188,25 @@ class LowCostMagics(Magics):
                     f"{checkpoint_id}  {ago} ago  {len(manifest['variables'])} variables  "
                     f"{manifest['bytes'] / 1e6:.1f} MB"
                 )
+        elif command == "checkpoints" and rest == ["--all"]:
+            print(describe_all_checkpoints(checkpoints.store.root.parent, checkpoints.store.root))
         elif command == "restore" and len(rest) <= 1:
             try:
-                restored = checkpoints.restore(rest[0] if rest else None)
-            except (FileNotFoundError, ValueError) as err:
+                if rest and "/" not in rest[0] and rest[0].isdigit():
+                    restored = checkpoints.restore(rest[0])
+                elif rest:
+                    restored = _restore_other(checkpoints, rest[0])
+                elif not _has_variables(checkpoints.store):
+                    print(
+                        "Nothing to restore: this kernel has no checkpoint with variables "
+                        "yet. %lowcost checkpoints --all lists the checkpoints of every "
+                        "kernel, and %lowcost restore KERNEL takes one.",
+                        file=sys.stderr,
+                    )
+                    return
+                else:
+                    restored = checkpoints.restore()
+            except (FileNotFoundError, LookupError, ValueError) as err:
                 print(f"%lowcost: {err}", file=sys.stderr)
                 return
             print(f"Restored checkpoint {restored.checkpoint_id}: {restored.summary()}.")
@@ -279,6 +305,65 @@ def _parse_interrupt(words: list[str]) -> tuple[float, float]:
             raise UsageError(f"%lowcost interrupt: {name} must be 0 or more seconds")
         values[name] = seconds
     return values["--notice"], values["--in"]
+
+
+def _has_variables(store: Any) -> bool:
+    latest = store.latest()
+    return latest is not None and bool(store.manifest(latest)["variables"])
+
+
+def _restore_other(checkpoints: Any, target: str) -> Any:
+    """``%lowcost restore KERNEL[/ID]``: another kernel's checkpoint into this kernel."""
+    from .checkpoint_dirs import find
+    from .checkpoints import CheckpointStore
+
+    kernel, _, checkpoint_id = target.partition("/")
+    directory = find(checkpoints.store.root.parent, kernel)
+    store = CheckpointStore(directory.path)
+    try:
+        report = checkpoints.restore_from(store, checkpoint_id or None)
+    finally:
+        store.close()
+    report.checkpoint_id = f"{directory.kernel_id[:8]}/{report.checkpoint_id}"
+    return report
+
+
+def describe_all_checkpoints(root: Any, own: Any) -> str:
+    """``%lowcost checkpoints --all``: every kernel's checkpoints under ``root``, newest
+    first, saying which kernel is this one, which the server runs, which no server does."""
+    from .checkpoint_dirs import list_checkpoints
+    from .client import LowCostClient, LowCostError
+
+    found = list_checkpoints(root)
+    if not found:
+        return f"No checkpoints in {root}."
+    try:
+        running: set[str] | None = LowCostClient.from_environment().running_kernel_ids()
+    except LowCostError:
+        running = None
+    header = (
+        f"{'kernel':<8}  {'latest':<8}  {'taken':>14}  {'variables':>9}  {'size':>9}  "
+        f"{'kernel state':<14}  notebook"
+    )
+    rows = [header]
+    for entry in found:
+        if entry.path == own:
+            state = "this kernel"
+        elif running is None:
+            state = "?"
+        elif entry.kernel_id in running:
+            state = "running"
+        else:
+            state = "no server runs"
+        age = entry.age()
+        rows.append(
+            f"{entry.kernel_id[:8]:<8}  {entry.latest or '':<8}  "
+            f"{format_duration(age) + ' ago' if age is not None else '?':>14}  "
+            f"{entry.variables:>9}  {human_bytes(entry.size):>9}  {state:<14}  "
+            f"{entry.notebook or '(unknown)'}"
+        )
+    rows.append("%lowcost restore KERNEL puts a kernel's latest checkpoint into this kernel.")
+    return "\n".join(rows)
 
 
 def _memory_rule() -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import shutil
 import time
@@ -33,7 +34,7 @@ from jupyter_events import EventLogger
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from tornado import web
 
-from . import events
+from . import checkpoint_dirs, events
 from ._version import __version__
 from .backends import Backend, BackendError, BackendListener, LaunchSpec, available_backends
 from .catalog import InstanceType
@@ -41,9 +42,10 @@ from .channel import LaunchChannel, LaunchFailed
 from .checkpoints import human_bytes
 from .client import ENV_KERNEL_ID, ENV_TOKEN, ENV_URL
 from .kernel_checkpoints import ENV_DIR as ENV_CHECKPOINT_DIR
-from .kernel_checkpoints import ENV_RESTORE
+from .kernel_checkpoints import ENV_FAILING, ENV_NOTEBOOK, ENV_RESTORE
 from .kernel_checkpoints import ENV_WHEN as ENV_CHECKPOINTS
 from .launcher import ENV_CHANNEL, ENV_INSTANCE_ID, ENV_SECRET, is_ipykernel_command
+from .private import private_dir
 from .records import InstanceRecord, InstanceState, Placement, RecordStore, iso
 
 RECOVERY_POLICIES = ("relaunch", "fallback", "none")
@@ -91,6 +93,7 @@ class InstanceManager:
         checkpoint_dir: Path | None = None,
         fallback_after: int = 0,
         demo: bool = False,
+        orphaned_checkpoints_seconds: float = 7 * 86400,
     ) -> None:
         self.catalog = catalog
         self.kernel_manager = kernel_manager
@@ -107,6 +110,7 @@ class InstanceManager:
         self.checkpoints = checkpoints
         self.fallback_after = fallback_after
         self.demo = demo
+        self.orphaned_checkpoints_seconds = orphaned_checkpoints_seconds
         self.checkpoint_dir = checkpoint_dir or data_dir / "checkpoints"
         self._resume: set[str] = set()  # kernels whose next start restores their checkpoint
         self._restored: dict[str, dict[str, Any]] = {}  # kernel id -> its last restore
@@ -118,7 +122,19 @@ class InstanceManager:
         self._records: dict[str, InstanceRecord] = {}
         self._placements: dict[str, Placement] = {}
         self._current: dict[str, str] = {}  # kernel id -> id of its latest instance
-        self._moving: set[str] = set()  # kernels in a switch or a recovery
+        # Kernel id -> what is under way (a move, a recovery), oldest first; one at a time
+        # runs (``_kernel_lock``), a move asked meanwhile is refused with 409.
+        self._busy: dict[str, list[str]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._recovering: set[str] = set()  # kernels whose next launch waits for capacity
+        self._keep_checkpoints: set[str] = set()  # kernels the server (not a user) stopped
+        self._notebooks: dict[str, str] = {}  # kernel id -> the notebook path it was given
+        self._checkpoint_status: dict[str, dict[str, Any]] = {}  # kernel id -> last report
+        self._save_failed = False  # the record store could not be written (a full disk)
+        self._last_relaunch_error: dict[str, str] = {}  # kernel id -> BackendError.reason
+        # Kernel id -> the pending record of the instance that will resume it, made while
+        # its recovery waited for room (its launch goes on with that record).
+        self._prepared: dict[str, InstanceRecord] = {}
         self._launch_reasons: dict[str, str] = {}  # kernel id -> why its next instance starts
         self._stop_reasons: dict[str, str] = {}  # instance id -> why it is being stopped
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -144,6 +160,8 @@ class InstanceManager:
         await asyncio.shield(self._started)
 
     async def _start(self) -> None:
+        private_dir(self.data_dir)
+        private_dir(self.checkpoint_dir)
         await self.backend.start()
         self.catalog = self.backend.offered_types(self.catalog)
         await self.channel.start()
@@ -166,6 +184,16 @@ class InstanceManager:
         self._save()
         self.store.remove(orphaned_files)
         self._prune_logs()
+        live = set(self.kernel_manager.list_kernel_ids())
+        for kernel_id in checkpoint_dirs.prune(
+            self.checkpoint_dir, self.orphaned_checkpoints_seconds, keep=live
+        ):
+            self.log.info(
+                "jupyter_lowcost | deleted the checkpoints of kernel %s: no server runs it, "
+                "and the newest is older than %s",
+                kernel_id,
+                describe_seconds(self.orphaned_checkpoints_seconds),
+            )
 
     def _prune_logs(self) -> None:
         """Drop the launcher logs of instances no longer on record."""
@@ -181,6 +209,10 @@ class InstanceManager:
         self._stopped = True
         for timer in self._timers.values():
             timer.cancel()
+        # Launches still waiting for room (a recovery waits as long as it takes) end now.
+        for record in [r for r in self._records.values() if r.state == InstanceState.PENDING]:
+            self._end(record, InstanceState.TERMINATED, "the Jupyter server stopped")
+            await self.backend.terminate(record, now=True)
         # Deadlines still counting down are dropped; moves and recoveries under way run to
         # their end (launches now fail at once), so that no kernel is left half restarted.
         for instance_id, task in list(self._deadlines.items()):
@@ -206,7 +238,24 @@ class InstanceManager:
     # -- records -------------------------------------------------------------------------
 
     def _save(self) -> None:
-        self.store.save(list(self._records.values()))
+        """Write the records; a failure (a full disk) is logged, and the server goes on
+        from what it holds in memory: its deadlines, events and answers do not depend on
+        the disk. The next transition tries again."""
+        try:
+            self.store.save(list(self._records.values()))
+        except OSError as err:
+            if not self._save_failed:
+                self.log.error(
+                    "jupyter_lowcost | could not save the instance records in %s: %s; "
+                    "going on without (a restarted server will not know these instances)",
+                    self.store.folder,
+                    err,
+                )
+            self._save_failed = True
+        else:
+            if self._save_failed:
+                self.log.warning("jupyter_lowcost | instance records saved again")
+            self._save_failed = False
 
     def _transition(self, record: InstanceRecord, state: InstanceState, reason: str) -> None:
         """Move ``record`` to ``state``, then save and emit (the only place that does)."""
@@ -267,9 +316,14 @@ class InstanceManager:
         """Variables every kernel gets: the REST API for ``%lowcost``, where and when to
         checkpoint, and whether this start resumes the kernel (a move or a recovery)."""
         env = {ENV_URL: self.server_url(), ENV_TOKEN: self.token(), ENV_KERNEL_ID: kernel_id}
+        if kernel_id in self._notebooks:
+            env[ENV_NOTEBOOK] = self._notebooks[kernel_id]
         if self.checkpoints != "off":
             env[ENV_CHECKPOINT_DIR] = str(self.checkpoint_dir / kernel_id)
             env[ENV_CHECKPOINTS] = self.checkpoints
+            status = self._checkpoint_status.get(kernel_id)
+            if status is not None and not status["ok"]:
+                env[ENV_FAILING] = status["error"] or "unknown error"
             if kernel_id in self._resume:
                 self._resume.discard(kernel_id)
                 env[ENV_RESTORE] = "1"
@@ -316,6 +370,34 @@ class InstanceManager:
         self.log.info("jupyter_lowcost | kernel %s %s", kernel_id, model["message"])
         return model
 
+    def checkpoint_status(self, kernel_id: str, report: dict[str, Any]) -> dict[str, Any]:
+        """A kernel says its checkpoints fail (a full disk), or work again: remember it
+        (``GET kernels/<id>`` shows it) and emit the checkpoint-status event."""
+        self._kernel(kernel_id)
+        checkpoint_id = str(report.get("checkpoint_id") or "") or None
+        if report["ok"]:
+            message = "checkpoints work again" + (
+                f": checkpoint {checkpoint_id} was written" if checkpoint_id else ""
+            )
+        else:
+            message = f"checkpoint failed: {report.get('error') or 'unknown error'}; " + (
+                f"an interruption now resumes from checkpoint {checkpoint_id}, the last one written"
+                if checkpoint_id
+                else "there is no earlier checkpoint: an interruption now loses the variables"
+            )
+        model = {
+            "kernel_id": kernel_id,
+            "ok": bool(report["ok"]),
+            "error": None if report["ok"] else str(report.get("error") or ""),
+            "checkpoint_id": checkpoint_id,
+            "message": message,
+        }
+        self._checkpoint_status[kernel_id] = model
+        events.emit_checkpoint_status(self.event_logger, model)
+        log = self.log.info if report["ok"] else self.log.error
+        log("jupyter_lowcost | kernel %s: %s", kernel_id, message)
+        return model
+
     async def launch(
         self,
         kernel_id: str,
@@ -334,14 +416,20 @@ class InstanceManager:
         await self.ensure_started()
         placement = self._placements[kernel_id]
         itype = self.catalog[placement.instance_type]
-        record = InstanceRecord.for_placement(kernel_id, placement, itype, self.backend.name)
-        self._records[record.id] = record
-        self._current[kernel_id] = record.id
         reason = self._launch_reasons.pop(kernel_id, f"the kernel asked for {placement.describe()}")
+        record = self._prepared.pop(kernel_id, None)
+        if record is None or not record.is_live or record.instance_type != itype.name:
+            record = InstanceRecord.for_placement(kernel_id, placement, itype, self.backend.name)
+            self._records[record.id] = record
+        self._current[kernel_id] = record.id
         self._transition(record, InstanceState.PENDING, reason)
         log_path = self.data_dir / "logs" / f"{record.id}.log"
         try:
-            await self.backend.reserve(record)
+            await self.backend.reserve(record, wait=kernel_id in self._recovering)
+            if not record.is_live:  # stopped (or preempted) while it waited for room
+                raise BackendError(
+                    f"the instance was stopped before it started: {record.reason}", status=503
+                )
             secret, ready = self.channel.expect(
                 record.id, {**kernel_config, "transport": "tcp", "ip": self.backend.kernel_ip}
             )
@@ -359,8 +447,16 @@ class InstanceManager:
             info = await asyncio.wait_for(ready, self.launch_timeout)
         except BackendError as err:
             self._end(record, InstanceState.FAILED, err.message)
+            await self.backend.terminate(record, now=True)  # (a slot it may hold)
             raise
         except (LaunchFailed, asyncio.TimeoutError) as err:
+            if not record.is_live:  # preempted (or stopped) while it started
+                await self.backend.terminate(record, now=True)
+                raise BackendError(
+                    f"the instance was stopped before its kernel was ready: {record.reason}",
+                    status=503,
+                    reason="preempted",
+                ) from err
             why = str(err) or f"the kernel was not ready within {self.launch_timeout:g} s"
             message = f"{why}; the launcher's log ends with:\n{_tail(log_path)}"
             self._end(record, InstanceState.FAILED, message)
@@ -417,11 +513,23 @@ class InstanceManager:
 
     def kernel_gone(self, kernel_id: str) -> None:
         """The kernel was shut down for good: forget its placement (its records stay)."""
+        record = self.current_instance(kernel_id)
+        if record is not None and record.state == InstanceState.PENDING:
+            # Shut down while its instance waited for room: that wait ends here.
+            self._end(record, InstanceState.TERMINATED, "the kernel was shut down")
+            self._spawn(self.backend.terminate(record, now=True))
         self._placements.pop(kernel_id, None)
         self._current.pop(kernel_id, None)
         self._launch_reasons.pop(kernel_id, None)
         self._resume.discard(kernel_id)
         self._restored.pop(kernel_id, None)
+        self._notebooks.pop(kernel_id, None)
+        self._checkpoint_status.pop(kernel_id, None)
+        if kernel_id in self._keep_checkpoints:
+            # Stopped by the server (its recovery could not relaunch it, or the policy is
+            # "none"): the checkpoints stay, for %lowcost restore KERNEL in another kernel.
+            self._keep_checkpoints.discard(kernel_id)
+            return
         # Shut down for good by its user: its checkpoints have no one left to resume.
         shutil.rmtree(self.checkpoint_dir / kernel_id, ignore_errors=True)
 
@@ -430,15 +538,15 @@ class InstanceManager:
     def instance_noticed(self, instance_id: str, deadline: float, reason: str) -> None:
         """An interruption is announced: state ``notice``, tell the kernel, enforce the deadline."""
         record = self._records.get(instance_id)
-        if (
-            self._stopped
-            or record is None
-            or record.state
-            not in (
-                InstanceState.RUNNING,
-                InstanceState.NOTICE,
-            )
-        ):
+        if self._stopped or record is None:
+            return
+        if record.state == InstanceState.PENDING:
+            # Its kernel has nothing to save yet (a resume's state is still in the
+            # checkpoint): it stops now, and its launch says why (a recovery tries again).
+            self._end(record, InstanceState.INTERRUPTED, f"{reason}, before it started")
+            self._spawn(self.backend.terminate(record, now=True))
+            return
+        if record.state not in (InstanceState.RUNNING, InstanceState.NOTICE):
             return
         if record.notice_deadline is not None and record.notice_deadline <= deadline:
             return  # an earlier notice stands
@@ -509,7 +617,10 @@ class InstanceManager:
             return  # the server sent it (an injected notice), or already knows
         if instance_id in self._stop_reasons:
             return  # the server is stopping this instance: its own SIGTERM
-        deadline = float(message.get("deadline") or time.time())
+        # (a launcher's clock may be off, its frame garbage: a deadline is between now and
+        # the longest notice)
+        now = time.time()
+        deadline = min(max(_finite(message.get("deadline"), now), now), now + self.max_notice)
         reason = str(message.get("reason") or "the instance received an interruption notice")
         self._spawn(self._launcher_notice(record, deadline, reason))
 
@@ -553,22 +664,26 @@ class InstanceManager:
             record.expires_at is not None and record.notice_deadline == record.expires_at
         )
         self._expiring.discard(record.id)
+        state = InstanceState.EXPIRED if expired else InstanceState.INTERRUPTED
+        what = f"resuming after the {state.value} instance {record.id}"
         if kernel_id is not None:
-            self._moving.add(kernel_id)
+            self._begin(kernel_id, what)
             if kernel_id in self.kernel_manager:
                 # The recovery below restarts the kernel; the restarter must not race it.
                 self.kernel_manager.get_kernel(kernel_id).stop_restarter()
         try:
-            state = InstanceState.EXPIRED if expired else InstanceState.INTERRUPTED
             if kernel_id is not None and kernel_id in self.kernel_manager:
                 record.recovery = self.recovery_policy
             self._end(record, state, reason)  # final before the exit is reported
             await self.backend.terminate(record, now=True)
             if kernel_id is not None:
-                await self._recover(kernel_id, record)
+                async with self._kernel_lock(kernel_id):
+                    # A move that ran meanwhile has already taken the kernel elsewhere.
+                    if self._current.get(kernel_id) == record.id:
+                        await self._recover(kernel_id, record)
         finally:
             if kernel_id is not None:
-                self._moving.discard(kernel_id)
+                self._finish(kernel_id, what)
 
     async def _recover(self, kernel_id: str, lost: InstanceRecord) -> None:
         """Apply the recovery policy to a kernel whose instance was taken away."""
@@ -580,6 +695,7 @@ class InstanceManager:
             self.log.warning(
                 "jupyter_lowcost | %s: recovery policy 'none' stops kernel %s", what, kernel_id
             )
+            self._keep_checkpoints.add(kernel_id)
             await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
             return
         if self.recovery_policy == "fallback":
@@ -596,9 +712,68 @@ class InstanceManager:
             placement = Placement(placement.instance_type, low_cost=False)
             self._placements[kernel_id] = placement
             what = f"{what}; {why}"
-        if not await self._relaunch(kernel_id, placement, what, ""):
-            if kernel_id in self.kernel_manager:
-                await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+        # Never thrown away for lack of room: this launch waits for capacity, as long as it
+        # takes (pending, with events saying what it waits for).
+        self._recovering.add(kernel_id)
+        try:
+            attempt, tries = "", 1
+            while await self._until_room(kernel_id, placement, lost):
+                if await self._relaunch(kernel_id, placement, what, attempt):
+                    return
+                if (
+                    self._stopped
+                    or kernel_id not in self.kernel_manager
+                    or self._last_relaunch_error.get(kernel_id) != "preempted"
+                ):
+                    break  # it cannot start (not for lack of room)
+                # Preempted while it started (a regular request took the slot): again.
+                tries += 1
+                attempt = f"attempt {tries}: the previous one was preempted while starting"
+            else:
+                return  # shut down by its user while it waited, or the server stops
+        finally:
+            self._recovering.discard(kernel_id)
+            self._last_relaunch_error.pop(kernel_id, None)
+            self._prepared.pop(kernel_id, None)
+        if kernel_id in self.kernel_manager and not self._stopped:
+            # The kernel cannot start anywhere: its checkpoints stay, for %lowcost restore.
+            self._keep_checkpoints.add(kernel_id)
+            await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
+
+    async def _until_room(self, kernel_id: str, placement: Placement, lost: InstanceRecord) -> bool:
+        """Wait until the backend has room for the kernel's new instance, as long as it
+        takes: its pending record says so (events) meanwhile. The kernel's restart starts
+        only then, so that the kernel can be shut down as usual while it waits. False when
+        the kernel was shut down meanwhile, or the server stops."""
+        record: InstanceRecord | None = None
+        while not self.backend.has_room(placement.low_cost):
+            if self._stopped or kernel_id not in self.kernel_manager:
+                return False
+            if record is None:
+                itype = self.catalog[placement.instance_type]
+                record = InstanceRecord.for_placement(
+                    kernel_id, placement, itype, self.backend.name
+                )
+                self._records[record.id] = record
+                self._current[kernel_id] = record.id
+                self._prepared[kernel_id] = record
+                self._transition(
+                    record, InstanceState.PENDING, self.backend.room_message(placement.low_cost)
+                )
+            elif not record.is_live:
+                return False
+            try:
+                await asyncio.wait_for(self.backend.room_changed(), timeout=30)
+            except asyncio.TimeoutError:
+                pass
+        if record is None:
+            return True
+        if not record.is_live or self._stopped:
+            return False
+        # The restart stops the kernel's current instance first: that is the lost one (the
+        # waiting record goes on as the new instance, in launch()).
+        self._current[kernel_id] = lost.id
+        return True
 
     async def _relaunch(
         self, kernel_id: str, placement: Placement, what: str, attempt: str
@@ -613,6 +788,8 @@ class InstanceManager:
         try:
             await self.kernel_manager.restart_kernel(kernel_id, now=True)
         except Exception as err:  # the restart's own failure: report it to the caller
+            if isinstance(err, BackendError):
+                self._last_relaunch_error[kernel_id] = err.reason
             self.log.error(
                 "jupyter_lowcost | relaunch of kernel %s on %s failed: %s",
                 kernel_id,
@@ -693,8 +870,9 @@ class InstanceManager:
             "kernel_id": kernel_id,
             "placement": placement.to_model() if placement else None,
             "instance": self.current_instance_model(kernel_id),
-            "moving": kernel_id in self._moving,
+            "moving": bool(self._busy.get(kernel_id)),
             "restored": self._restored.get(kernel_id),
+            "checkpoints": self._checkpoint_status.get(kernel_id),
             "history": self.instance_models(kernel_id),
         }
 
@@ -715,19 +893,31 @@ class InstanceManager:
                 "ipykernel_launcher): only IPython kernels run on low-cost instances",
             )
 
-    async def start_kernel(self, kernel_name: str, placement: Placement, path: str | None) -> str:
-        """``POST kernels``: a new kernel with ``placement``; returns its id once it answers."""
+    async def start_kernel(
+        self,
+        kernel_name: str,
+        placement: Placement,
+        path: str | None,
+        notebook: str | None = None,
+    ) -> str:
+        """``POST kernels``: a new kernel with ``placement``; returns its id once it answers.
+        ``path`` is the kernel's working directory, ``notebook`` the path it was given."""
         await self.ensure_started()
         self._check_launchable(self.kernel_manager.kernel_spec_manager.get_kernel_spec(kernel_name))
         self.backend.check_capacity(placement.low_cost, replacing=None)
         kernel_id = str(uuid.uuid4())
         self._placements[kernel_id] = placement
+        if notebook:
+            self._notebooks[kernel_id] = notebook
         try:
             await self.kernel_manager.start_kernel(
                 kernel_id=kernel_id, kernel_name=kernel_name, path=path
             )
         except BackendError:
             self.kernel_gone(kernel_id)
+            # jupyter_client keeps a kernel whose start failed among its pending kernels
+            # (listed by GET /api/kernels, then 404 on every call): it never started.
+            getattr(self.kernel_manager, "_pending_kernels", {}).pop(kernel_id, None)
             raise
         return kernel_id
 
@@ -735,8 +925,12 @@ class InstanceManager:
         """``PUT kernels/<id>``: move the kernel to ``placement`` (a restart, same id)."""
         await self.ensure_started()
         self._kernel(kernel_id)
-        if kernel_id in self._moving:
-            raise web.HTTPError(409, "this kernel is already being moved; wait until it is ready")
+        if self._busy.get(kernel_id):
+            raise web.HTTPError(
+                409,
+                f"this kernel is {self._busy[kernel_id][0]}; move it when that is done "
+                "and it runs again",
+            )
         old = self._placements.get(kernel_id)
         if old == placement:
             raise web.HTTPError(409, f"the kernel already runs on {placement.describe()}")
@@ -751,7 +945,7 @@ class InstanceManager:
         current = self.current_instance(kernel_id)
         live = current if current is not None and current.is_live else None
         self.backend.check_capacity(placement.low_cost, replacing=live)
-        self._moving.add(kernel_id)
+        self._begin(kernel_id, f"moving to {placement.describe()}")
         self._placements[kernel_id] = placement  # where the kernel goes, from now on
         task = self._spawn(self._move(kernel_id, old, placement, live, after_cell=not wait))
         if wait:
@@ -766,40 +960,70 @@ class InstanceManager:
         after_cell: bool,
     ) -> None:
         try:
-            if after_cell:
-                # Asked from the kernel itself (%lowcost): let the asking cell finish first.
-                await self._until_cell_ended(kernel_id)
-                # Its last output and "idle" may still wait in the websockets' iopub queue.
-                await self._forwarded(kernel_id)
-            # What the old kernel prints while it shuts down is noise in the user's cell.
-            self._mute_clients(kernel_id)
-            if live is not None:
-                self._stop_reasons[live.id] = f"the kernel moved to {placement.describe()}"
-            self._launch_reasons[kernel_id] = (
-                f"moved from {old.describe() if old else 'the server machine'}"
-                f" to {placement.describe()}"
-            )
-            self._resume.add(kernel_id)
-            try:
-                await self.kernel_manager.restart_kernel(kernel_id, now=False)
-                self._reconnect_clients(kernel_id, died=False)
-            except Exception as err:
-                # Put the kernel back where it was, so the user keeps a working kernel.
-                self.log.error("jupyter_lowcost | moving kernel %s failed: %s", kernel_id, err)
-                if old is None:
-                    self._placements.pop(kernel_id, None)
-                else:
-                    self._placements[kernel_id] = old
-                self._launch_reasons[kernel_id] = f"back on its previous placement: {err}"
-                if kernel_id in self.kernel_manager:
-                    await self.kernel_manager.restart_kernel(kernel_id, now=True)
-                    self._reconnect_clients(kernel_id, died=False)
-                message = err.message if isinstance(err, BackendError) else str(err)
-                raise web.HTTPError(
-                    503, f"could not move the kernel ({message}); it runs where it ran before"
-                ) from err
+            async with self._kernel_lock(kernel_id):
+                await self._move_now(kernel_id, old, placement, live, after_cell)
         finally:
-            self._moving.discard(kernel_id)
+            self._finish(kernel_id, f"moving to {placement.describe()}")
+
+    def _begin(self, kernel_id: str, what: str) -> None:
+        """``what`` is under way for the kernel (``GET kernels/<id>`` says it is moving)."""
+        self._busy.setdefault(kernel_id, []).append(what)
+
+    def _finish(self, kernel_id: str, what: str) -> None:
+        busy = self._busy.get(kernel_id, [])
+        if what in busy:
+            busy.remove(what)
+        if not busy:
+            self._busy.pop(kernel_id, None)
+
+    def _kernel_lock(self, kernel_id: str) -> asyncio.Lock:
+        """Moves and recoveries of one kernel run one at a time, in the order asked."""
+        return self._locks.setdefault(kernel_id, asyncio.Lock())
+
+    async def _move_now(
+        self,
+        kernel_id: str,
+        old: Placement | None,
+        placement: Placement,
+        live: InstanceRecord | None,
+        after_cell: bool,
+    ) -> None:
+        """The move itself (``_move`` holds the kernel's lock): restart on ``placement``."""
+        if kernel_id not in self.kernel_manager:
+            return
+        if after_cell:
+            # Asked from the kernel itself (%lowcost): let the asking cell finish first.
+            await self._until_cell_ended(kernel_id)
+            # Its last output and "idle" may still wait in the websockets' iopub queue.
+            await self._forwarded(kernel_id)
+        # What the old kernel prints while it shuts down is noise in the user's cell.
+        self._mute_clients(kernel_id)
+        if live is not None:
+            self._stop_reasons[live.id] = f"the kernel moved to {placement.describe()}"
+        self._launch_reasons[kernel_id] = (
+            f"moved from {old.describe() if old else 'the server machine'}"
+            f" to {placement.describe()}"
+        )
+        self._resume.add(kernel_id)
+        try:
+            await self.kernel_manager.restart_kernel(kernel_id, now=False)
+            self._reconnect_clients(kernel_id, died=False)
+        except Exception as err:
+            # Put the kernel back where it was, so the user keeps a working kernel.
+            self.log.error("jupyter_lowcost | moving kernel %s failed: %s", kernel_id, err)
+            if old is None:
+                self._placements.pop(kernel_id, None)
+            else:
+                self._placements[kernel_id] = old
+            self._launch_reasons[kernel_id] = f"back on its previous placement: {err}"
+            self._resume.add(kernel_id)  # (the old instance was shut down: its variables too)
+            if kernel_id in self.kernel_manager:
+                await self.kernel_manager.restart_kernel(kernel_id, now=True)
+                self._reconnect_clients(kernel_id, died=False)
+            message = err.message if isinstance(err, BackendError) else str(err)
+            raise web.HTTPError(
+                503, f"could not move the kernel ({message}); it runs where it ran before"
+            ) from err
 
     def _reconnect_clients(self, kernel_id: str, *, died: bool) -> None:
         """Make the kernel's websocket clients (JupyterLab) reconnect to its new instance.
@@ -906,9 +1130,10 @@ class InstanceManager:
         if isinstance(notice_seconds, bool) or not isinstance(notice_seconds, (int, float)):
             raise web.HTTPError(400, f"notice_seconds must be a number, not {notice_seconds!r}")
         if not 0 <= notice_seconds <= self.max_notice:
+            shown = repr(notice_seconds)
+            shown = shown if len(shown) <= 24 else f"{shown[:12]}... ({len(shown)} digits)"
             raise web.HTTPError(
-                400,
-                f"notice_seconds must be between 0 and {self.max_notice:g}, not {notice_seconds:g}",
+                400, f"notice_seconds must be between 0 and {self.max_notice:g}, not {shown}"
             )
         if not record.low_cost:
             raise web.HTTPError(
@@ -924,6 +1149,17 @@ class InstanceManager:
             record, float(notice_seconds), "interruption injected through the REST API"
         )
         return record.to_model()
+
+
+def _finite(value: Any, default: float) -> float:
+    """``value`` as a finite float, else ``default`` (booleans, strings, NaN, 1e999...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    try:
+        number = float(value)
+    except OverflowError:
+        return default
+    return number if math.isfinite(number) else default
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import InstanceType
+from .private import private_dir
 
 
 class InstanceState(str, enum.Enum):
@@ -259,7 +260,7 @@ class RecordStore:
         live = [r for r in records if r.is_live]
         ended = [r for r in records if not r.is_live][-self.max_ended :]
         payload = {"version": 1, "instances": [r.to_json() for r in ended + live]}
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         fd, tmp = tempfile.mkstemp(prefix=".instances-", dir=self.folder)
         try:
             with os.fdopen(fd, "w") as handle:

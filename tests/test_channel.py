@@ -7,7 +7,9 @@ import json
 import logging
 from typing import Any
 
-from jupyter_lowcost.channel import LaunchChannel, encode, sign
+import pytest
+
+from jupyter_lowcost.channel import LaunchChannel, LaunchFailed, encode, sign
 
 
 async def _dial(
@@ -62,5 +64,75 @@ async def test_only_the_holder_of_the_secret_gets_the_config_and_only_once() -> 
             await asyncio.sleep(0.01)
         assert messages == [("inst1", {"type": "notice", "deadline": 5.0, "reason": "SIGTERM"})]
         writer.close()
+    finally:
+        await channel.stop()
+
+
+async def test_a_used_secret_never_authenticates_and_one_launcher_per_instance(
+    caplog: Any,
+) -> None:
+    """The takeover: after a launch, a hello signed with the empty string (what the used
+    secret was blanked to) got the kernel's session key."""
+    messages: list[tuple[str, dict[str, Any]]] = []
+    channel = LaunchChannel(logging.getLogger("test"), lambda i, m: messages.append((i, m)))
+    await channel.start()
+    try:
+        secret, ready = channel.expect("inst1", {"key": "kernel-key"})
+        _, launcher, config = await _dial(channel, "inst1", secret)
+        assert config is not None and config["key"] == "kernel-key"
+        caplog.clear()
+        for forged in ("", secret, "None"):
+            _, writer, answer = await _dial(channel, "inst1", forged)
+            assert answer is None, f"a hello signed with {forged!r} was accepted"
+            writer.close()
+        assert "second hello for instance inst1" in caplog.text
+        # The real launcher's connection is still the one notices go to.
+        assert await channel.send("inst1", {"type": "notice", "deadline": 1.0, "reason": "x"})
+        reader = launcher
+        launcher.write(encode({"type": "ready", "connection_info": {"shell_port": 1}}))
+        await launcher.drain()
+        assert await asyncio.wait_for(ready, 10) == {"shell_port": 1}
+        # Once the launcher is gone, its used secret still gets nobody in.
+        launcher.close()
+        await asyncio.sleep(0.1)
+        _, writer, answer = await _dial(channel, "inst1", "")
+        assert answer is None
+        writer.close()
+        _, writer, answer = await _dial(channel, "inst1", secret)
+        assert answer is None
+        writer.close()
+        del reader
+    finally:
+        await channel.stop()
+
+
+async def test_frames_that_are_not_objects_close_the_connection_without_an_error(
+    caplog: Any,
+) -> None:
+    loop_errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
+    messages: list[tuple[str, dict[str, Any]]] = []
+    channel = LaunchChannel(logging.getLogger("test"), lambda i, m: messages.append((i, m)))
+    await channel.start()
+    try:
+        secret, ready = channel.expect("inst1", {"key": "k"})
+        for hello in (b"[1, 2]", b'"hello"', b"3", b"null", b"[" * 100000, b"\xff\xfe"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", channel.port)
+            await reader.readline()
+            writer.write(hello + b"\n")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readline(), 10) == b""  # closed
+            writer.close()
+        # After a good hello: garbage frames close that connection; the launch fails
+        # cleanly (its future says why) instead of an exception in the server.
+        _, writer, config = await _dial(channel, "inst1", secret)
+        assert config is not None
+        writer.write(b'["ready", {"shell_port": 1}]\n')
+        await writer.drain()
+        with pytest.raises(LaunchFailed, match="disconnected"):
+            await asyncio.wait_for(ready, 10)
+        assert "not a JSON object" in caplog.text
+        assert messages == []
+        assert loop_errors == []
     finally:
         await channel.stop()

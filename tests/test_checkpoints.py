@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from jupyter_lowcost import checkpoints as checkpoints_module
 from jupyter_lowcost import write_watch
 from jupyter_lowcost.checkpoints import CHUNK_SIZE, CheckpointStore
 
@@ -170,17 +171,16 @@ def test_a_save_that_stopped_half_way_does_not_hide_changes_from_the_next(
     big = np.zeros(16 * mib // 8)
     store.save({"big": big})
     big[1_000_000] = 5.0
+
     # The disk fills up while the next checkpoint writes the changed chunk: that save
     # has read (and cleared) the written pages, yet saved nothing.
-    original = CheckpointStore._write_atomically
-
-    def disk_full(path: Path, data: object) -> None:
+    def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(CheckpointStore, "_write_atomically", staticmethod(disk_full))
+    monkeypatch.setattr(checkpoints_module, "open_private", disk_full)
     with pytest.raises(OSError, match="No space left"):
         store.save({"big": big})
-    monkeypatch.setattr(CheckpointStore, "_write_atomically", staticmethod(original))
+    monkeypatch.undo()
     report = store.save({"big": big})
     assert report.bytes_written >= mib
     restored: dict = {}
@@ -384,3 +384,38 @@ def test_functions_defined_in_the_notebook_are_saved_by_value(tmp_path: Path) ->
     assert restored["scale"](5) == 15
     assert restored["Point"](2).x == 2
     assert restored["p"].x == 4
+
+
+class _Shell:
+    """What KernelCheckpoints uses of an IPython shell."""
+
+    def __init__(self, **variables: object) -> None:
+        self.user_ns: dict = dict(variables)
+        self.user_ns_hidden: dict = {}
+
+
+def test_a_notice_while_the_kernel_exits_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    """A move shut the kernel down (its checkpoint taken), then a notice came while the
+    process exited, after IPython had emptied the namespace: that empty namespace became
+    the latest checkpoint, and the kernel resumed with no variables (found by the churn
+    test in test_races.py)."""
+    from jupyter_lowcost.kernel_checkpoints import KernelCheckpoints
+
+    shell = _Shell(weights=[0.5, 0.25], step=42)
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
+    kept._at_shutdown()  # the move's graceful shutdown
+    latest = kept.store.latest()
+    shell.user_ns.clear()  # IPython at exit
+    kept._at_notice(None)
+    assert kept.store.latest() == latest
+    assert set(kept.store.manifest(latest)["variables"]) == {"weights", "step"}
+    kept.store.close()
+
+    # A notice never writes an empty namespace over a checkpoint that has variables.
+    shell = _Shell(x=1)
+    other = KernelCheckpoints(shell, str(tmp_path / "other"), "cell")
+    other.checkpoint()
+    shell.user_ns.clear()
+    other._at_notice(None)
+    assert set(other.store.manifest(other.store.latest())["variables"]) == {"x"}
+    other.store.close()

@@ -208,12 +208,58 @@ async def test_with_one_slot_a_regular_request_preempts_the_low_cost_instance(
     assert noticed["reason"] == "preempted: a regular A100-80G instance needs its slot"
     assert instance_events.matching(instance_id=low_instance, state="interrupted")
     assert not process_alive(pid)
-    # The low-cost kernel's relaunch finds no free slot: it is stopped, with the reason.
-    await wait_until(lambda: low_kernel not in jp_serverapp.kernel_manager)
-    failed = await instance_events.wait_for(kernel_id=low_kernel, state="failed")
-    assert "slot" in failed["reason"]
     status, server = await api("GET", "status")
     assert server["capacity"] == {"slots": 1, "used": 1, "free": 0, "gpus": []}
+
+
+@pytest.mark.lowcost(LocalBackend={"slots": 1, "preemption_notice": 1.0})
+async def test_a_preempted_kernel_with_no_slot_left_waits_and_resumes_with_its_variables(
+    api: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    """Default settings, one slot: the regular kernel takes it; the low-cost kernel's
+    relaunch finds none. It was shut down and its variables lost; now it waits."""
+    low = await start_lowcost_kernel(api, "T4")
+    low_kernel, low_instance = low["kernel"]["id"], low["instance"]["id"]
+    await execute(jp_serverapp, low_kernel, "weights = [0.5, 0.25]\nstep = 41\nstep += 1\n")
+    regular = await start_lowcost_kernel(api, "A100-80G", low_cost=False)
+    await instance_events.wait_for(instance_id=low_instance, state="interrupted")
+    waiting = await instance_events.wait_for(
+        kernel_id=low_kernel,
+        state="pending",
+        where=lambda e: e["reason"].startswith("waiting for a slot to resume the kernel"),
+    )
+    assert "it resumes from its checkpoint when one frees" in waiting["reason"]
+    assert low_kernel in jp_serverapp.kernel_manager
+    assert not instance_events.matching(kernel_id=low_kernel, state="failed")
+    status, model = await api("GET", f"kernels/{low_kernel}")
+    assert status == 200 and model["moving"] and model["instance"]["state"] == "pending"
+    status, answer = await api("PUT", f"kernels/{low_kernel}", {"low_cost": False})
+    assert status == 409 and "resuming after the interrupted instance" in answer["message"]
+    # The regular kernel goes: the slot frees, and the low-cost kernel resumes in it.
+    status, _ = await api("DELETE", f"instances/{regular['instance']['id']}")
+    assert status == 204
+    await instance_events.wait_for(instance_id=waiting["instance_id"], state="running")
+    await wait_until(lambda: moved(api, low_kernel))
+    assert await execute(jp_serverapp, low_kernel, "print(weights, step)") == "[0.5, 0.25] 42\n"
+
+
+@pytest.mark.lowcost(LocalBackend={"slots": 1, "preemption_notice": 1.0})
+async def test_a_kernel_waiting_for_a_slot_can_be_shut_down(
+    api: Any, jp_fetch: Any, jp_serverapp: Any, instance_events: EventRecorder
+) -> None:
+    low = await start_lowcost_kernel(api, "T4")
+    low_kernel = low["kernel"]["id"]
+    await start_lowcost_kernel(api, "A100-80G", low_cost=False)
+    waiting = await instance_events.wait_for(
+        kernel_id=low_kernel,
+        state="pending",
+        where=lambda e: e["reason"].startswith("waiting for a slot to resume the kernel"),
+    )
+    await jp_fetch("api", "kernels", low_kernel, method="DELETE")
+    await wait_until(lambda: low_kernel not in jp_serverapp.kernel_manager)
+    await instance_events.wait_for(instance_id=waiting["instance_id"], state="terminated")
+    status, server = await api("GET", "status")
+    assert status == 200 and server["live_instances"] == 1
 
 
 @pytest.mark.lowcost(

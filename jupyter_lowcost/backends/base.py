@@ -22,6 +22,7 @@ async Python; they raise :class:`BackendError` with a message a person understan
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -125,8 +126,27 @@ class Backend(LoggingConfigurable):
         resources count as free. Called by the manager before it touches a kernel.
         """
 
-    async def reserve(self, record: InstanceRecord) -> None:
-        """Wait for room for ``record`` (or raise :class:`BackendError`)."""
+    def has_room(self, low_cost: bool) -> bool:
+        """True when an instance of this tier could start now (or after a preemption);
+        a recovery waits until then before it restarts the kernel. Queue-based backends
+        (Slurm) always have room: their queue waits."""
+        return True
+
+    def room_message(self, low_cost: bool) -> str:
+        """What a recovery that waits for :meth:`has_room` says it waits for."""
+        return "waiting for capacity to resume the kernel"
+
+    async def room_changed(self) -> None:
+        """Return when room may have freed (default: after a few seconds)."""
+        await asyncio.sleep(5)
+
+    async def reserve(self, record: InstanceRecord, wait: bool = False) -> None:
+        """Wait for room for ``record`` (or raise :class:`BackendError`).
+
+        ``wait``: the instance resumes a kernel that was interrupted, which is never thrown
+        away for lack of room: wait as long as it takes (saying what for through
+        ``listener.instance_progress``), until ``record`` is no longer live (its kernel
+        was shut down, the server stops: then raise)."""
 
     async def launch(self, record: InstanceRecord, spec: LaunchSpec) -> None:
         """Start the launcher for ``record``; fill ``record.backend_state``. Returns at once."""

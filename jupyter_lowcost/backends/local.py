@@ -26,6 +26,7 @@ from typing import Any
 
 from traitlets import Enum, Float, Int, default
 
+from ..private import open_private, private_dir
 from ..records import InstanceRecord, InstanceState, process_start_ticks
 from .base import Backend, BackendError, LaunchSpec
 
@@ -139,6 +140,10 @@ class LocalBackend(Backend):
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._random_timers: dict[str, asyncio.TimerHandle] = {}
         self._preempting: set[str] = set()
+        # Preempted instance id -> the request waiting for its slot: the slot goes to that
+        # request when it frees (a relaunch of the preempted kernel cannot take it first).
+        self._claims: dict[str, str] = {}
+        self._waiting: set[str] = set()  # ids of the requests inside reserve()
         self._slot_freed = asyncio.Condition()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -193,10 +198,15 @@ class LocalBackend(Backend):
         return None
 
     def _preemptible(self) -> list[InstanceRecord]:
-        """Low-cost holders of slots not yet being preempted, newest first."""
+        """Low-cost holders of slots not yet being preempted: running ones first (a pending
+        one has to be stopped before it starts), newest first."""
         holders = [self._records[i] for i in self._slots if i is not None and i in self._records]
         candidates = [r for r in holders if r.low_cost and r.id not in self._preempting]
-        return sorted(candidates, key=lambda r: r.created_at, reverse=True)
+        return sorted(
+            candidates,
+            key=lambda r: (r.state != InstanceState.PENDING, r.created_at),
+            reverse=True,
+        )
 
     def _full_message(self) -> str:
         return (
@@ -222,10 +232,48 @@ class LocalBackend(Backend):
             )
         raise BackendError(self._full_message(), status=503, reason="no-capacity")
 
-    async def reserve(self, record: InstanceRecord) -> None:
-        deadline = time.monotonic() + self.queue_timeout
+    def has_room(self, low_cost: bool) -> bool:
+        if self._free_slot() is not None:
+            return True
+        return not low_cost and bool(self._preemptible() or self._preempting)
+
+    def room_message(self, low_cost: bool) -> str:
+        if low_cost:
+            return (
+                f"waiting for a slot to resume the kernel: all {len(self._slots)} are in use "
+                "(it resumes from its checkpoint when one frees)"
+            )
+        return (
+            f"waiting for a slot to resume the kernel: all {len(self._slots)} hold regular "
+            "instances (it resumes from its checkpoint when one frees)"
+        )
+
+    async def room_changed(self) -> None:
+        async with self._slot_freed:
+            await self._slot_freed.wait()
+
+    async def reserve(self, record: InstanceRecord, wait: bool = False) -> None:
+        self._waiting.add(record.id)
+        try:
+            await self._reserve(record, wait)
+        finally:
+            self._waiting.discard(record.id)
+            for victim in [v for v, c in self._claims.items() if c == record.id]:
+                del self._claims[victim]
+
+    async def _reserve(self, record: InstanceRecord, wait: bool) -> None:
+        deadline = time.monotonic() + (float("inf") if wait else self.queue_timeout)
         async with self._slot_freed:
             while True:
+                if not record.is_live:
+                    raise BackendError(
+                        f"stopped while it waited for a slot: {record.reason}", status=503
+                    )
+                if record.id in self._slots:  # handed over by the instance it preempted
+                    index = self._slots.index(record.id)
+                    self._records[record.id] = record
+                    record.backend_state["slot"] = index
+                    return
                 index = self._free_slot()
                 if index is not None:
                     self._slots[index] = record.id
@@ -237,6 +285,7 @@ class LocalBackend(Backend):
                     if victims:
                         victim = victims[0]
                         self._preempting.add(victim.id)
+                        self._claims[victim.id] = record.id
                         self.listener.instance_noticed(
                             victim.id,
                             time.time() + self.preemption_notice,
@@ -247,8 +296,12 @@ class LocalBackend(Backend):
                             f"waiting for the slot of low-cost instance {victim.id}, preempted "
                             f"with {self.preemption_notice:g} s of notice",
                         )
+                    elif wait and not self._preempting:
+                        self.listener.instance_progress(record.id, self.room_message(False))
                     elif not self._preempting:
                         self.check_capacity(low_cost=False, replacing=None)
+                elif wait:
+                    self.listener.instance_progress(record.id, self.room_message(True))
                 elif self.low_cost_when_full == "fail":
                     raise BackendError(self._full_message(), status=503, reason="no-capacity")
                 else:
@@ -270,7 +323,9 @@ class LocalBackend(Backend):
 
     async def _release(self, instance_id: str) -> None:
         async with self._slot_freed:
-            self._slots = [None if s == instance_id else s for s in self._slots]
+            claimant = self._claims.pop(instance_id, None)
+            heir = claimant if claimant in self._waiting else None
+            self._slots = [heir if s == instance_id else s for s in self._slots]
             self._records.pop(instance_id, None)
             self._preempting.discard(instance_id)
             timer = self._random_timers.pop(instance_id, None)
@@ -285,8 +340,8 @@ class LocalBackend(Backend):
         slot = record.backend_state.get("slot", 0)
         if self._gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = self._gpu_ids[slot]
-        os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
-        with open(spec.log_path, "ab") as log_file:
+        private_dir(os.path.dirname(spec.log_path))
+        with open_private(spec.log_path, "ab") as log_file:
             try:
                 process = await asyncio.create_subprocess_exec(
                     spec.python,
@@ -353,7 +408,12 @@ class LocalBackend(Backend):
 
     async def terminate(self, record: InstanceRecord, now: bool = False) -> None:
         process = self._processes.get(record.id)
-        if process is None or process.returncode is not None:
+        if process is None:
+            # Not started: it holds at most a reserved slot, or waits for one (the waiters
+            # are woken, and it gives up).
+            await self._release(record.id)
+            return
+        if process.returncode is not None:
             return
         if not now and self._signal_group(record, signal.SIGTERM):
             try:

@@ -38,6 +38,7 @@ from typing import Any
 from traitlets import Dict, Float, List, Unicode
 
 from ..catalog import InstanceType
+from ..private import open_private, private_dir
 from ..records import InstanceRecord, InstanceState
 from .base import Backend, BackendError, LaunchSpec
 
@@ -481,7 +482,10 @@ class SlurmBackend(Backend):
     async def launch(self, record: InstanceRecord, spec: LaunchSpec) -> None:
         self.check_type(record.instance_type, record.low_cost)
         shape = self.job_shape(record.instance_type, record.low_cost)
-        os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
+        private_dir(os.path.dirname(spec.log_path))
+        # Created here, owner-only: the job appends to it (--open-mode=append) and keeps
+        # its mode, whatever the job's umask (which is the user's, for the kernel's files).
+        open_private(spec.log_path, "ab").close()
         argv = [
             "--parsable",
             f"--job-name={self.job_name(record.id)}",

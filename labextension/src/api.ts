@@ -95,6 +95,18 @@ export interface IRestoredEvent {
 export const RESTORED_SCHEMA_ID =
   'https://events.jupyter.org/jupyter_lowcost/checkpoint/v1';
 
+/** The data of a "checkpoints failed / work again" event (schema `.../checkpoint-status/v1`). */
+export interface ICheckpointStatusEvent {
+  kernel_id: string;
+  ok: boolean;
+  error: string | null;
+  checkpoint_id: string | null;
+  message: string;
+}
+
+export const CHECKPOINT_STATUS_SCHEMA_ID =
+  'https://events.jupyter.org/jupyter_lowcost/checkpoint-status/v1';
+
 /** The data of one instance event (schema `.../jupyter_lowcost/instance/v1`). */
 export interface IInstanceEvent {
   instance_id: string;

@@ -1,6 +1,7 @@
 /**
  * Notifications a person sees as toasts: the interruption notice with a live countdown,
- * the interruption, the recovery, and the warnings before the lifetime cap.
+ * the interruption, the recovery, the warnings before the lifetime cap, and checkpoints
+ * that fail (a full disk) or work again.
  *
  * Made once by the plugin. It only speaks of kernels of notebooks open in this window,
  * and names the notebook in every message.
@@ -8,7 +9,7 @@
 import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 
-import { IInstanceEvent, IRestoredEvent } from './api';
+import { ICheckpointStatusEvent, IInstanceEvent, IRestoredEvent } from './api';
 import { clock, placementName, secondsUntil } from './format';
 import { LowCostStore } from './store';
 
@@ -85,12 +86,15 @@ export class Notifier {
   ) {
     _store.instanceEvent.connect(this._onEvent, this);
     _store.restored.connect(this._onRestored, this);
+    _store.checkpointStatus.connect(this._onCheckpointStatus, this);
     this._timer = window.setInterval(() => this._tick(), 1000);
   }
 
   dispose(): void {
     window.clearInterval(this._timer);
     this._store.instanceEvent.disconnect(this._onEvent, this);
+    this._store.restored.disconnect(this._onRestored, this);
+    this._store.checkpointStatus.disconnect(this._onCheckpointStatus, this);
   }
 
   private _panelOf(kernelId: string | null): NotebookPanel | null {
@@ -182,6 +186,35 @@ export class Notifier {
     }
   }
 
+  private _onCheckpointStatus(_: LowCostStore, event: ICheckpointStatusEvent): void {
+    const panel = this._panelOf(event.kernel_id);
+    if (!panel) {
+      return;
+    }
+    const path = panel.context.path;
+    const previous = this._checkpointToasts.get(event.kernel_id);
+    if (previous) {
+      Notification.dismiss(previous);
+      this._checkpointToasts.delete(event.kernel_id);
+    }
+    if (event.ok) {
+      show('success', `${path}: checkpoints work again.`, `${path}: ${event.message}.`, 5000);
+      return;
+    }
+    const kept = event.checkpoint_id
+      ? `An interruption now resumes from checkpoint ${event.checkpoint_id}.`
+      : 'An interruption now loses the variables.';
+    this._checkpointToasts.set(
+      event.kernel_id,
+      show(
+        'error',
+        `${path}: a checkpoint of the variables failed. ${kept}`,
+        `${path}: ${event.message}.`,
+        false
+      )
+    );
+  }
+
   private _onRestored(_: LowCostStore, event: IRestoredEvent): void {
     const panel = this._panelOf(event.kernel_id);
     if (!panel || (event.variables === 0 && event.not_restored.length === 0)) {
@@ -266,6 +299,8 @@ export class Notifier {
   private _notices = new Map<string, INotice>();
   private _recovering = new Map<string, string>();
   private _restoredFor = new Map<string, IRestoredEvent>();
+  /** Kernel id -> the toast saying its checkpoints fail. */
+  private _checkpointToasts = new Map<string, string>();
   private _capWarned = new Map<string, Set<number>>();
   private _timer: number;
 }

@@ -10,7 +10,9 @@ import { Event } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import {
+  CHECKPOINT_STATUS_SCHEMA_ID,
   EVENT_SCHEMA_ID,
+  ICheckpointStatusEvent,
   IInstance,
   IInstanceEvent,
   IInstanceType,
@@ -59,6 +61,11 @@ export class LowCostStore {
   /** A kernel resumed from a checkpoint (what came back). */
   get restored(): ISignal<this, IRestoredEvent> {
     return this._restored;
+  }
+
+  /** A kernel's checkpoints failed (a full disk), or work again. */
+  get checkpointStatus(): ISignal<this, ICheckpointStatusEvent> {
+    return this._checkpointStatus;
   }
 
   /** The catalog of instance types (fetched once, again after a failure). */
@@ -148,6 +155,10 @@ export class LowCostStore {
       this._restored.emit(emission as unknown as IRestoredEvent);
       return;
     }
+    if (emission.schema_id === CHECKPOINT_STATUS_SCHEMA_ID) {
+      this._checkpointStatus.emit(emission as unknown as ICheckpointStatusEvent);
+      return;
+    }
     if (emission.schema_id !== EVENT_SCHEMA_ID) {
       return;
     }
@@ -183,4 +194,5 @@ export class LowCostStore {
   private _changed = new Signal<this, string>(this);
   private _instanceEvent = new Signal<this, IInstanceEvent>(this);
   private _restored = new Signal<this, IRestoredEvent>(this);
+  private _checkpointStatus = new Signal<this, ICheckpointStatusEvent>(this);
 }

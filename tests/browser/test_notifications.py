@@ -139,3 +139,35 @@ async def test_without_the_server_extension_one_message_says_how_to_install_it(
     await run_cell(page, "print('still works')", "still works")
     # Nothing of ours throws; the browser only logs the failed request itself.
     assert [e for e in browser.errors if "Failed to load resource" not in e] == []
+
+
+async def test_a_failing_checkpoint_is_shown_until_checkpoints_work_again(
+    lab: Lab, browser: Any, screenshot: Any
+) -> None:
+    """The kernel reports a checkpoint it could not write (a full disk: tests/test_storage.py
+    fills a real one) through the REST API; here the same report comes from the test."""
+    page, _ = await low_cost_notebook(lab, browser)
+    kernel_id = lab.only_kernel()
+    lab.api(
+        "POST",
+        f"kernels/{kernel_id}/checkpoint",
+        {
+            "ok": False,
+            "error": "could not write the checkpoint in /data: No space left on device",
+            "checkpoint_id": "00000007",
+        },
+    )
+    failed = toast(page, "a checkpoint of the variables failed")
+    await expect(failed).to_be_visible()
+    await expect(failed).to_contain_text("Untitled.ipynb")
+    await expect(failed).to_contain_text("An interruption now resumes from checkpoint 00000007")
+    await expect(failed).not_to_have_class(re.compile("Toastify--animate"))
+    await screenshot(page, "checkpoint-failed")
+    await failed.get_by_role("button", name="Details").click()
+    details = page.locator(".jp-Dialog").filter(has_text="Low-cost instance")
+    await expect(details).to_contain_text("No space left on device")
+    await details.get_by_role("button", name="Ok").click()
+
+    lab.api("POST", f"kernels/{kernel_id}/checkpoint", {"ok": True, "checkpoint_id": "00000008"})
+    await expect(toast(page, "checkpoints work again")).to_be_visible()
+    await expect(failed).to_have_count(0)

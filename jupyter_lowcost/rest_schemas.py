@@ -1,0 +1,168 @@
+"""The JSON Schema of every REST request body, and the one function that checks a body.
+
+Called by :class:`~jupyter_lowcost.handlers.LowCostHandler` for every route with a body.
+A body that is too large, not JSON, nested too deeply, or not what the route's schema
+declares is answered 400 (413 when too large) with a message that names the field and
+the problem; the manager is not called. What a schema cannot say (an instance type in
+the catalog, a range that is configuration) the manager checks, before changing anything.
+jsonschema comes with jupyter_events, which validates the event schemas with it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from tornado import web
+
+#: Bodies larger than this are refused (413): every body of this API is a few hundred bytes.
+MAX_BODY_BYTES = 64 * 1024
+
+_NAME = {"type": "string", "minLength": 1, "maxLength": 256}
+
+START_KERNEL = {
+    "title": "POST kernels",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "name": _NAME,
+        "instance_type": _NAME,
+        "low_cost": {"type": "boolean"},
+        "path": {"type": ["string", "null"], "maxLength": 4096},
+    },
+}
+
+SWITCH_KERNEL = {
+    "title": "PUT kernels/<kernel_id>",
+    "x-empty-message": "say where to move the kernel: low_cost and/or instance_type",
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "properties": {
+        "low_cost": {"type": "boolean"},
+        "instance_type": _NAME,
+    },
+}
+
+INTERRUPT = {
+    "title": "POST instances/<instance_id>/interrupt",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["notice_seconds"],
+    "properties": {"notice_seconds": {"type": "number"}},
+}
+
+_SKIPPED = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "type", "why"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 1024},
+        "type": {"type": "string", "maxLength": 1024},
+        "why": {"type": "string", "maxLength": 4096},
+    },
+}
+
+RESTORED = {
+    "title": "POST kernels/<kernel_id>/restored",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "checkpoint_id": {"type": "string", "maxLength": 256},
+        "taken_at": {"type": "number", "minimum": 0, "maximum": 1e11},
+        "variables": {"type": "array", "items": {"type": "string", "maxLength": 1024}},
+        "bytes": {"type": "integer", "minimum": 0, "maximum": 2**63},
+        "seconds": {"type": "number", "minimum": 0, "maximum": 1e9},
+        "not_restored": {"type": "array", "items": _SKIPPED},
+    },
+}
+
+CHECKPOINT_STATUS = {
+    "title": "POST kernels/<kernel_id>/checkpoint",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["ok"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "error": {"type": "string", "maxLength": 4096},
+        "checkpoint_id": {"type": "string", "maxLength": 256},
+    },
+}
+
+_VALIDATORS = {
+    id(schema): Draft202012Validator(schema)
+    for schema in (START_KERNEL, SWITCH_KERNEL, INTERRUPT, RESTORED, CHECKPOINT_STATUS)
+}
+
+
+def parse_body(body: bytes, schema: dict[str, Any]) -> dict[str, Any]:
+    """``body`` decoded and checked against ``schema`` (an empty body is ``{}``), or a
+    ``tornado.web.HTTPError`` that says what is wrong."""
+    if len(body) > MAX_BODY_BYTES:
+        raise web.HTTPError(
+            413, f"the request body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted"
+        )
+    if not body.strip():
+        value: Any = {}
+    else:
+        try:
+            value = json.loads(body)
+        except RecursionError:
+            raise web.HTTPError(400, "the request body is JSON nested too deeply") from None
+        except ValueError as err:
+            raise web.HTTPError(400, f"the request body is not JSON: {err}") from err
+    try:
+        error = best_match(_VALIDATORS[id(schema)].iter_errors(value))
+    except RecursionError:  # (the error's message shows the value)
+        raise web.HTTPError(400, "the request body is JSON nested too deeply") from None
+    if error is not None:
+        raise web.HTTPError(400, f"{_describe(error, schema)} ({schema['title']})")
+    return value
+
+
+_TYPE_WORDS = {
+    "boolean": "true or false",
+    "number": "a number",
+    "integer": "an integer",
+    "string": "a string",
+    "object": "a JSON object",
+    "array": "a list",
+    "null": "null",
+}
+
+
+def _short(value: Any) -> str:
+    """A value as a message shows it: short."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
+def _describe(error: Any, schema: dict[str, Any]) -> str:
+    """``low_cost must be true or false, not "yes"``: the field and the problem."""
+    where = ".".join(str(part) for part in error.absolute_path)
+    fields = ", ".join(schema.get("properties", {}))
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        shown = ", ".join(str(name)[:40] for name in unknown[:5])
+        return f"unknown field(s) {shown}; the fields are: {fields}"
+    if error.validator == "required":
+        missing = [n for n in error.schema.get("required", []) if n not in error.instance]
+        return f"{', '.join(missing)} is required" + (f" (in {where})" if where else "")
+    if error.validator == "minProperties" and not where:
+        return schema.get("x-empty-message", f"say what to change: {fields}")
+    if error.validator == "type":
+        expected = error.validator_value
+        kinds = expected if isinstance(expected, list) else [expected]
+        wanted = " or ".join(_TYPE_WORDS.get(k, k) for k in kinds)
+        subject = where or "the request body"
+        return f"{subject} must be {wanted}, not {_short(error.instance)}"
+    message = error.message
+    if len(message) > 200:
+        message = message[:197] + "..."
+    return f"{where}: {message}" if where else f"the request body: {message}"
