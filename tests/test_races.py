@@ -134,21 +134,34 @@ async def test_a_regular_request_preempts_a_low_cost_instance_that_is_still_star
 async def test_a_move_asked_during_a_notice_and_the_recovery_do_not_run_at_once(
     api: Any, jp_serverapp: Any, instance_events: EventRecorder
 ) -> None:
-    """The deadline of the notice passed during the move: the recovery restarted the
-    kernel again, under the move (two instances, 503 "invalid state")."""
+    """A move asked (from the notebook, ?wait=0) while a cell runs waits for the cell; the
+    notice's deadline passed meanwhile, and the recovery restarted the kernel while the
+    move did too (two instances for one kernel, 503 "invalid state")."""
     body = await start_lowcost_kernel(api, "T4")
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     await execute(jp_serverapp, kernel_id, STATE)
-    await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0.5})
-    status, model = await api("PUT", f"kernels/{kernel_id}", {"low_cost": False})
-    assert status in (200, 409), model
-    if status == 409:  # the recovery came first: the move is refused, with why
-        assert "resuming after the interrupted instance" in model["message"]
-    await wait_until(lambda: moved(api, kernel_id), timeout=90)
-    await asyncio.sleep(0)
+    client = jp_serverapp.kernel_manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=60)
+        client.execute("import time\ntime.sleep(30)")
+        await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 1})
+        status, model = await api("PUT", f"kernels/{kernel_id}?wait=0", {"low_cost": False})
+        assert status == 202, model
+        await instance_events.wait_for(instance_id=first, state="interrupted")
+    finally:
+        client.stop_channels()
+
+    async def settled() -> bool:
+        _, model = await api("GET", f"kernels/{kernel_id}")
+        return not model["moving"] and model["instance"]["state"] == "running"
+
+    await wait_until(settled, timeout=90)
     _, model = await api("GET", f"kernels/{kernel_id}")
     live = [i for i in model["history"] if i["state"] in ("pending", "running", "notice")]
     assert len(live) == 1, model["history"]
+    assert model["placement"]["low_cost"] is False  # the move the user asked for
+    assert live[0]["tier"] == "regular"
     assert await execute(jp_serverapp, kernel_id, CHECK) == EXPECTED
 
 
