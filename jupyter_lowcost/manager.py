@@ -131,7 +131,6 @@ class InstanceManager:
         self._notebooks: dict[str, str] = {}  # kernel id -> the notebook path it was given
         self._checkpoint_status: dict[str, dict[str, Any]] = {}  # kernel id -> last report
         self._save_failed = False  # the record store could not be written (a full disk)
-        self._last_relaunch_error: dict[str, str] = {}  # kernel id -> BackendError.reason
         # Kernel id -> the pending record of the instance that will resume it, made while
         # its recovery waited for room (its launch goes on with that record).
         self._prepared: dict[str, InstanceRecord] = {}
@@ -525,6 +524,7 @@ class InstanceManager:
         self._restored.pop(kernel_id, None)
         self._notebooks.pop(kernel_id, None)
         self._checkpoint_status.pop(kernel_id, None)
+        self._locks.pop(kernel_id, None)  # (a task that holds it keeps it until it is done)
         if kernel_id in self._keep_checkpoints:
             # Stopped by the server (its recovery could not relaunch it, or the policy is
             # "none"): the checkpoints stay, for %lowcost restore KERNEL in another kernel.
@@ -706,7 +706,7 @@ class InstanceManager:
                 except BackendError as err:
                     why = f"no low-cost capacity ({err.message})"
                     break
-                if await self._relaunch(kernel_id, placement, what, f"attempt {attempt}"):
+                if await self._relaunch(kernel_id, placement, what, f"attempt {attempt}") is None:
                     return
                 why = f"{attempt} low-cost relaunch(es) failed"
             placement = Placement(placement.instance_type, low_cost=False)
@@ -718,13 +718,10 @@ class InstanceManager:
         try:
             attempt, tries = "", 1
             while await self._until_room(kernel_id, placement, lost):
-                if await self._relaunch(kernel_id, placement, what, attempt):
+                failure = await self._relaunch(kernel_id, placement, what, attempt)
+                if failure is None:
                     return
-                if (
-                    self._stopped
-                    or kernel_id not in self.kernel_manager
-                    or self._last_relaunch_error.get(kernel_id) != "preempted"
-                ):
+                if self._stopped or kernel_id not in self.kernel_manager or failure != "preempted":
                     break  # it cannot start (not for lack of room)
                 # Preempted while it started (a regular request took the slot): again.
                 tries += 1
@@ -733,7 +730,6 @@ class InstanceManager:
                 return  # shut down by its user while it waited, or the server stops
         finally:
             self._recovering.discard(kernel_id)
-            self._last_relaunch_error.pop(kernel_id, None)
             self._prepared.pop(kernel_id, None)
         if kernel_id in self.kernel_manager and not self._stopped:
             # The kernel cannot start anywhere: its checkpoints stay, for %lowcost restore.
@@ -777,8 +773,9 @@ class InstanceManager:
 
     async def _relaunch(
         self, kernel_id: str, placement: Placement, what: str, attempt: str
-    ) -> bool:
-        """Restart the kernel on a new instance of ``placement``; True when it runs there."""
+    ) -> str | None:
+        """Restart the kernel on a new instance of ``placement``: None when it runs there,
+        else why not (a ``BackendError.reason`` such as ``preempted``, or ``error``)."""
         self._launch_reasons[kernel_id] = (
             f"recovery ({self.recovery_policy}) after the {what}: relaunched on "
             f"{placement.describe()}" + (f" ({attempt})" if attempt else "")
@@ -788,17 +785,15 @@ class InstanceManager:
         try:
             await self.kernel_manager.restart_kernel(kernel_id, now=True)
         except Exception as err:  # the restart's own failure: report it to the caller
-            if isinstance(err, BackendError):
-                self._last_relaunch_error[kernel_id] = err.reason
             self.log.error(
                 "jupyter_lowcost | relaunch of kernel %s on %s failed: %s",
                 kernel_id,
                 placement.describe(),
                 err,
             )
-            return False
+            return err.reason if isinstance(err, BackendError) else "error"
         self._reconnect_clients(kernel_id, died=True)
-        return True
+        return None
 
     # -- what the REST API calls ---------------------------------------------------------
 
@@ -945,25 +940,29 @@ class InstanceManager:
         current = self.current_instance(kernel_id)
         live = current if current is not None and current.is_live else None
         self.backend.check_capacity(placement.low_cost, replacing=live)
-        self._begin(kernel_id, f"moving to {placement.describe()}")
+        what = f"moving to {placement.describe()}"
+        self._begin(kernel_id, what)
         self._placements[kernel_id] = placement  # where the kernel goes, from now on
-        task = self._spawn(self._move(kernel_id, old, placement, live, after_cell=not wait))
+        task = self._spawn(self._move(kernel_id, what, old, placement, live, after_cell=not wait))
         if wait:
             await asyncio.shield(task)
 
     async def _move(
         self,
         kernel_id: str,
+        what: str,
         old: Placement | None,
         placement: Placement,
         live: InstanceRecord | None,
         after_cell: bool,
     ) -> None:
+        """A move (``what``, begun by :meth:`switch`), in its turn among the kernel's moves
+        and recoveries."""
         try:
             async with self._kernel_lock(kernel_id):
                 await self._move_now(kernel_id, old, placement, live, after_cell)
         finally:
-            self._finish(kernel_id, f"moving to {placement.describe()}")
+            self._finish(kernel_id, what)
 
     def _begin(self, kernel_id: str, what: str) -> None:
         """``what`` is under way for the kernel (``GET kernels/<id>`` says it is moving)."""

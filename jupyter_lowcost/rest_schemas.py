@@ -92,7 +92,7 @@ CHECKPOINT_STATUS = {
 }
 
 _VALIDATORS = {
-    id(schema): Draft202012Validator(schema)
+    schema["title"]: Draft202012Validator(schema)
     for schema in (START_KERNEL, SWITCH_KERNEL, INTERRUPT, RESTORED, CHECKPOINT_STATUS)
 }
 
@@ -114,7 +114,7 @@ def parse_body(body: bytes, schema: dict[str, Any]) -> dict[str, Any]:
         except ValueError as err:
             raise web.HTTPError(400, f"the request body is not JSON: {err}") from err
     try:
-        error = best_match(_VALIDATORS[id(schema)].iter_errors(value))
+        error = best_match(_VALIDATORS[schema["title"]].iter_errors(value))
     except RecursionError:  # (the error's message shows the value)
         raise web.HTTPError(400, "the request body is JSON nested too deeply") from None
     if error is not None:
