@@ -29,7 +29,7 @@ def preempt(slurm: SlurmCluster, seconds: int = 3) -> str:
 
 
 async def test_a_low_cost_kernel_runs_as_a_slurm_job(
-    api: Any, jp_serverapp: Any, slurm: SlurmCluster
+    api: Any, jp_serverapp: Any, slurm: SlurmCluster, jp_data_dir: Path
 ) -> None:
     body = await start_lowcost_kernel(api, "T4")
     kernel_id, instance = body["kernel"]["id"], body["instance"]
@@ -49,6 +49,11 @@ async def test_a_low_cost_kernel_runs_as_a_slurm_job(
         jp_serverapp, kernel_id, "import os; print(sorted(k for k in os.environ if 'SECRET' in k))"
     )
     assert out.strip() == "[]"
+    # The job appends its output to a log only its owner reads, in a folder only it lists.
+    log = jp_data_dir / "lowcost" / "logs" / f"{instance['id']}.log"
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
+    assert oct(log.parent.stat().st_mode & 0o777) == "0o700"
+    assert log.stat().st_size > 0  # the job wrote into the file the server made
 
 
 async def test_the_catalog_is_what_the_cluster_offers(api: Any, slurm: SlurmCluster) -> None:
