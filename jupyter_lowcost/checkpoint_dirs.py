@@ -29,25 +29,24 @@ class CheckpointDirectory:
     notebook: str | None
     taken_at: float | None
     variables: int
-    #: Bytes on disk, every checkpoint of the directory together.
-    size: int
+
+    def disk_size(self) -> int:
+        """Bytes on disk, every checkpoint of the directory together (walks it: listings
+        only)."""
+        total = 0
+        for folder, _, files in os.walk(self.path):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(folder, name)).st_size
+                except OSError:
+                    pass
+        return total
 
     def age(self, now: float | None = None) -> float | None:
         """Seconds since the newest checkpoint was taken."""
         if self.taken_at is None:
             return None
         return max(0.0, (now or time.time()) - self.taken_at)
-
-
-def _disk_size(directory: Path) -> int:
-    total = 0
-    for folder, _, files in os.walk(directory):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def read(directory: Path) -> CheckpointDirectory:
@@ -67,11 +66,8 @@ def read(directory: Path) -> CheckpointDirectory:
             notebook=manifest.get("notebook") or None,
             taken_at=float(manifest.get("taken_at") or 0) or None,
             variables=len(manifest.get("variables") or {}),
-            size=_disk_size(directory),
         )
-    return CheckpointDirectory(
-        directory.name, directory, None, None, None, 0, _disk_size(directory)
-    )
+    return CheckpointDirectory(directory.name, directory, None, None, None, 0)
 
 
 def list_checkpoints(root: str | os.PathLike[str]) -> list[CheckpointDirectory]:

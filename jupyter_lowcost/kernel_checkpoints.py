@@ -95,19 +95,14 @@ class KernelCheckpoints:
         kept = self.store.latest()
         return {"ok": False, "error": error, "checkpoint_id": kept or ""}
 
-    def restore(self, checkpoint_id: str | None = None) -> RestoreReport:
-        """Put a checkpoint's variables (the latest by default) back into the namespace."""
+    def restore(
+        self, checkpoint_id: str | None = None, store: CheckpointStore | None = None
+    ) -> RestoreReport:
+        """Put a checkpoint's variables (the latest by default) back into the namespace:
+        this kernel's, or another kernel's ``store`` (``%lowcost restore KERNEL``; this
+        kernel's own checkpoints are untouched until its next one)."""
         with self._lock:
-            report = self.store.load(checkpoint_id, into=self.shell.user_ns)
-            self._unhide({name: self.shell.user_ns[name] for name in report.variables})
-            self.last_restore = report
-            return report
-
-    def restore_from(self, store: CheckpointStore, checkpoint_id: str | None) -> RestoreReport:
-        """Put another kernel's checkpoint (``%lowcost restore <kernel>/<id>``) into this
-        namespace; this kernel's own checkpoints are untouched until its next one."""
-        with self._lock:
-            report = store.load(checkpoint_id, into=self.shell.user_ns)
+            report = (store or self.store).load(checkpoint_id, into=self.shell.user_ns)
             self._unhide({name: self.shell.user_ns[name] for name in report.variables})
             self.last_restore = report
             return report
@@ -118,12 +113,10 @@ class KernelCheckpoints:
         A restore at start runs before IPython hides its initial namespace from the user
         (``user_ns_hidden``, filled after extensions load), so this runs again just before
         the first cell too."""
-        hidden = self.shell.user_ns_hidden
-        for name, value in restored.items():
-            if name in hidden and hidden[name] is value:
-                del hidden[name]
-        if not self._unhide_pending:
-            self._unhide_pending = dict(restored)
+        first = not self._unhide_pending
+        self._unhide_pending = {**self._unhide_pending, **restored}
+        self._unhide_restored()
+        if first:
 
             def before_first_cell(*args: Any) -> None:
                 self.shell.events.unregister("pre_run_cell", before_first_cell)

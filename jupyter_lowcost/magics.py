@@ -321,7 +321,7 @@ def _restore_other(checkpoints: Any, target: str) -> Any:
     directory = find(checkpoints.store.root.parent, kernel)
     store = CheckpointStore(directory.path)
     try:
-        report = checkpoints.restore_from(store, checkpoint_id or None)
+        report = checkpoints.restore(checkpoint_id or None, store=store)
     finally:
         store.close()
     report.checkpoint_id = f"{directory.kernel_id[:8]}/{report.checkpoint_id}"
@@ -359,7 +359,7 @@ def describe_all_checkpoints(root: Any, own: Any) -> str:
         rows.append(
             f"{entry.kernel_id[:8]:<8}  {entry.latest or '':<8}  "
             f"{format_duration(age) + ' ago' if age is not None else '?':>14}  "
-            f"{entry.variables:>9}  {human_bytes(entry.size):>9}  {state:<14}  "
+            f"{entry.variables:>9}  {human_bytes(entry.disk_size()):>9}  {state:<14}  "
             f"{entry.notebook or '(unknown)'}"
         )
     rows.append("%lowcost restore KERNEL puts a kernel's latest checkpoint into this kernel.")

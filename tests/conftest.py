@@ -152,6 +152,11 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+def manager_of(serverapp: Any) -> Any:
+    """The server's InstanceManager (what the REST API does not show: records, pids)."""
+    return serverapp.web_app.settings["jupyter_lowcost_manager"]
+
+
 async def wait_until(condition: Callable[[], Any], timeout: float = 30) -> None:
     """Wait until ``condition()`` (sync or async) is true, checking every 50 ms."""
     end = time.monotonic() + timeout

@@ -11,15 +11,12 @@ import pytest
 from conftest import (
     EventRecorder,
     execute,
+    manager_of,
     moved,
     process_alive,
     start_lowcost_kernel,
     wait_until,
 )
-
-
-def manager_of(serverapp: Any) -> Any:
-    return serverapp.web_app.settings["jupyter_lowcost_manager"]
 
 
 async def test_switch_low_cost_regular_low_cost_keeps_the_kernel_id(

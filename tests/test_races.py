@@ -17,6 +17,7 @@ import pytest
 from conftest import (
     EventRecorder,
     execute,
+    manager_of,
     moved,
     process_alive,
     start_lowcost_kernel,
@@ -26,10 +27,6 @@ from conftest import (
 STATE = "weights = [0.5, 0.25]\nstep = 41\nstep += 1\n"
 CHECK = "print(weights, step)"
 EXPECTED = "[0.5, 0.25] 42\n"
-
-
-def manager_of(serverapp: Any) -> Any:
-    return serverapp.web_app.settings["jupyter_lowcost_manager"]
 
 
 async def resumed(api: Any, kernel_id: str, old: str) -> str:
