@@ -192,8 +192,14 @@ class LowCostMagics(Magics):
             print(describe_all_checkpoints(checkpoints.store.root.parent, checkpoints.store.root))
         elif command == "restore" and len(rest) <= 1:
             try:
-                if rest and "/" not in rest[0] and rest[0].isdigit():
-                    restored = checkpoints.restore(rest[0])
+                if rest and rest[0] in checkpoints.store.checkpoint_ids():
+                    restored = checkpoints.restore(rest[0])  # one of this kernel's
+                elif rest and rest[0].isdigit():
+                    # A kernel id can start with 8 digits too; else this kernel's message
+                    try:
+                        restored = _restore_other(checkpoints, rest[0])
+                    except LookupError:
+                        restored = checkpoints.restore(rest[0])
                 elif rest:
                     restored = _restore_other(checkpoints, rest[0])
                 elif not _has_variables(checkpoints.store):

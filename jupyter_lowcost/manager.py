@@ -208,8 +208,14 @@ class InstanceManager:
         self._stopped = True
         for timer in self._timers.values():
             timer.cancel()
-        # Launches still waiting for room (a recovery waits as long as it takes) end now.
-        for record in [r for r in self._records.values() if r.state == InstanceState.PENDING]:
+        # Launches still waiting for room (a recovery waits as long as it takes) end now;
+        # those that hold room (a slot, a job) run to their end like the rest.
+        waiting = [
+            r
+            for r in self._records.values()
+            if r.state == InstanceState.PENDING and not r.backend_state
+        ]
+        for record in waiting:
             self._end(record, InstanceState.TERMINATED, "the Jupyter server stopped")
             await self.backend.terminate(record, now=True)
         # Deadlines still counting down are dropped; moves and recoveries under way run to

@@ -184,9 +184,11 @@ async def test_a_fresh_kernel_has_nothing_to_restore(api: Any, jp_serverapp: Any
     assert "%lowcost checkpoints --all" in out
 
 
-def orphan(root: Path, notebook: str, taken_days_ago: float, **variables: Any) -> str:
+def orphan(
+    root: Path, notebook: str, taken_days_ago: float, kernel_id: str = "", **variables: Any
+) -> str:
     """The checkpoint directory a kernel leaves behind when its server is killed."""
-    kernel_id = str(uuid.uuid4())
+    kernel_id = kernel_id or str(uuid.uuid4())
     store = CheckpointStore(root / kernel_id)
     report = store.save(variables, kernel_id, notebook=notebook)
     store.close()
@@ -229,3 +231,10 @@ async def test_orphaned_checkpoints_are_listed_restored_and_pruned(
     assert out.endswith("[0, 1, 2, 3, 4] 12 here\n")
     missing = await execute(jp_serverapp, kernel_id, "%lowcost restore zzzz")
     assert "no checkpoints of a kernel 'zzzz'" in missing
+    # A kernel id that starts with 8 digits looks like a checkpoint id of this kernel: it
+    # is restored from that kernel all the same (it was "no checkpoint" 1 run in 40).
+    digits = orphan(root, "d.ipynb", 0.1, kernel_id="12345678-aaaa-4bbb-8ccc-000000000000", z=7)
+    out = await execute(jp_serverapp, kernel_id, f"%lowcost restore {digits[:8]}\nprint(z)")
+    assert out.startswith("Restored checkpoint 12345678/00000001: 1 variable") and out.endswith(
+        "7\n"
+    )
