@@ -195,6 +195,28 @@ class LowCostApp(ExtensionApp):
         """,
     )
 
+    orphan_timeout = Float(
+        0.0,
+        config=True,
+        help="""Seconds an instance keeps its kernel (and the cell it runs) after losing
+        the Jupyter server (a crash, a kill -9, an upgrade), waiting for a server to take
+        it back. A server that starts on the same data directory re-attaches the kernels
+        whose instances still run, under the same ids, and resumes from their checkpoints
+        the ones whose instances ended meanwhile. 0 (default): until the instance's
+        lifetime cap (``lifetime_cap`` seconds for a regular one, or a day with no cap).
+        Example: ``c.LowCostApp.orphan_timeout = 3600``.
+        """,
+    )
+
+    reattach_timeout = Float(
+        30.0,
+        config=True,
+        help="""Seconds a restarted server waits for the launcher of a running instance
+        to reconnect before it gives the instance up (it stops it, and resumes its kernel
+        from its checkpoint on a new one). Example: ``c.LowCostApp.reattach_timeout = 60``.
+        """,
+    )
+
     @validate("checkpoints")
     def _check_checkpoints(self, proposal: Any) -> str:
         value = proposal["value"]
@@ -245,6 +267,9 @@ class LowCostApp(ExtensionApp):
             if self.checkpoint_dir
             else Path(self.serverapp.data_dir) / "lowcost" / "checkpoints",
             orphaned_checkpoints_seconds=self.orphaned_checkpoints_days * 86400,
+            session_manager=getattr(self.serverapp, "session_manager", None),
+            orphan_timeout=self.orphan_timeout,
+            reattach_timeout=self.reattach_timeout,
             log=self.log,
         )
         self.manager.activate()

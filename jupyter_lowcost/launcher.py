@@ -18,9 +18,13 @@ manager prepared, it:
 The kernel binds ``config["ip"]``; ``auto`` means the address through which this launcher
 reached the server, which the server can reach back (a compute node's address).
 
-If the server goes away and does not come back within ``JUPYTER_LOWCOST_ORPHAN_TIMEOUT``
-seconds (default 30), the launcher stops the kernel: an instance never outlives the
-server that knows about it.
+If the server goes away (a crash, a kill -9, a restart), the kernel goes on: the launcher
+dials again every half second, at the address in ``JUPYTER_LOWCOST_CHANNEL_FILE`` (the
+server that adopts the instance writes its own there), and proves who it is with the
+reconnect secret the server gave it. If no server takes it back within the orphan
+timeout the server set (``LowCostApp.orphan_timeout``; ``JUPYTER_LOWCOST_ORPHAN_TIMEOUT``
+seconds overrides it) or by the end of its lifetime cap, it stops the kernel: an
+instance never outlives every server that could know about it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import tempfile
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from . import interruption
@@ -45,6 +50,9 @@ ENV_CHANNEL = "JUPYTER_LOWCOST_CHANNEL"
 ENV_INSTANCE_ID = "JUPYTER_LOWCOST_INSTANCE_ID"
 ENV_SECRET = "JUPYTER_LOWCOST_LAUNCH_SECRET"
 ENV_ORPHAN_TIMEOUT = "JUPYTER_LOWCOST_ORPHAN_TIMEOUT"
+ENV_CHANNEL_FILE = "JUPYTER_LOWCOST_CHANNEL_FILE"
+#: Seconds between two attempts to reach a server again.
+RECONNECT_INTERVAL = 0.5
 ENV_SIGTERM_NOTICE = "JUPYTER_LOWCOST_SIGTERM_NOTICE"
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -90,10 +98,20 @@ class Channel:
     """The launcher's end of the launch channel (see ``jupyter_lowcost.channel``)."""
 
     def __init__(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=30)
-        self.reader = self.sock.makefile("rb")
         self._send_lock = threading.Lock()
+        self.connect(address)
+
+    def connect(self, address: str, timeout: float = 30) -> None:
+        """(Re)open the connection to ``host:port``."""
+        host, _, port = address.rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.reader = self.sock.makefile("rb")
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
     def send(self, message: dict[str, Any]) -> None:
         with self._send_lock:
@@ -104,24 +122,88 @@ class Channel:
         return json.loads(line) if line else None
 
 
-def _listen(channel: Channel, orphan_timeout: float) -> None:
-    """Channel thread: deliver notices; stop the kernel if the server is gone for good."""
-    while True:
+@dataclass
+class Reattach:
+    """What the launcher needs to come back to a server (see :func:`_reconnect`)."""
+
+    instance_id: str
+    address: str
+    channel_file: str
+    reconnect_secret: str
+    connection_info: dict[str, Any]
+    #: Seconds to wait for a server after losing one, and a UNIX time not to wait past
+    #: (the lifetime cap), from the server's config.
+    orphan_timeout: float
+    orphan_until: float | None
+
+    def server_address(self) -> str:
+        """Where the server that adopted this instance listens (its file), else where
+        the first one did."""
         try:
-            message = channel.receive()
-        except (OSError, ValueError):
-            message = None
-        if message is None:
-            break
-        if message.get("type") == "notice":
-            interruption.deliver(float(message["deadline"]), str(message.get("reason", "")))
-    print(
-        f"jupyter_lowcost launcher: lost the server; stopping the kernel in {orphan_timeout:g} s",
-        file=sys.stderr,
-        flush=True,
-    )
-    time.sleep(orphan_timeout)
-    os._exit(3)
+            with open(self.channel_file) as handle:
+                return str(json.load(handle)["address"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.address
+
+
+def _listen(channel: Channel, reattach: Reattach) -> None:
+    """Channel thread: deliver notices; when the server is lost, wait for one to take the
+    instance back (the kernel goes on meanwhile), and stop the kernel if none does."""
+    while True:
+        while True:
+            try:
+                message = channel.receive()
+            except (OSError, ValueError):
+                message = None
+            if message is None:
+                break
+            if message.get("type") == "notice":
+                interruption.deliver(float(message["deadline"]), str(message.get("reason", "")))
+        channel.close()
+        give_up = time.time() + reattach.orphan_timeout
+        if reattach.orphan_until is not None:
+            give_up = min(give_up, reattach.orphan_until)
+        print(
+            "jupyter_lowcost launcher: lost the server; the kernel goes on, waiting for a "
+            f"server until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(give_up))}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if not _reconnect(channel, reattach, give_up):
+            print(
+                "jupyter_lowcost launcher: no server took the instance back; stopping the kernel",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(3)
+        print("jupyter_lowcost launcher: a server took the instance back", file=sys.stderr)
+
+
+def _reconnect(channel: Channel, reattach: Reattach, give_up: float) -> bool:
+    """Dial until a server takes the instance back (True) or ``give_up`` passes."""
+    while time.time() < give_up:
+        try:
+            channel.connect(reattach.server_address(), timeout=5)
+            challenge = channel.receive() or {}
+            channel.send(
+                {
+                    "type": "hello",
+                    "instance_id": reattach.instance_id,
+                    "mac": sign(reattach.reconnect_secret, str(challenge["nonce"])),
+                    "reattach": True,
+                }
+            )
+            reply = channel.receive()
+            if reply is not None and reply.get("type") == "reattached":
+                reattach.reconnect_secret = str(reply["reconnect_secret"])
+                channel.sock.settimeout(None)
+                channel.send({"type": "ready", "connection_info": reattach.connection_info})
+                return True
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        channel.close()
+        time.sleep(RECONNECT_INTERVAL)
+    return False
 
 
 def _report_sigterm(channel: Channel, notice_seconds: float) -> None:
@@ -157,7 +239,8 @@ def main() -> None:
             f"jupyter_lowcost launcher: {err.args[0]} is not set; backends start this "
             "module for the server, it is not meant to be run by hand"
         )
-    orphan_timeout = float(os.environ.get(ENV_ORPHAN_TIMEOUT, "30"))
+    channel_file = os.environ.pop(ENV_CHANNEL_FILE, "")
+    orphan_timeout = os.environ.get(ENV_ORPHAN_TIMEOUT, "")
 
     channel = Channel(address)
     challenge = channel.receive() or {}
@@ -200,14 +283,20 @@ def main() -> None:
     except Exception:
         channel.send({"type": "failed", "error": traceback.format_exc()})
         raise
-    channel.send(
-        {
-            "type": "ready",
-            "connection_info": {"ip": ip, "transport": app.transport, **ports},
-        }
+    connection_info = {"ip": ip, "transport": app.transport, **ports}
+    channel.send({"type": "ready", "connection_info": connection_info})
+    orphan_until = config.get("orphan_until")
+    reattach = Reattach(
+        instance_id=instance_id,
+        address=address,
+        channel_file=channel_file,
+        reconnect_secret=str(config.get("reconnect_secret") or ""),
+        connection_info=connection_info,
+        orphan_timeout=float(orphan_timeout or config.get("orphan_timeout") or 30),
+        orphan_until=float(orphan_until) if orphan_until else None,
     )
     threading.Thread(
-        target=_listen, args=(channel, orphan_timeout), name="lowcost-channel", daemon=True
+        target=_listen, args=(channel, reattach), name="lowcost-channel", daemon=True
     ).start()
     app.start()
 

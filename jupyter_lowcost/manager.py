@@ -19,6 +19,7 @@ kernel id through the server's kernel manager, so JupyterLab reconnects by itsel
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -44,8 +45,14 @@ from .client import ENV_KERNEL_ID, ENV_TOKEN, ENV_URL
 from .kernel_checkpoints import ENV_DIR as ENV_CHECKPOINT_DIR
 from .kernel_checkpoints import ENV_FAILING, ENV_NOTEBOOK, ENV_RESTORE
 from .kernel_checkpoints import ENV_WHEN as ENV_CHECKPOINTS
-from .launcher import ENV_CHANNEL, ENV_INSTANCE_ID, ENV_SECRET, is_ipykernel_command
-from .private import private_dir
+from .launcher import (
+    ENV_CHANNEL,
+    ENV_CHANNEL_FILE,
+    ENV_INSTANCE_ID,
+    ENV_SECRET,
+    is_ipykernel_command,
+)
+from .private import open_private, private_dir
 from .records import InstanceRecord, InstanceState, Placement, RecordStore, iso
 
 RECOVERY_POLICIES = ("relaunch", "fallback", "none")
@@ -94,6 +101,9 @@ class InstanceManager:
         fallback_after: int = 0,
         demo: bool = False,
         orphaned_checkpoints_seconds: float = 7 * 86400,
+        session_manager: Any = None,
+        orphan_timeout: float = 0.0,
+        reattach_timeout: float = 30.0,
     ) -> None:
         self.catalog = catalog
         self.kernel_manager = kernel_manager
@@ -111,13 +121,20 @@ class InstanceManager:
         self.fallback_after = fallback_after
         self.demo = demo
         self.orphaned_checkpoints_seconds = orphaned_checkpoints_seconds
+        self.session_manager = session_manager
+        self.orphan_timeout = orphan_timeout
+        self.reattach_timeout = reattach_timeout
         self.checkpoint_dir = checkpoint_dir or data_dir / "checkpoints"
         self._resume: set[str] = set()  # kernels whose next start restores their checkpoint
         self._restored: dict[str, dict[str, Any]] = {}  # kernel id -> its last restore
         self.backend = backend_factory(self)
         self.store = RecordStore(data_dir)
         self.channel = LaunchChannel(
-            log, self._on_channel_message, host=channel_ip, port=channel_port
+            log,
+            self._on_channel_message,
+            host=channel_ip,
+            port=channel_port,
+            on_reconnect_secret=self._reconnect_secret_made,
         )
         self._records: dict[str, InstanceRecord] = {}
         self._placements: dict[str, Placement] = {}
@@ -144,6 +161,14 @@ class InstanceManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started: asyncio.Task[None] | None = None
         self._stopped = False
+        # Kernel id -> what re-creating it under its id after a server restart needs
+        # (kernelspec, working directory, notebook, session), saved with the records.
+        self._kernel_info: dict[str, dict[str, Any]] = {}
+        # Kernel id -> the instance a previous server ran it on, to take back at its
+        # launch (see ``_take_back``); instance id -> the reconnection awaited from it.
+        self._adopting: dict[str, InstanceRecord] = {}
+        self._coming_back: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._session_watch: asyncio.Task[None] | None = None
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -161,13 +186,22 @@ class InstanceManager:
     async def _start(self) -> None:
         private_dir(self.data_dir)
         private_dir(self.checkpoint_dir)
-        await self.backend.start()
-        self.catalog = self.backend.offered_types(self.catalog)
-        await self.channel.start()
-        records, orphaned_files = self.store.adopt_orphans()
+        records, kernels, orphaned_files = self.store.adopt_orphans()
         for record in records:
             self._records[record.id] = record
+        # The kernels a previous server ran come back under their ids at once, before
+        # anything here awaits: JupyterLab, polling, must never see them gone (it would
+        # drop its kernel and session). They are pending until their launch has taken the
+        # running instance back, or resumed the kernel from its checkpoint on a new one.
+        comebacks = await self._recreate_kernels(kernels)
+        await self.backend.start()
+        self.catalog = self.backend.offered_types(self.catalog)
+        taking_back = {r.id for r in self._adopting.values()}
+        for record in records:
             if not record.is_live:
+                continue
+            if record.id in taking_back:
+                await self._find_again(record)
                 continue
             alive = False
             if record.backend == self.backend.name:
@@ -180,10 +214,13 @@ class InstanceManager:
             )
             self.log.warning("jupyter_lowcost | instance %s: %s", record.id, reason)
             self._transition(record, InstanceState.TERMINATED, reason)
+        await self.channel.start()
+        for instance_id in self._coming_back:
+            self._write_channel_file(instance_id)
         self._save()
         self.store.remove(orphaned_files)
         self._prune_logs()
-        live = set(self.kernel_manager.list_kernel_ids())
+        live = set(self.kernel_manager.list_kernel_ids()) | set(comebacks)
         for kernel_id in checkpoint_dirs.prune(
             self.checkpoint_dir, self.orphaned_checkpoints_seconds, keep=live
         ):
@@ -193,6 +230,254 @@ class InstanceManager:
                 kernel_id,
                 describe_seconds(self.orphaned_checkpoints_seconds),
             )
+        if self.session_manager is not None:
+            self._session_watch = asyncio.ensure_future(self._watch_sessions())
+
+    # -- a restart of the server: kernels taken back or resumed --------------------------
+
+    async def _recreate_kernels(self, kernels: dict[str, dict[str, Any]]) -> list[str]:
+        """Put back, under its id, each kernel a previous server ran on an instance, with
+        its placement and its notebook's session (called at start, before anything else
+        awaits). Each one's launch then takes its instance back or resumes it (see
+        :meth:`_take_back`). Returns the kernel ids."""
+        comebacks = []
+        for kernel_id, info in kernels.items():
+            try:
+                placement = Placement(
+                    str(info["placement"]["instance_type"]), bool(info["placement"]["low_cost"])
+                )
+                kernel_name = str(info["kernel_name"])
+            except (KeyError, TypeError):
+                continue
+            if kernel_id in self.kernel_manager:
+                continue
+            record = self._records.get(str(info.get("instance_id")))
+            if record is None or record.kernel_id != kernel_id:
+                continue
+            self._placements[kernel_id] = placement
+            self._current[kernel_id] = record.id
+            self._kernel_info[kernel_id] = {
+                k: info.get(k) for k in ("kernel_name", "cwd", "notebook", "session")
+            }
+            if info.get("notebook"):
+                self._notebooks[kernel_id] = str(info["notebook"])
+            status = info.get("checkpoint_status")
+            if isinstance(status, dict) and "ok" in status:
+                self._checkpoint_status[kernel_id] = status
+            self._adopting[kernel_id] = record
+            try:
+                await self._start_pending(kernel_id, kernel_name, info.get("cwd"))
+            except Exception as err:  # its kernelspec is gone, say
+                self.log.error(
+                    "jupyter_lowcost | kernel %s cannot come back after the server restart: %s",
+                    kernel_id,
+                    err,
+                )
+                self._keep_checkpoints.add(kernel_id)
+                self.kernel_gone(kernel_id)
+                continue
+            await self._restore_session(kernel_id, info.get("session"))
+            comebacks.append(kernel_id)
+        return comebacks
+
+    async def _start_pending(self, kernel_id: str, kernel_name: str, cwd: Any) -> None:
+        """Start the kernel under its id without waiting for it: it is listed at once,
+        and a client that connects waits until it answers (jupyter_client's pending
+        kernels, for this one start: with them ``start_kernel`` returns without awaiting
+        anything, so no other start sees the setting)."""
+        km = self.kernel_manager
+        pending = km.use_pending_kernels
+        km.use_pending_kernels = True
+        try:
+            await km.start_kernel(
+                kernel_id=kernel_id,
+                kernel_name=kernel_name,
+                **({"cwd": cwd} if isinstance(cwd, str) and os.path.isdir(cwd) else {}),
+            )
+        finally:
+            km.use_pending_kernels = pending
+        self._spawn(self._until_back(kernel_id))
+
+    async def _until_back(self, kernel_id: str) -> None:
+        """Follow a kernel put back at start until it answers; a kernel that cannot come
+        back at all is removed (its checkpoints are kept, for %lowcost restore)."""
+        try:
+            await self.kernel_manager.get_kernel(kernel_id).ready
+        except Exception as err:
+            message = err.message if isinstance(err, BackendError) else str(err)
+            self.log.error(
+                "jupyter_lowcost | kernel %s could not come back after the server restart: %s",
+                kernel_id,
+                message,
+            )
+            self._keep_checkpoints.add(kernel_id)
+            if kernel_id in self.kernel_manager:
+                self.kernel_manager.remove_kernel(kernel_id)
+            getattr(self.kernel_manager, "_pending_kernels", {}).pop(kernel_id, None)
+            self.kernel_gone(kernel_id)
+        finally:
+            self._recovering.discard(kernel_id)
+
+    async def _restore_session(self, kernel_id: str, session: Any) -> None:
+        """Put back the session that tied the kernel to its notebook, with its id (the
+        one JupyterLab holds)."""
+        if self.session_manager is None or not isinstance(session, dict):
+            return
+        try:
+            try:
+                await self.session_manager.get_session(session_id=str(session["id"]))
+                return  # (a session store that outlives the server kept it)
+            except web.HTTPError:
+                pass
+            await self.session_manager.save_session(
+                str(session["id"]),
+                path=session.get("path"),
+                name=session.get("name"),
+                type=session.get("type"),
+                kernel_id=kernel_id,
+            )
+        except Exception as err:  # a session store that refuses: the kernel still comes back
+            self.log.warning(
+                "jupyter_lowcost | could not restore the session of kernel %s: %s", kernel_id, err
+            )
+
+    async def _watch_sessions(self) -> None:
+        """Keep the session of each kernel on an instance in the saved records (its id,
+        notebook path and name change with the user's renames), once a second."""
+        while not self._stopped:
+            changed = False
+            for kernel_id, info in list(self._kernel_info.items()):
+                try:
+                    model = await self.session_manager.get_session(kernel_id=kernel_id)
+                except web.HTTPError:
+                    continue  # no session (a kernel started without one)
+                session = {k: model.get(k) for k in ("id", "path", "name", "type")}
+                if info.get("session") != session:
+                    info["session"] = session
+                    changed = True
+            if changed:
+                self._save()
+            await asyncio.sleep(1.0)
+
+    async def _find_again(self, record: InstanceRecord) -> None:
+        """Ask the backend whether an instance a previous server ran still runs; if so,
+        wait for its launcher to reconnect (its kernel's launch takes it back)."""
+        secret = record.reattach.get("secret")
+        alive = (
+            record.backend == self.backend.name
+            and record.state in (InstanceState.RUNNING, InstanceState.NOTICE)
+            and bool(secret)
+            and await self.backend.reattach(record)
+        )
+        if alive:
+            self._coming_back[record.id] = self.channel.expect_back(record.id, str(secret))
+        elif record.backend == self.backend.name and record.state == InstanceState.PENDING:
+            await self.backend.forget_orphan(record)
+
+    def _reconnect_secret_made(self, instance_id: str, secret: str) -> None:
+        """The channel made a launcher's next reconnect secret: saved before it is sent."""
+        record = self._records.get(instance_id)
+        if record is not None:
+            record.reattach["secret"] = secret
+            self._save()
+
+    def _channel_file(self, instance_id: str) -> Path:
+        return self.data_dir / "channels" / f"{instance_id}.json"
+
+    def _write_channel_file(self, instance_id: str) -> None:
+        """Tell the instance's launcher where this server listens (it reads the file when
+        it dials again after losing its server)."""
+        path = self._channel_file(instance_id)
+        address = self.backend.channel_address(self.channel.host, self.channel.port)
+        try:
+            private_dir(path.parent)
+            tmp = path.with_suffix(".tmp")
+            with open_private(tmp, "w") as handle:
+                json.dump({"address": address}, handle)
+            os.replace(tmp, path)
+        except OSError as err:
+            self.log.warning("jupyter_lowcost | could not write %s: %s", path, err)
+
+    def _orphan_rules(self, record: InstanceRecord) -> dict[str, Any]:
+        """How long the instance's launcher keeps its kernel without a server: the
+        configured ``orphan_timeout``, else until its lifetime cap."""
+        cap = self.lifetime_cap
+        if self.orphan_timeout > 0:
+            return {"orphan_timeout": self.orphan_timeout, "orphan_until": None}
+        until = time.time() + cap + 60 if record.low_cost and cap > 0 else None
+        return {"orphan_timeout": cap if cap > 0 else 86400.0, "orphan_until": until}
+
+    async def _take_back(self, kernel_id: str, record: InstanceRecord) -> dict[str, Any] | None:
+        """The launch of a kernel put back at start: its connection info once the
+        launcher of its running instance has reconnected (the same kernel, its variables
+        and the cell it runs), else None after ending the instance as lost; the launch
+        then resumes the kernel from its checkpoint on a new instance, by the policy."""
+        coming = self._coming_back.pop(record.id, None)
+        why = (
+            "it was still starting when the Jupyter server went away"
+            if record.state == InstanceState.PENDING
+            else "it had ended while the Jupyter server was away"
+        )
+        if coming is not None:
+            try:
+                info = await asyncio.wait_for(asyncio.shield(coming), self.reattach_timeout)
+            except (asyncio.TimeoutError, LaunchFailed):
+                info = None
+                why = f"its launcher did not reconnect within {self.reattach_timeout:g} s"
+            if info is not None and record.is_live:
+                return self._taken_back(kernel_id, record, info)
+            await self.backend.terminate(record, now=True)
+        if not record.is_live:
+            why = record.reason
+        expired = record.expires_at is not None and record.expires_at <= time.time() + 1
+        state = InstanceState.EXPIRED if expired else InstanceState.INTERRUPTED
+        record.recovery = self.recovery_policy
+        self._end(record, state, f"the Jupyter server restarted; the instance was lost: {why}")
+        self._returncodes.setdefault(record.id, 1)
+        placement = self._placements[kernel_id]
+        if self.recovery_policy == "none":
+            self._keep_checkpoints.add(kernel_id)
+            raise BackendError(
+                f"the {record.state.value} instance {record.id} is not replaced (recovery "
+                "policy 'none'); its checkpoints are kept (%lowcost restore)",
+                status=503,
+            )
+        if self.recovery_policy == "fallback" and self.fallback_after == 0:
+            placement = Placement(placement.instance_type, low_cost=False)
+            self._placements[kernel_id] = placement
+        self._launch_reasons[kernel_id] = (
+            f"recovery ({self.recovery_policy}) after the {record.state.value} instance "
+            f"{record.id} (lost while the Jupyter server was away): relaunched on "
+            f"{placement.describe()}"
+        )
+        self._recovering.add(kernel_id)
+        return None
+
+    def _taken_back(
+        self, kernel_id: str, record: InstanceRecord, info: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Settle a kernel whose instance is back: its clocks (cap, notice) run on."""
+        self._current[kernel_id] = record.id
+        self._transition(
+            record,
+            record.state,
+            f"re-attached after the Jupyter server restarted: the kernel runs on "
+            f"{self._placements[kernel_id].describe()}, as before",
+        )
+        if record.state == InstanceState.NOTICE and record.notice_deadline is not None:
+            self._deadlines[record.id] = self._spawn(self._enforce_deadline(record))
+        elif record.expires_at is not None:
+            notice = min(self.cap_notice, self.lifetime_cap / 2)
+            self._timers[record.id] = asyncio.get_running_loop().call_later(
+                max(0.0, record.expires_at - notice - time.time()), self._cap_reached, record.id
+            )
+        ports = {k: v for k, v in info.items() if k in ("ip", "transport") or k.endswith("_port")}
+        return {
+            **record.reattach.get("connection_info", {}),
+            **ports,
+            "key": str(record.reattach["key"]).encode(),
+            "signature_scheme": record.reattach["signature_scheme"],
+        }
 
     def _prune_logs(self) -> None:
         """Drop the launcher logs of instances no longer on record."""
@@ -230,6 +515,8 @@ class InstanceManager:
             for task in busy:
                 task.cancel()
             await asyncio.gather(*busy, return_exceptions=True)
+        if self._session_watch is not None:
+            self._session_watch.cancel()
         if self._started is not None:
             await asyncio.gather(self._started, return_exceptions=True)
             for record in [r for r in self._records.values() if r.is_live]:
@@ -247,7 +534,7 @@ class InstanceManager:
         from what it holds in memory: its deadlines, events and answers do not depend on
         the disk. The next transition tries again."""
         try:
-            self.store.save(list(self._records.values()))
+            self.store.save(list(self._records.values()), self._kernels_to_save())
         except OSError as err:
             if not self._save_failed:
                 self.log.error(
@@ -262,12 +549,28 @@ class InstanceManager:
                 self.log.warning("jupyter_lowcost | instance records saved again")
             self._save_failed = False
 
+    def _kernels_to_save(self) -> dict[str, dict[str, Any]]:
+        """What a restarted server needs to re-create each kernel on an instance."""
+        saved = {}
+        for kernel_id, info in self._kernel_info.items():
+            placement = self._placements.get(kernel_id)
+            if placement is None or kernel_id not in self._current:
+                continue
+            saved[kernel_id] = {
+                **info,
+                "placement": placement.to_model(),
+                "instance_id": self._current[kernel_id],
+                "notebook": self._notebooks.get(kernel_id),
+                "checkpoint_status": self._checkpoint_status.get(kernel_id),
+            }
+        return saved
+
     def _transition(self, record: InstanceRecord, state: InstanceState, reason: str) -> None:
         """Move ``record`` to ``state``, then save and emit (the only place that does)."""
         now = time.time()
         record.state = state
         record.reason = reason
-        if state == InstanceState.RUNNING:
+        if state == InstanceState.RUNNING and record.started_at is None:
             record.started_at = now
             if record.low_cost and self.lifetime_cap > 0:
                 record.expires_at = now + self.lifetime_cap
@@ -280,6 +583,7 @@ class InstanceManager:
             if deadline is not None and deadline is not asyncio.current_task():
                 deadline.cancel()
             self.channel.forget(record.id)
+            self._channel_file(record.id).unlink(missing_ok=True)
             self._ended.setdefault(record.id, asyncio.Event()).set()
         self._save()
         events.emit_transition(self.event_logger, record)
@@ -410,15 +714,28 @@ class InstanceManager:
         env: dict[str, str],
         cwd: str | None,
         kernel_config: dict[str, Any],
+        kernel_name: str | None = None,
     ) -> dict[str, Any]:
         """Start an instance for the kernel's placement; return its connection info.
 
         Called by the provisioner's ``launch_kernel``; waits until the kernel on the
-        instance has bound its ports. Raises ``BackendError`` when it cannot.
+        instance has bound its ports. Raises ``BackendError`` when it cannot. The first
+        launch of a kernel put back after a server restart takes its running instance
+        back instead (its connection info then holds the kernel's own session key).
         """
         if self._stopped:
             raise BackendError("the Jupyter server is shutting down", status=503)
         await self.ensure_started()
+        adopting = self._adopting.pop(kernel_id, None)
+        if adopting is not None:
+            taken_back = await self._take_back(kernel_id, adopting)
+            if taken_back is not None:
+                return taken_back
+            env = {**env, ENV_RESTORE: "1"}  # resumed from its checkpoint
+        info_now = self._kernel_info.setdefault(kernel_id, {})
+        info_now.update(cwd=cwd)
+        if kernel_name:
+            info_now["kernel_name"] = kernel_name
         placement = self._placements[kernel_id]
         itype = self.catalog[placement.instance_type]
         reason = self._launch_reasons.pop(kernel_id, f"the kernel asked for {placement.describe()}")
@@ -435,12 +752,24 @@ class InstanceManager:
                 raise BackendError(
                     f"the instance was stopped before it started: {record.reason}", status=503
                 )
+            record.reattach = {
+                "key": kernel_config["key"],
+                "signature_scheme": kernel_config["signature_scheme"],
+            }
             secret, ready = self.channel.expect(
-                record.id, {**kernel_config, "transport": "tcp", "ip": self.backend.kernel_ip}
+                record.id,
+                {
+                    **kernel_config,
+                    "transport": "tcp",
+                    "ip": self.backend.kernel_ip,
+                    **self._orphan_rules(record),
+                },
             )
+            self._write_channel_file(record.id)
             launch_env = {
                 **env,
                 ENV_CHANNEL: self.backend.channel_address(self.channel.host, self.channel.port),
+                ENV_CHANNEL_FILE: str(self._channel_file(record.id)),
                 ENV_INSTANCE_ID: record.id,
                 ENV_SECRET: secret,
             }
@@ -469,6 +798,7 @@ class InstanceManager:
             raise BackendError(message, status=500, reason="launch") from err
         if not record.is_live:  # ended while starting (an exit raced the ready message)
             raise BackendError(f"the instance ended while starting: {record.reason}", status=500)
+        record.reattach["connection_info"] = info
         self._transition(
             record, InstanceState.RUNNING, f"the kernel runs on {placement.describe()}"
         )
@@ -525,6 +855,9 @@ class InstanceManager:
             self._spawn(self.backend.terminate(record, now=True))
         self._placements.pop(kernel_id, None)
         self._current.pop(kernel_id, None)
+        self._adopting.pop(kernel_id, None)
+        if self._kernel_info.pop(kernel_id, None) is not None:
+            self._save()
         self._launch_reasons.pop(kernel_id, None)
         self._resume.discard(kernel_id)
         self._restored.pop(kernel_id, None)

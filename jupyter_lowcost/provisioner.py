@@ -92,10 +92,16 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
             env=kwargs.get("env", {}),
             cwd=kwargs.get("cwd"),
             kernel_config={"key": key.decode(), "signature_scheme": km.session.signature_scheme},
+            kernel_name=km.kernel_name,
         )
         self._on_instance = True
         self.cwd = kwargs.get("cwd")
-        info.update(key=key, signature_scheme=km.session.signature_scheme)
+        # (a kernel taken back after a server restart keeps the session key it has: the
+        # manager returns it, and jupyter_client loads it with the connection info)
+        info = {"key": key, "signature_scheme": km.session.signature_scheme, **info}
+        # (the connection file of a kernel taken back is the previous server's, with the
+        # same contents: jupyter_client then keeps what the manager holds, so load it)
+        km.load_connection_info(info)
         # The ports and address the kernel bound on the instance:
         self.connection_info = cast(KernelConnectionInfo, info)
         return self.connection_info

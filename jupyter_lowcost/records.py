@@ -105,6 +105,10 @@ class InstanceRecord:
     recovery: str | None = None
     #: What the backend needs to find the instance again (pids, job ids), from its launch.
     backend_state: dict[str, Any] = field(default_factory=dict)
+    #: What a restarted server needs to take the running kernel back: its session key and
+    #: signature scheme, the ports it bound, the launcher's reconnect secret. Persisted
+    #: owner-only, never served (not in :meth:`to_model`).
+    reattach: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_placement(
@@ -180,7 +184,8 @@ class InstanceRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InstanceRecord:
-        data = dict(data)
+        known = set(cls.__dataclass_fields__)
+        data = {k: v for k, v in data.items() if k in known}
         data["state"] = InstanceState(data["state"])
         return cls(**data)
 
@@ -222,19 +227,25 @@ class RecordStore:
         self.path = folder / f"server-{pid}-{process_start_ticks(pid)}.json"
 
     @staticmethod
-    def _read(path: Path) -> list[InstanceRecord]:
+    def _read(path: Path) -> tuple[list[InstanceRecord], dict[str, dict[str, Any]]]:
         try:
             raw = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):
-            return []
-        return [InstanceRecord.from_json(item) for item in raw.get("instances", [])]
+            return [], {}
+        records = [InstanceRecord.from_json(item) for item in raw.get("instances", [])]
+        kernels = raw.get("kernels")
+        return records, kernels if isinstance(kernels, dict) else {}
 
-    def adopt_orphans(self) -> tuple[list[InstanceRecord], list[Path]]:
-        """The records of servers that are gone, oldest first, and the files that held them.
+    def adopt_orphans(
+        self,
+    ) -> tuple[list[InstanceRecord], dict[str, dict[str, Any]], list[Path]]:
+        """The records of servers that are gone, oldest first, the kernels they ran (kernel
+        id -> what re-creating it needs, see :meth:`save`), and the files that held them.
 
         The caller saves the records as its own, then deletes the files (:meth:`remove`).
         """
         records: list[InstanceRecord] = []
+        kernels: dict[str, dict[str, Any]] = {}
         files = []
         for path in sorted(self.folder.glob("server-*.json")):
             if path == self.path:
@@ -245,21 +256,32 @@ class RecordStore:
             except ValueError:
                 alive = False
             if not alive:
-                records.extend(self._read(path))
+                found, their_kernels = self._read(path)
+                records.extend(found)
+                kernels.update(their_kernels)
                 files.append(path)
         records.sort(key=lambda r: r.created_at)
-        return records, files
+        return records, kernels, files
 
     @staticmethod
     def remove(files: list[Path]) -> None:
         for path in files:
             path.unlink(missing_ok=True)
 
-    def save(self, records: list[InstanceRecord]) -> None:
-        """Write ``records`` (called by the manager after every transition)."""
+    def save(
+        self, records: list[InstanceRecord], kernels: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        """Write ``records`` and ``kernels`` (called by the manager after every transition
+        and every change of a kernel's placement or session). ``kernels`` maps each
+        kernel id the server runs on an instance to what re-creating it under that id
+        needs: its kernelspec, working directory, placement, notebook and session."""
         live = [r for r in records if r.is_live]
         ended = [r for r in records if not r.is_live][-self.max_ended :]
-        payload = {"version": 1, "instances": [r.to_json() for r in ended + live]}
+        payload = {
+            "version": 1,
+            "instances": [r.to_json() for r in ended + live],
+            "kernels": kernels or {},
+        }
         private_dir(self.folder)
         fd, tmp = tempfile.mkstemp(prefix=".instances-", dir=self.folder)
         try:

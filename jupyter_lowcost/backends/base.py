@@ -9,7 +9,10 @@ creates one at start-up (``LowCostApp.backend`` names its entry point in the gro
 - :meth:`Backend.reserve` then :meth:`Backend.launch` for every new instance: the backend
   runs ``python -m jupyter_lowcost.launcher`` there with the environment it is given;
 - :meth:`Backend.send_signal`, :meth:`Backend.terminate` and :meth:`Backend.interrupt`
-  while the instance lives, :meth:`Backend.forget_orphan` for records a previous server left.
+  while the instance lives;
+- for the live records a previous server left (it was killed, or crashed):
+  :meth:`Backend.reattach` for an instance whose kernel the server takes back (the backend
+  follows it again as if it had launched it), :meth:`Backend.forget_orphan` for the rest.
 
 A backend reports what happens on its own through the listener: an interruption notice
 (``instance_noticed``), the end of an instance (``instance_exited``), an instance taken
@@ -167,6 +170,16 @@ class Backend(LoggingConfigurable):
         enforces the deadline.
         """
         raise BackendError(f"the {self.name} backend cannot inject interruptions", status=409)
+
+    async def reattach(self, record: InstanceRecord) -> bool:
+        """Follow again an instance that a previous server launched (its ``backend_state``
+        says where): True if it still runs, and from now on it is this backend's as if
+        :meth:`launch` had started it (terminate, signals, its end reported); False if it
+        is gone. Called once per record at start, before any launch. Backends that cannot
+        follow an instance they did not start stop it (the kernel resumes from its
+        checkpoint) and return False; no need to call ``super()`` otherwise."""
+        await self.forget_orphan(record)
+        return False
 
     async def forget_orphan(self, record: InstanceRecord) -> bool:
         """Stop what is left of ``record`` from a previous server run; True if it was alive."""

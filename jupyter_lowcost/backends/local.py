@@ -138,6 +138,9 @@ class LocalBackend(Backend):
         self._records: dict[str, InstanceRecord] = {}
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        # Instances a previous server started (not children of this process): followed
+        # through a pidfd, see reattach().
+        self._adopted: dict[str, asyncio.Task[None]] = {}
         self._random_timers: dict[str, asyncio.TimerHandle] = {}
         self._preempting: set[str] = set()
         # Preempted instance id -> the request waiting for its slot: the slot goes to that
@@ -168,7 +171,7 @@ class LocalBackend(Backend):
             timer.cancel()
         for record in list(self._records.values()):
             await self.terminate(record, now=True)
-        for task in list(self._watchers.values()):
+        for task in [*self._watchers.values(), *self._adopted.values()]:
             task.cancel()
 
     def random_interruptions(self) -> str:
@@ -393,6 +396,54 @@ class LocalBackend(Backend):
         await self._release(record.id)
         self.listener.instance_exited(record.id, returncode, f"the process exited ({returncode})")
 
+    async def reattach(self, record: InstanceRecord) -> bool:
+        """Take back the launcher a previous server started, in the slot it had."""
+        pid = record.backend_state.get("pid")
+        ticks = record.backend_state.get("start_ticks")
+        if not pid or ticks is None or process_start_ticks(pid) != ticks:
+            return False
+        async with self._slot_freed:
+            slot = record.backend_state.get("slot")
+            if not (isinstance(slot, int) and 0 <= slot < len(self._slots)) or self._slots[slot]:
+                slot = self._free_slot()
+            if slot is None:  # fewer slots than before the restart
+                self._signal_group(record, signal.SIGKILL)
+                return False
+            self._slots[slot] = record.id
+            record.backend_state["slot"] = slot
+            self._records[record.id] = record
+        self._adopted[record.id] = asyncio.create_task(self._watch_adopted(record, pid))
+        if record.low_cost and self.random_interruption_rate > 0:
+            self._schedule_random_interruption(record)
+        return True
+
+    async def _watch_adopted(self, record: InstanceRecord, pid: int) -> None:
+        """Wait for the end of a launcher this process did not start (its exit status
+        is its old parent's to read: unknown here)."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = None
+        try:
+            if fd is not None:
+                exited = asyncio.get_running_loop().create_future()
+                asyncio.get_running_loop().add_reader(
+                    fd, lambda: exited.done() or exited.set_result(None)
+                )
+                try:
+                    await exited
+                finally:
+                    asyncio.get_running_loop().remove_reader(fd)
+            else:
+                while process_start_ticks(pid) == record.backend_state.get("start_ticks"):
+                    await asyncio.sleep(0.2)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self._adopted.pop(record.id, None)
+        await self._release(record.id)
+        self.listener.instance_exited(record.id, None, "the process exited")
+
     def _signal_group(self, record: InstanceRecord, signum: int) -> bool:
         pgid = record.backend_state.get("pgid")
         if not pgid:
@@ -407,6 +458,17 @@ class LocalBackend(Backend):
         self._signal_group(record, signum)
 
     async def terminate(self, record: InstanceRecord, now: bool = False) -> None:
+        adopted = self._adopted.get(record.id)
+        if adopted is not None:
+            if not now and self._signal_group(record, signal.SIGTERM):
+                try:
+                    await asyncio.wait_for(asyncio.shield(adopted), timeout=self.kill_grace)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+            self._signal_group(record, signal.SIGKILL)
+            await asyncio.shield(adopted)
+            return
         process = self._processes.get(record.id)
         if process is None:
             # Not started: it holds at most a reserved slot, or waits for one (the waiters

@@ -583,15 +583,30 @@ class SlurmBackend(Backend):
             return f"Slurm job {job_id} was cancelled outside Jupyter (scancel); {notice}", False
         return f"Slurm job {job_id} received SIGTERM ({state or 'state unknown'}); {notice}", False
 
-    async def forget_orphan(self, record: InstanceRecord) -> bool:
-        """Cancel what is left of a previous run's job (found by its name)."""
+    async def _live_jobs(self, record: InstanceRecord) -> list[tuple[str, str]]:
+        """(job id, state) of the record's jobs still in the queue, found by name."""
         name = record.backend_state.get("job_name") or self.job_name(record.id)
         out = await self._run("squeue", "-h", "-n", name, "-o", "%i|%T", check=False)
-        alive = [
-            line.split("|")[0]
-            for line in out.splitlines()
-            if "|" in line and line.split("|")[1] not in ENDED
-        ]
+        rows = [line.split("|", 1) for line in out.splitlines() if "|" in line]
+        return [(job, state) for job, state in rows if state not in ENDED]
+
+    async def reattach(self, record: InstanceRecord) -> bool:
+        """Follow again the job a previous server submitted (found by its name)."""
+        jobs = await self._live_jobs(record)
+        if not jobs:
+            return False
+        job_id, state = jobs[0]
+        record.backend_state.update(job_id=job_id, job_name=self.job_name(record.id))
+        self._jobs[record.id] = record
+        self._seen[record.id] = state
+        self._gone[record.id] = asyncio.Event()
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.ensure_future(self._poll_forever())
+        return True
+
+    async def forget_orphan(self, record: InstanceRecord) -> bool:
+        """Cancel what is left of a previous run's job (found by its name)."""
+        alive = [job_id for job_id, _ in await self._live_jobs(record)]
         if alive:
             await self._run("scancel", "--full", "--signal=KILL", *alive, check=False)
             await self._run("scancel", *alive, check=False)
