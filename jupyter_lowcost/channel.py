@@ -241,10 +241,17 @@ class LaunchChannel:
                     info = message.get("connection_info")
                     if not isinstance(info, dict):
                         raise TypeError("a ready message without connection_info")
-                    for future in (expected.ready, expected.back):
-                        if not future.done():
-                            future.set_result(info)
-                            break
+                    if not expected.ready.done():
+                        expected.ready.set_result(info)
+                    elif not expected.back.done():
+                        # (a launcher that comes back says whether its kernel is busy)
+                        expected.back.set_result(
+                            {
+                                **info,
+                                "execution_state": message.get("execution_state"),
+                                "kernel_info": message.get("kernel_info"),
+                            }
+                        )
                 elif kind == "failed" and not expected.ready.done():
                     expected.ready.set_exception(LaunchFailed(str(message.get("error", ""))))
                 else:

@@ -102,9 +102,13 @@ class RestoreReport:
     bytes: int
     seconds: float
     not_restored: list[Skipped] = field(default_factory=list)
+    #: What the kernel saved of its history with the checkpoint (see ``save``), if any.
+    history: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("history")  # (the kernel's own business, not the server's)
+        return data
 
     def summary(self) -> str:
         """``14 variables, 2.1 GB; not restored: gen (generator)``."""
@@ -277,15 +281,17 @@ class CheckpointStore:
         kernel_id: str | None = None,
         manual: bool = False,
         notebook: str | None = None,
+        history: dict[str, Any] | None = None,
     ) -> SaveReport:
-        """Checkpoint ``namespace`` (name -> object); returns what was saved.
+        """Checkpoint ``namespace`` (name -> object); returns what was saved. ``history``
+        (JSON) is kept with it as it is: the kernel's execution count and inputs.
 
         The last :data:`KEEP` automatic checkpoints are kept, and beside them the last
         :data:`KEEP` ``manual`` ones (``%lowcost checkpoint``), so that checkpoints taken
         after each cell do not push out the ones a person asked for."""
         self._new_files = []
         try:
-            return self._save(namespace, kernel_id, manual, notebook)
+            return self._save(namespace, kernel_id, manual, notebook, history)
         except CheckpointWriteFailed:
             for path in self._new_files:
                 path.unlink(missing_ok=True)
@@ -304,6 +310,7 @@ class CheckpointStore:
         kernel_id: str | None,
         manual: bool,
         notebook: str | None = None,
+        history: dict[str, Any] | None = None,
     ) -> SaveReport:
         started = time.perf_counter()
         taken_at = time.time()
@@ -350,6 +357,7 @@ class CheckpointStore:
             "manual": manual,
             "variables": entries,
             "skipped": [asdict(s) for s in skipped],
+            "history": history,
         }
         self._write_atomically(self.manifests / f"{checkpoint_id}.json", json.dumps(manifest))
         self._finish_watched_save()
@@ -720,6 +728,7 @@ class CheckpointStore:
             bytes=total,
             seconds=time.perf_counter() - started,
             not_restored=list(failed.values()),
+            history=manifest.get("history"),
         )
 
     def _read_buffer(self, saved: dict[str, Any]) -> memoryview:

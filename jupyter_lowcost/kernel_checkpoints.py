@@ -72,11 +72,13 @@ class KernelCheckpoints:
         stays the latest, and the server is told (an event, shown by JupyterLab)."""
         with self._lock:
             try:
+                namespace = self.namespace()
                 report = self.store.save(
-                    self.namespace(),
+                    namespace,
                     os.environ.get("JUPYTER_LOWCOST_KERNEL_ID"),
                     manual=manual,
                     notebook=os.environ.get(ENV_NOTEBOOK) or os.environ.get("JPY_SESSION_NAME"),
+                    history=self.history(namespace),
                 )
             except CheckpointWriteFailed as err:
                 first = self.last_failure is None
@@ -90,6 +92,48 @@ class KernelCheckpoints:
             self.last_save = report
             self._last_time = time.monotonic()
             return report
+
+    def history(self, namespace: dict[str, Any]) -> dict[str, Any]:
+        """The kernel's execution count and inputs (``In``), and of its outputs (``Out``)
+        those that are saved variables (by name) or plain JSON values: saved with each
+        checkpoint, so that a resumed kernel counts on from where it was."""
+        manager = getattr(self.shell, "history_manager", None)
+        if manager is None:  # (not an IPython shell)
+            return {}
+        names = {id(value): name for name, value in namespace.items()}
+        outputs: dict[str, Any] = {}
+        for number, value in dict(manager.output_hist).items():
+            if id(value) in names:
+                outputs[str(number)] = {"variable": names[id(value)]}
+            elif value is None or isinstance(value, (bool, int, float, str)):
+                outputs[str(number)] = {"value": value}
+        return {
+            "execution_count": int(self.shell.execution_count),
+            "inputs": list(manager.input_hist_parsed),
+            "raw_inputs": list(manager.input_hist_raw),
+            "outputs": outputs,
+        }
+
+    def resume_history(self, history: dict[str, Any] | None) -> None:
+        """Go on from a checkpoint's history (a resume): the next cell gets the number it
+        would have had, and ``In`` and ``Out`` hold what they held."""
+        manager = getattr(self.shell, "history_manager", None)
+        if not isinstance(history, dict) or manager is None or self.shell.execution_count > 1:
+            return
+        try:
+            count = int(history["execution_count"])
+            inputs = [str(x) for x in history.get("inputs") or [""]]
+            raw = [str(x) for x in history.get("raw_inputs") or inputs]
+        except (KeyError, TypeError, ValueError):
+            return
+        manager.input_hist_parsed[:] = inputs
+        manager.input_hist_raw[:] = raw
+        for number, saved in (history.get("outputs") or {}).items():
+            if "variable" in saved and saved["variable"] in self.shell.user_ns:
+                manager.output_hist[int(number)] = self.shell.user_ns[saved["variable"]]
+            elif "value" in saved:
+                manager.output_hist[int(number)] = saved["value"]
+        self.shell.execution_count = max(count, 1)
 
     def _failure_report(self, error: str) -> dict[str, Any]:
         kept = self.store.latest()
@@ -225,6 +269,7 @@ def install(shell: Any) -> KernelCheckpoints | None:
     if os.environ.pop(ENV_RESTORE, "") == "1" and checkpoints.store.latest():
         try:
             report = checkpoints.restore()
+            checkpoints.resume_history(report.history)
         except Exception as err:
             print(f"jupyter_lowcost: could not restore the checkpoint: {err}", file=sys.stderr)
         else:

@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import interruption
@@ -135,6 +135,34 @@ class Reattach:
     #: (the lifetime cap), from the server's config.
     orphan_timeout: float
     orphan_until: float | None
+    #: The kernel's last status for its shell requests ("busy" while a cell runs).
+    shell_status: list[str] = field(default_factory=lambda: ["idle"])
+
+    kernel: Any = None
+
+    def execution_state(self) -> str:
+        return self.shell_status[-1]
+
+    def kernel_info(self) -> dict[str, Any]:
+        """What the kernel answers to kernel_info_request (a server that takes it back
+        needs it for its clients, and the shell cannot answer while a cell runs)."""
+        try:
+            return dict(self.kernel.kernel_info)
+        except Exception:  # (an old ipykernel: the server asks the kernel itself)
+            return {}
+
+    def follow_status(self, kernel: Any) -> None:
+        """Keep the kernel's last shell status (a server that takes the kernel back
+        tells its clients; without it, one that runs a long cell looks as if starting)."""
+        self.kernel = kernel
+        publish = kernel._publish_status
+
+        def publish_status(status: str, channel: str, *args: Any, **kwargs: Any) -> Any:
+            if channel == "shell":
+                self.shell_status[-1] = status
+            return publish(status, channel, *args, **kwargs)
+
+        kernel._publish_status = publish_status
 
     def server_address(self) -> str:
         """Where the server that adopted this instance listens (its file), else where
@@ -166,17 +194,21 @@ def _listen(channel: Channel, reattach: Reattach) -> None:
         print(
             "jupyter_lowcost launcher: lost the server; the kernel goes on, waiting for a "
             f"server until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(give_up))}",
-            file=sys.stderr,
+            file=_log,
             flush=True,
         )
         if not _reconnect(channel, reattach, give_up):
             print(
                 "jupyter_lowcost launcher: no server took the instance back; stopping the kernel",
-                file=sys.stderr,
+                file=_log,
                 flush=True,
             )
             os._exit(3)
-        print("jupyter_lowcost launcher: a server took the instance back", file=sys.stderr)
+        print(
+            "jupyter_lowcost launcher: a server took the instance back",
+            file=_log,
+            flush=True,
+        )
 
 
 def _reconnect(channel: Channel, reattach: Reattach, give_up: float) -> bool:
@@ -197,7 +229,14 @@ def _reconnect(channel: Channel, reattach: Reattach, give_up: float) -> bool:
             if reply is not None and reply.get("type") == "reattached":
                 reattach.reconnect_secret = str(reply["reconnect_secret"])
                 channel.sock.settimeout(None)
-                channel.send({"type": "ready", "connection_info": reattach.connection_info})
+                channel.send(
+                    {
+                        "type": "ready",
+                        "connection_info": reattach.connection_info,
+                        "execution_state": reattach.execution_state(),
+                        "kernel_info": reattach.kernel_info(),
+                    }
+                )
                 return True
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -227,9 +266,19 @@ def _report_sigterm(channel: Channel, notice_seconds: float) -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
+#: The launcher's own log (its stderr as the backend opened it: ipykernel sends what is
+#: written to file descriptor 2 later to the notebook).
+_log: Any = sys.stderr
+
+
 def main() -> None:
     """Entry point of ``python -m jupyter_lowcost.launcher``."""
+    global _log
     _forgive_log_errors()
+    try:
+        _log = _ForgivingStream(os.fdopen(os.dup(2), "w", buffering=1))
+    except OSError:
+        pass
     try:
         address = os.environ.pop(ENV_CHANNEL)
         instance_id = os.environ.pop(ENV_INSTANCE_ID)
@@ -295,6 +344,7 @@ def main() -> None:
         orphan_timeout=float(orphan_timeout or config.get("orphan_timeout") or 30),
         orphan_until=float(orphan_until) if orphan_until else None,
     )
+    reattach.follow_status(app.kernel)
     threading.Thread(
         target=_listen, args=(channel, reattach), name="lowcost-channel", daemon=True
     ).start()

@@ -458,11 +458,12 @@ class InstanceManager:
     ) -> dict[str, Any]:
         """Settle a kernel whose instance is back: its clocks (cap, notice) run on."""
         self._current[kernel_id] = record.id
+        busy = " (a cell is running)" if info.get("execution_state") == "busy" else ""
         self._transition(
             record,
             record.state,
             f"re-attached after the Jupyter server restarted: the kernel runs on "
-            f"{self._placements[kernel_id].describe()}, as before",
+            f"{self._placements[kernel_id].describe()}, as before{busy}",
         )
         if record.state == InstanceState.NOTICE and record.notice_deadline is not None:
             self._deadlines[record.id] = self._spawn(self._enforce_deadline(record))
@@ -471,6 +472,20 @@ class InstanceManager:
             self._timers[record.id] = asyncio.get_running_loop().call_later(
                 max(0.0, record.expires_at - notice - time.time()), self._cap_reached, record.id
             )
+        if info.get("execution_state") in ("busy", "idle") and kernel_id in self.kernel_manager:
+            # Busy or idle, as its launcher said: jupyter_server holds a kernel "starting"
+            # until its first status, which a kernel running a long cell sends only at the
+            # end (a client connecting meanwhile would wait that long, its output lost).
+            km = self.kernel_manager.get_kernel(kernel_id)
+            km.execution_state = info["execution_state"]
+            kernel_info = info.get("kernel_info")
+            if isinstance(kernel_info, dict) and kernel_info.get("protocol_version"):
+                # What a websocket asks first, once per kernel manager (jupyter_server keeps
+                # the answer there): the shell of a kernel running a cell answers only
+                # when the cell ends, and the client would wait for it.
+                known: asyncio.Future[dict[str, Any]] = asyncio.Future()
+                known.set_result(kernel_info)
+                km._kernel_info_future = known
         ports = {k: v for k, v in info.items() if k in ("ip", "transport") or k.endswith("_port")}
         return {
             **record.reattach.get("connection_info", {}),
@@ -480,10 +495,16 @@ class InstanceManager:
         }
 
     def _prune_logs(self) -> None:
-        """Drop the launcher logs of instances no longer on record."""
+        """Drop the launcher logs of instances no longer on record, and the channel files
+        of instances no longer live (kept until now: deleting one while the server runs
+        would free the block that a full disk then gives to the records)."""
         for log in (self.data_dir / "logs").glob("*.log"):
             if log.stem not in self._records:
                 log.unlink(missing_ok=True)
+        for path in (self.data_dir / "channels").glob("*.json"):
+            record = self._records.get(path.stem)
+            if record is None or not record.is_live:
+                path.unlink(missing_ok=True)
 
     async def stop(self) -> None:
         """Terminate every live instance and stop listening (called at server shutdown)."""
@@ -583,7 +604,6 @@ class InstanceManager:
             if deadline is not None and deadline is not asyncio.current_task():
                 deadline.cancel()
             self.channel.forget(record.id)
-            self._channel_file(record.id).unlink(missing_ok=True)
             self._ended.setdefault(record.id, asyncio.Event()).set()
         self._save()
         events.emit_transition(self.event_logger, record)

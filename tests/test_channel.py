@@ -13,15 +13,12 @@ from jupyter_lowcost.channel import LaunchChannel, LaunchFailed, encode, sign
 
 
 async def _dial(
-    channel: LaunchChannel, instance_id: str, secret: str
+    channel: LaunchChannel, instance_id: str, secret: str, reattach: bool = False
 ) -> tuple[Any, Any, dict[str, Any] | None]:
     reader, writer = await asyncio.open_connection("127.0.0.1", channel.port)
     challenge = json.loads(await reader.readline())
-    writer.write(
-        encode(
-            {"type": "hello", "instance_id": instance_id, "mac": sign(secret, challenge["nonce"])}
-        )
-    )
+    hello = {"type": "hello", "instance_id": instance_id, "mac": sign(secret, challenge["nonce"])}
+    writer.write(encode({**hello, "reattach": True} if reattach else hello))
     await writer.drain()
     line = await asyncio.wait_for(reader.readline(), 10)
     return reader, writer, (json.loads(line) if line else None)
@@ -45,6 +42,7 @@ async def test_only_the_holder_of_the_secret_gets_the_config_and_only_once() -> 
         assert not ready.done()
 
         _, writer, config = await _dial(channel, "inst1", secret)
+        assert config is not None and config.pop("reconnect_secret")
         assert config == {"type": "config", "key": "kernel-key", "signature_scheme": "hmac-sha256"}
         writer.write(encode({"type": "ready", "connection_info": {"shell_port": 1}}))
         writer.write(encode({"type": "notice", "deadline": 5.0, "reason": "SIGTERM"}))
@@ -134,5 +132,71 @@ async def test_frames_that_are_not_objects_close_the_connection_without_an_error
         assert "not a JSON object" in caplog.text
         assert messages == []
         assert loop_errors == []
+    finally:
+        await channel.stop()
+
+
+async def test_a_launcher_that_lost_its_server_comes_back_with_its_reconnect_secret_once(
+    caplog: Any,
+) -> None:
+    """A restarted server takes a running instance back: only its launcher, proving itself
+    with the reconnect secret it was given, which is spent at once (saved before sent)."""
+    saved: dict[str, str] = {}
+    channel = LaunchChannel(
+        logging.getLogger("test"),
+        lambda i, m: None,
+        on_reconnect_secret=lambda instance_id, secret: saved.update({instance_id: secret}),
+    )
+    await channel.start()
+    try:
+        secret, ready = channel.expect("inst1", {"key": "kernel-key"})
+        _, launcher, config = await _dial(channel, "inst1", secret)
+        assert config is not None and config["reconnect_secret"] == saved["inst1"]
+        first = config["reconnect_secret"]
+        launcher.write(encode({"type": "ready", "connection_info": {"shell_port": 1}}))
+        await launcher.drain()
+        await asyncio.wait_for(ready, 10)
+        launcher.close()  # the connection is lost (the server went away, say)
+        await asyncio.sleep(0.1)
+
+        # Neither the launch secret nor a wrong one brings it back.
+        for forged in (secret, "", "wrong"):
+            _, writer, answer = await _dial(channel, "inst1", forged, reattach=True)
+            assert answer is None, f"a reconnection signed with {forged!r} was accepted"
+            writer.close()
+        _, launcher, answer = await _dial(channel, "inst1", first, reattach=True)
+        assert answer is not None and answer["type"] == "reattached"
+        assert "key" not in answer  # the launcher has its kernel's key already
+        second = answer["reconnect_secret"]
+        assert second != first and saved["inst1"] == second
+        launcher.close()
+        await asyncio.sleep(0.1)
+        # The spent reconnect secret never works again; the new one does, once.
+        _, writer, answer = await _dial(channel, "inst1", first, reattach=True)
+        assert answer is None
+        writer.close()
+        _, launcher, answer = await _dial(channel, "inst1", second, reattach=True)
+        assert answer is not None and answer["type"] == "reattached"
+        launcher.close()
+        assert "refused a reconnecting hello for instance inst1" in caplog.text
+    finally:
+        await channel.stop()
+
+
+async def test_a_restarted_server_awaits_the_instances_it_takes_back() -> None:
+    channel = LaunchChannel(logging.getLogger("test"), lambda i, m: None)
+    await channel.start()
+    try:
+        back = channel.expect_back("inst1", "saved-secret")
+        _, launcher, answer = await _dial(channel, "inst1", "saved-secret", reattach=True)
+        assert answer is not None and answer["type"] == "reattached"
+        launcher.write(encode({"type": "ready", "connection_info": {"shell_port": 7}}))
+        await launcher.drain()
+        assert await asyncio.wait_for(back, 10) == {"shell_port": 7}
+        # An instance nobody expects is refused, whatever it signs.
+        _, writer, answer = await _dial(channel, "inst2", "saved-secret", reattach=True)
+        assert answer is None
+        writer.close()
+        launcher.close()
     finally:
         await channel.stop()
