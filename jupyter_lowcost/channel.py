@@ -13,6 +13,7 @@ per-launch secret can use its connection::
     launcher -> {"type": "ready", "connection_info": {...}}    ports the kernel bound
     server -> {"type": "notice", "deadline": T, "reason": R}   an interruption notice
     launcher -> {"type": "notice", "deadline": T, "reason": R} a notice seen on the instance
+    server -> {"type": "ended"}     the server ended the instance: the launcher stops
 
 A launcher that lost its server (a crash, a kill -9, a restart) dials again, with the
 reconnect secret instead of the launch secret, to whichever server adopted its instance::
@@ -151,10 +152,13 @@ class LaunchChannel:
                     future.exception()  # retrieved: its waiter may be gone
 
     def forget(self, instance_id: str) -> None:
-        """Drop everything about an instance that has ended."""
+        """Drop everything about an instance that has ended; its launcher, if connected,
+        is told so (it stops at once instead of waiting for a server to take it back)."""
         self.fail(instance_id, "the instance ended")
         writer = self._writers.pop(instance_id, None)
         if writer is not None:
+            if not writer.is_closing():
+                writer.write(encode({"type": "ended"}))
             writer.close()
 
     async def send(self, instance_id: str, message: dict[str, Any]) -> bool:

@@ -53,6 +53,8 @@ ENV_ORPHAN_TIMEOUT = "JUPYTER_LOWCOST_ORPHAN_TIMEOUT"
 ENV_CHANNEL_FILE = "JUPYTER_LOWCOST_CHANNEL_FILE"
 #: Seconds between two attempts to reach a server again.
 RECONNECT_INTERVAL = 0.5
+#: Seconds before asking again a server that refused to take the instance back.
+REFUSED_INTERVAL = 5.0
 ENV_SIGTERM_NOTICE = "JUPYTER_LOWCOST_SIGTERM_NOTICE"
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -187,6 +189,9 @@ def _listen(channel: Channel, reattach: Reattach) -> None:
                 break
             if message.get("type") == "notice":
                 interruption.deliver(float(message["deadline"]), str(message.get("reason", "")))
+            elif message.get("type") == "ended":
+                print("jupyter_lowcost launcher: the server ended this instance", file=_log)
+                os._exit(0)
         channel.close()
         give_up = time.time() + reattach.orphan_timeout
         if reattach.orphan_until is not None:
@@ -226,7 +231,13 @@ def _reconnect(channel: Channel, reattach: Reattach, give_up: float) -> bool:
                 }
             )
             reply = channel.receive()
-            if reply is not None and reply.get("type") == "reattached":
+            if reply is None:
+                # Refused: that server does not know this instance (yet?); ask again
+                # later, without filling its log.
+                channel.close()
+                time.sleep(REFUSED_INTERVAL)
+                continue
+            if reply.get("type") == "reattached":
                 reattach.reconnect_secret = str(reply["reconnect_secret"])
                 channel.sock.settimeout(None)
                 channel.send(

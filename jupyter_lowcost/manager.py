@@ -664,14 +664,15 @@ class InstanceManager:
         lost = [
             r
             for r in self._records.values()
-            if r.kernel_id == kernel_id
-            and r.state in (InstanceState.INTERRUPTED, InstanceState.EXPIRED)
-            and r.ended_at is not None
+            if r.kernel_id == kernel_id and r.recovery is not None and r.ended_at is not None
         ]
         taken_at = float(report.get("taken_at") or 0)
         if lost:
             event = max(lost, key=lambda r: r.ended_at or 0)
-            what = "the interruption" if event.state == InstanceState.INTERRUPTED else "the cap"
+            what = {
+                InstanceState.INTERRUPTED: "the interruption",
+                InstanceState.EXPIRED: "the cap",
+            }.get(event.state, "the loss of its instance")
             before = f"{max(0.0, (event.ended_at or 0) - taken_at):.0f} s before {what}"
         else:
             before = f"{max(0.0, time.time() - taken_at):.0f} s before the move"

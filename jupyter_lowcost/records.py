@@ -247,7 +247,16 @@ class RecordStore:
         records: list[InstanceRecord] = []
         kernels: dict[str, dict[str, Any]] = {}
         files = []
-        for path in sorted(self.folder.glob("server-*.json")):
+
+        # Oldest first: a server that adopted another's records and was killed in turn
+        # wrote the newer copy of the same records (a launcher's latest reconnect secret).
+        def written(path: Path) -> float:
+            try:
+                return path.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        for path in sorted(self.folder.glob("server-*.json"), key=written):
             if path == self.path:
                 continue
             try:
@@ -260,7 +269,8 @@ class RecordStore:
                 records.extend(found)
                 kernels.update(their_kernels)
                 files.append(path)
-        records.sort(key=lambda r: r.created_at)
+        newest = {r.id: r for r in records}
+        records = sorted(newest.values(), key=lambda r: r.created_at)
         return records, kernels, files
 
     @staticmethod

@@ -192,7 +192,11 @@ async def test_a_restarted_server_awaits_the_instances_it_takes_back() -> None:
         assert answer is not None and answer["type"] == "reattached"
         launcher.write(encode({"type": "ready", "connection_info": {"shell_port": 7}}))
         await launcher.drain()
-        assert await asyncio.wait_for(back, 10) == {"shell_port": 7}
+        assert await asyncio.wait_for(back, 10) == {
+            "shell_port": 7,
+            "execution_state": None,
+            "kernel_info": None,
+        }
         # An instance nobody expects is refused, whatever it signs.
         _, writer, answer = await _dial(channel, "inst2", "saved-secret", reattach=True)
         assert answer is None

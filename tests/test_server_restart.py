@@ -323,3 +323,21 @@ def test_an_instance_whose_server_never_comes_back_stops_its_kernel(
     time.sleep(1)  # (within the orphan timeout: it waits for a server)
     assert process_alive(pid)
     poll_until(lambda: not process_alive(pid), 30, "the orphaned launcher to stop its kernel")
+
+
+def test_two_kills_in_a_row_lose_nothing(servers: Callable[..., Server]) -> None:
+    """The second server dies as it takes the kernel back; the third still does (with the
+    reconnect secret the second saved, not the spent one)."""
+    server = servers()
+    server.start()
+    notebook = Notebook(server, "twice.ipynb")
+    _, pid = notebook.run("import os\nx = 41\nprint(os.getpid())")
+    server.kill_hard()
+    server.start()
+    poll_until(lambda: "re-attached" in notebook.instance()["reason"], 30, "the first take-back")
+    server.kill_hard()
+    server.start()
+    reply, text = notebook.run("print(os.getpid(), x + 1)")
+    assert text == f"{pid.strip()} 42\n"
+    assert reply["execution_count"] == 2
+    assert notebook.server.get(f"kernels/{notebook.kernel_id}").json()["restored"] is None

@@ -125,8 +125,9 @@ def _mutating(method: str, route: str, body: Any) -> bool:
         return False
     known = {"T4", "A100-80G", "L4", "H100-80G", "A10G"}
     if route == "kernels":
+        instance_type = body.get("instance_type")
         return set(body) <= {"name", "instance_type", "low_cost", "path"} and (
-            body.get("instance_type") in known | {None}
+            instance_type is None or (isinstance(instance_type, str) and instance_type in known)
         )
     if route == "kernels/{kernel}" and method == "PUT":
         return bool(body) and set(body) <= {"low_cost", "instance_type"}

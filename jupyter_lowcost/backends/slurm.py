@@ -591,8 +591,9 @@ class SlurmBackend(Backend):
         return [(job, state) for job, state in rows if state not in ENDED]
 
     async def reattach(self, record: InstanceRecord) -> bool:
-        """Follow again the job a previous server submitted (found by its name)."""
-        jobs = await self._live_jobs(record)
+        """Follow again the job a previous server submitted (found by its name), if it
+        runs (a job whose processes are being killed, COMPLETING, is as good as gone)."""
+        jobs = [(j, s) for j, s in await self._live_jobs(record) if s in ("RUNNING", "CONFIGURING")]
         if not jobs:
             return False
         job_id, state = jobs[0]

@@ -1,4 +1,5 @@
-"""A hard-killed server, restarted, leaves no Slurm job running unaccounted for."""
+"""A hard-killed server, restarted, takes its Slurm jobs back, resumes the lost ones, and
+leaves no job running unaccounted for."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from jupyter_process import LowCostServer
+from notebook_runner import NotebookRunner
 from slurm_cluster import SlurmCluster
 
 from .conftest import SLURM_CONFIG
@@ -42,28 +44,61 @@ def live_jobs(slurm: SlurmCluster) -> dict[str, str]:
     }
 
 
-def test_a_restarted_server_cancels_the_jobs_of_the_killed_one(
+def run(server: SlurmServer, kernel_id: str, code: str) -> str:
+    runner = NotebookRunner(server.base, TOKEN, "")
+    runner.kernel_id = kernel_id
+    reply, outputs = runner.execute(code, 60)
+    assert reply["status"] == "ok", reply
+    return "".join(o.get("text", "") for o in outputs)
+
+
+def test_a_restarted_server_takes_its_jobs_back_and_resumes_the_cancelled_one(
     server: SlurmServer, slurm: SlurmCluster
 ) -> None:
     server.start()
-    for low_cost in (True, False):
-        response = server.post("kernels", {"instance_type": "T4", "low_cost": low_cost})
+    kernels = {}
+    for name in ("kept", "lost"):
+        response = server.post("kernels", {"instance_type": "T4", "low_cost": True})
         assert response.status_code == 201, response.text
-    instances = {i["id"] for i in server.get("instances").json()}
-    assert set(live_jobs(slurm)) == {f"jupyter-lowcost-{i}" for i in instances}
+        kernels[name] = response.json()
+    kept, lost = kernels["kept"]["kernel"]["id"], kernels["lost"]["kernel"]["id"]
+    pid = run(server, kept, "import os\nx = 41\nprint(os.getpid())").strip()
+    run(server, lost, "z = 'saved'")
+    jobs = live_jobs(slurm)
+    instance_of = {name: body["instance"]["id"] for name, body in kernels.items()}
+    assert set(jobs) == {f"jupyter-lowcost-{i}" for i in instance_of.values()}
 
     server.kill_hard()
-    # Without a server the jobs run on: this is what the restart must clean up.
-    assert len(live_jobs(slurm)) == 2
+    # Without a server the jobs run on; one is cancelled meanwhile.
+    slurm.command("scancel", jobs[f"jupyter-lowcost-{instance_of['lost']}"])
 
     server.start()
-    end = time.monotonic() + 20
-    while live_jobs(slurm):
-        assert time.monotonic() < end, f"jobs left running: {live_jobs(slurm)}"
-        time.sleep(0.2)
-    records = {i["id"]: i for i in server.get("instances").json()}
-    assert set(records) == instances
-    for record in records.values():
-        assert record["state"] == "terminated"
-        assert "could not be re-attached: the instance was stopped" in record["reason"]
-    assert server.get("status").json()["live_instances"] == 0
+    kept_job = f"jupyter-lowcost-{instance_of['kept']}"
+    # The running job is the kernel's still: the same process, its variables there.
+    assert run(server, kept, "print(os.getpid(), x + 1)") == f"{pid} 42\n"
+    assert live_jobs(slurm)[kept_job] == jobs[kept_job]
+    instance = server.get(f"kernels/{kept}").json()["instance"]
+    assert instance["id"] == instance_of["kept"] and instance["state"] == "running"
+    assert "re-attached after the Jupyter server restarted" in instance["reason"]
+
+    # The cancelled one is resumed from its checkpoint, in a new job.
+    end = time.monotonic() + 120
+    while True:
+        model = server.get(f"kernels/{lost}").json()
+        if model["restored"] and model["instance"]["state"] == "running":
+            break
+        assert time.monotonic() < end, f"the lost kernel did not resume: {model}"
+        time.sleep(0.5)
+    assert model["instance"]["id"] != instance_of["lost"]
+    history = {i["id"]: i for i in model["history"]}
+    assert history[instance_of["lost"]]["state"] == "interrupted"
+    assert (
+        "the Jupyter server restarted; the instance was lost"
+        in (history[instance_of["lost"]]["reason"])
+    )
+    assert "before the interruption" in model["restored"]["message"]
+    assert run(server, lost, "print(z)") == "saved\n"
+
+    # Every job in the queue is one the server knows is running, and no other.
+    running = {i["id"] for i in server.get("instances").json() if i["state"] == "running"}
+    assert set(live_jobs(slurm)) == {f"jupyter-lowcost-{i}" for i in running}
