@@ -244,6 +244,9 @@ def test_a_restarted_server_takes_its_kernels_back_and_resumes_the_lost_one(
     assert (instance["started"], instance["expires"]) == (old["started"], old["expires"])
     assert instance["cost"] > old["cost"]
     assert model["placement"] == {"instance_type": "T4", "low_cost": True, "tier": "low-cost"}
+    _, text = idle.run("%lowcost")  # what the kernel itself is told, through the new server
+    assert "runs on a low-cost T4 instance (running" in text
+    assert "Time left before the lifetime cap: 23 h 59 min" in text
 
     # The lost one comes back from its checkpoint on a new instance, and counts on.
     def resumed() -> dict[str, Any] | None:
