@@ -344,3 +344,37 @@ def test_two_kills_in_a_row_lose_nothing(servers: Callable[..., Server]) -> None
     assert text == f"{pid.strip()} 42\n"
     assert reply["execution_count"] == 2
     assert notebook.server.get(f"kernels/{notebook.kernel_id}").json()["restored"] is None
+
+
+def test_with_recovery_policy_none_a_lost_kernel_is_not_resumed_and_keeps_its_checkpoints(
+    servers: Callable[..., Server], tmp_path: Path
+) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(
+        json.dumps({"LowCostApp": {"recovery_policy": "none"}})
+    )
+    server = servers({"JUPYTER_CONFIG_DIR": str(config)})
+    server.start()
+    notebook = Notebook(server, "none.ipynb")
+    notebook.run("z = 'kept'")
+    [instance] = server.get("instances").json()
+    poll_until(
+        lambda: (server.saved().get("kernels", {}).get(notebook.kernel_id) or {}).get("session"),
+        10,
+        "the session to be saved",
+    )
+    server.kill_hard()
+    os.kill(launchers()[instance["id"]], signal.SIGKILL)
+    poll_until(lambda: instance["id"] not in launchers(), 10, "the launcher to die")
+
+    server.start()
+    poll_until(
+        lambda: not server.api("GET", "kernels").json(), 30, "the lost kernel to be removed"
+    )
+    assert server.api("GET", "sessions").json() == []
+    [record] = server.get("instances").json()
+    assert record["state"] == "interrupted" and record["recovery"] == "none"
+    checkpoints = tmp_path / "data" / "lowcost" / "checkpoints" / notebook.kernel_id
+    assert list((checkpoints / "manifests").glob("*.json"))  # for %lowcost restore
+    assert not launchers().keys() & {record["id"]}
