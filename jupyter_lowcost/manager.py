@@ -14,6 +14,11 @@ One per server, created by ``LowCostApp``. Who calls it:
 Every transition of an instance is saved to the record store and emitted as an event.
 Recovery after an interruption or expiry, and every switch, is a restart of the same
 kernel id through the server's kernel manager, so JupyterLab reconnects by itself.
+
+The records also hold what a server started after this one died needs (see
+"a restart of the server" below): at start it puts each kernel back under its id, and
+that kernel's first launch takes its running instance back (its launcher reconnects) or,
+if the instance was lost meanwhile, resumes it from its checkpoint on a new one.
 """
 
 from __future__ import annotations
