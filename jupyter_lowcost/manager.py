@@ -541,6 +541,13 @@ class InstanceManager:
             for task in busy:
                 task.cancel()
             await asyncio.gather(*busy, return_exceptions=True)
+            # A restart cancelled above leaves its kernel's ``ready`` future pending
+            # (jupyter_client settles it only on success or an Exception): the server's
+            # shutdown of that kernel would then fail on it (InvalidStateError).
+            for kernel_id in list(self.kernel_manager.list_kernel_ids()):
+                ready = self.kernel_manager.get_kernel(kernel_id).ready
+                if not ready.done():
+                    ready.cancel()
         if self._session_watch is not None:
             self._session_watch.cancel()
         if self._started is not None:

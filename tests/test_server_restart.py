@@ -369,9 +369,7 @@ def test_with_recovery_policy_none_a_lost_kernel_is_not_resumed_and_keeps_its_ch
     poll_until(lambda: instance["id"] not in launchers(), 10, "the launcher to die")
 
     server.start()
-    poll_until(
-        lambda: not server.api("GET", "kernels").json(), 30, "the lost kernel to be removed"
-    )
+    poll_until(lambda: not server.api("GET", "kernels").json(), 30, "the lost kernel to be removed")
     assert server.api("GET", "sessions").json() == []
     [record] = server.get("instances").json()
     assert record["state"] == "interrupted" and record["recovery"] == "none"
