@@ -1389,12 +1389,29 @@ class InstanceManager:
             self._launch_reasons[kernel_id] = f"back on its previous placement: {err}"
             self._resume.add(kernel_id)  # (the old instance was shut down: its variables too)
             if kernel_id in self.kernel_manager:
-                await self.kernel_manager.restart_kernel(kernel_id, now=True)
-                self._reconnect_clients(kernel_id, died=False)
+                await self._put_back(kernel_id, old)
             message = err.message if isinstance(err, BackendError) else str(err)
             raise web.HTTPError(
                 503, f"could not move the kernel ({message}); it runs where it ran before"
             ) from err
+
+    async def _put_back(self, kernel_id: str, old: Placement | None) -> None:
+        """Restart a kernel whose move failed where it ran before. Its old instance is gone
+        and its slot may be taken meanwhile (a regular request, say): like a recovery, it
+        then waits for room, pending, instead of being left without an instance."""
+        failed = self.current_instance(kernel_id)
+        if old is None or failed is None:
+            await self.kernel_manager.restart_kernel(kernel_id, now=True)
+            self._reconnect_clients(kernel_id, died=False)
+            return
+        self._recovering.add(kernel_id)
+        try:
+            if await self._until_room(kernel_id, old, failed):
+                await self.kernel_manager.restart_kernel(kernel_id, now=True)
+                self._reconnect_clients(kernel_id, died=False)
+        finally:
+            self._recovering.discard(kernel_id)
+            self._prepared.pop(kernel_id, None)
 
     def _reconnect_clients(self, kernel_id: str, *, died: bool) -> None:
         """Make the kernel's websocket clients (JupyterLab) reconnect to its new instance.
