@@ -262,7 +262,7 @@ class InstanceManager:
             self._placements[kernel_id] = placement
             self._current[kernel_id] = record.id
             self._kernel_info[kernel_id] = {
-                k: info.get(k) for k in ("kernel_name", "cwd", "notebook", "session")
+                k: info.get(k) for k in ("kernel_name", "cwd", "session")
             }
             if info.get("notebook"):
                 self._notebooks[kernel_id] = str(info["notebook"])
@@ -472,11 +472,8 @@ class InstanceManager:
         )
         if record.state == InstanceState.NOTICE and record.notice_deadline is not None:
             self._deadlines[record.id] = self._spawn(self._enforce_deadline(record))
-        elif record.expires_at is not None:
-            notice = min(self.cap_notice, self.lifetime_cap / 2)
-            self._timers[record.id] = asyncio.get_running_loop().call_later(
-                max(0.0, record.expires_at - notice - time.time()), self._cap_reached, record.id
-            )
+        else:
+            self._arm_cap(record)
         if info.get("execution_state") in ("busy", "idle") and kernel_id in self.kernel_manager:
             # Busy or idle, as its launcher said: jupyter_server holds a kernel "starting"
             # until its first status, which a kernel running a long cell sends only at the
@@ -493,7 +490,6 @@ class InstanceManager:
                 km._kernel_info_future = known
         ports = {k: v for k, v in info.items() if k in ("ip", "transport") or k.endswith("_port")}
         return {
-            **record.reattach.get("connection_info", {}),
             **ports,
             "key": str(record.reattach["key"]).encode(),
             "signature_scheme": record.reattach["signature_scheme"],
@@ -831,16 +827,20 @@ class InstanceManager:
             raise BackendError(message, status=500, reason="launch") from err
         if not record.is_live:  # ended while starting (an exit raced the ready message)
             raise BackendError(f"the instance ended while starting: {record.reason}", status=500)
-        record.reattach["connection_info"] = info
         self._transition(
             record, InstanceState.RUNNING, f"the kernel runs on {placement.describe()}"
         )
+        self._arm_cap(record)
+        return info
+
+    def _arm_cap(self, record: InstanceRecord) -> None:
+        """Give a running instance with a lifetime cap its notice, ``cap_notice`` ahead
+        (at its start, or when a restarted server takes it back: the cap does not move)."""
         if record.expires_at is not None:
             notice = min(self.cap_notice, self.lifetime_cap / 2)
             self._timers[record.id] = asyncio.get_running_loop().call_later(
                 max(0.0, record.expires_at - notice - time.time()), self._cap_reached, record.id
             )
-        return info
 
     def poll(self, kernel_id: str) -> int | None:
         """None while the kernel's instance lives, else its exit code."""

@@ -106,7 +106,8 @@ class InstanceRecord:
     #: What the backend needs to find the instance again (pids, job ids), from its launch.
     backend_state: dict[str, Any] = field(default_factory=dict)
     #: What a restarted server needs to take the running kernel back: its session key and
-    #: signature scheme, the ports it bound, the launcher's reconnect secret. Persisted
+    #: signature scheme, and the launcher's reconnect secret (the launcher reports its
+    #: ports again when it reconnects). Persisted
     #: owner-only, never served (not in :meth:`to_model`).
     reattach: dict[str, Any] = field(default_factory=dict)
 
