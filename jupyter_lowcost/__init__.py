@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__
-from .interruption import notice, on_notice, remove_notice_callback
-from .training import load_saved, save_on_notice
+from .kernel.interruption import notice, on_notice, remove_notice_callback
+from .kernel.training import load_saved, save_on_notice
 
 __all__ = [
     "__version__",
@@ -29,9 +29,9 @@ __all__ = [
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    from .app import LowCostApp
+    from .server.app import LowCostApp
 
-    return [{"module": "jupyter_lowcost.app", "app": LowCostApp}]
+    return [{"module": "jupyter_lowcost.server.app", "app": LowCostApp}]
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
@@ -40,8 +40,8 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_lowcost``: register the ``%lowcost`` magic."""
-    from .kernel_checkpoints import install
-    from .magics import LowCostMagics
+    from .kernel.checkpointing import install
+    from .kernel.magics import LowCostMagics
 
     ipython.register_magics(LowCostMagics)
     install(ipython)  # checkpoints, and the restore when this start resumes the kernel

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 import pytest
 from traitlets.config import Config
 
-from jupyter_lowcost.events import SCHEMA_ID
+from jupyter_lowcost.server.events import SCHEMA_ID
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from jupyter_lowcost.channel import LaunchChannel, LaunchFailed, encode, sign
+from jupyter_lowcost.protocol import encode, sign
+from jupyter_lowcost.server.channel import LaunchChannel, LaunchFailed
 
 
 async def _dial(

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jupyter_lowcost import checkpoints as checkpoints_module
-from jupyter_lowcost import write_watch
-from jupyter_lowcost.checkpoints import CHUNK_SIZE, CheckpointStore
+from jupyter_lowcost.storage import atomic as atomic_module
+from jupyter_lowcost.storage import write_watch
+from jupyter_lowcost.storage.checkpoints import CHUNK_SIZE, CheckpointStore
 
 
 def test_variables_come_back_equal_and_aliases_stay_aliases(tmp_path: Path) -> None:
@@ -177,7 +177,7 @@ def test_a_save_that_stopped_half_way_does_not_hide_changes_from_the_next(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoints_module, "open_private", disk_full)
+    monkeypatch.setattr(atomic_module, "open_private", disk_full)
     with pytest.raises(OSError, match="No space left"):
         store.save({"big": big})
     monkeypatch.undo()
@@ -221,7 +221,7 @@ def test_a_checkpoint_killed_while_writing_leaves_the_previous_one_whole(
     writer = textwrap.dedent(
         f"""
         import numpy as np, sys
-        from jupyter_lowcost.checkpoints import CheckpointStore
+        from jupyter_lowcost.storage.checkpoints import CheckpointStore
         store = CheckpointStore({str(tmp_path)!r})
         store.save({{"small": np.arange(10), "word": "first"}})
         print("first", flush=True)
@@ -399,7 +399,7 @@ def test_a_notice_while_the_kernel_exits_keeps_the_last_checkpoint(tmp_path: Pat
     process exited, after IPython had emptied the namespace: that empty namespace became
     the latest checkpoint, and the kernel resumed with no variables (found by the churn
     test in test_races.py)."""
-    from jupyter_lowcost.kernel_checkpoints import KernelCheckpoints
+    from jupyter_lowcost.kernel.checkpointing import KernelCheckpoints
 
     shell = _Shell(weights=[0.5, 0.25], step=42)
     kept = KernelCheckpoints(shell, str(tmp_path), "cell")

@@ -273,12 +273,12 @@ async def test_churn_more_kernels_than_slots_moves_and_interruptions_at_once(
     _, instances = await api("GET", "instances")
     live = [i for i in instances if i["state"] == "running"]
     assert len(live) == len(kernels) <= 3
-    pids = {manager_of(jp_serverapp)._records[i["id"]].backend_state["pid"] for i in live}
+    pids = {manager_of(jp_serverapp).record(i["id"]).backend_state["pid"] for i in live}
     assert all(process_alive(pid) for pid in pids)
     # Nothing left running that nobody knows (the message says whose a stray one is).
     strays = {pid: instance_of(pid) for pid in launcher_pids() - before - pids}
-    records = manager_of(jp_serverapp)._records
-    assert strays == {}, {p: (i, records[i].state, records[i].reason) for p, i in strays.items()}
+    record = manager_of(jp_serverapp).record
+    assert strays == {}, {p: (i, record(i).state, record(i).reason) for p, i in strays.items()}
     for n, kernel_id in enumerate(kernels):
         out = await execute(jp_serverapp, kernel_id, "print(mine, len(big))")
         assert out == f"{n} 1000\n", (kernel_id, out)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
 
-from jupyter_lowcost.events import RESTORED_SCHEMA_ID
+from jupyter_lowcost.server.events import RESTORED_SCHEMA_ID
 
 STATE = (
     "import numpy as np, pandas as pd\n"

@@ -15,7 +15,7 @@ from conftest import start_lowcost_kernel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jupyter_lowcost.rest_schemas import MAX_BODY_BYTES
+from jupyter_lowcost.server.rest_schemas import MAX_BODY_BYTES
 
 BODY_ROUTES = [
     ("POST", "kernels"),

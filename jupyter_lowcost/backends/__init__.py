@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from .base import Backend, BackendError, BackendListener, LaunchSpec
+from .base import Backend, BackendError, BackendListener, InstanceType, LaunchSpec
 
 ENTRY_POINT_GROUP = "jupyter_lowcost.backends"
 
@@ -18,6 +18,7 @@ __all__ = [
     "BackendError",
     "BackendListener",
     "LaunchSpec",
+    "InstanceType",
     "available_backends",
     "load_backend_class",
 ]

@@ -31,8 +31,45 @@ from typing import Any, Protocol
 
 from traitlets.config import LoggingConfigurable
 
-from ..catalog import InstanceType
-from ..records import InstanceRecord
+from ..storage.records import InstanceRecord
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    """One kind of instance a user can ask for, with its two hourly prices."""
+
+    name: str
+    gpu: str
+    gpu_count: int
+    vcpus: int
+    memory_gb: float
+    price_regular: float
+    price_low_cost: float
+
+    def price(self, low_cost: bool) -> float:
+        """The hourly price of this type on the given tier."""
+        return self.price_low_cost if low_cost else self.price_regular
+
+    @property
+    def discount_percent(self) -> int:
+        """How much cheaper the low-cost tier is, in whole percent."""
+        if self.price_regular <= 0:
+            return 0
+        return round(100 * (1 - self.price_low_cost / self.price_regular))
+
+    def to_model(self, lifetime_cap_seconds: float) -> dict[str, Any]:
+        """The JSON model served by ``GET instance-types``."""
+        return {
+            "name": self.name,
+            "gpu": self.gpu,
+            "gpu_count": self.gpu_count,
+            "vcpus": self.vcpus,
+            "memory_gb": self.memory_gb,
+            "price_regular": self.price_regular,
+            "price_low_cost": self.price_low_cost,
+            "discount_percent": self.discount_percent,
+            "low_cost_lifetime_cap_seconds": lifetime_cap_seconds,
+        }
 
 
 class BackendError(Exception):

@@ -26,8 +26,8 @@ from typing import Any
 
 from traitlets import Enum, Float, Int, default
 
-from ..private import open_private, private_dir
-from ..records import InstanceRecord, InstanceState, process_start_ticks
+from ..storage.private import open_private, private_dir
+from ..storage.records import InstanceRecord, InstanceState, process_start_ticks
 from .base import Backend, BackendError, LaunchSpec
 
 DEMO_INTERRUPTIONS_PER_HOUR = 12.0  # LowCostApp.demo: one every five minutes on average

@@ -37,13 +37,13 @@ from typing import Any
 
 from traitlets import Dict, Float, List, Unicode
 
-from ..catalog import InstanceType
-from ..private import open_private, private_dir
-from ..records import InstanceRecord, InstanceState
-from .base import Backend, BackendError, LaunchSpec
+from .. import env
+from ..storage.private import open_private, private_dir
+from ..storage.records import InstanceRecord, InstanceState
+from .base import Backend, BackendError, InstanceType, LaunchSpec
 
 #: The environment variable that tells the launcher SIGTERM is a notice, and how long.
-ENV_SIGTERM_NOTICE = "JUPYTER_LOWCOST_SIGTERM_NOTICE"
+ENV_SIGTERM_NOTICE = env.SIGTERM_NOTICE
 
 JOB_SCRIPT = Path(__file__).with_name("slurm_job.sh")
 

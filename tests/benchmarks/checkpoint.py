@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: notebook_runner
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from jupyter_lowcost import write_watch
-from jupyter_lowcost.checkpoints import CheckpointStore
+from jupyter_lowcost.storage import write_watch
+from jupyter_lowcost.storage.checkpoints import CheckpointStore
 
 MiB = 1024 * 1024
 

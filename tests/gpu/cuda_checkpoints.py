@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 SAVE = r"""
 import sys, torch
-from jupyter_lowcost.checkpoints import CheckpointStore
+from jupyter_lowcost.storage.checkpoints import CheckpointStore
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).cuda()
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -48,7 +48,7 @@ print("saved", report.variables, report.bytes)
 
 RESTORE = r"""
 import sys, warnings, torch
-from jupyter_lowcost.checkpoints import CheckpointStore
+from jupyter_lowcost.storage.checkpoints import CheckpointStore
 expect = sys.argv[2]
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -82,7 +82,7 @@ print("restored on", expect, "ok;", len(cpu_warnings), "CPU warnings;", report.s
 
 SPEED = r"""
 import sys, time, torch
-from jupyter_lowcost.checkpoints import CheckpointStore
+from jupyter_lowcost.storage.checkpoints import CheckpointStore
 big = torch.randn(2 ** 29, device="cuda")  # 2 GiB float32
 torch.cuda.synchronize()
 def timed(f):
@@ -105,8 +105,8 @@ print(f"2 GiB CUDA tensor: checkpoint {t_save:.2f} s, torch.save {t_ref:.2f} s "
 
 COPIED_FROM_GPU = r"""
 import platform, sys, torch
-from jupyter_lowcost import write_watch
-from jupyter_lowcost.checkpoints import CheckpointStore
+from jupyter_lowcost.storage import write_watch
+from jupyter_lowcost.storage.checkpoints import CheckpointStore
 mib = 1024 * 1024
 store = CheckpointStore(sys.argv[1], chunk_size=mib)
 pinned = torch.zeros(16 * mib // 4, pin_memory=True)

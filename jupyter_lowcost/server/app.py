@@ -17,12 +17,13 @@ from jupyter_client.provisioning import KernelProvisionerFactory
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
+from .. import __version__
+from ..backends import Backend, BackendError, BackendListener, load_backend_class
 from . import events
-from ._version import __version__
-from .backends import Backend, BackendError, BackendListener, load_backend_class
 from .catalog import DEFAULT_INSTANCE_TYPES, parse_catalog
 from .handlers import default_handlers
-from .manager import RECOVERY_POLICIES, InstanceManager
+from .jupyter_adapters import track_connections
+from .manager import RECOVERY_POLICIES, InstanceManager, Settings
 
 PROVISIONER_NAME = "lowcost-provisioner"
 DEMO_LIFETIME_CAP = 600.0  # LowCostApp.demo: a cap short enough to watch it count down
@@ -245,16 +246,13 @@ class LowCostApp(ExtensionApp):
         def make_backend(listener: BackendListener) -> Backend:
             return backend_class(listener, parent=self)
 
-        self.manager = InstanceManager(
-            backend_factory=make_backend,
-            catalog=catalog,
-            kernel_manager=self.serverapp.kernel_manager,
-            event_logger=event_logger,
-            data_dir=Path(self.serverapp.data_dir) / "lowcost",
-            server_url=self._server_url,
-            token=self._token,
+        data_dir = Path(self.serverapp.data_dir) / "lowcost"
+        settings = Settings(
+            data_dir=data_dir,
+            checkpoint_dir=Path(self.checkpoint_dir)
+            if self.checkpoint_dir
+            else data_dir / "checkpoints",
             lifetime_cap=self.lifetime_cap,
-            demo=self.demo,
             cap_notice=self.cap_notice,
             recovery_policy=self.recovery_policy,
             fallback_after=self.fallback_after,
@@ -263,13 +261,25 @@ class LowCostApp(ExtensionApp):
             channel_ip=self.channel_ip,
             channel_port=self.channel_port,
             checkpoints=self.checkpoints,
-            checkpoint_dir=Path(self.checkpoint_dir)
-            if self.checkpoint_dir
-            else Path(self.serverapp.data_dir) / "lowcost" / "checkpoints",
+            demo=self.demo,
             orphaned_checkpoints_seconds=self.orphaned_checkpoints_days * 86400,
-            session_manager=getattr(self.serverapp, "session_manager", None),
             orphan_timeout=self.orphan_timeout,
             reattach_timeout=self.reattach_timeout,
+        )
+        if not track_connections(self.serverapp.web_app.settings):
+            self.log.info(
+                "jupyter_lowcost | a kernel websocket connection class of your own is "
+                "configured: moves find its connections through jupyter_server's private list"
+            )
+        self.manager = InstanceManager(
+            settings=settings,
+            backend_factory=make_backend,
+            catalog=catalog,
+            kernel_manager=self.serverapp.kernel_manager,
+            session_manager=getattr(self.serverapp, "session_manager", None),
+            event_logger=event_logger,
+            server_url=self._server_url,
+            token=self._token,
             log=self.log,
         )
         self.manager.activate()

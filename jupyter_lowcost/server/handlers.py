@@ -23,8 +23,8 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from ..backends import BackendError
 from . import rest_schemas
-from .backends import BackendError
 from .manager import InstanceManager
 
 AUTH_RESOURCE = "lowcost"

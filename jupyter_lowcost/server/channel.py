@@ -5,8 +5,9 @@ Both ends speak JSON lines over one TCP connection per instance. The server end
 launcher end is :mod:`jupyter_lowcost.launcher`. Only the launch that was given the
 per-launch secret can use its connection::
 
-    server -> {"type": "challenge", "nonce": N}
-    launcher -> {"type": "hello", "instance_id": I, "mac": HMAC-SHA256(secret, N)}
+    server -> {"type": "challenge", "nonce": N, "version": V}
+    launcher -> {"type": "hello", "instance_id": I, "mac": HMAC-SHA256(secret, N),
+                 "version": V}          V: jupyter_lowcost.protocol.VERSION, the same both ends
     server -> {"type": "config", ..., "reconnect_secret": S, "orphan_timeout": s,
                "orphan_until": T}      the kernel's session key, transport, ip; how to
                                        come back, and how long to wait for a server
@@ -32,7 +33,6 @@ JSON object closes the connection and is logged.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import json
 import logging
@@ -41,18 +41,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol import VERSION, encode, sign, version_of
+
 #: Seconds a new connection has to prove who it is.
 HELLO_TIMEOUT = 10.0
-
-
-def sign(secret: str, nonce: str) -> str:
-    """The MAC a launcher sends to prove it holds ``secret`` (used by both ends)."""
-    return hmac.new(secret.encode(), nonce.encode(), hashlib.sha256).hexdigest()
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    """One message as a line of JSON."""
-    return json.dumps(message).encode() + b"\n"
 
 
 class LaunchFailed(Exception):
@@ -178,6 +170,15 @@ class LaunchChannel:
         ``reattach`` proves itself with the reconnect secret, which is then spent."""
         instance_id = hello.get("instance_id")
         mac = hello.get("mac")
+        if version_of(hello) != VERSION:
+            self.log.warning(
+                "jupyter_lowcost | launch channel: refused a hello for instance %r: it speaks "
+                "launch protocol version %r, this server version %s",
+                str(instance_id)[:64],
+                str(version_of(hello))[:16],
+                VERSION,
+            )
+            return None
         expected = self._expected.get(instance_id) if isinstance(instance_id, str) else None
         if expected is None or not isinstance(mac, str):
             self.log.warning(
@@ -219,7 +220,7 @@ class LaunchChannel:
         instance_id = None
         try:
             nonce = secrets.token_hex(16)
-            writer.write(encode({"type": "challenge", "nonce": nonce}))
+            writer.write(encode({"type": "challenge", "nonce": nonce, "version": VERSION}))
             await writer.drain()
             hello = _object(await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT) or b"{}")
             instance_id = self._authenticate(hello, nonce)

@@ -46,8 +46,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..words import human_bytes
 from . import write_watch
-from .private import open_private, private_dir
+from .atomic import write_private
+from .private import private_dir
 
 #: Buffers are written in chunks of this many bytes (a changed chunk is rewritten whole).
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -119,14 +121,6 @@ class RestoreReport:
                 f"{s.name} ({s.type})" for s in self.not_restored
             )
         return text
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def type_name(value: Any) -> str:
@@ -612,13 +606,9 @@ class CheckpointStore:
     def _write_atomically(self, path: Path, data: Any) -> None:
         """Write to a temporary name beside ``path`` and rename: never a half file. A
         failure leaves nothing behind and raises :class:`CheckpointWriteFailed`."""
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            with open_private(temporary, "wb", exclusive=True) as file:
-                file.write(data.encode() if isinstance(data, str) else data)
-            os.replace(temporary, path)
+            write_private(path, data)
         except OSError as err:
-            temporary.unlink(missing_ok=True)
             raise CheckpointWriteFailed(
                 err.errno, f"could not write the checkpoint in {self.root}: {err.strerror or err}"
             ) from err

@@ -12,16 +12,24 @@ from __future__ import annotations
 import enum
 import json
 import os
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .catalog import InstanceType
+from .atomic import write_private
 from .private import private_dir
+
+
+class PricedType(Protocol):
+    """What a record needs of an instance type (``backends.base.InstanceType`` is one)."""
+
+    name: str
+    price_regular: float
+
+    def price(self, low_cost: bool) -> float: ...
 
 
 class InstanceState(str, enum.Enum):
@@ -113,7 +121,7 @@ class InstanceRecord:
 
     @classmethod
     def for_placement(
-        cls, kernel_id: str | None, placement: Placement, itype: InstanceType, backend: str
+        cls, kernel_id: str | None, placement: Placement, itype: PricedType, backend: str
     ) -> InstanceRecord:
         """A new pending record for ``placement`` (called by the manager before a launch)."""
         return cls(
@@ -294,11 +302,4 @@ class RecordStore:
             "kernels": kernels or {},
         }
         private_dir(self.folder)
-        fd, tmp = tempfile.mkstemp(prefix=".instances-", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(payload, handle)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(self.path, json.dumps(payload))

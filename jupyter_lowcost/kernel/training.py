@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Callable
 from typing import Any
 
+from ..storage.atomic import replacing
 from .interruption import Notice, on_notice
 
 
@@ -43,14 +44,13 @@ def save_on_notice(path: str | os.PathLike[str], **objects: Any) -> Callable[[No
 
     def save(notice: Notice) -> None:
         state = state_of(objects)
-        temporary = f"{os.fspath(path)}.partial"
         torch = sys.modules.get("torch")
-        if torch is None:
-            with open(temporary, "wb") as file:
-                pickle.dump(state, file, protocol=5)
-        else:
-            torch.save(state, temporary)
-        os.replace(temporary, path)
+        with replacing(path) as temporary:
+            if torch is None:
+                with open(temporary, "wb") as file:
+                    pickle.dump(state, file, protocol=5)
+            else:
+                torch.save(state, temporary)
 
     return on_notice(save)
 

@@ -31,6 +31,8 @@ import threading
 import weakref
 from typing import Any
 
+from .. import env
+
 PAGE = mmap.PAGESIZE
 
 _SYSCALL_USERFAULTFD = {"x86_64": 323, "aarch64": 282}
@@ -256,7 +258,7 @@ def shared() -> WriteWatch | None:
     global _shared
     with _shared_lock:
         if _shared is False or (_shared is not None and _shared.pid != os.getpid()):
-            if os.environ.get("JUPYTER_LOWCOST_WATCH_WRITES", "1") == "0":
+            if os.environ.get(env.WATCH_WRITES, "1") == "0":
                 _shared = None
             else:
                 _shared = WriteWatch.open()

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from .checkpoints import human_bytes
-from .kernel_checkpoints import installed
+from ..words import format_duration, human_bytes
+from .checkpointing import installed
 
 if TYPE_CHECKING:  # the client imports requests: kept out of every kernel's start-up
     from .client import LowCostClient
@@ -40,18 +40,6 @@ USAGE = (
     "usage: %lowcost [status | on [--type T] | off | types | interrupt [--notice S] [--in S] "
     "| checkpoint | checkpoints [--all] | restore [ID | KERNEL[/ID]]]"
 )
-
-
-def format_duration(seconds: float) -> str:
-    """``23 h 59 min``, ``4 min 10 s``, ``12 s``."""
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    if minutes:
-        return f"{minutes} min {secs:02d} s"
-    return f"{secs} s"
 
 
 def describe_status(kernel: dict[str, Any]) -> str:
@@ -320,8 +308,8 @@ def _has_variables(store: Any) -> bool:
 
 def _restore_other(checkpoints: Any, target: str) -> Any:
     """``%lowcost restore KERNEL[/ID]``: another kernel's checkpoint into this kernel."""
-    from .checkpoint_dirs import find
-    from .checkpoints import CheckpointStore
+    from ..storage.checkpoint_dirs import find
+    from ..storage.checkpoints import CheckpointStore
 
     kernel, _, checkpoint_id = target.partition("/")
     directory = find(checkpoints.store.root.parent, kernel)
@@ -337,7 +325,7 @@ def _restore_other(checkpoints: Any, target: str) -> Any:
 def describe_all_checkpoints(root: Any, own: Any) -> str:
     """``%lowcost checkpoints --all``: every kernel's checkpoints under ``root``, newest
     first, saying which kernel is this one, which the server runs, which no server does."""
-    from .checkpoint_dirs import list_checkpoints
+    from ..storage.checkpoint_dirs import list_checkpoints
     from .client import LowCostClient, LowCostError
 
     found = list_checkpoints(root)

@@ -21,9 +21,9 @@ from typing import Any, cast
 
 from jupyter_client.connect import KernelConnectionInfo, port_names
 from jupyter_client.provisioning import LocalProvisioner
-from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
-from .launcher import is_ipykernel_command
+from ..protocol import is_ipykernel_command
+from . import jupyter_adapters as jupyter
 from .manager import InstanceManager, current_manager
 
 #: The argument that loads ``%lowcost`` into IPython kernels started without a placement.
@@ -37,6 +37,8 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
     supports_placement = True
     #: True while the kernel's current process is an instance rather than a local process.
     _on_instance = False
+    #: The kernel manager's address before the kernel first ran on an instance.
+    _local_ip: str | None = None
 
     def _manager(self) -> InstanceManager | None:
         return current_manager()
@@ -46,12 +48,16 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
         return manager is not None and manager.placement(self.kernel_id) is not None
 
     def _forget_ports(self) -> None:
-        """Let the next launch choose its ports (they change with the machine)."""
+        """Let the next launch choose its ports and address (they change with the
+        machine): those of this machine for a local kernel, the instance's otherwise."""
         km = self.parent
         if km is not None:
+            if self._local_ip is None:
+                self._local_ip = km.ip
+            km.ip = self._local_ip
             for name in port_names:
                 setattr(km, name, 0)
-        self.ports_cached = False
+        jupyter.forget_cached_ports(self)
 
     @property
     def has_process(self) -> bool:
@@ -68,13 +74,14 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
                 if is_ipykernel_command(kwargs["cmd"]):
                     kwargs["cmd"] = [*kwargs["cmd"], EXTENSION_ARGUMENT]
             return kwargs
-        km = self.parent
-        assert manager is not None and km is not None
-        # The manager only places IPython kernels (python -m ipykernel_launcher): the launcher
-        # takes the interpreter from the command and runs ipykernel itself.
-        cmd = km.format_kernel_cmd(extra_arguments=kwargs.pop("extra_arguments", []))
+        assert manager is not None
+        # jupyter_client's own preparation (the connection file, the session's keys, the
+        # command), without reserving ports here: the kernel binds its own on the instance.
+        # The manager only places IPython kernels (python -m ipykernel_launcher): the
+        # launcher takes the interpreter from the command and runs ipykernel itself.
         self._forget_ports()
-        kwargs = await KernelProvisionerBase.pre_launch(self, cmd=cmd, **kwargs)
+        with jupyter.without_local_ports(self):
+            kwargs = await super().pre_launch(**kwargs)
         kwargs["env"].update(manager.kernel_env(self.kernel_id))
         return kwargs
 
@@ -102,6 +109,9 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
         # (the connection file of a kernel taken back is the previous server's, with the
         # same contents: jupyter_client then keeps what the manager holds, so load it)
         km.load_connection_info(info)
+        # The connection file (``jupyter console --existing``) now says where it runs.
+        km.cleanup_connection_file()
+        km.write_connection_file()
         # The ports and address the kernel bound on the instance:
         self.connection_info = cast(KernelConnectionInfo, info)
         return self.connection_info

@@ -16,7 +16,8 @@ import threading
 import time
 from typing import Any
 
-from .checkpoints import (
+from .. import env
+from ..storage.checkpoints import (
     CheckpointStore,
     CheckpointWriteFailed,
     RestoreReport,
@@ -25,16 +26,16 @@ from .checkpoints import (
 )
 from .interruption import add_final_notice_callback
 
-ENV_DIR = "JUPYTER_LOWCOST_CHECKPOINT_DIR"
+ENV_DIR = env.CHECKPOINT_DIR
 #: ``cell`` (after each cell), ``interval:<seconds>``, ``notice`` (at notices only), ``off``.
-ENV_WHEN = "JUPYTER_LOWCOST_CHECKPOINTS"
+ENV_WHEN = env.CHECKPOINTS
 #: ``1``: this start resumes the kernel (a move or a recovery): restore the latest checkpoint.
-ENV_RESTORE = "JUPYTER_LOWCOST_RESTORE"
+ENV_RESTORE = env.RESTORE
 #: The notebook the kernel belongs to (for the listings of ``%lowcost checkpoints --all``).
-ENV_NOTEBOOK = "JUPYTER_LOWCOST_NOTEBOOK"
+ENV_NOTEBOOK = env.NOTEBOOK
 #: Why the kernel's checkpoints were failing on its previous instance (the server says so
 #: until a checkpoint works again: the first one that does tells it).
-ENV_FAILING = "JUPYTER_LOWCOST_CHECKPOINTS_FAILING"
+ENV_FAILING = env.CHECKPOINTS_FAILING
 
 _installed: KernelCheckpoints | None = None
 
@@ -75,7 +76,7 @@ class KernelCheckpoints:
                 namespace = self.namespace()
                 report = self.store.save(
                     namespace,
-                    os.environ.get("JUPYTER_LOWCOST_KERNEL_ID"),
+                    os.environ.get(env.KERNEL_ID),
                     manual=manual,
                     notebook=os.environ.get(ENV_NOTEBOOK) or os.environ.get("JPY_SESSION_NAME"),
                     history=self.history(namespace),

@@ -12,7 +12,7 @@ from typing import Any
 
 from jupyter_events import EventLogger
 
-from .records import InstanceRecord, iso
+from ..storage.records import InstanceRecord, iso
 
 SCHEMA_ID = "https://events.jupyter.org/jupyter_lowcost/instance/v1"
 SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "instance" / "v1.yaml"

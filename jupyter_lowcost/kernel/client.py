@@ -13,9 +13,11 @@ from typing import Any
 
 import requests
 
-ENV_URL = "JUPYTER_LOWCOST_URL"
-ENV_TOKEN = "JUPYTER_LOWCOST_TOKEN"
-ENV_KERNEL_ID = "JUPYTER_LOWCOST_KERNEL_ID"
+from .. import env
+
+ENV_URL = env.URL
+ENV_TOKEN = env.TOKEN
+ENV_KERNEL_ID = env.KERNEL_ID
 
 
 class LowCostError(Exception):

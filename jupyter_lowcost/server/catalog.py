@@ -9,8 +9,11 @@ cost and savings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+from ..backends.base import InstanceType
+
+__all__ = ["DEFAULT_INSTANCE_TYPES", "CatalogError", "InstanceType", "parse_catalog"]
 
 #: The built-in catalog. Prices are hourly list prices in US dollars from public price lists
 #: (Paperspace Gradient's regular and low-cost prices for P100, GV100 and A100-80G; Google
@@ -69,44 +72,6 @@ _REQUIRED = ("name", "gpu", "price_regular", "price_low_cost")
 
 class CatalogError(ValueError):
     """A catalog entry is malformed; the message names the entry and the field."""
-
-
-@dataclass(frozen=True)
-class InstanceType:
-    """One kind of instance a user can ask for, with its two hourly prices."""
-
-    name: str
-    gpu: str
-    gpu_count: int
-    vcpus: int
-    memory_gb: float
-    price_regular: float
-    price_low_cost: float
-
-    def price(self, low_cost: bool) -> float:
-        """The hourly price of this type on the given tier."""
-        return self.price_low_cost if low_cost else self.price_regular
-
-    @property
-    def discount_percent(self) -> int:
-        """How much cheaper the low-cost tier is, in whole percent."""
-        if self.price_regular <= 0:
-            return 0
-        return round(100 * (1 - self.price_low_cost / self.price_regular))
-
-    def to_model(self, lifetime_cap_seconds: float) -> dict[str, Any]:
-        """The JSON model served by ``GET instance-types``."""
-        return {
-            "name": self.name,
-            "gpu": self.gpu,
-            "gpu_count": self.gpu_count,
-            "vcpus": self.vcpus,
-            "memory_gb": self.memory_gb,
-            "price_regular": self.price_regular,
-            "price_low_cost": self.price_low_cost,
-            "discount_percent": self.discount_percent,
-            "low_cost_lifetime_cap_seconds": lifetime_cap_seconds,
-        }
 
 
 def parse_catalog(entries: list[dict[str, Any]]) -> dict[str, InstanceType]:

@@ -1,0 +1,374 @@
+"""The launcher: what every backend runs on an instance (``python -m jupyter_lowcost.launcher``).
+
+The one code path for all backends. Started by a backend with the environment the
+manager prepared, it:
+
+1. dials the server's launch channel (``JUPYTER_LOWCOST_CHANNEL``) and proves, with the
+   per-launch secret, that it is this launch (the secret is removed from the environment
+   before any user code runs);
+2. receives the kernel's session key and the address to bind, and starts ipykernel in this
+   very process on ports it picks itself;
+3. reports those ports to the server, then serves the kernel;
+4. turns every interruption notice the server sends into what the kernel sees: the
+   ``jupyter_lowcost.notice`` flag, the ``SIGUSR1`` signal and the ``on_notice`` callbacks;
+5. where SIGTERM is the notice (a Slurm job: preemption and the time limit send SIGTERM,
+   then SIGKILL ``KillWait`` seconds later; ``JUPYTER_LOWCOST_SIGTERM_NOTICE`` gives those
+   seconds), delivers that notice to the kernel at once and reports it to the server.
+
+The kernel binds ``config["ip"]``; ``auto`` means the address through which this launcher
+reached the server, which the server can reach back (a compute node's address).
+
+If the server goes away (a crash, a kill -9, a restart), the kernel goes on: the launcher
+dials again every half second, at the address in ``JUPYTER_LOWCOST_CHANNEL_FILE`` (the
+server that adopts the instance writes its own there), and proves who it is with the
+reconnect secret the server gave it. If no server takes it back within the orphan
+timeout the server set (``LowCostApp.orphan_timeout``; ``JUPYTER_LOWCOST_ORPHAN_TIMEOUT``
+seconds overrides it) or by the end of its lifetime cap, it stops the kernel: an
+instance never outlives every server that could know about it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import env
+from ..kernel import interruption
+from ..protocol import VERSION, encode, sign, version_of
+
+ENV_CHANNEL = env.CHANNEL
+ENV_INSTANCE_ID = env.INSTANCE_ID
+ENV_SECRET = env.LAUNCH_SECRET
+ENV_ORPHAN_TIMEOUT = env.ORPHAN_TIMEOUT
+ENV_CHANNEL_FILE = env.CHANNEL_FILE
+#: Seconds between two attempts to reach a server again.
+RECONNECT_INTERVAL = 0.5
+#: Seconds before asking again a server that refused to take the instance back.
+REFUSED_INTERVAL = 5.0
+ENV_SIGTERM_NOTICE = env.SIGTERM_NOTICE
+
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
+
+class _ForgivingStream:
+    """The launcher's stdout or stderr (its log file): a write that fails, on a full disk,
+    costs that line of the log, not the kernel (ipykernel prints to ``sys.__stdout__``
+    while it starts)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _forgive_log_errors() -> None:
+    for name in ("stdout", "stderr"):
+        stream = _ForgivingStream(getattr(sys, f"__{name}__"))
+        setattr(sys, f"__{name}__", stream)
+        setattr(sys, name, stream)
+
+
+class Channel:
+    """The launcher's end of the launch channel (see ``jupyter_lowcost.channel``)."""
+
+    def __init__(self, address: str) -> None:
+        self._send_lock = threading.Lock()
+        self.connect(address)
+
+    def connect(self, address: str, timeout: float = 30) -> None:
+        """(Re)open the connection to ``host:port``."""
+        host, _, port = address.rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.reader = self.sock.makefile("rb")
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            self.sock.sendall(encode(message))
+
+    def receive(self) -> dict[str, Any] | None:
+        line = self.reader.readline()
+        return json.loads(line) if line else None
+
+
+@dataclass
+class Reattach:
+    """What the launcher needs to come back to a server (see :func:`_reconnect`)."""
+
+    instance_id: str
+    address: str
+    channel_file: str
+    reconnect_secret: str
+    connection_info: dict[str, Any]
+    #: Seconds to wait for a server after losing one, and a UNIX time not to wait past
+    #: (the lifetime cap), from the server's config.
+    orphan_timeout: float
+    orphan_until: float | None
+    #: The kernel's last status for its shell requests ("busy" while a cell runs).
+    shell_status: list[str] = field(default_factory=lambda: ["idle"])
+
+    kernel: Any = None
+
+    def execution_state(self) -> str:
+        return self.shell_status[-1]
+
+    def kernel_info(self) -> dict[str, Any]:
+        """What the kernel answers to kernel_info_request (a server that takes it back
+        needs it for its clients, and the shell cannot answer while a cell runs)."""
+        try:
+            return dict(self.kernel.kernel_info)
+        except Exception:  # (an old ipykernel: the server asks the kernel itself)
+            return {}
+
+    def follow_status(self, kernel: Any) -> None:
+        """Keep the kernel's last shell status (a server that takes the kernel back
+        tells its clients; without it, one that runs a long cell looks as if starting)."""
+        self.kernel = kernel
+        publish = kernel._publish_status
+
+        def publish_status(status: str, channel: str, *args: Any, **kwargs: Any) -> Any:
+            if channel == "shell":
+                self.shell_status[-1] = status
+            return publish(status, channel, *args, **kwargs)
+
+        kernel._publish_status = publish_status
+
+    def server_address(self) -> str:
+        """Where the server that adopted this instance listens (its file), else where
+        the first one did."""
+        try:
+            with open(self.channel_file) as handle:
+                return str(json.load(handle)["address"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.address
+
+
+def _listen(channel: Channel, reattach: Reattach) -> None:
+    """Channel thread: deliver notices; when the server is lost, wait for one to take the
+    instance back (the kernel goes on meanwhile), and stop the kernel if none does."""
+    while True:
+        while True:
+            try:
+                message = channel.receive()
+            except (OSError, ValueError):
+                message = None
+            if message is None:
+                break
+            if message.get("type") == "notice":
+                interruption.deliver(float(message["deadline"]), str(message.get("reason", "")))
+            elif message.get("type") == "ended":
+                print("jupyter_lowcost launcher: the server ended this instance", file=_log)
+                os._exit(0)
+        channel.close()
+        give_up = time.time() + reattach.orphan_timeout
+        if reattach.orphan_until is not None:
+            give_up = min(give_up, reattach.orphan_until)
+        print(
+            "jupyter_lowcost launcher: lost the server; the kernel goes on, waiting for a "
+            f"server until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(give_up))}",
+            file=_log,
+            flush=True,
+        )
+        if not _reconnect(channel, reattach, give_up):
+            print(
+                "jupyter_lowcost launcher: no server took the instance back; stopping the kernel",
+                file=_log,
+                flush=True,
+            )
+            os._exit(3)
+        print(
+            "jupyter_lowcost launcher: a server took the instance back",
+            file=_log,
+            flush=True,
+        )
+
+
+def _reconnect(channel: Channel, reattach: Reattach, give_up: float) -> bool:
+    """Dial until a server takes the instance back (True) or ``give_up`` passes."""
+    while time.time() < give_up:
+        try:
+            channel.connect(reattach.server_address(), timeout=5)
+            challenge = channel.receive() or {}
+            channel.send(
+                {
+                    "type": "hello",
+                    "instance_id": reattach.instance_id,
+                    "mac": sign(reattach.reconnect_secret, str(challenge["nonce"])),
+                    "reattach": True,
+                    "version": VERSION,
+                }
+            )
+            reply = channel.receive()
+            if reply is None:
+                # Refused: that server does not know this instance (yet?); ask again
+                # later, without filling its log.
+                channel.close()
+                time.sleep(REFUSED_INTERVAL)
+                continue
+            if reply.get("type") == "reattached":
+                reattach.reconnect_secret = str(reply["reconnect_secret"])
+                channel.sock.settimeout(None)
+                channel.send(
+                    {
+                        "type": "ready",
+                        "connection_info": reattach.connection_info,
+                        "execution_state": reattach.execution_state(),
+                        "kernel_info": reattach.kernel_info(),
+                    }
+                )
+                return True
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        channel.close()
+        time.sleep(RECONNECT_INTERVAL)
+    return False
+
+
+def _report_sigterm(channel: Channel, notice_seconds: float) -> None:
+    """Make SIGTERM an interruption notice ``notice_seconds`` long: the kernel sees it at
+    once (flag, callbacks), and the server hears of it from a thread (the handler may
+    have interrupted the main thread anywhere)."""
+
+    def handle(signum: int, frame: Any) -> None:
+        deadline = time.time() + notice_seconds
+        reason = f"the instance received SIGTERM: it stops in {notice_seconds:g} s"
+
+        def report() -> None:
+            try:
+                channel.send({"type": "notice", "deadline": deadline, "reason": reason})
+            except OSError:
+                pass
+
+        threading.Thread(target=report, name="lowcost-sigterm", daemon=True).start()
+        interruption.deliver(deadline, reason)
+
+    signal.signal(signal.SIGTERM, handle)
+
+
+#: The launcher's own log (its stderr as the backend opened it: ipykernel sends what is
+#: written to file descriptor 2 later to the notebook).
+_log: Any = sys.stderr
+
+
+def main() -> None:
+    """Entry point of ``python -m jupyter_lowcost.launcher``."""
+    global _log
+    _forgive_log_errors()
+    try:
+        _log = _ForgivingStream(os.fdopen(os.dup(2), "w", buffering=1))
+    except OSError:
+        pass
+    try:
+        address = os.environ.pop(ENV_CHANNEL)
+        instance_id = os.environ.pop(ENV_INSTANCE_ID)
+        secret = os.environ.pop(ENV_SECRET)
+    except KeyError as err:
+        sys.exit(
+            f"jupyter_lowcost launcher: {err.args[0]} is not set; backends start this "
+            "module for the server, it is not meant to be run by hand"
+        )
+    channel_file = os.environ.pop(ENV_CHANNEL_FILE, "")
+    orphan_timeout = os.environ.get(ENV_ORPHAN_TIMEOUT, "")
+
+    channel = Channel(address)
+    challenge = channel.receive() or {}
+    if version_of(challenge) != VERSION:
+        sys.exit(
+            "jupyter_lowcost launcher: the server speaks launch protocol version "
+            f"{version_of(challenge)!r}, this launcher version {VERSION}: install the same "
+            "jupyter-lowcost on the instance as on the server"
+        )
+    channel.send(
+        {
+            "type": "hello",
+            "instance_id": instance_id,
+            "mac": sign(secret, challenge["nonce"]),
+            "version": VERSION,
+        }
+    )
+    config = channel.receive()
+    if config is None or config.get("type") != "config":
+        sys.exit("jupyter_lowcost launcher: the server refused this launch")
+    channel.sock.settimeout(None)
+    ip = config["ip"]
+    if ip == "auto":
+        ip = channel.sock.getsockname()[0]
+
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+
+        workdir = tempfile.mkdtemp(prefix="jupyter-lowcost-")
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+        connection_file = os.path.join(workdir, "kernel.json")
+        with open(connection_file, "w") as handle:
+            json.dump(
+                {
+                    "key": config["key"],
+                    "signature_scheme": config["signature_scheme"],
+                    "transport": config.get("transport", "tcp"),
+                    "ip": ip,
+                    **{name: 0 for name in PORT_NAMES},
+                },
+                handle,
+            )
+        os.chmod(connection_file, 0o600)
+        interruption.install_signal_handler()
+        sigterm_notice = os.environ.pop(ENV_SIGTERM_NOTICE, "")
+        if sigterm_notice:
+            _report_sigterm(channel, float(sigterm_notice))
+        app = IPKernelApp.instance()
+        app.initialize(["-f", connection_file, "--IPKernelApp.extra_extensions=jupyter_lowcost"])
+        ports = {name: getattr(app, name) for name in PORT_NAMES}
+    except Exception:
+        channel.send({"type": "failed", "error": traceback.format_exc()})
+        raise
+    connection_info = {"ip": ip, "transport": app.transport, **ports}
+    channel.send({"type": "ready", "connection_info": connection_info})
+    orphan_until = config.get("orphan_until")
+    reattach = Reattach(
+        instance_id=instance_id,
+        address=address,
+        channel_file=channel_file,
+        reconnect_secret=str(config.get("reconnect_secret") or ""),
+        connection_info=connection_info,
+        orphan_timeout=float(orphan_timeout or config.get("orphan_timeout") or 30),
+        orphan_until=float(orphan_until) if orphan_until else None,
+    )
+    reattach.follow_status(app.kernel)
+    threading.Thread(
+        target=_listen, args=(channel, reattach), name="lowcost-channel", daemon=True
+    ).start()
+    app.start()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Launches: what the kernel provisioner asks of the manager for a kernel with a placement,
+and the REST API's ``POST kernels``.
+
+Who calls it: :class:`~...provisioner.LowCostProvisioner` (through the manager) for every
+launch, poll, wait, signal and stop of a placed kernel, and for the environment of every
+kernel; the handlers for a new low-cost kernel. A launch makes the instance's record,
+reserves room, has the backend start ``python -m jupyter_lowcost.launcher`` with a one-use
+secret, and waits on the launch channel for the kernel's ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ... import env as names
+from ...backends import BackendError, LaunchSpec
+from ...storage.records import InstanceRecord, InstanceState, Placement
+from .. import jupyter_adapters as jupyter
+from ..channel import LaunchFailed
+from .comeback import Comeback
+from .ledger import Context
+from .notices import Notices
+from .rest_models import check_launchable
+
+
+class Launches:
+    """Starts, follows and stops the instances of placed kernels."""
+
+    def __init__(self, ctx: Context, notices: Notices, comeback: Comeback) -> None:
+        self.ctx = ctx
+        self.ledger = ctx.ledger
+        self.notices = notices
+        self.comeback = comeback
+
+    def kernel_env(self, kernel_id: str) -> dict[str, str]:
+        """Variables every kernel gets: the REST API for ``%lowcost``, where and when to
+        checkpoint, and whether this start resumes the kernel (a move or a recovery)."""
+        settings = self.ctx.settings
+        env = {
+            names.URL: self.ctx.server_url(),
+            names.TOKEN: self.ctx.token(),
+            names.KERNEL_ID: kernel_id,
+        }
+        entry = self.ledger.kernels.get(kernel_id)
+        if entry is not None and entry.notebook is not None:
+            env[names.NOTEBOOK] = entry.notebook
+        if settings.checkpoints != "off":
+            env[names.CHECKPOINT_DIR] = str(settings.checkpoint_dir / kernel_id)
+            env[names.CHECKPOINTS] = settings.checkpoints
+            status = entry.checkpoint_status if entry is not None else None
+            if status is not None and not status["ok"]:
+                env[names.CHECKPOINTS_FAILING] = status["error"] or "unknown error"
+            if entry is not None and entry.resume:
+                entry.resume = False
+                env[names.RESTORE] = "1"
+        return env
+
+    async def start_kernel(
+        self, kernel_name: str, placement: Placement, path: str | None, notebook: str | None
+    ) -> str:
+        """``POST kernels``: a new kernel with ``placement``; returns its id once it answers."""
+        kernels = self.ctx.kernel_manager
+        check_launchable(kernels.kernel_spec_manager.get_kernel_spec(kernel_name))
+        self.ctx.backend.check_capacity(placement.low_cost, replacing=None)
+        kernel_id = str(uuid.uuid4())
+        entry = self.ledger.kernel(kernel_id)
+        entry.placement = placement
+        entry.notebook = notebook or None
+        try:
+            await kernels.start_kernel(kernel_id=kernel_id, kernel_name=kernel_name, path=path)
+        except BackendError:
+            self.kernel_gone(kernel_id)
+            jupyter.forget_failed_start(kernels, kernel_id)
+            raise
+        return kernel_id
+
+    async def launch(
+        self,
+        kernel_id: str,
+        python: str,
+        env: dict[str, str],
+        cwd: str | None,
+        kernel_config: dict[str, Any],
+        kernel_name: str | None = None,
+    ) -> dict[str, Any]:
+        """Start an instance for the kernel's placement; return its connection info.
+
+        Waits until the kernel on the instance has bound its ports. Raises
+        ``BackendError`` when it cannot. The first launch of a kernel put back after a
+        server restart takes its running instance back instead (its connection info then
+        holds the kernel's own session key).
+        """
+        settings, backend, channel = self.ctx.settings, self.ctx.backend, self.ctx.channel
+        entry = self.ledger.kernel(kernel_id)
+        adopting, entry.adopting = entry.adopting, None
+        if adopting is not None:
+            taken_back = await self.comeback.take_back(kernel_id, adopting)
+            if taken_back is not None:
+                return taken_back
+            env = {**env, names.RESTORE: "1"}  # resumed from its checkpoint
+        if entry.restart_info is None:
+            entry.restart_info = {}
+        entry.restart_info["cwd"] = cwd
+        if kernel_name:
+            entry.restart_info["kernel_name"] = kernel_name
+        placement = entry.placement
+        assert placement is not None
+        itype = self.ctx.catalog[placement.instance_type]
+        reason = entry.launch_reason or f"the kernel asked for {placement.describe()}"
+        entry.launch_reason = None
+        record, entry.prepared = entry.prepared, None
+        if record is None or not record.is_live or record.instance_type != itype.name:
+            record = InstanceRecord.for_placement(kernel_id, placement, itype, backend.name)
+            self.ledger.add(record)
+        entry.instance_id = record.id
+        self.ledger.transition(record, InstanceState.PENDING, reason)
+        log_path = settings.logs_dir / f"{record.id}.log"
+        try:
+            await backend.reserve(record, wait=entry.recovering)
+            if not record.is_live:  # stopped (or preempted) while it waited for room
+                raise BackendError(
+                    f"the instance was stopped before it started: {record.reason}", status=503
+                )
+            record.reattach = {
+                "key": kernel_config["key"],
+                "signature_scheme": kernel_config["signature_scheme"],
+            }
+            secret, ready = channel.expect(
+                record.id,
+                {
+                    **kernel_config,
+                    "transport": "tcp",
+                    "ip": backend.kernel_ip,
+                    **self.comeback.orphan_rules(record),
+                },
+            )
+            self.comeback.write_channel_file(record.id)
+            launch_env = {
+                **env,
+                names.CHANNEL: backend.channel_address(channel.host, channel.port),
+                names.CHANNEL_FILE: str(self.comeback.channel_file(record.id)),
+                names.INSTANCE_ID: record.id,
+                names.LAUNCH_SECRET: secret,
+            }
+            self.notices.instance_progress(record.id, "starting the kernel on the instance")
+            cap = settings.lifetime_cap
+            time_limit = cap if record.low_cost and cap > 0 else None
+            spec = LaunchSpec(python, launch_env, cwd, str(log_path), time_limit)
+            await backend.launch(record, spec)
+            self.ledger.save()
+            info = await asyncio.wait_for(ready, settings.launch_timeout)
+        except BackendError as err:
+            self.ledger.end(record, InstanceState.FAILED, err.message)
+            await backend.terminate(record, now=True)  # (a slot it may hold)
+            raise
+        except (LaunchFailed, asyncio.TimeoutError) as err:
+            if not record.is_live:  # preempted (or stopped) while it started
+                await backend.terminate(record, now=True)
+                raise BackendError(
+                    f"the instance was stopped before its kernel was ready: {record.reason}",
+                    status=503,
+                    reason="preempted",
+                ) from err
+            why = str(err) or f"the kernel was not ready within {settings.launch_timeout:g} s"
+            message = f"{why}; the launcher's log ends with:\n{_tail(log_path)}"
+            self.ledger.end(record, InstanceState.FAILED, message)
+            await backend.terminate(record, now=True)
+            raise BackendError(message, status=500, reason="launch") from err
+        if not record.is_live:  # ended while starting (an exit raced the ready message)
+            raise BackendError(f"the instance ended while starting: {record.reason}", status=500)
+        self.ledger.transition(
+            record, InstanceState.RUNNING, f"the kernel runs on {placement.describe()}"
+        )
+        self.notices.arm_cap(record)
+        return info
+
+    def poll(self, kernel_id: str) -> int | None:
+        """None while the kernel's instance lives, else its exit code."""
+        record = self.ledger.current(kernel_id)
+        if record is None or record.is_live:
+            return None
+        returncode = self.ledger.instances[record.id].returncode
+        return 1 if returncode is None else returncode
+
+    async def wait(self, kernel_id: str) -> int:
+        """Wait until the kernel's current instance has ended; return its exit code."""
+        record = self.ledger.current(kernel_id)
+        if record is None:
+            return 0
+        entry = self.ledger.instances[record.id]
+        await entry.ended.wait()
+        return 1 if entry.returncode is None else entry.returncode
+
+    async def send_signal(self, kernel_id: str, signum: int) -> None:
+        """Forward a signal (an interrupt) to the kernel on its instance."""
+        record = self.ledger.current(kernel_id)
+        if record is not None and record.is_live:
+            await self.ctx.backend.send_signal(record, signum)
+
+    def shutdown_requested(self, kernel_id: str, restart: bool) -> None:
+        """The kernel is asked to stop: remember why, for its instance's record."""
+        record = self.ledger.current(kernel_id)
+        if record is not None and record.is_live:
+            entry = self.ledger.instances[record.id]
+            if entry.stop_reason is None:
+                entry.stop_reason = (
+                    "the kernel was restarted" if restart else "the kernel was shut down"
+                )
+
+    async def stop_instance(self, kernel_id: str, now: bool) -> None:
+        """Stop the kernel's instance (the provisioner's ``terminate`` and ``kill``)."""
+        record = self.ledger.current(kernel_id)
+        if record is None or not record.is_live:
+            return
+        entry = self.ledger.instances[record.id]
+        if entry.stop_reason is None:
+            entry.stop_reason = "the kernel was stopped"
+        await self.ctx.backend.terminate(record, now=now)
+        reason, entry.stop_reason = entry.stop_reason or "", None
+        self.ledger.end(record, InstanceState.TERMINATED, reason)
+
+    def kernel_gone(self, kernel_id: str) -> None:
+        """The kernel was shut down for good: forget its placement (its records stay)."""
+        record = self.ledger.current(kernel_id)
+        if record is not None and record.state == InstanceState.PENDING:
+            # Shut down while its instance waited for room: that wait ends here.
+            self.ledger.end(record, InstanceState.TERMINATED, "the kernel was shut down")
+            self.ledger.spawn(self.ctx.backend.terminate(record, now=True))
+        entry = self.ledger.kernels.pop(kernel_id, None)
+        if entry is not None and entry.restart_info is not None:
+            self.ledger.save()
+        if entry is not None and entry.keep_checkpoints:
+            # Stopped by the server (its recovery could not relaunch it, or the policy is
+            # "none"): the checkpoints stay, for %lowcost restore KERNEL in another kernel.
+            return
+        # Shut down for good by its user: its checkpoints have no one left to resume.
+        shutil.rmtree(self.ctx.settings.checkpoint_dir / kernel_id, ignore_errors=True)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a launcher's log, for the message of a failed launch."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4000))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
