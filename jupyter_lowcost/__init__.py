@@ -15,11 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__
+from .kernel import interruption  # (``from jupyter_lowcost import interruption``)
 from .kernel.interruption import notice, on_notice, remove_notice_callback
 from .kernel.training import load_saved, save_on_notice
 
 __all__ = [
     "__version__",
+    "interruption",
     "load_saved",
     "notice",
     "on_notice",

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
 from typing import Any
 
 import pytest
 
-from jupyter_lowcost.protocol import encode, sign
+from jupyter_lowcost.protocol import VERSION, encode, sign
 from jupyter_lowcost.server.channel import LaunchChannel, LaunchFailed
 
 
@@ -205,3 +207,50 @@ async def test_a_restarted_server_awaits_the_instances_it_takes_back() -> None:
         launcher.close()
     finally:
         await channel.stop()
+
+
+async def test_each_end_refuses_a_peer_that_speaks_another_protocol_version(
+    caplog: Any,
+) -> None:
+    channel = LaunchChannel(logging.getLogger("test"), lambda i, m: None)
+    await channel.start()
+    try:
+        secret, ready = channel.expect("inst1", {"key": "kernel-key"})
+        reader, writer = await asyncio.open_connection("127.0.0.1", channel.port)
+        challenge = json.loads(await reader.readline())
+        assert challenge["version"] == VERSION
+        hello = {"type": "hello", "instance_id": "inst1", "mac": sign(secret, challenge["nonce"])}
+        writer.write(encode({**hello, "version": VERSION + 1}))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readline(), 10) == b""  # refused, closed
+        writer.close()
+        assert f"launch protocol version {VERSION + 1}" in caplog.text
+        assert f"this server version {VERSION}" in caplog.text
+        # The refusal spent nothing: the launch speaking this version still gets its config.
+        _, writer, config = await _dial(channel, "inst1", secret)
+        assert config is not None and config["type"] == "config"
+        writer.close()
+    finally:
+        await channel.stop()
+
+    # A launcher that a server of another version challenges stops, and says why.
+    async def newer_server(reader: Any, writer: Any) -> None:
+        writer.write(encode({"type": "challenge", "nonce": "n", "version": VERSION + 1}))
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(newer_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = {
+        **os.environ,
+        "JUPYTER_LOWCOST_CHANNEL": f"127.0.0.1:{port}",
+        "JUPYTER_LOWCOST_INSTANCE_ID": "inst1",
+        "JUPYTER_LOWCOST_LAUNCH_SECRET": "s",
+    }
+    launcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jupyter_lowcost.launcher", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(launcher.communicate(), 60)
+    server.close()
+    assert launcher.returncode != 0
+    assert f"the server speaks launch protocol version {VERSION + 1}" in err.decode()

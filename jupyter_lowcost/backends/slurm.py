@@ -3,7 +3,10 @@
 Low-cost placements go to a preemptible partition (or QOS): higher-priority work takes
 their resources back, as on-premise clusters share GPUs and as cloud Slurm clusters run
 whole partitions on spot nodes. Regular placements go to a partition that is not
-preempted. The manager calls this backend like any other (see :mod:`.base`); here:
+preempted. The manager calls this backend like any other (see :mod:`.base`); what all
+batch schedulers share (running commands, following jobs through the queue, terminate,
+injected interruptions, taking jobs back after a restart) is :class:`.batch.BatchBackend`'s.
+Here, what is Slurm's:
 
 - :meth:`SlurmBackend.launch` runs ``sbatch`` with an argument list (never a shell string):
   the batch script is ``slurm_job.sh`` beside this module, which ``exec``s
@@ -25,11 +28,8 @@ preempted. The manager calls this backend like any other (see :mod:`.base`); her
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
-import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,17 +37,12 @@ from typing import Any
 
 from traitlets import Dict, Float, List, Unicode
 
-from .. import env
-from ..storage.private import open_private, private_dir
-from ..storage.records import InstanceRecord, InstanceState
-from .base import Backend, BackendError, InstanceType, LaunchSpec
-
-#: The environment variable that tells the launcher SIGTERM is a notice, and how long.
-ENV_SIGTERM_NOTICE = env.SIGTERM_NOTICE
+from .. import env as names
+from ..storage.records import InstanceRecord
+from .base import BackendError, InstanceType, LaunchSpec
+from .batch import BatchBackend, JobStatus
 
 JOB_SCRIPT = Path(__file__).with_name("slurm_job.sh")
-
-COMMANDS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 
 #: Per-type keys of ``SlurmBackend.instance_types``.
 TYPE_KEYS = frozenset(
@@ -139,10 +134,21 @@ def parse_oneliner(text: str) -> dict[str, str]:
     return fields
 
 
-class SlurmBackend(Backend):
+class SlurmBackend(BatchBackend):
     """Instances as Slurm jobs: low-cost on a preemptible partition, regular on another."""
 
     name = "slurm"
+    scheduler = "Slurm"
+    cancel_command = "scancel"
+    commands = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
+    install_hint = (
+        "install Slurm's client commands on the server's machine (Debian/Ubuntu: "
+        "slurm-client) or set SlurmBackend.commands_dir"
+    )
+    ended_states = frozenset(ENDED)
+    running_states = frozenset({"RUNNING", "CONFIGURING"})
+    taken_states = TAKEN
+    expired_states = frozenset({"TIMEOUT", "DEADLINE"})
     #: The launcher binds the address through which it reached the server (its node's).
     kernel_ip = "auto"
 
@@ -207,19 +213,6 @@ class SlurmBackend(Backend):
         """,
     )
 
-    commands_dir = Unicode(
-        "",
-        config=True,
-        help="""The folder of Slurm's commands (sbatch, squeue, scontrol, scancel, sinfo);
-        empty (default): found on PATH.""",
-    )
-
-    poll_interval = Float(
-        1.0,
-        config=True,
-        help="""Seconds between two reads of the queue (``squeue``) for this server's jobs.""",
-    )
-
     notice_seconds = Float(
         0.0,
         config=True,
@@ -227,47 +220,16 @@ class SlurmBackend(Backend):
         kernel as the notice. 0 (default): the cluster's ``KillWait``.""",
     )
 
-    job_name_prefix = Unicode(
-        "jupyter-lowcost",
-        config=True,
-        help="""Job names are ``<prefix>-<instance id>`` (how a restarted server finds the
-        jobs of the run before it).""",
-    )
-
     def __init__(self, listener: Any, **kwargs: Any) -> None:
         super().__init__(listener, **kwargs)
-        self._commands: dict[str, str] = {}
-        self._env: dict[str, str] = {}  # the server's environment when the backend started
         self._config: dict[str, str] = {}
         self._partitions: dict[str, dict[str, str]] = {}
         self._partitions_read = 0.0
-        self._jobs: dict[str, InstanceRecord] = {}  # instance id -> record, jobs in the queue
-        self._seen: dict[str, str] = {}  # instance id -> last job state seen
-        self._cancelled: set[str] = set()  # jobs this server cancelled
-        self._injected: set[str] = set()  # jobs sent SIGTERM by interrupt()
-        self._gone: dict[str, asyncio.Event] = {}
-        self._poller: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._hurry = 0  # callers waiting for a job to end: poll faster
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._env = self._environment()
-        for command in COMMANDS:
-            path = (
-                os.path.join(self.commands_dir, command)
-                if self.commands_dir
-                else shutil.which(command)
-            )
-            if not path or not os.access(path, os.X_OK):
-                raise BackendError(
-                    f"the slurm backend needs Slurm's {command} command: install Slurm's "
-                    "client commands on the server's machine (Debian/Ubuntu: slurm-client) "
-                    "or set SlurmBackend.commands_dir",
-                    status=500,
-                )
-            self._commands[command] = path
+        await super().start()
         self._config = await self._read_config()
         await self._read_partitions()
         for name, shape in self.instance_types.items():
@@ -291,10 +253,9 @@ class SlurmBackend(Backend):
             self.kill_wait,
         )
 
-    async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
+    async def after_poll(self) -> None:
+        if time.monotonic() - self._partitions_read > 10:
+            await self._read_partitions()
 
     @property
     def kill_wait(self) -> float:
@@ -327,8 +288,7 @@ class SlurmBackend(Backend):
 
     # -- commands ------------------------------------------------------------------------
 
-    @staticmethod
-    def _environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment of Slurm commands (the server's, or ``base``) without the
         SBATCH_/SLURM_ variables of a job the server itself might run in (they would
         change our jobs), except SLURM_CONF."""
@@ -339,29 +299,8 @@ class SlurmBackend(Backend):
             if not (k.startswith(("SBATCH_", "SLURM_")) and k != "SLURM_CONF")
         }
 
-    async def _run(
-        self, command: str, *args: str, env: dict[str, str] | None = None, check: bool = True
-    ) -> str:
-        """Run a Slurm command (an argument list, no shell); its stdout."""
-        try:
-            process = await asyncio.create_subprocess_exec(
-                self._commands[command],
-                *args,
-                env=env or self._env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as err:
-            raise BackendError(f"could not run {command}: {err}", status=500) from err
-        out, err = await process.communicate()
-        if check and process.returncode:
-            message = err.decode(errors="replace").strip() or f"exit code {process.returncode}"
-            raise BackendError(f"{command} failed: {message}", status=503, reason="slurm")
-        return out.decode(errors="replace")
-
     async def _read_config(self) -> dict[str, str]:
-        text = await self._run("scontrol", "show", "config")
+        text = await self.run("scontrol", "show", "config")
         config = {}
         for line in text.splitlines():
             key, sep, value = line.partition("=")
@@ -370,7 +309,7 @@ class SlurmBackend(Backend):
         return config
 
     async def _read_partitions(self) -> None:
-        text = await self._run("scontrol", "show", "partition", "--oneliner")
+        text = await self.run("scontrol", "show", "partition", "--oneliner")
         partitions = {}
         for line in text.splitlines():
             fields = parse_oneliner(line)
@@ -467,9 +406,6 @@ class SlurmBackend(Backend):
 
     # -- instances -----------------------------------------------------------------------
 
-    def job_name(self, instance_id: str) -> str:
-        return f"{self.job_name_prefix}-{instance_id}"
-
     def channel_address(self, host: str, port: int) -> str:
         if self.server_address:
             return f"{self.server_address}:{port}"
@@ -479,13 +415,10 @@ class SlurmBackend(Backend):
             return f"{socket.getfqdn()}:{port}"
         return f"{host}:{port}"
 
-    async def launch(self, record: InstanceRecord, spec: LaunchSpec) -> None:
+    async def submit(self, record: InstanceRecord, spec: LaunchSpec) -> str:
+        """``sbatch`` the job script, which ``exec``s the launcher."""
         self.check_type(record.instance_type, record.low_cost)
         shape = self.job_shape(record.instance_type, record.low_cost)
-        private_dir(os.path.dirname(spec.log_path))
-        # Created here, owner-only: the job appends to it (--open-mode=append) and keeps
-        # its mode, whatever the job's umask (which is the user's, for the kernel's files).
-        open_private(spec.log_path, "ab").close()
         argv = [
             "--parsable",
             f"--job-name={self.job_name(record.id)}",
@@ -501,72 +434,63 @@ class SlurmBackend(Backend):
         if spec.cwd:
             argv.append(f"--chdir={spec.cwd}")
         argv += [*self.sbatch_args, str(JOB_SCRIPT), spec.python, "-m", "jupyter_lowcost.launcher"]
-        env = self._environment({**spec.env, ENV_SIGTERM_NOTICE: f"{self.kill_wait:g}"})
+        job_env = self.environment({**spec.env, names.SIGTERM_NOTICE: f"{self.kill_wait:g}"})
         if "SLURM_CONF" in self._env:
-            env.setdefault("SLURM_CONF", self._env["SLURM_CONF"])
-        out = await self._run("sbatch", *argv, env=env)
+            job_env.setdefault("SLURM_CONF", self._env["SLURM_CONF"])
+        out = await self.run("sbatch", *argv, env=job_env)
         job_id = out.strip().split(";")[0]
         if not job_id.isdigit():
             raise BackendError(f"sbatch answered {out.strip()!r}, not a job id", status=500)
-        record.backend_state.update(
-            job_id=job_id, job_name=self.job_name(record.id), partition=shape.partition
+        record.backend_state["partition"] = shape.partition
+        return job_id
+
+    def submitted_message(self, record: InstanceRecord) -> str:
+        return f"submitted as {self.describe_job(record)}" + _on(
+            record.backend_state.get("partition", "")
         )
-        self._jobs[record.id] = record
-        self._gone[record.id] = asyncio.Event()
-        self.listener.instance_progress(
-            record.id, f"submitted as Slurm job {job_id}" + _on(shape.partition)
+
+    def job_queued_message(self, record: InstanceRecord, why: str) -> str:
+        partition = record.backend_state.get("partition", "")
+        return f"Slurm job {record.backend_state.get('job_id')} is queued{_on(partition)}: {why}"
+
+    def pending_reason(self, reason: str) -> str:
+        return PENDING_REASONS.get(reason, reason)
+
+    @property
+    def notice_seconds_given(self) -> float:
+        return self.kill_wait
+
+    async def cancel_jobs(self, job_ids: list[str]) -> None:
+        # SIGKILL first (a plain scancel sends SIGTERM, which the launcher takes as an
+        # interruption notice), then scancel to take the jobs out of the queue.
+        await self.run("scancel", "--full", "--signal=KILL", *job_ids, check=False)
+        await self.run("scancel", *job_ids, check=False)
+
+    async def signal_job(self, job_id: str, signal_name: str) -> None:
+        await self.run("scancel", "--batch", f"--signal={signal_name}", job_id, check=False)
+
+    async def jobs_named(self, name: str) -> list[tuple[str, str]]:
+        out = await self.run("squeue", "-h", "-n", name, "-o", "%i|%T", check=False)
+        rows = [line.split("|", 1) for line in out.splitlines() if "|" in line]
+        return [(job, state) for job, state in rows]
+
+    async def queue(self, job_ids: list[str], names: list[str]) -> dict[str, JobStatus]:
+        out = await self.run(
+            "squeue", "-h", "-t", "all", "-n", ",".join(names), "-o", "%i|%T|%r|%N|%j"
         )
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.ensure_future(self._poll_forever())
-        self._wake.set()
-
-    async def send_signal(self, record: InstanceRecord, signum: int) -> None:
-        job_id = record.backend_state.get("job_id")
-        if job_id and record.id in self._jobs:
-            name = signal.Signals(signum).name.removeprefix("SIG")
-            await self._run("scancel", "--batch", f"--signal={name}", job_id, check=False)
-
-    async def terminate(self, record: InstanceRecord, now: bool = False) -> None:
-        job_id = record.backend_state.get("job_id")
-        if not job_id or record.id not in self._jobs:
-            return
-        self._cancelled.add(record.id)
-        # SIGKILL even when asked politely: the launcher takes SIGTERM as an interruption
-        # notice, and jupyter_client asks to terminate only a kernel that did not stop
-        # when asked to shut down.
-        await self._run("scancel", "--full", "--signal=KILL", job_id, check=False)
-        await self._run("scancel", job_id, check=False)
-        gone = self._gone.get(record.id)
-        if gone is None:
-            return
-        self._hurry += 1
-        self._wake.set()
-        try:
-            await asyncio.wait_for(gone.wait(), timeout=self.kill_wait + 30)
-        except asyncio.TimeoutError:
-            self.log.warning(
-                "jupyter_lowcost | Slurm job %s is still in the queue %g s after scancel",
-                job_id,
-                self.kill_wait + 30,
-            )
-        finally:
-            self._hurry -= 1
-
-    async def interrupt(self, record: InstanceRecord, notice_seconds: float, reason: str) -> None:
-        """Announce the notice, then SIGTERM the job as a Slurm preemption does."""
-        job_id = record.backend_state.get("job_id")
-        if record.state != InstanceState.RUNNING or not job_id:
-            return
-        self._injected.add(record.id)
-        self.listener.instance_noticed(record.id, time.time() + notice_seconds, reason)
-        await self._run("scancel", "--batch", "--signal=TERM", job_id, check=False)
+        rows = {}
+        for line in out.splitlines():
+            parts = line.split("|")
+            if len(parts) == 5:
+                rows[parts[0]] = JobStatus(parts[1].split()[0], parts[2], parts[3])
+        return rows
 
     async def explain_notice(self, record: InstanceRecord) -> tuple[str, bool] | None:
         """Why the launcher got SIGTERM, from the job's state; ``(reason, expired)``."""
         job_id = record.backend_state.get("job_id")
-        if not job_id or record.id in self._injected:
+        if not job_id or self.injected(record):
             return None
-        out = await self._run("scontrol", "show", "job", "--oneliner", job_id, check=False)
+        out = await self.run("scontrol", "show", "job", "--oneliner", job_id, check=False)
         job = parse_oneliner(out)
         # While its processes are signalled the job shows as COMPLETING; why it ends is in
         # its preemption time and its reason.
@@ -582,121 +506,6 @@ class SlurmBackend(Backend):
         if state in ("CANCELLED", "COMPLETING"):
             return f"Slurm job {job_id} was cancelled outside Jupyter (scancel); {notice}", False
         return f"Slurm job {job_id} received SIGTERM ({state or 'state unknown'}); {notice}", False
-
-    async def _live_jobs(self, record: InstanceRecord) -> list[tuple[str, str]]:
-        """(job id, state) of the record's jobs still in the queue, found by name."""
-        name = record.backend_state.get("job_name") or self.job_name(record.id)
-        out = await self._run("squeue", "-h", "-n", name, "-o", "%i|%T", check=False)
-        rows = [line.split("|", 1) for line in out.splitlines() if "|" in line]
-        return [(job, state) for job, state in rows if state not in ENDED]
-
-    async def reattach(self, record: InstanceRecord) -> bool:
-        """Follow again the job a previous server submitted (found by its name), if it
-        runs (a job whose processes are being killed, COMPLETING, is as good as gone)."""
-        jobs = [(j, s) for j, s in await self._live_jobs(record) if s in ("RUNNING", "CONFIGURING")]
-        if not jobs:
-            return False
-        job_id, state = jobs[0]
-        record.backend_state.update(job_id=job_id, job_name=self.job_name(record.id))
-        self._jobs[record.id] = record
-        self._seen[record.id] = state
-        self._gone[record.id] = asyncio.Event()
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.ensure_future(self._poll_forever())
-        return True
-
-    async def forget_orphan(self, record: InstanceRecord) -> bool:
-        """Cancel what is left of a previous run's job (found by its name)."""
-        alive = [job_id for job_id, _ in await self._live_jobs(record)]
-        if alive:
-            await self._run("scancel", "--full", "--signal=KILL", *alive, check=False)
-            await self._run("scancel", *alive, check=False)
-        return bool(alive)
-
-    # -- the queue -----------------------------------------------------------------------
-
-    async def _poll_forever(self) -> None:
-        """Read the queue while this server has jobs in it (``launch`` restarts it)."""
-        while self._jobs:
-            try:
-                await self._poll_once()
-                if time.monotonic() - self._partitions_read > 10:
-                    await self._read_partitions()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # squeue failing now and then must not stop polling
-                self.log.warning("jupyter_lowcost | slurm backend: reading the queue: %s", err)
-            self._wake.clear()
-            interval = 0.2 if self._hurry else self.poll_interval
-            try:
-                await asyncio.wait_for(self._wake.wait(), interval)
-            except asyncio.TimeoutError:
-                pass
-
-    async def _poll_once(self) -> None:
-        if not self._jobs:
-            return
-        names = ",".join(r.backend_state["job_name"] for r in self._jobs.values())
-        out = await self._run("squeue", "-h", "-t", "all", "-n", names, "-o", "%i|%T|%r|%N|%j")
-        rows = {}
-        for line in out.splitlines():
-            parts = line.split("|")
-            if len(parts) == 5:
-                rows[parts[0]] = parts
-        for instance_id, record in list(self._jobs.items()):
-            job_id = record.backend_state["job_id"]
-            row = rows.get(job_id)
-            if row is None:
-                self._ended(record, "GONE", "the job left the Slurm queue")
-                continue
-            _, state, reason, node, _ = row
-            state = state.split()[0]
-            previous = self._seen.get(instance_id)
-            self._seen[instance_id] = state
-            if state in ENDED:
-                self._ended(record, state, reason)
-            elif state == "PENDING":
-                why = PENDING_REASONS.get(reason, reason)
-                self.listener.instance_progress(
-                    instance_id,
-                    f"Slurm job {job_id} is queued{_on(record.backend_state.get('partition', ''))}: {why}",
-                )
-            elif state in ("RUNNING", "CONFIGURING") and previous != state:
-                record.backend_state["node"] = node
-                self.listener.instance_progress(
-                    instance_id, f"Slurm job {job_id} runs on node {node}: starting the kernel"
-                )
-
-    def _ended(self, record: InstanceRecord, state: str, reason: str) -> None:
-        """The job's processes are gone: tell the manager how it ended (once)."""
-        instance_id = record.id
-        self._jobs.pop(instance_id, None)
-        self._seen.pop(instance_id, None)
-        self._injected.discard(instance_id)
-        cancelled_here = instance_id in self._cancelled
-        self._cancelled.discard(instance_id)
-        gone = self._gone.pop(instance_id, None)
-        if gone is not None:
-            gone.set()
-        job = f"Slurm job {record.backend_state.get('job_id')}"
-        expired = state in ("TIMEOUT", "DEADLINE")
-        if state in TAKEN and not cancelled_here:
-            self.listener.instance_taken(instance_id, expired, f"{job} ended: {TAKEN[state]}")
-        elif record.state == InstanceState.NOTICE and not cancelled_here:
-            # Killed at the end of its notice (KillWait), maybe just before the server's
-            # own deadline: the interruption that was announced.
-            self.listener.instance_taken(instance_id, expired, record.reason)
-        elif state == "COMPLETED":
-            self.listener.instance_exited(instance_id, 0, f"{job} completed")
-        elif state == "CANCELLED" and not cancelled_here:
-            self.listener.instance_exited(
-                instance_id, None, f"{job} was cancelled outside Jupyter (scancel)"
-            )
-        else:
-            detail = f"{job} ended ({state.lower()}" + (
-                f": {reason})" if reason not in ("", "None") else ")"
-            )
-            self.listener.instance_exited(instance_id, 0 if cancelled_here else None, detail)
 
 
 def _on(partition: str) -> str:

@@ -47,16 +47,10 @@ from .. import env
 from ..kernel import interruption
 from ..protocol import VERSION, encode, sign, version_of
 
-ENV_CHANNEL = env.CHANNEL
-ENV_INSTANCE_ID = env.INSTANCE_ID
-ENV_SECRET = env.LAUNCH_SECRET
-ENV_ORPHAN_TIMEOUT = env.ORPHAN_TIMEOUT
-ENV_CHANNEL_FILE = env.CHANNEL_FILE
 #: Seconds between two attempts to reach a server again.
 RECONNECT_INTERVAL = 0.5
 #: Seconds before asking again a server that refused to take the instance back.
 REFUSED_INTERVAL = 5.0
-ENV_SIGTERM_NOTICE = env.SIGTERM_NOTICE
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
@@ -288,16 +282,16 @@ def main() -> None:
     except OSError:
         pass
     try:
-        address = os.environ.pop(ENV_CHANNEL)
-        instance_id = os.environ.pop(ENV_INSTANCE_ID)
-        secret = os.environ.pop(ENV_SECRET)
+        address = os.environ.pop(env.CHANNEL)
+        instance_id = os.environ.pop(env.INSTANCE_ID)
+        secret = os.environ.pop(env.LAUNCH_SECRET)
     except KeyError as err:
         sys.exit(
             f"jupyter_lowcost launcher: {err.args[0]} is not set; backends start this "
             "module for the server, it is not meant to be run by hand"
         )
-    channel_file = os.environ.pop(ENV_CHANNEL_FILE, "")
-    orphan_timeout = os.environ.get(ENV_ORPHAN_TIMEOUT, "")
+    channel_file = os.environ.pop(env.CHANNEL_FILE, "")
+    orphan_timeout = os.environ.get(env.ORPHAN_TIMEOUT, "")
 
     channel = Channel(address)
     challenge = channel.receive() or {}
@@ -342,7 +336,7 @@ def main() -> None:
             )
         os.chmod(connection_file, 0o600)
         interruption.install_signal_handler()
-        sigterm_notice = os.environ.pop(ENV_SIGTERM_NOTICE, "")
+        sigterm_notice = os.environ.pop(env.SIGTERM_NOTICE, "")
         if sigterm_notice:
             _report_sigterm(channel, float(sigterm_notice))
         app = IPKernelApp.instance()

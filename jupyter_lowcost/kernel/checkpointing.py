@@ -26,17 +26,6 @@ from ..storage.checkpoints import (
 )
 from .interruption import add_final_notice_callback
 
-ENV_DIR = env.CHECKPOINT_DIR
-#: ``cell`` (after each cell), ``interval:<seconds>``, ``notice`` (at notices only), ``off``.
-ENV_WHEN = env.CHECKPOINTS
-#: ``1``: this start resumes the kernel (a move or a recovery): restore the latest checkpoint.
-ENV_RESTORE = env.RESTORE
-#: The notebook the kernel belongs to (for the listings of ``%lowcost checkpoints --all``).
-ENV_NOTEBOOK = env.NOTEBOOK
-#: Why the kernel's checkpoints were failing on its previous instance (the server says so
-#: until a checkpoint works again: the first one that does tells it).
-ENV_FAILING = env.CHECKPOINTS_FAILING
-
 _installed: KernelCheckpoints | None = None
 
 
@@ -78,7 +67,7 @@ class KernelCheckpoints:
                     namespace,
                     os.environ.get(env.KERNEL_ID),
                     manual=manual,
-                    notebook=os.environ.get(ENV_NOTEBOOK) or os.environ.get("JPY_SESSION_NAME"),
+                    notebook=os.environ.get(env.NOTEBOOK) or os.environ.get("JPY_SESSION_NAME"),
                     history=self.history(namespace),
                 )
             except CheckpointWriteFailed as err:
@@ -259,15 +248,15 @@ class KernelCheckpoints:
 def install(shell: Any) -> KernelCheckpoints | None:
     """Set up checkpoints in this kernel from the environment; restore if it is a resume."""
     global _installed
-    directory = os.environ.get(ENV_DIR)
+    directory = os.environ.get(env.CHECKPOINT_DIR)
     if not directory or _installed is not None:
         return _installed
-    checkpoints = KernelCheckpoints(shell, directory, os.environ.get(ENV_WHEN, "cell"))
+    checkpoints = KernelCheckpoints(shell, directory, os.environ.get(env.CHECKPOINTS, "cell"))
     _installed = checkpoints
-    failing = os.environ.pop(ENV_FAILING, "")
+    failing = os.environ.pop(env.CHECKPOINTS_FAILING, "")
     if failing:
         checkpoints.last_failure = (time.time(), failing)
-    if os.environ.pop(ENV_RESTORE, "") == "1" and checkpoints.store.latest():
+    if os.environ.pop(env.RESTORE, "") == "1" and checkpoints.store.latest():
         try:
             report = checkpoints.restore()
             checkpoints.resume_history(report.history)

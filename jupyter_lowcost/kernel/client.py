@@ -15,10 +15,6 @@ import requests
 
 from .. import env
 
-ENV_URL = env.URL
-ENV_TOKEN = env.TOKEN
-ENV_KERNEL_ID = env.KERNEL_ID
-
 
 class LowCostError(Exception):
     """Something the user should read: no server, or the server's refusal."""
@@ -38,15 +34,15 @@ class LowCostClient:
     @classmethod
     def from_environment(cls) -> LowCostClient:
         """The client for this kernel; ``LowCostError`` outside a jupyter-lowcost server."""
-        url = os.environ.get(ENV_URL)
-        kernel_id = os.environ.get(ENV_KERNEL_ID)
+        url = os.environ.get(env.URL)
+        kernel_id = os.environ.get(env.KERNEL_ID)
         if not url or not kernel_id:
             raise LowCostError(
                 "This kernel was not started by a Jupyter server with jupyter-lowcost, so "
                 "it cannot be moved. Start JupyterLab with jupyter-lowcost installed "
                 "(pip install jupyter-lowcost) and open the notebook there."
             )
-        return cls(url, os.environ.get(ENV_TOKEN, ""), kernel_id)
+        return cls(url, os.environ.get(env.TOKEN, ""), kernel_id)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One API call; returns the decoded JSON (None for 204)."""

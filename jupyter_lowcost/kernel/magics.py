@@ -21,20 +21,33 @@ so the magic and JupyterLab's switch always show the same state::
 
 from __future__ import annotations
 
-import shlex
+import re
 import sys
 import threading
 import time
+from argparse import ArgumentTypeError
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.utils.process import arg_split
 
 from ..words import format_duration, human_bytes
 from .checkpointing import installed
 
 if TYPE_CHECKING:  # the client imports requests: kept out of every kernel's start-up
     from .client import LowCostClient
+
+#: The subcommands, in the order ``%lowcost?`` lists them.
+COMMANDS = ("status", "on", "off", "types", "interrupt", "checkpoint", "checkpoints", "restore")
+#: Which options and arguments each subcommand takes (the others refuse them).
+ACCEPTS = {
+    "on": {"instance_type"},
+    "interrupt": {"notice", "delay"},
+    "checkpoints": {"all"},
+    "restore": {"target"},
+}
 
 USAGE = (
     "usage: %lowcost [status | on [--type T] | off | types | interrupt [--notice S] [--in S] "
@@ -77,7 +90,10 @@ def describe_status(kernel: dict[str, Any]) -> str:
 
 def describe_types(types: list[dict[str, Any]]) -> str:
     """The catalog as a table."""
-    header = f"{'type':<10} {'GPU':<28} {'vCPUs':>5} {'memory':>8} {'regular':>9} {'low-cost':>9} {'less':>5}"
+    header = (
+        f"{'type':<10} {'GPU':<28} {'vCPUs':>5} {'memory':>8} {'regular':>9} "
+        f"{'low-cost':>9} {'less':>5}"
+    )
     rows = [header]
     for t in types:
         rows.append(
@@ -88,10 +104,38 @@ def describe_types(types: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _seconds(option: str) -> Any:
+    """The ``type`` of an option that takes a number of seconds (0 or more)."""
+
+    def parse(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ArgumentTypeError(f"{option} needs a number of seconds, not {value!r}") from None
+        if seconds < 0:
+            raise ArgumentTypeError(f"{option} must be 0 or more seconds")
+        return seconds
+
+    return parse
+
+
 @magics_class
 class LowCostMagics(Magics):
     """``%lowcost``: see and change where this kernel runs."""
 
+    @magic_arguments()
+    @argument(
+        "command",
+        nargs="?",
+        default="status",
+        choices=COMMANDS,
+        help="what to do (default: status)",
+    )
+    @argument("target", nargs="?", help="restore: a checkpoint ID, or KERNEL[/ID]")
+    @argument("-t", "--type", dest="instance_type", help="on: the instance type")
+    @argument("--notice", type=_seconds("--notice"), help="interrupt: seconds of notice (30)")
+    @argument("--in", dest="delay", type=_seconds("--in"), help="interrupt: announced in S s (0)")
+    @argument("--all", action="store_true", help="checkpoints: of every kernel")
     @line_magic
     def lowcost(self, line: str = "") -> None:
         """Show or change this kernel's low-cost placement.
@@ -116,15 +160,14 @@ class LowCostMagics(Magics):
         """
         from .client import LowCostClient, LowCostError
 
-        words = shlex.split(line)
-        command = words[0] if words else "status"
-        rest = words[1:]
+        args = _parse(self.lowcost, line)
+        command = args.command
         if command in ("checkpoint", "checkpoints", "restore"):
-            self._checkpoints(command, rest)
+            self._checkpoints(command, args)
             return
         try:
             client = LowCostClient.from_environment()
-            if command == "status" and not rest:
+            if command == "status":
                 print(describe_status(client.kernel()))
                 demo = client.status().get("demo")
                 if demo:
@@ -132,20 +175,19 @@ class LowCostMagics(Magics):
                 checkpoints = installed()
                 if checkpoints is not None:
                     print(checkpoints.status())
-            elif command == "types" and not rest:
+            elif command == "types":
                 print(describe_types(client.instance_types()))
             elif command == "on":
-                self._on(client, _parse_type(rest))
-            elif command == "off" and not rest:
+                self._on(client, args.instance_type)
+            elif command == "off":
                 self._off(client)
-            elif command == "interrupt":
-                self._interrupt(client, *_parse_interrupt(rest))
             else:
-                raise UsageError(USAGE)
+                notice = 30.0 if args.notice is None else args.notice
+                self._interrupt(client, notice, args.delay or 0.0)
         except LowCostError as err:
             print(f"%lowcost: {err}", file=sys.stderr)
 
-    def _checkpoints(self, command: str, rest: list[str]) -> None:
+    def _checkpoints(self, command: str, args: Any) -> None:
         checkpoints = installed()
         if checkpoints is None:
             print(
@@ -154,7 +196,8 @@ class LowCostMagics(Magics):
                 file=sys.stderr,
             )
             return
-        if command == "checkpoint" and not rest:
+        rest = [args.target] if args.target else []
+        if command == "checkpoint":
             report = checkpoints.checkpoint(manual=True)
             line = (
                 f"Checkpoint {report.checkpoint_id}: {len(report.variables)} variables, "
@@ -164,7 +207,7 @@ class LowCostMagics(Magics):
             for skipped in report.skipped:
                 line += f"\nNot saved: {skipped.name} ({skipped.type}): {skipped.why}"
             print(line)
-        elif command == "checkpoints" and not rest:
+        elif command == "checkpoints" and not args.all:
             store = checkpoints.store
             ids = store.checkpoint_ids()
             if not ids:
@@ -176,9 +219,9 @@ class LowCostMagics(Magics):
                     f"{checkpoint_id}  {ago} ago  {len(manifest['variables'])} variables  "
                     f"{manifest['bytes'] / 1e6:.1f} MB"
                 )
-        elif command == "checkpoints" and rest == ["--all"]:
+        elif command == "checkpoints":
             print(describe_all_checkpoints(checkpoints.store.root.parent, checkpoints.store.root))
-        elif command == "restore" and len(rest) <= 1:
+        else:
             try:
                 if rest and rest[0] in checkpoints.store.checkpoint_ids():
                     restored = checkpoints.restore(rest[0])  # one of this kernel's
@@ -204,8 +247,6 @@ class LowCostMagics(Magics):
                 print(f"%lowcost: {err}", file=sys.stderr)
                 return
             print(f"Restored checkpoint {restored.checkpoint_id}: {restored.summary()}.")
-        else:
-            raise UsageError(USAGE)
 
     def _on(self, client: LowCostClient, instance_type: str | None) -> None:
         # The server validates the type (and picks one when none is given).
@@ -276,31 +317,6 @@ class LowCostMagics(Magics):
         timer.start()
 
 
-def _parse_interrupt(words: list[str]) -> tuple[float, float]:
-    """``--notice S`` (default 30) and ``--in S`` (default 0) of ``%lowcost interrupt``."""
-    values = {"--notice": 30.0, "--in": 0.0}
-    pairs = list(words)
-    while pairs:
-        option = pairs.pop(0)
-        name, _, value = option.partition("=")
-        if name not in values:
-            raise UsageError(f"%lowcost interrupt: unknown option {option!r}; {USAGE}")
-        if not value:
-            if not pairs:
-                raise UsageError(f"%lowcost interrupt: {name} needs a number of seconds")
-            value = pairs.pop(0)
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise UsageError(
-                f"%lowcost interrupt: {name} needs a number of seconds, not {value!r}"
-            ) from None
-        if seconds < 0:
-            raise UsageError(f"%lowcost interrupt: {name} must be 0 or more seconds")
-        values[name] = seconds
-    return values["--notice"], values["--in"]
-
-
 def _has_variables(store: Any) -> bool:
     latest = store.latest()
     return latest is not None and bool(store.manifest(latest)["variables"])
@@ -367,11 +383,33 @@ def _memory_rule() -> str:
     return "what is in the kernel's memory is lost on an interruption."
 
 
-def _parse_type(words: list[str]) -> str | None:
-    if not words:
-        return None
-    if len(words) == 2 and words[0] in ("--type", "-t"):
-        return words[1]
-    if len(words) == 1 and words[0].startswith("--type="):
-        return words[0].split("=", 1)[1]
-    raise UsageError(USAGE)
+def _parse(magic: Any, line: str) -> Any:
+    """``%lowcost``'s arguments (IPython's magic_arguments, from the decorators), with
+    errors that name the option and say what it needs; options a subcommand does not take
+    are refused."""
+    parser = magic.parser
+    try:
+        args, unknown = parser.parse_known_args(arg_split(line))
+    except UsageError as err:
+        text = str(err)
+        needs = re.search(r"argument (--notice|--in)(?:/-\w+)?: expected one argument", text)
+        if needs:
+            raise UsageError(
+                f"%lowcost interrupt: {needs.group(1)} needs a number of seconds"
+            ) from None
+        option = re.search(r"argument (--notice|--in)(?:/-\w+)?: (.*)", text)
+        if option:
+            raise UsageError(f"%lowcost interrupt: {option.group(2)}") from None
+        raise UsageError(f"{USAGE}\n{text}") from None
+    if unknown:
+        what = "option" if unknown[0].startswith("-") else "argument"
+        raise UsageError(f"%lowcost {args.command}: unknown {what} {unknown[0]!r}; {USAGE}")
+    given = {
+        name
+        for name in ("instance_type", "notice", "delay", "target", "all")
+        if getattr(args, name) not in (None, False)
+    }
+    refused = given - ACCEPTS.get(args.command, set())
+    if refused:
+        raise UsageError(USAGE)
+    return args

@@ -17,7 +17,7 @@ from jupyter_client.provisioning import KernelProvisionerFactory
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
-from .. import __version__
+from .._version import __version__
 from ..backends import Backend, BackendError, BackendListener, load_backend_class
 from . import events
 from .catalog import DEFAULT_INSTANCE_TYPES, parse_catalog

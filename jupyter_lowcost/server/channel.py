@@ -173,7 +173,7 @@ class LaunchChannel:
         if version_of(hello) != VERSION:
             self.log.warning(
                 "jupyter_lowcost | launch channel: refused a hello for instance %r: it speaks "
-                "launch protocol version %r, this server version %s",
+                "launch protocol version %s, this server version %s",
                 str(instance_id)[:64],
                 str(version_of(hello))[:16],
                 VERSION,

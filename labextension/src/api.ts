@@ -1,5 +1,6 @@
 /**
- * The REST API of the jupyter-lowcost server extension (`{base_url}lowcost/api/`), typed.
+ * The REST API of the jupyter-lowcost server extension (`{base_url}lowcost/api/`), typed
+ * with the shapes generated from the server's schemas (`./rest`).
  *
  * Every module that talks to the server goes through `requestAPI`, so that errors always
  * carry the server's own message, and a missing server extension is recognised in one place.
@@ -7,120 +8,32 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-/** One entry of `GET instance-types`. */
-export interface IInstanceType {
-  name: string;
-  gpu: string;
-  gpu_count: number;
-  vcpus: number;
-  memory_gb: number;
-  price_regular: number;
-  price_low_cost: number;
-  discount_percent: number;
-  low_cost_lifetime_cap_seconds: number;
-}
+import type { ICheckpointStatus, IKernelPlacement, IRestored, ISwitchKernelRequest } from './rest';
 
-/** States of an instance, as the server's records name them. */
-export type InstanceState =
-  | 'pending'
-  | 'running'
-  | 'notice'
-  | 'interrupted'
-  | 'expired'
-  | 'terminated'
-  | 'failed';
-
-/** One instance, as served by `GET instances` and `GET kernels/<id>`. */
-export interface IInstance {
-  id: string;
-  kernel_id: string | null;
-  instance_type: string;
-  low_cost: boolean;
-  tier: string;
-  backend: string;
-  state: InstanceState;
-  reason: string;
-  created: string | null;
-  started: string | null;
-  ended: string | null;
-  expires: string | null;
-  notice_deadline: string | null;
-  recovery: string | null;
-  seconds_left: number | null;
-  price_per_hour: number;
-  regular_price_per_hour: number;
-  cost: number;
-  savings: number;
-}
-
-/** A kernel's placement: where it is asked to run. */
-export interface IPlacement {
-  instance_type: string;
-  low_cost: boolean;
-  tier: string;
-}
-
-/** `GET kernels/<id>`. */
-export interface IKernelPlacement {
-  kernel_id: string;
-  placement: IPlacement | null;
-  instance: IInstance | null;
-  moving: boolean;
-}
-
-/** `GET status`. */
-export interface IStatus {
-  backend: string;
-  version: string;
-  lifetime_cap_seconds: number;
-  recovery_policy: string;
-  /** When kernels checkpoint their variables: cell, interval:<s>, notice or off. */
-  checkpoints: string;
-  live_instances: number;
-  /** What this demo server does that a real one does not (`LowCostApp.demo`); null on a real server. */
-  demo: string | null;
-}
+export type {
+  ICheckpointStatus,
+  IInstance,
+  IInstanceEvent,
+  IInstanceType,
+  IKernelPlacement,
+  INotRestored,
+  IPlacement,
+  IRestored,
+  IStartedKernel,
+  IStatus,
+  InstanceState,
+  ISwitchKernelRequest
+} from './rest';
 
 /** The data of a "resumed from a checkpoint" event (schema `.../checkpoint/v1`). */
-export interface IRestoredEvent {
-  kernel_id: string;
-  checkpoint_id: string;
-  taken_at: string | null;
-  variables: number;
-  bytes: number;
-  not_restored: { name: string; type: string; why: string }[];
-  message: string;
-}
-
-export const RESTORED_SCHEMA_ID =
-  'https://events.jupyter.org/jupyter_lowcost/checkpoint/v1';
-
+export type IRestoredEvent = IRestored;
 /** The data of a "checkpoints failed / work again" event (schema `.../checkpoint-status/v1`). */
-export interface ICheckpointStatusEvent {
-  kernel_id: string;
-  ok: boolean;
-  error: string | null;
-  checkpoint_id: string | null;
-  message: string;
-}
+export type ICheckpointStatusEvent = ICheckpointStatus;
 
+export const RESTORED_SCHEMA_ID = 'https://events.jupyter.org/jupyter_lowcost/checkpoint/v1';
 export const CHECKPOINT_STATUS_SCHEMA_ID =
   'https://events.jupyter.org/jupyter_lowcost/checkpoint-status/v1';
-
-/** The data of one instance event (schema `.../jupyter_lowcost/instance/v1`). */
-export interface IInstanceEvent {
-  instance_id: string;
-  kernel_id: string | null;
-  state: InstanceState;
-  reason: string;
-  deadline: string | null;
-  instance_type: string;
-  tier: string;
-  recovery: string | null;
-}
-
-export const EVENT_SCHEMA_ID =
-  'https://events.jupyter.org/jupyter_lowcost/instance/v1';
+export const EVENT_SCHEMA_ID = 'https://events.jupyter.org/jupyter_lowcost/instance/v1';
 
 /** How to install the server extension, said wherever it is found missing. */
 export const INSTALL_HINT =
@@ -143,10 +56,7 @@ export class LowCostAPIError extends Error {
  * Call `lowcost/api/<path>` with the page's server settings (token, XSRF), and return
  * the decoded JSON. Throws `LowCostAPIError` with the server's message on any error.
  */
-export async function requestAPI<T>(
-  path: string,
-  init: RequestInit = {}
-): Promise<T> {
+export async function requestAPI<T>(path: string, init: RequestInit = {}): Promise<T> {
   const settings = ServerConnection.makeSettings();
   const url = URLExt.join(settings.baseUrl, 'lowcost/api', path);
   let response: Response;
@@ -173,8 +83,7 @@ export async function requestAPI<T>(
       throw new LowCostAPIError(404, INSTALL_HINT);
     }
     const message =
-      (body && (body.message || body.reason)) ||
-      `${response.status} ${response.statusText}`;
+      (body && (body.message || body.reason)) || `${response.status} ${response.statusText}`;
     throw new LowCostAPIError(response.status, message);
   }
   return body as T;
@@ -188,6 +97,9 @@ export function moveKernel(
 ): Promise<IKernelPlacement> {
   return requestAPI<IKernelPlacement>(`kernels/${kernelId}`, {
     method: 'PUT',
-    body: JSON.stringify({ low_cost: lowCost, instance_type: instanceType })
+    body: JSON.stringify({
+      low_cost: lowCost,
+      instance_type: instanceType
+    } satisfies ISwitchKernelRequest)
   });
 }

@@ -61,9 +61,7 @@ class LowCostBody extends Widget implements Dialog.IBodyWidget<string> {
         `${Math.round(type.discount_percent)}% less`;
       this._select.append(option);
     }
-    this._select.value = types.some(t => t.name === selected)
-      ? selected
-      : types[0].name;
+    this._select.value = types.some(t => t.name === selected) ? selected : types[0].name;
     picker.append(this._select);
 
     const price = element('p', 'jp-LowCost-price');
@@ -120,10 +118,7 @@ export async function askLowCost(
   const result = await showDialog({
     title: 'Run this notebook on a low-cost instance?',
     body: new LowCostBody(types, status, selected),
-    buttons: [
-      Dialog.cancelButton(),
-      Dialog.warnButton({ label: 'Switch to low-cost' })
-    ],
+    buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Switch to low-cost' })],
     focusNodeSelector: 'select'
   });
   return result.button.accept ? result.value : null;

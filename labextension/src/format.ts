@@ -53,10 +53,7 @@ export function priceLine(type: IInstanceType): string {
 }
 
 /** `low-cost T4` or `regular T4`. */
-export function placementName(instance: {
-  instance_type: string;
-  low_cost: boolean;
-}): string {
+export function placementName(instance: { instance_type: string; low_cost: boolean }): string {
   return `${instance.low_cost ? 'low-cost' : 'regular'} ${instance.instance_type}`;
 }
 
@@ -72,16 +69,11 @@ export function secondsUntil(iso: string | null): number | null {
  * Cost and savings of `instance` now, extrapolated from the last model the server sent
  * (the server's figures at `fetchedAt`, plus the hourly prices since then while live).
  */
-export function costNow(
-  instance: IInstance,
-  fetchedAt: number
-): { cost: number; savings: number } {
+export function costNow(instance: IInstance, fetchedAt: number): { cost: number; savings: number } {
   const live = ['pending', 'running', 'notice'].includes(instance.state);
   const hours = live && instance.started ? (Date.now() - fetchedAt) / 3.6e6 : 0;
   return {
     cost: instance.cost + hours * instance.price_per_hour,
-    savings:
-      instance.savings +
-      hours * (instance.regular_price_per_hour - instance.price_per_hour)
+    savings: instance.savings + hours * (instance.regular_price_per_hour - instance.price_per_hour)
   };
 }

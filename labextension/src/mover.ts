@@ -38,13 +38,18 @@ export class Mover {
       const types = await this._store.catalog();
       if (view?.placement?.low_cost) {
         const name = view.placement.instance_type;
-        if (await askRegular(types.find(t => t.name === name), name, status)) {
+        if (
+          await askRegular(
+            types.find(t => t.name === name),
+            name,
+            status
+          )
+        ) {
           await this.moveTo(panel, false, name);
         }
         return;
       }
-      const preferred =
-        view?.placement?.instance_type || this._settings().defaultInstanceType;
+      const preferred = view?.placement?.instance_type || this._settings().defaultInstanceType;
       const chosen = await askLowCost(types, status, preferred);
       if (chosen !== null) {
         await this.moveTo(panel, true, chosen);

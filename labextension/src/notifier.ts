@@ -12,6 +12,7 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { ICheckpointStatusEvent, IInstanceEvent, IRestoredEvent } from './api';
 import { clock, placementName, secondsUntil } from './format';
 import { LowCostStore } from './store';
+import { expectRecoveryRestart } from './jupyterlabPrivate';
 
 /** What the notifier needs from the settings, read at each tick. */
 export interface INotifierSettings {
@@ -24,23 +25,6 @@ const RECOVERING: Record<string, string> = {
   fallback: 'Restarting the kernel on a regular instance…',
   none: 'The kernel is stopped (recovery policy: none).'
 };
-
-/**
- * JupyterLab says "The kernel for nb.ipynb appears to have died. It will restart
- * automatically." (a dialog to click away) whenever the server restarts a kernel on its
- * own, as the recovery of a taken instance does. Here it would be wrong twice: the toasts
- * already say what happened, and the kernel's variables come back from its checkpoint.
- * NotebookPanel shows that dialog only for the first of a series of automatic restarts;
- * marking the series as begun (its `_autorestarting` flag, which it clears at the kernel's
- * next status) keeps the dialog away. Where the flag is missing (another JupyterLab), the
- * dialog shows as before.
- */
-function expectRecoveryRestart(panel: NotebookPanel): void {
-  const flags = panel as unknown as { _autorestarting?: boolean };
-  if (typeof flags._autorestarting === 'boolean') {
-    flags._autorestarting = true;
-  }
-}
 
 interface INotice {
   toast: string;
@@ -132,8 +116,7 @@ export class Notifier {
       case 'interrupted':
       case 'expired': {
         this._endNotice(event.instance_id);
-        const happened =
-          event.state === 'expired' ? 'reached its lifetime cap' : 'was interrupted';
+        const happened = event.state === 'expired' ? 'reached its lifetime cap' : 'was interrupted';
         const next = RECOVERING[event.recovery ?? 'none'] ?? '';
         show(
           'error',
@@ -159,9 +142,7 @@ export class Notifier {
           this._restoredFor.delete(kernelId);
           const what = restored
             ? `${plural(restored.variables, 'variable')} restored${
-                restored.not_restored.length
-                  ? `, ${restored.not_restored.length} not`
-                  : ''
+                restored.not_restored.length ? `, ${restored.not_restored.length} not` : ''
               }`
             : 'its variables were not kept';
           const message = `The kernel of ${path} ${how}; ${what}.`;

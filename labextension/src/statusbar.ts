@@ -48,9 +48,7 @@ export function statusText(view: IKernelView | undefined): string {
       if (left !== null) {
         parts.push(`${clock(left)} left`);
       }
-      parts.push(
-        instance.low_cost ? `${money(cost)}, saved ${money(savings)}` : money(cost)
-      );
+      parts.push(instance.low_cost ? `${money(cost)}, saved ${money(savings)}` : money(cost));
       return parts.join(' · ');
     }
   }

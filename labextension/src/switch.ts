@@ -114,7 +114,7 @@ export class LowCostSwitch extends Widget {
         ? 'Start a kernel to choose where it runs'
         : on
           ? `The kernel runs on a low-cost ${type} instance: click to move it to a regular one`
-          : 'Run this notebook\'s kernel on a low-cost instance';
+          : "Run this notebook's kernel on a low-cost instance";
     });
   }
 

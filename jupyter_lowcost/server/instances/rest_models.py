@@ -12,7 +12,7 @@ from typing import Any
 
 from tornado import web
 
-from ... import __version__
+from ..._version import __version__
 from ...backends import InstanceType, available_backends
 from ...protocol import is_ipykernel_command
 from ...storage.records import InstanceRecord, Placement

@@ -1,0 +1,197 @@
+"""The JSON Schema of every REST response body: the one description of the API's shapes.
+
+Who uses it: :mod:`.typescript` generates the front end's types from it
+(``labextension/src/rest.ts``), and the tests validate what a real server answers against
+it, so the server, this file and the front end cannot drift apart. Each schema is strict
+(every property required, no other property): a field added to a model without being
+added here fails the tests. ``x-ts`` is the TypeScript name of a shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_STRING = {"type": "string"}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_NUMBER = {"type": "number"}
+_INTEGER = {"type": "integer"}
+_BOOLEAN = {"type": "boolean"}
+
+
+def _strict(name: str, description: str, properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "x-ts": name,
+        "description": description,
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(properties),
+        "properties": properties,
+    }
+
+
+INSTANCE_STATE = {
+    "x-ts": "InstanceState",
+    "description": "States of an instance, as the server's records name them.",
+    "enum": ["pending", "running", "notice", "interrupted", "expired", "terminated", "failed"],
+}
+
+INSTANCE_TYPE = _strict(
+    "IInstanceType",
+    "One entry of `GET instance-types`.",
+    {
+        "name": _STRING,
+        "gpu": _STRING,
+        "gpu_count": _INTEGER,
+        "vcpus": _INTEGER,
+        "memory_gb": _NUMBER,
+        "price_regular": _NUMBER,
+        "price_low_cost": _NUMBER,
+        "discount_percent": _INTEGER,
+        "low_cost_lifetime_cap_seconds": _NUMBER,
+    },
+)
+
+INSTANCE = _strict(
+    "IInstance",
+    "One instance, as served by `GET instances` and `GET kernels/<id>`.",
+    {
+        "id": _STRING,
+        "kernel_id": _NULLABLE_STRING,
+        "instance_type": _STRING,
+        "low_cost": _BOOLEAN,
+        "tier": _STRING,
+        "backend": _STRING,
+        "state": INSTANCE_STATE,
+        "reason": _STRING,
+        "created": _NULLABLE_STRING,
+        "started": _NULLABLE_STRING,
+        "ended": _NULLABLE_STRING,
+        "expires": _NULLABLE_STRING,
+        "notice_deadline": _NULLABLE_STRING,
+        "recovery": _NULLABLE_STRING,
+        "seconds_left": {"type": ["number", "null"]},
+        "price_per_hour": _NUMBER,
+        "regular_price_per_hour": _NUMBER,
+        "cost": _NUMBER,
+        "savings": _NUMBER,
+    },
+)
+
+PLACEMENT = _strict(
+    "IPlacement",
+    "A kernel's placement: where it is asked to run.",
+    {"instance_type": _STRING, "low_cost": _BOOLEAN, "tier": _STRING},
+)
+
+_NOT_RESTORED = _strict(
+    "INotRestored",
+    "A variable a resume did not bring back, with its type and why.",
+    {"name": _STRING, "type": _STRING, "why": _STRING},
+)
+
+RESTORED = _strict(
+    "IRestored",
+    "What a resume brought back (`GET kernels/<id>`, and the checkpoint event's data).",
+    {
+        "kernel_id": _STRING,
+        "checkpoint_id": _STRING,
+        "taken_at": _NULLABLE_STRING,
+        "variables": _INTEGER,
+        "bytes": _INTEGER,
+        "not_restored": {"type": "array", "items": _NOT_RESTORED},
+        "message": _STRING,
+    },
+)
+
+CHECKPOINT_STATUS = _strict(
+    "ICheckpointStatus",
+    "Whether the kernel's checkpoints work (`GET kernels/<id>`, and the "
+    "checkpoint-status event's data).",
+    {
+        "kernel_id": _STRING,
+        "ok": _BOOLEAN,
+        "error": _NULLABLE_STRING,
+        "checkpoint_id": _NULLABLE_STRING,
+        "message": _STRING,
+    },
+)
+
+KERNEL = _strict(
+    "IKernelPlacement",
+    "`GET kernels/<id>` (and `PUT`): the placement, the current instance, the history.",
+    {
+        "kernel_id": _STRING,
+        "placement": {"anyOf": [PLACEMENT, {"type": "null"}]},
+        "instance": {"anyOf": [INSTANCE, {"type": "null"}]},
+        "moving": _BOOLEAN,
+        "restored": {"anyOf": [RESTORED, {"type": "null"}]},
+        "checkpoints": {"anyOf": [CHECKPOINT_STATUS, {"type": "null"}]},
+        "history": {"type": "array", "items": INSTANCE},
+    },
+)
+
+STATUS = _strict(
+    "IStatus",
+    "`GET status`.",
+    {
+        "backend": _STRING,
+        "backends_installed": {"type": "array", "items": _STRING},
+        "version": _STRING,
+        "capacity": {
+            "type": "object",
+            "description": "What the backend says of its room (slots, GPUs; partitions).",
+        },
+        "lifetime_cap_seconds": _NUMBER,
+        "recovery_policy": _STRING,
+        "checkpoints": {
+            "type": "string",
+            "description": "When kernels checkpoint their variables: cell, interval:<s>, "
+            "notice or off.",
+        },
+        "live_instances": _INTEGER,
+        "demo": {
+            "type": ["string", "null"],
+            "description": "What this demo server does that a real one does not "
+            "(`LowCostApp.demo`); null on a real server.",
+        },
+    },
+)
+
+STARTED_KERNEL = _strict(
+    "IStartedKernel",
+    "`POST kernels`: the standard kernel model, and its instance.",
+    {
+        "kernel": {"type": "object", "description": "jupyter_server's kernel model."},
+        "instance": {"anyOf": [INSTANCE, {"type": "null"}]},
+    },
+)
+
+INSTANCE_EVENT = _strict(
+    "IInstanceEvent",
+    "The data of one instance event (schema `.../jupyter_lowcost/instance/v1`).",
+    {
+        "instance_id": _STRING,
+        "kernel_id": _NULLABLE_STRING,
+        "state": INSTANCE_STATE,
+        "reason": _STRING,
+        "deadline": _NULLABLE_STRING,
+        "instance_type": _STRING,
+        "tier": _STRING,
+        "recovery": _NULLABLE_STRING,
+    },
+)
+
+#: Every shape, in the order the TypeScript file declares them.
+SHAPES = [
+    INSTANCE_TYPE,
+    INSTANCE_STATE,
+    INSTANCE,
+    PLACEMENT,
+    _NOT_RESTORED,
+    RESTORED,
+    CHECKPOINT_STATUS,
+    KERNEL,
+    STATUS,
+    STARTED_KERNEL,
+    INSTANCE_EVENT,
+]

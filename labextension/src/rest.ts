@@ -1,0 +1,143 @@
+/**
+ * The REST API's shapes, generated from the server's schemas
+ * (jupyter_lowcost/server/rest_responses.py and rest_schemas.py): do not edit; run
+ * `python -m jupyter_lowcost.server.typescript labextension/src/rest.ts` after a change.
+ */
+
+/** One entry of `GET instance-types`. */
+export interface IInstanceType {
+  name: string;
+  gpu: string;
+  gpu_count: number;
+  vcpus: number;
+  memory_gb: number;
+  price_regular: number;
+  price_low_cost: number;
+  discount_percent: number;
+  low_cost_lifetime_cap_seconds: number;
+}
+
+/** States of an instance, as the server's records name them. */
+export type InstanceState = 'pending' | 'running' | 'notice' | 'interrupted' | 'expired' | 'terminated' | 'failed';
+
+/** One instance, as served by `GET instances` and `GET kernels/<id>`. */
+export interface IInstance {
+  id: string;
+  kernel_id: string | null;
+  instance_type: string;
+  low_cost: boolean;
+  tier: string;
+  backend: string;
+  state: InstanceState;
+  reason: string;
+  created: string | null;
+  started: string | null;
+  ended: string | null;
+  expires: string | null;
+  notice_deadline: string | null;
+  recovery: string | null;
+  seconds_left: number | null;
+  price_per_hour: number;
+  regular_price_per_hour: number;
+  cost: number;
+  savings: number;
+}
+
+/** A kernel's placement: where it is asked to run. */
+export interface IPlacement {
+  instance_type: string;
+  low_cost: boolean;
+  tier: string;
+}
+
+/** A variable a resume did not bring back, with its type and why. */
+export interface INotRestored {
+  name: string;
+  type: string;
+  why: string;
+}
+
+/** What a resume brought back (`GET kernels/<id>`, and the checkpoint event's data). */
+export interface IRestored {
+  kernel_id: string;
+  checkpoint_id: string;
+  taken_at: string | null;
+  variables: number;
+  bytes: number;
+  not_restored: INotRestored[];
+  message: string;
+}
+
+/** Whether the kernel's checkpoints work (`GET kernels/<id>`, and the checkpoint-status event's data). */
+export interface ICheckpointStatus {
+  kernel_id: string;
+  ok: boolean;
+  error: string | null;
+  checkpoint_id: string | null;
+  message: string;
+}
+
+/** `GET kernels/<id>` (and `PUT`): the placement, the current instance, the history. */
+export interface IKernelPlacement {
+  kernel_id: string;
+  placement: IPlacement | null;
+  instance: IInstance | null;
+  moving: boolean;
+  restored: IRestored | null;
+  checkpoints: ICheckpointStatus | null;
+  history: IInstance[];
+}
+
+/** `GET status`. */
+export interface IStatus {
+  backend: string;
+  backends_installed: string[];
+  version: string;
+  /** What the backend says of its room (slots, GPUs; partitions). */
+  capacity: Record<string, unknown>;
+  lifetime_cap_seconds: number;
+  recovery_policy: string;
+  /** When kernels checkpoint their variables: cell, interval:<s>, notice or off. */
+  checkpoints: string;
+  live_instances: number;
+  /** What this demo server does that a real one does not (`LowCostApp.demo`); null on a real server. */
+  demo: string | null;
+}
+
+/** `POST kernels`: the standard kernel model, and its instance. */
+export interface IStartedKernel {
+  /** jupyter_server's kernel model. */
+  kernel: Record<string, unknown>;
+  instance: IInstance | null;
+}
+
+/** The data of one instance event (schema `.../jupyter_lowcost/instance/v1`). */
+export interface IInstanceEvent {
+  instance_id: string;
+  kernel_id: string | null;
+  state: InstanceState;
+  reason: string;
+  deadline: string | null;
+  instance_type: string;
+  tier: string;
+  recovery: string | null;
+}
+
+/** POST kernels */
+export interface IStartKernelRequest {
+  name?: string;
+  instance_type?: string;
+  low_cost?: boolean;
+  path?: string | null;
+}
+
+/** PUT kernels/<kernel_id> */
+export interface ISwitchKernelRequest {
+  low_cost?: boolean;
+  instance_type?: string;
+}
+
+/** POST instances/<instance_id>/interrupt */
+export interface IInterruptRequest {
+  notice_seconds: number;
+}

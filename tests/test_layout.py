@@ -1,0 +1,103 @@
+"""The package's layers: code that runs in one place never imports code that runs above it
+(the server does not import kernel-side code; storage needs only the standard library and
+numpy), so each part can be read, tested and installed where it runs."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).parent.parent / "jupyter_lowcost"
+
+#: Modules at the top of the package every layer may import (stdlib only themselves).
+SHARED = {"_version", "env", "words", "protocol"}
+#: What each layer may import of the package, besides itself and SHARED.
+ALLOWED = {
+    "shared": set(),
+    "storage": set(),
+    "kernel": {"storage"},
+    "instance": {"kernel", "storage"},
+    "backends": {"storage"},
+    "server": {"backends", "storage"},
+}
+
+
+def layer_of(module: str) -> str | None:
+    """``jupyter_lowcost.server.manager`` -> ``server``; None for the package's hooks."""
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] in ("__init__", "launcher"):
+        return None  # the hooks Jupyter looks for, and the launcher's command name
+    return "shared" if parts[1] in SHARED else parts[1]
+
+
+def imports_of(path: Path, module: str) -> list[tuple[str, int, bool]]:
+    """(imported module, line, at module level) for every import in ``path``."""
+    tree = ast.parse(path.read_text())
+    top_level = {id(node) for node in tree.body}
+    found = []
+    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno, id(node) in top_level) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+                names = [name] if node.module else [f"{name}.{a.name}" for a in node.names]
+            else:
+                names = [node.module or ""]
+            found += [(name, node.lineno, id(node) in top_level) for name in names]
+    return found
+
+
+def modules() -> list[tuple[Path, str]]:
+    result = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "labextension" in path.parts:
+            continue
+        relative = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(relative.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        result.append((path, ".".join(parts)))
+    return result
+
+
+def test_no_layer_imports_a_layer_above_it() -> None:
+    wrong = []
+    for path, module in modules():
+        layer = layer_of(module)
+        if layer is None:
+            continue
+        for imported, line, _ in imports_of(path, module):
+            if not imported.startswith("jupyter_lowcost"):
+                continue
+            target = layer_of(imported)
+            if target is None:
+                wrong.append(f"{module}:{line} imports the package root ({imported})")
+            elif target not in {layer, "shared"} | ALLOWED[layer]:
+                wrong.append(f"{module}:{line} ({layer}) imports {imported} ({target})")
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_storage_needs_only_the_standard_library_and_numpy() -> None:
+    wrong = []
+    for path, module in modules():
+        if layer_of(module) not in ("storage", "shared"):
+            continue
+        for imported, line, top_level in imports_of(path, module):
+            root = imported.split(".")[0]
+            if not top_level or root in ("jupyter_lowcost", "numpy", "__future__"):
+                continue
+            if root not in sys.stdlib_module_names:
+                wrong.append(f"{module}:{line} imports {imported}")
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
+    source = tmp_path / "manager.py"
+    source.write_text("from ...kernel.magics import USAGE\nfrom . import events\n")
+    found = [name for name, _, _ in imports_of(source, "jupyter_lowcost.server.instances.x")]
+    assert found == ["jupyter_lowcost.kernel.magics", "jupyter_lowcost.server.instances.events"]
+    assert layer_of(found[0]) == "kernel" and "kernel" not in ALLOWED["server"]
