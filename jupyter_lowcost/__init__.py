@@ -3,7 +3,7 @@
 This module holds only the hooks Jupyter looks for and the kernel-side API; importing it
 in a kernel does not import the server.
 
-- ``_jupyter_server_extension_points``: the server extension (``jupyter_lowcost.app``);
+- ``_jupyter_server_extension_points``: the server extension (``jupyter_lowcost.server.app``);
 - ``_jupyter_labextension_paths``: the built JupyterLab extension (from ``labextension/``),
   for ``jupyter labextension develop``;
 - ``load_ipython_extension``: ``%load_ext jupyter_lowcost`` registers ``%lowcost``;

@@ -1,6 +1,6 @@
 """The backend contract: what an engine that runs instances must do.
 
-The :class:`~jupyter_lowcost.manager.InstanceManager` is the only caller of a backend. It
+The :class:`~jupyter_lowcost.server.manager.InstanceManager` is the only caller of a backend. It
 creates one at start-up (``LowCostApp.backend`` names its entry point in the group
 ``jupyter_lowcost.backends``), passes itself as the :class:`BackendListener`, and calls:
 

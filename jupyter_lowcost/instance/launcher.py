@@ -87,7 +87,7 @@ def _forgive_log_errors() -> None:
 
 
 class Channel:
-    """The launcher's end of the launch channel (see ``jupyter_lowcost.channel``)."""
+    """The launcher's end of the launch channel (see ``jupyter_lowcost.server.channel``)."""
 
     def __init__(self, address: str) -> None:
         self._send_lock = threading.Lock()

@@ -1,8 +1,10 @@
 """Kernel side: the ``%lowcost`` magic.
 
 Registered by ``%load_ext jupyter_lowcost`` (automatic in kernels that the provisioner
-starts). Every subcommand calls the REST API through :class:`~jupyter_lowcost.client.LowCostClient`,
-so the magic and JupyterLab's switch always show the same state::
+starts). Every subcommand calls the REST API through
+:class:`~jupyter_lowcost.kernel.client.LowCostClient`, so the magic and JupyterLab's switch
+always show the same state. Arguments are parsed by IPython's ``magic_arguments``
+(``%lowcost?`` lists them)::
 
     %lowcost                   this kernel's tier, type, time left, cost and savings
     %lowcost on [--type T]     move this kernel to a low-cost instance (it restarts)

@@ -5,7 +5,7 @@ Used in a notebook::
     from jupyter_lowcost import save_on_notice
     save_on_notice("checkpoint.pt", model=model, optimizer=optimizer)
 
-The namespace checkpoint (``jupyter_lowcost.checkpoints``) already saves the variables at
+The namespace checkpoint (``jupyter_lowcost.storage.checkpoints``) already saves the variables at
 the notice; this helper writes a training checkpoint in the form training code reloads
 (``torch.load(...)["model"]``), to a path of the user's choosing.
 """

@@ -2,7 +2,7 @@
 
 Jupyter Server loads it through ``_jupyter_server_extension_points`` (enabled on install
 by ``etc/jupyter/jupyter_server_config.d/jupyter_lowcost.json``). It builds the
-:class:`~jupyter_lowcost.manager.InstanceManager`, makes ``lowcost-provisioner`` the
+:class:`~jupyter_lowcost.server.manager.InstanceManager`, makes ``lowcost-provisioner`` the
 default kernel provisioner, registers the instance event schema and the REST routes.
 Configure it as ``c.LowCostApp.<trait>`` in ``jupyter_server_config.py``.
 """

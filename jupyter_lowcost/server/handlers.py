@@ -1,9 +1,9 @@
 """The REST API under ``{base_url}lowcost/api/`` (the table in DESIGN.md).
 
-Each handler is a few lines: parse, call the :class:`~jupyter_lowcost.manager.InstanceManager`,
-answer JSON. Every method is ``@web.authenticated`` and ``@authorized`` (resource
+Each handler is a few lines: parse, call the
+:class:`~jupyter_lowcost.server.manager.InstanceManager`, answer JSON. Every method is ``@web.authenticated`` and ``@authorized`` (resource
 ``lowcost``). Every body is checked against its route's JSON Schema
-(:mod:`jupyter_lowcost.rest_schemas`) before anything else; bad input is answered with a
+(:mod:`jupyter_lowcost.server.rest_schemas`) before anything else; bad input is answered with a
 4xx whose ``message`` names the problem; the manager validates the rest before it changes
 anything.
 """

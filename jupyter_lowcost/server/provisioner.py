@@ -4,7 +4,7 @@
 server's kernel manager creates one per kernel and calls it for every launch, poll,
 signal and shutdown; the same object serves every restart of that kernel id.
 
-At each launch it asks the :class:`~jupyter_lowcost.manager.InstanceManager` for the
+At each launch it asks the :class:`~jupyter_lowcost.server.manager.InstanceManager` for the
 kernel's placement:
 
 - no placement: everything goes to jupyter_client's ``LocalProvisioner`` (this class's

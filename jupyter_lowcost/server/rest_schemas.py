@@ -1,6 +1,6 @@
 """The JSON Schema of every REST request body, and the one function that checks a body.
 
-Called by :class:`~jupyter_lowcost.handlers.LowCostHandler` for every route with a body.
+Called by :class:`~jupyter_lowcost.server.handlers.LowCostHandler` for every route with a body.
 A body that is too large, not JSON, nested too deeply, or not what the route's schema
 declares is answered 400 (413 when too large) with a message that names the field and
 the problem; the manager is not called. What a schema cannot say (an instance type in

@@ -1,7 +1,7 @@
 """Every kernel's checkpoint directory under one root: list them, find one, prune old ones.
 
 The server keeps each kernel's checkpoints in ``<root>/<kernel id>/`` (see
-:mod:`jupyter_lowcost.checkpoints`). A kernel that no server knows any more (its server
+:mod:`jupyter_lowcost.storage.checkpoints`). A kernel that no server knows any more (its server
 was killed, say) leaves its directory behind: ``%lowcost checkpoints --all`` lists them
 (:func:`list_checkpoints`), ``%lowcost restore <kernel>`` takes one (:func:`find`), and the
 server deletes those whose newest checkpoint is older than

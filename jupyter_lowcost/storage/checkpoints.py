@@ -1,6 +1,6 @@
 """Namespace checkpoints: a kernel's variables saved one by one, incrementally, atomically.
 
-Called in the kernel by :mod:`jupyter_lowcost.kernelside` (after cells, at a notice, from
+Called in the kernel by :mod:`jupyter_lowcost.kernel.checkpointing` (after cells, at a notice, from
 ``%lowcost checkpoint``) and by the tests and the benchmark directly.
 
 Each variable is pickled on its own (protocol 5), so that one object that cannot be saved
@@ -9,7 +9,7 @@ and the arrays inside pandas objects) leave the pickle stream out of band, witho
 copy, and are written in chunks of :data:`CHUNK_SIZE`; a chunk that has not changed since
 the previous checkpoint of the same variable is not written again, so ``big[0] = 1`` on a
 large array rewrites one chunk. Which chunks changed: for large buffers, the pages written
-since the last checkpoint, from :mod:`jupyter_lowcost.write_watch` (the memory is not
+since the last checkpoint, from :mod:`jupyter_lowcost.storage.write_watch` (the memory is not
 read); otherwise, or where Linux cannot say, a CRC32 of each chunk against the last one.
 Variables that are the same object (``b = a``), or objects that hold another variable's
 object, are restored as one object.

@@ -1,6 +1,6 @@
 """Instance records: the lifecycle states, the per-kernel placement, and their persistence.
 
-The :class:`~jupyter_lowcost.manager.InstanceManager` owns every :class:`InstanceRecord`
+The :class:`~jupyter_lowcost.server.manager.InstanceManager` owns every :class:`InstanceRecord`
 and is the only writer; handlers read :meth:`InstanceRecord.to_model`. The
 :class:`RecordStore` writes all records to one JSON file in the server's data directory
 after every transition (atomically: write then rename), so that a restarted server can

@@ -1,6 +1,6 @@
 """Which pages of a large buffer were written since the last checkpoint, without reading it.
 
-:class:`~jupyter_lowcost.checkpoints.CheckpointStore` asks this module, for each large
+:class:`~jupyter_lowcost.storage.checkpoints.CheckpointStore` asks this module, for each large
 buffer it saved before, which of its chunks changed; the buffer itself is not read. It
 uses what Linux (6.7 and later) offers for exactly this: the memory is registered with a
 userfaultfd in asynchronous write-protect mode (``UFFD_FEATURE_WP_ASYNC``), so that the
