@@ -1,11 +1,12 @@
 """The REST API under ``{base_url}lowcost/api/`` (the table in DESIGN.md).
 
 Each handler is a few lines: parse, call the
-:class:`~jupyter_lowcost.server.manager.InstanceManager`, answer JSON. Every method is ``@web.authenticated`` and ``@authorized`` (resource
-``lowcost``). Every body is checked against its route's JSON Schema
-(:mod:`jupyter_lowcost.server.rest_schemas`) before anything else; bad input is answered with a
-4xx whose ``message`` names the problem; the manager validates the rest before it changes
-anything.
+:class:`~jupyter_lowcost.server.manager.InstanceManager`, answer JSON. Every method is
+``@web.authenticated`` and ``@authorized`` (resource ``lowcost``). Every body is checked
+against its route's JSON Schema (:mod:`jupyter_lowcost.server.rest_schemas`) before
+anything else; bad input is answered with a 4xx whose ``message`` names the problem; the
+manager validates the rest before it changes anything. The shapes of the answers are in
+:mod:`jupyter_lowcost.server.rest_responses`.
 """
 
 from __future__ import annotations
