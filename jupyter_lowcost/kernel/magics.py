@@ -134,9 +134,17 @@ class LowCostMagics(Magics):
         help="what to do (default: status)",
     )
     @argument("target", nargs="?", help="restore: a checkpoint ID, or KERNEL[/ID]")
-    @argument("-t", "--type", dest="instance_type", help="on: the instance type")
-    @argument("--notice", type=_seconds("--notice"), help="interrupt: seconds of notice (30)")
-    @argument("--in", dest="delay", type=_seconds("--in"), help="interrupt: announced in S s (0)")
+    @argument("-t", "--type", dest="instance_type", metavar="T", help="on: the instance type")
+    @argument(
+        "--notice", type=_seconds("--notice"), metavar="S", help="interrupt: seconds of notice (30)"
+    )
+    @argument(
+        "--in",
+        dest="delay",
+        type=_seconds("--in"),
+        metavar="S",
+        help="interrupt: announce it in S seconds (0: now)",
+    )
     @argument("--all", action="store_true", help="checkpoints: of every kernel")
     @line_magic
     def lowcost(self, line: str = "") -> None:
