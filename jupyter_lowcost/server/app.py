@@ -266,7 +266,7 @@ class LowCostApp(ExtensionApp):
             orphan_timeout=self.orphan_timeout,
             reattach_timeout=self.reattach_timeout,
         )
-        if not track_connections(self.serverapp.web_app.settings):
+        if not track_connections(self.settings):  # (merged into the server's settings)
             self.log.info(
                 "jupyter_lowcost | a kernel websocket connection class of your own is "
                 "configured: moves find its connections through jupyter_server's private list"

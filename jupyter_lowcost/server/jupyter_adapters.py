@@ -36,6 +36,8 @@ from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebso
 
 #: Open connections per kernel id, kept by :class:`TrackedConnection`.
 _connections: dict[str, list[Any]] = {}
+#: The server uses :class:`TrackedConnection` (else jupyter_server's private list is read).
+_tracking = False
 
 
 class TrackedConnection(ZMQChannelsWebsocketConnection):  # type: ignore[misc]
@@ -56,25 +58,30 @@ class TrackedConnection(ZMQChannelsWebsocketConnection):  # type: ignore[misc]
         return super().disconnect()
 
 
-def track_connections(web_app_settings: dict[str, Any]) -> bool:
-    """Make the server use :class:`TrackedConnection` (called by ``LowCostApp`` at start),
-    unless a user configured a connection class of their own. True when it does."""
-    configured = web_app_settings.get("kernel_websocket_connection_class")
+def track_connections(settings: dict[str, Any]) -> bool:
+    """Make the server use :class:`TrackedConnection`, unless a user configured a
+    connection class of their own; True when it does. Called by ``LowCostApp`` with its
+    extension settings, which jupyter_server copies into the web application's after
+    ``initialize_settings`` (a change made to the web application's own settings there
+    would be overwritten by that copy)."""
+    global _tracking
+    configured = settings.get("kernel_websocket_connection_class")
     if configured in (None, ZMQChannelsWebsocketConnection):
-        web_app_settings["kernel_websocket_connection_class"] = TrackedConnection
-        return True
-    return isinstance(configured, type) and issubclass(configured, TrackedConnection)
+        settings["kernel_websocket_connection_class"] = TrackedConnection
+        configured = TrackedConnection
+    _tracking = isinstance(configured, type) and issubclass(configured, TrackedConnection)
+    return _tracking
 
 
 def kernel_connections(kernel_id: str) -> list[Any]:
     """The server's open websocket connections to the kernel."""
-    tracked = list(_connections.get(kernel_id, ()))
-    others = [
+    if _tracking:
+        return list(_connections.get(kernel_id, ()))
+    return [
         connection
         for connection in list(getattr(ZMQChannelsWebsocketConnection, "_open_sockets", ()))
-        if getattr(connection, "kernel_id", None) == kernel_id and connection not in tracked
+        if getattr(connection, "kernel_id", None) == kernel_id
     ]
-    return tracked + others
 
 
 def announce_restart(connection: Any) -> None:
