@@ -5,8 +5,11 @@ numpy), so each part can be read, tested and installed where it runs."""
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 PACKAGE = Path(__file__).parent.parent / "jupyter_lowcost"
 
@@ -64,7 +67,8 @@ def modules() -> list[tuple[Path, str]]:
     return result
 
 
-def test_no_layer_imports_a_layer_above_it() -> None:
+def upward_imports() -> list[str]:
+    """Every import of a layer above the importing module's."""
     wrong = []
     for path, module in modules():
         layer = layer_of(module)
@@ -78,10 +82,12 @@ def test_no_layer_imports_a_layer_above_it() -> None:
                 wrong.append(f"{module}:{line} imports the package root ({imported})")
             elif target not in {layer, "shared"} | ALLOWED[layer]:
                 wrong.append(f"{module}:{line} ({layer}) imports {imported} ({target})")
-    assert wrong == [], "\n".join(wrong)
+    return wrong
 
 
-def test_storage_needs_only_the_standard_library_and_numpy() -> None:
+def foreign_storage_imports() -> list[str]:
+    """Module-level imports in storage (and the shared modules) of anything but the
+    standard library and numpy."""
     wrong = []
     for path, module in modules():
         if layer_of(module) not in ("storage", "shared"):
@@ -92,12 +98,43 @@ def test_storage_needs_only_the_standard_library_and_numpy() -> None:
                 continue
             if root not in sys.stdlib_module_names:
                 wrong.append(f"{module}:{line} imports {imported}")
+    return wrong
+
+
+def in_fresh_python(*args: str) -> Any:
+    """Run this file's analysis in a Python of its own and return what it prints. (The
+    machine's CPython 3.11.7 can fail ``ast.parse`` with "AST constructor recursion depth
+    mismatch" in a process that ran other tests, python/cpython#106905.)"""
+    result = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_no_layer_imports_a_layer_above_it() -> None:
+    wrong = in_fresh_python("upward")
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_storage_needs_only_the_standard_library_and_numpy() -> None:
+    wrong = in_fresh_python("storage")
     assert wrong == [], "\n".join(wrong)
 
 
 def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     source = tmp_path / "manager.py"
     source.write_text("from ...kernel.magics import USAGE\nfrom . import events\n")
-    found = [name for name, _, _ in imports_of(source, "jupyter_lowcost.server.instances.x")]
+    found = in_fresh_python("imports", str(source), "jupyter_lowcost.server.instances.x")
     assert found == ["jupyter_lowcost.kernel.magics", "jupyter_lowcost.server.instances.events"]
     assert layer_of(found[0]) == "kernel" and "kernel" not in ALLOWED["server"]
+
+
+if __name__ == "__main__":
+    what = sys.argv[1]
+    if what == "upward":
+        print(json.dumps(upward_imports()))
+    elif what == "storage":
+        print(json.dumps(foreign_storage_imports()))
+    else:
+        print(json.dumps([name for name, _, _ in imports_of(Path(sys.argv[2]), sys.argv[3])]))

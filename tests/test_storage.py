@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
 
-from jupyter_lowcost.storage.checkpoints import CheckpointStore
 from jupyter_lowcost.server.events import CHECKPOINT_STATUS_SCHEMA_ID
+from jupyter_lowcost.storage.checkpoints import CheckpointStore
 
 
 def modes(root: Path) -> dict[str, str]:

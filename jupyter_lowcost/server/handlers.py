@@ -71,14 +71,14 @@ class InstanceTypesHandler(LowCostHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.write_json(self.manager.catalog_models())
+        self.write_json(self.manager.rest.catalog_models())
 
 
 class StatusHandler(LowCostHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.write_json(self.manager.status_model())
+        self.write_json(self.manager.rest.status_model())
 
 
 class KernelsHandler(LowCostHandler):
@@ -93,17 +93,17 @@ class KernelsHandler(LowCostHandler):
         except NoSuchKernel as err:
             known = ", ".join(sorted(self.kernel_spec_manager.find_kernel_specs()))
             raise web.HTTPError(400, f"no kernelspec named {name!r}; installed: {known}") from err
-        placement = self.manager.parse_placement(body, None)
+        placement = self.manager.rest.parse_placement(body, None)
         try:
             kernel_path = await ensure_async(self.contents_manager.get_kernel_path(path or ""))
         except (OSError, ValueError, web.HTTPError) as err:
             raise web.HTTPError(400, f"path {path!r} is not a path of this server: {err}") from err
         with backend_errors():
-            kernel_id = await self.manager.start_kernel(name, placement, kernel_path, path)
+            kernel_id = await self.manager.launches.start_kernel(name, placement, kernel_path, path)
         model = await ensure_async(self.kernel_manager.kernel_model(kernel_id))
         self.set_header("Location", url_path_join(self.base_url, "lowcost/api/kernels", kernel_id))
         self.write_json(
-            {"kernel": model, "instance": self.manager.current_instance_model(kernel_id)}, 201
+            {"kernel": model, "instance": self.manager.rest.current_instance_model(kernel_id)}, 201
         )
 
 
@@ -111,18 +111,18 @@ class KernelHandler(LowCostHandler):
     @web.authenticated
     @authorized
     async def get(self, kernel_id: str) -> None:
-        self.write_json(self.manager.kernel_model(kernel_id))
+        self.write_json(self.manager.rest.kernel_model(kernel_id))
 
     @web.authenticated
     @authorized
     async def put(self, kernel_id: str) -> None:
-        self.manager.kernel_model(kernel_id)  # 404 before anything else
+        self.manager.rest.require_kernel(kernel_id)  # 404 before anything else
         body = self.json_body(rest_schemas.SWITCH_KERNEL)
-        placement = self.manager.parse_placement(body, self.manager.placement(kernel_id))
+        placement = self.manager.rest.parse_placement(body, self.manager.placement(kernel_id))
         wait = self.get_argument("wait", "1") not in ("0", "false", "no")
         with backend_errors():
-            await self.manager.switch(kernel_id, placement, wait=wait)
-        self.write_json(self.manager.kernel_model(kernel_id), 200 if wait else 202)
+            await self.manager.moves.switch(kernel_id, placement, wait=wait)
+        self.write_json(self.manager.rest.kernel_model(kernel_id), 200 if wait else 202)
 
 
 class InstancesHandler(LowCostHandler):
@@ -130,20 +130,20 @@ class InstancesHandler(LowCostHandler):
     @authorized
     async def get(self) -> None:
         kernel_id = self.get_argument("kernel_id", None)
-        self.write_json(self.manager.instance_models(kernel_id))
+        self.write_json(self.manager.rest.instance_models(kernel_id))
 
 
 class InstanceHandler(LowCostHandler):
     @web.authenticated
     @authorized
     async def get(self, instance_id: str) -> None:
-        self.write_json(self.manager.instance_model(instance_id))
+        self.write_json(self.manager.rest.instance_model(instance_id))
 
     @web.authenticated
     @authorized
     async def delete(self, instance_id: str) -> None:
         with backend_errors():
-            await self.manager.terminate(instance_id)
+            await self.manager.launches.terminate_instance(self.manager.rest.record(instance_id))
         self.set_status(204)
         self.finish()
 
@@ -152,10 +152,10 @@ class InterruptHandler(LowCostHandler):
     @web.authenticated
     @authorized
     async def post(self, instance_id: str) -> None:
-        self.manager.instance_model(instance_id)  # 404 before anything else
+        record = self.manager.rest.record(instance_id)  # 404 before anything else
         body = self.json_body(rest_schemas.INTERRUPT)
         with backend_errors():
-            model = await self.manager.interrupt(instance_id, body["notice_seconds"])
+            model = await self.manager.notices.interrupt(record, body["notice_seconds"])
         self.write_json(model, 202)
 
 
@@ -165,9 +165,9 @@ class RestoredHandler(LowCostHandler):
     @web.authenticated
     @authorized
     async def post(self, kernel_id: str) -> None:
-        self.manager.kernel_model(kernel_id)  # 404 before anything else
+        self.manager.rest.require_kernel(kernel_id)  # 404 before anything else
         body = self.json_body(rest_schemas.RESTORED)
-        self.write_json(self.manager.kernel_restored(kernel_id, body), 201)
+        self.write_json(self.manager.reports.restored(kernel_id, body), 201)
 
 
 class CheckpointStatusHandler(LowCostHandler):
@@ -177,9 +177,9 @@ class CheckpointStatusHandler(LowCostHandler):
     @web.authenticated
     @authorized
     async def post(self, kernel_id: str) -> None:
-        self.manager.kernel_model(kernel_id)  # 404 before anything else
+        self.manager.rest.require_kernel(kernel_id)  # 404 before anything else
         body = self.json_body(rest_schemas.CHECKPOINT_STATUS)
-        self.write_json(self.manager.checkpoint_status(kernel_id, body), 201)
+        self.write_json(self.manager.reports.checkpoint_status(kernel_id, body), 201)
 
 
 default_handlers = [

@@ -15,10 +15,11 @@ emitted as an event, logged):
 - :class:`~.instances.rest_models.RestModels` and
   :class:`~.instances.kernel_reports.KernelReports`: the REST API's lookups and models.
 
-Who calls the facade: the REST handlers (``handlers.py``; every refusal is a
-``tornado.web.HTTPError`` with a message a person understands, raised before anything
-changes), the kernel provisioner (``provisioner.py``, which finds the manager through
-:func:`current_manager`), the backend (as its listener) and the launch channel.
+The manager itself starts and stops everything, and is the backend's listener. The REST
+handlers (``handlers.py``; every refusal is a ``tornado.web.HTTPError`` with a message a
+person understands, raised before anything changes) and the kernel provisioner
+(``provisioner.py``, which finds the manager through :func:`current_manager`) call the
+collaborators they need through it: ``manager.rest``, ``manager.launches``...
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from collections.abc import Callable
 from typing import Any
 
 from jupyter_events import EventLogger
-from tornado import web
 
 from ..backends import Backend, BackendError, BackendListener, InstanceType
 from ..storage import checkpoint_dirs
@@ -81,10 +81,10 @@ class InstanceManager:
         self.backend = backend_factory(self)
         self.channel = LaunchChannel(
             log,
-            self._on_channel_message,
+            lambda instance_id, message: self.notices.on_channel_message(instance_id, message),
             host=settings.channel_ip,
             port=settings.channel_port,
-            on_reconnect_secret=self._reconnect_secret_made,
+            on_reconnect_secret=lambda i, secret: self.comeback.reconnect_secret_made(i, secret),
         )
         self.ledger = Ledger(
             settings, RecordStore(settings.data_dir), event_logger, log, self.channel.forget
@@ -105,18 +105,15 @@ class InstanceManager:
         self.clients = Clients(self.ctx)
         self.recovery = Recovery(self.ctx, self.clients)
         self.notices = Notices(self.ctx, self.recovery)
-        self.comeback = Comeback(self.ctx, self.notices, self._kernel_gone)
+        self.comeback = Comeback(
+            self.ctx, self.notices, lambda kernel_id: self.launches.kernel_gone(kernel_id)
+        )
         self.launches = Launches(self.ctx, self.notices, self.comeback)
         self.moves = Moves(self.ctx, self.recovery, self.clients)
         self.rest = RestModels(self.ctx)
         self.reports = KernelReports(self.ctx)
         self._started: asyncio.Task[None] | None = None
         self._session_watch: asyncio.Task[None] | None = None
-
-    @property
-    def catalog(self) -> dict[str, InstanceType]:
-        """The instance types on offer (the backend's, once it has started)."""
-        return self.ctx.catalog
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -234,10 +231,7 @@ class InstanceManager:
         """The placement of ``kernel_id`` (None: it runs on the server's machine)."""
         return self.ledger.placement(kernel_id)
 
-    # -- the kernel provisioner ----------------------------------------------------------
-
-    def kernel_env(self, kernel_id: str) -> dict[str, str]:
-        return self.launches.kernel_env(kernel_id)
+    # -- what needs the manager itself -------------------------------------------------
 
     async def launch(
         self,
@@ -248,33 +242,15 @@ class InstanceManager:
         kernel_config: dict[str, Any],
         kernel_name: str | None = None,
     ) -> dict[str, Any]:
+        """The provisioner's launch: refused while the server stops, and only once the
+        backend has started (see :meth:`.instances.launches.Launches.launch`)."""
         if self.ledger.stopped:
             raise BackendError("the Jupyter server is shutting down", status=503)
         await self.ensure_started()
         return await self.launches.launch(kernel_id, python, env, cwd, kernel_config, kernel_name)
 
-    def poll(self, kernel_id: str) -> int | None:
-        return self.launches.poll(kernel_id)
-
-    async def wait(self, kernel_id: str) -> int:
-        return await self.launches.wait(kernel_id)
-
-    async def send_signal(self, kernel_id: str, signum: int) -> None:
-        await self.launches.send_signal(kernel_id, signum)
-
-    def shutdown_requested(self, kernel_id: str, restart: bool) -> None:
-        self.launches.shutdown_requested(kernel_id, restart)
-
-    async def stop_instance(self, kernel_id: str, now: bool) -> None:
-        await self.launches.stop_instance(kernel_id, now)
-
-    def kernel_gone(self, kernel_id: str) -> None:
-        self._kernel_gone(kernel_id)
-
-    def _kernel_gone(self, kernel_id: str) -> None:
-        self.launches.kernel_gone(kernel_id)
-
-    # -- the backend (its listener) and the launch channel -------------------------------
+    # -- the backend's listener ----------------------------------------------------------
+    # (the backend is made before the collaborators, which need it: it reports here)
 
     def instance_noticed(self, instance_id: str, deadline: float, reason: str) -> None:
         self.notices.instance_noticed(instance_id, deadline, reason)
@@ -287,75 +263,3 @@ class InstanceManager:
 
     def instance_taken(self, instance_id: str, expired: bool, reason: str) -> None:
         self.notices.instance_taken(instance_id, expired, reason)
-
-    def _on_channel_message(self, instance_id: str, message: dict[str, Any]) -> None:
-        self.notices.on_channel_message(instance_id, message)
-
-    def _reconnect_secret_made(self, instance_id: str, secret: str) -> None:
-        self.comeback.reconnect_secret_made(instance_id, secret)
-
-    # -- the REST API --------------------------------------------------------------------
-
-    def catalog_models(self) -> list[dict[str, Any]]:
-        return self.rest.catalog_models()
-
-    def status_model(self) -> dict[str, Any]:
-        return self.rest.status_model()
-
-    def instance_models(self, kernel_id: str | None = None) -> list[dict[str, Any]]:
-        return self.rest.instance_models(kernel_id)
-
-    def instance_model(self, instance_id: str) -> dict[str, Any]:
-        return self.rest.instance_model(instance_id)
-
-    def current_instance_model(self, kernel_id: str) -> dict[str, Any] | None:
-        return self.rest.current_instance_model(kernel_id)
-
-    def kernel_model(self, kernel_id: str) -> dict[str, Any]:
-        return self.rest.kernel_model(kernel_id)
-
-    def parse_placement(self, body: dict[str, Any], current: Placement | None) -> Placement:
-        return self.rest.parse_placement(body, current)
-
-    def kernel_restored(self, kernel_id: str, report: dict[str, Any]) -> dict[str, Any]:
-        """``POST kernels/<id>/restored``: a resumed kernel says what came back."""
-        self.rest.require_kernel(kernel_id)
-        return self.reports.restored(kernel_id, report)
-
-    def checkpoint_status(self, kernel_id: str, report: dict[str, Any]) -> dict[str, Any]:
-        """``POST kernels/<id>/checkpoint-status``: checkpoints fail, or work again."""
-        self.rest.require_kernel(kernel_id)
-        return self.reports.checkpoint_status(kernel_id, report)
-
-    async def start_kernel(
-        self, kernel_name: str, placement: Placement, path: str | None, notebook: str | None = None
-    ) -> str:
-        """``POST kernels``: a new kernel with ``placement``; returns its id once it answers.
-        ``path`` is the kernel's working directory, ``notebook`` the path it was given."""
-        await self.ensure_started()
-        return await self.launches.start_kernel(kernel_name, placement, path, notebook)
-
-    async def switch(self, kernel_id: str, placement: Placement, wait: bool) -> None:
-        """``PUT kernels/<id>``: move the kernel to ``placement`` (a restart, same id)."""
-        await self.ensure_started()
-        self.rest.require_kernel(kernel_id)
-        await self.moves.switch(kernel_id, placement, wait)
-
-    async def terminate(self, instance_id: str) -> None:
-        """``DELETE instances/<id>``: stop the instance; its kernel is shut down."""
-        record = self.rest.record(instance_id)
-        if not record.is_live:
-            raise web.HTTPError(
-                409, f"instance {instance_id} has already ended ({record.state.value})"
-            )
-        entry = self.ledger.instances[record.id]
-        entry.stop_reason = "terminated through the REST API"
-        kernel_id = record.kernel_id
-        if kernel_id is not None and kernel_id in self.kernel_manager:
-            await self.kernel_manager.shutdown_kernel(kernel_id, now=True)
-        await self.backend.terminate(record, now=True)
-        self.ledger.end(record, InstanceState.TERMINATED, "terminated through the REST API")
-
-    async def interrupt(self, instance_id: str, notice_seconds: Any) -> dict[str, Any]:
-        """``POST instances/<id>/interrupt``: announce an interruption ``notice_seconds`` ahead."""
-        return await self.notices.interrupt(self.rest.record(instance_id), notice_seconds)

@@ -24,6 +24,7 @@ from jupyter_client.provisioning import LocalProvisioner
 
 from ..protocol import is_ipykernel_command
 from . import jupyter_adapters as jupyter
+from .instances.launches import Launches
 from .manager import InstanceManager, current_manager
 
 #: The argument that loads ``%lowcost`` into IPython kernels started without a placement.
@@ -42,6 +43,12 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     def _manager(self) -> InstanceManager | None:
         return current_manager()
+
+    def _instance_launches(self) -> Launches | None:
+        """Where the calls for the kernel's instance go, while it runs on one (None: the
+        kernel is a local process, ``LocalProvisioner``'s)."""
+        manager = self._manager()
+        return manager.launches if self._on_instance and manager is not None else None
 
     def _placed(self) -> bool:
         manager = self._manager()
@@ -70,7 +77,7 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
                 self._forget_ports()
             kwargs = await super().pre_launch(**kwargs)
             if manager is not None:
-                kwargs["env"].update(manager.kernel_env(self.kernel_id))
+                kwargs["env"].update(manager.launches.kernel_env(self.kernel_id))
                 if is_ipykernel_command(kwargs["cmd"]):
                     kwargs["cmd"] = [*kwargs["cmd"], EXTENSION_ARGUMENT]
             return kwargs
@@ -82,7 +89,7 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
         self._forget_ports()
         with jupyter.without_local_ports(self):
             kwargs = await super().pre_launch(**kwargs)
-        kwargs["env"].update(manager.kernel_env(self.kernel_id))
+        kwargs["env"].update(manager.launches.kernel_env(self.kernel_id))
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
@@ -117,53 +124,47 @@ class LowCostProvisioner(LocalProvisioner):  # type: ignore[misc]
         return self.connection_info
 
     async def poll(self) -> int | None:
-        manager = self._manager()
-        if self._on_instance and manager is not None:
-            return manager.poll(self.kernel_id)
+        if (launches := self._instance_launches()) is not None:
+            return launches.poll(self.kernel_id)
         return await super().poll()
 
     async def wait(self) -> int | None:
-        manager = self._manager()
-        if self._on_instance and manager is not None:
-            returncode = await manager.wait(self.kernel_id)
+        if (launches := self._instance_launches()) is not None:
+            returncode = await launches.wait(self.kernel_id)
             self._on_instance = False
             return returncode
         return await super().wait()
 
     async def send_signal(self, signum: int) -> None:
-        manager = self._manager()
-        if self._on_instance and manager is not None:
-            await manager.send_signal(self.kernel_id, signum)
-            return
-        await super().send_signal(signum)
+        if (launches := self._instance_launches()) is not None:
+            await launches.send_signal(self.kernel_id, signum)
+        else:
+            await super().send_signal(signum)
 
     async def kill(self, restart: bool = False) -> None:
-        manager = self._manager()
-        if self._on_instance and manager is not None:
-            await manager.stop_instance(self.kernel_id, now=True)
-            return
-        await super().kill(restart)
+        if (launches := self._instance_launches()) is not None:
+            await launches.stop_instance(self.kernel_id, now=True)
+        else:
+            await super().kill(restart)
 
     async def terminate(self, restart: bool = False) -> None:
-        manager = self._manager()
-        if self._on_instance and manager is not None:
-            await manager.stop_instance(self.kernel_id, now=False)
-            return
-        await super().terminate(restart)
+        if (launches := self._instance_launches()) is not None:
+            await launches.stop_instance(self.kernel_id, now=False)
+        else:
+            await super().terminate(restart)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
-        manager = self._manager()
-        if self._on_instance and manager is not None:
-            manager.shutdown_requested(self.kernel_id, restart)
+        if (launches := self._instance_launches()) is not None:
+            launches.shutdown_requested(self.kernel_id, restart)
         await super().shutdown_requested(restart)
 
     async def cleanup(self, restart: bool = False) -> None:
-        manager = self._manager()
-        if self._on_instance and manager is not None:
+        if (launches := self._instance_launches()) is not None:
             # The kernel has stopped: its instance must not outlive it.
-            await manager.stop_instance(self.kernel_id, now=True)
+            await launches.stop_instance(self.kernel_id, now=True)
             self._on_instance = False
         else:
             await super().cleanup(restart)
+        manager = self._manager()
         if not restart and manager is not None:
-            manager.kernel_gone(self.kernel_id)
+            manager.launches.kernel_gone(self.kernel_id)

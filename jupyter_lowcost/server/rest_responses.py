@@ -4,12 +4,18 @@ Who uses it: :mod:`.typescript` generates the front end's types from it
 (``labextension/src/rest.ts``), and the tests validate what a real server answers against
 it, so the server, this file and the front end cannot drift apart. Each schema is strict
 (every property required, no other property): a field added to a model without being
-added here fails the tests. ``x-ts`` is the TypeScript name of a shape.
+added here fails the tests. ``x-ts`` is the TypeScript name of a shape. The shapes that are
+also events' data are read from the events' schemas (``event_schemas/``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from . import events
 
 _STRING = {"type": "string"}
 _NULLABLE_STRING = {"type": ["string", "null"]}
@@ -27,6 +33,15 @@ def _strict(name: str, description: str, properties: dict[str, Any]) -> dict[str
         "required": list(properties),
         "properties": properties,
     }
+
+
+def _from_event(
+    path: Path, name: str, description: str, named: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The strict shape of an event's data, from the event's schema (every property it
+    declares is always sent); ``named`` replaces properties by named shapes."""
+    schema = yaml.safe_load(path.read_text())
+    return _strict(name, description, {**schema["properties"], **(named or {})})
 
 
 INSTANCE_STATE = {
@@ -89,31 +104,20 @@ _NOT_RESTORED = _strict(
     {"name": _STRING, "type": _STRING, "why": _STRING},
 )
 
-RESTORED = _strict(
+# The kernel model's ``restored`` and ``checkpoints`` are the data of the checkpoint and
+# checkpoint-status events: their shapes are the events' own schemas, made strict.
+RESTORED = _from_event(
+    events.RESTORED_SCHEMA_PATH,
     "IRestored",
     "What a resume brought back (`GET kernels/<id>`, and the checkpoint event's data).",
-    {
-        "kernel_id": _STRING,
-        "checkpoint_id": _STRING,
-        "taken_at": _NULLABLE_STRING,
-        "variables": _INTEGER,
-        "bytes": _INTEGER,
-        "not_restored": {"type": "array", "items": _NOT_RESTORED},
-        "message": _STRING,
-    },
+    {"not_restored": {"type": "array", "items": _NOT_RESTORED}},
 )
 
-CHECKPOINT_STATUS = _strict(
+CHECKPOINT_STATUS = _from_event(
+    events.CHECKPOINT_STATUS_SCHEMA_PATH,
     "ICheckpointStatus",
     "Whether the kernel's checkpoints work (`GET kernels/<id>`, and the "
     "checkpoint-status event's data).",
-    {
-        "kernel_id": _STRING,
-        "ok": _BOOLEAN,
-        "error": _NULLABLE_STRING,
-        "checkpoint_id": _NULLABLE_STRING,
-        "message": _STRING,
-    },
 )
 
 KERNEL = _strict(
@@ -166,19 +170,11 @@ STARTED_KERNEL = _strict(
     },
 )
 
-INSTANCE_EVENT = _strict(
+INSTANCE_EVENT = _from_event(
+    events.SCHEMA_PATH,
     "IInstanceEvent",
     "The data of one instance event (schema `.../jupyter_lowcost/instance/v1`).",
-    {
-        "instance_id": _STRING,
-        "kernel_id": _NULLABLE_STRING,
-        "state": INSTANCE_STATE,
-        "reason": _STRING,
-        "deadline": _NULLABLE_STRING,
-        "instance_type": _STRING,
-        "tier": _STRING,
-        "recovery": _NULLABLE_STRING,
-    },
+    {"state": INSTANCE_STATE},
 )
 
 #: Every shape, in the order the TypeScript file declares them.

@@ -31,35 +31,44 @@ REQUESTS = [
 ]
 
 
-def ts_type(schema: dict[str, Any], indent: str = "") -> str:
-    """The TypeScript type of a (small subset of) JSON Schema."""
-    if "x-ts" in schema and indent:
+def ts_type(schema: dict[str, Any], indent: str = "", named: bool = True) -> str:
+    """The TypeScript type of a (small subset of) JSON Schema; a shape with a name
+    (``x-ts``) is written as that name when ``named``."""
+    if named and "x-ts" in schema:
         return str(schema["x-ts"])
     if "enum" in schema:
-        return " | ".join(f"'{value}'" for value in schema["enum"])
+        return " | ".join("null" if value is None else f"'{value}'" for value in schema["enum"])
     if "anyOf" in schema:
-        return " | ".join(ts_type(s, indent or " ") for s in schema["anyOf"])
+        return " | ".join(ts_type(option, indent) for option in schema["anyOf"])
     kinds = schema.get("type", "object")
     if isinstance(kinds, list):
-        return " | ".join(ts_type({**schema, "type": kind}, indent or " ") for kind in kinds)
+        return " | ".join(ts_type({**schema, "type": kind}, indent) for kind in kinds)
     if kinds == "array":
-        item = ts_type(schema.get("items", {}), indent or " ")
+        item = ts_type(schema.get("items", {}), indent)
         return f"({item})[]" if "|" in item else f"{item}[]"
     if kinds == "object":
-        if "properties" not in schema:
-            return "Record<string, unknown>"
-        return _object(schema, indent)
-    return {"string": "string", "number": "number", "integer": "number", "boolean": "boolean"}.get(
-        kinds, "null" if kinds == "null" else "unknown"
-    )
+        return _object(schema, indent) if "properties" in schema else "Record<string, unknown>"
+    return {
+        "string": "string",
+        "number": "number",
+        "integer": "number",
+        "boolean": "boolean",
+        "null": "null",
+    }.get(kinds, "unknown")
+
+
+def _doc(schema: dict[str, Any]) -> str | None:
+    text = schema.get("description") or schema.get("title")
+    return " ".join(str(text).split()) if text else None
 
 
 def _object(schema: dict[str, Any], indent: str) -> str:
     required = set(schema.get("required", ()))
     lines = ["{"]
     for name, prop in schema["properties"].items():
-        if "description" in prop and "x-ts" not in prop:
-            lines.append(f"{indent}  /** {prop['description']} */")
+        doc = _doc(prop)
+        if doc and "x-ts" not in prop:
+            lines.append(f"{indent}  /** {doc} */")
         optional = "" if name in required else "?"
         lines.append(f"{indent}  {name}{optional}: {ts_type(prop, indent + '  ')};")
     lines.append(f"{indent}}}")
@@ -67,8 +76,8 @@ def _object(schema: dict[str, Any], indent: str) -> str:
 
 
 def _declare(name: str, schema: dict[str, Any]) -> str:
-    doc = schema.get("description") or schema.get("title") or name
-    body = ts_type({k: v for k, v in schema.items() if k != "x-ts"})
+    doc = _doc(schema) or name
+    body = ts_type(schema, named=False)
     if body.startswith("{"):
         return f"/** {doc} */\nexport interface {name} {body}\n"
     return f"/** {doc} */\nexport type {name} = {body};\n"

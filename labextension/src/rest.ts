@@ -59,21 +59,32 @@ export interface INotRestored {
 
 /** What a resume brought back (`GET kernels/<id>`, and the checkpoint event's data). */
 export interface IRestored {
+  /** The kernel that resumed. */
   kernel_id: string;
+  /** The checkpoint it restored. */
   checkpoint_id: string;
+  /** When that checkpoint was taken (ISO 8601, UTC). */
   taken_at: string | null;
+  /** How many variables came back. */
   variables: number;
+  /** Their size in bytes, as saved. */
   bytes: number;
   not_restored: INotRestored[];
+  /** In plain words, e.g. "resumed from the checkpoint taken 12 s before the interruption: 14 variables, 2.1 GB; not restored: gen (generator)". */
   message: string;
 }
 
 /** Whether the kernel's checkpoints work (`GET kernels/<id>`, and the checkpoint-status event's data). */
 export interface ICheckpointStatus {
+  /** The kernel whose checkpoints failed or work again. */
   kernel_id: string;
+  /** False when a checkpoint failed; true when they work again. */
   ok: boolean;
+  /** Why the checkpoint failed (null when ok). */
   error: string | null;
+  /** When failing, the checkpoint an interruption would resume from (null: none); when ok, the checkpoint just written. */
   checkpoint_id: string | null;
+  /** In plain words, e.g. "checkpoint failed: could not write the checkpoint in ...: No space left on device; an interruption now resumes from checkpoint 00000012". */
   message: string;
 }
 
@@ -113,14 +124,21 @@ export interface IStartedKernel {
 
 /** The data of one instance event (schema `.../jupyter_lowcost/instance/v1`). */
 export interface IInstanceEvent {
+  /** The instance's id, as in GET lowcost/api/instances/<id>. */
   instance_id: string;
+  /** The kernel running on the instance. */
   kernel_id: string | null;
   state: InstanceState;
+  /** Why, in words a person understands. */
   reason: string;
+  /** For `notice`, when the instance will be taken away (ISO 8601, UTC). */
   deadline: string | null;
+  /** The instance type. */
   instance_type: string;
-  tier: string;
-  recovery: string | null;
+  /** The tier of the instance. */
+  tier: 'low-cost' | 'regular';
+  /** On `interrupted` and `expired`: what happens to the kernel, by the server's recovery policy. relaunch: restarted on a new low-cost instance; fallback: restarted on a regular instance; none: shut down. Null on other transitions. */
+  recovery: 'relaunch' | 'fallback' | 'none' | null;
 }
 
 /** POST kernels */

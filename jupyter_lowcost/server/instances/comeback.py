@@ -162,9 +162,8 @@ class Comeback:
         """Ask the backend whether an instance a previous server ran still runs; if so,
         await its launcher's reconnection (its kernel's launch takes it back). False when
         the record is not one a kernel is taken back on."""
-        if record.id not in {
-            e.adopting.id for e in self.ledger.kernels.values() if e.adopting is not None
-        }:
+        entry = self.ledger.kernels.get(record.kernel_id or "")
+        if entry is None or entry.adopting is not record:
             return False
         backend = self.ctx.backend
         secret = record.reattach.get("secret")
@@ -175,8 +174,8 @@ class Comeback:
             and await backend.reattach(record)
         )
         if alive:
-            entry = self.ledger.instances[record.id]
-            entry.coming_back = self.ctx.channel.expect_back(record.id, str(secret))
+            instance = self.ledger.instances[record.id]
+            instance.coming_back = self.ctx.channel.expect_back(record.id, str(secret))
         elif record.backend == backend.name and record.state == InstanceState.PENDING:
             await backend.forget_orphan(record)
         return True

@@ -1,9 +1,10 @@
 """Launches: what the kernel provisioner asks of the manager for a kernel with a placement,
 and the REST API's ``POST kernels``.
 
-Who calls it: :class:`~...provisioner.LowCostProvisioner` (through the manager) for every
-launch, poll, wait, signal and stop of a placed kernel, and for the environment of every
-kernel; the handlers for a new low-cost kernel. A launch makes the instance's record,
+Who calls it: :class:`~...provisioner.LowCostProvisioner` for every launch (through the
+manager, which first makes sure it has started), poll, wait, signal and stop of a placed
+kernel, and for the environment of every kernel; the handlers for a new low-cost kernel
+and to terminate an instance. A launch makes the instance's record,
 reserves room, has the backend start ``python -m jupyter_lowcost.launcher`` with a one-use
 secret, and waits on the launch channel for the kernel's ports.
 """
@@ -16,6 +17,8 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import Any
+
+from tornado import web
 
 from ... import env as names
 from ...backends import BackendError, LaunchSpec
@@ -223,6 +226,20 @@ class Launches:
         await self.ctx.backend.terminate(record, now=now)
         reason, entry.stop_reason = entry.stop_reason or "", None
         self.ledger.end(record, InstanceState.TERMINATED, reason)
+
+    async def terminate_instance(self, record: InstanceRecord) -> None:
+        """``DELETE instances/<id>``: stop the instance; its kernel is shut down."""
+        if not record.is_live:
+            raise web.HTTPError(
+                409, f"instance {record.id} has already ended ({record.state.value})"
+            )
+        self.ledger.instances[record.id].stop_reason = "terminated through the REST API"
+        kernel_id = record.kernel_id
+        kernels = self.ctx.kernel_manager
+        if kernel_id is not None and kernel_id in kernels:
+            await kernels.shutdown_kernel(kernel_id, now=True)
+        await self.ctx.backend.terminate(record, now=True)
+        self.ledger.end(record, InstanceState.TERMINATED, "terminated through the REST API")
 
     def kernel_gone(self, kernel_id: str) -> None:
         """The kernel was shut down for good: forget its placement (its records stay)."""

@@ -18,7 +18,7 @@ from typing import Any
 from jupyter_events import EventLogger
 
 from ...backends import Backend, InstanceType
-from ...storage.records import InstanceRecord, InstanceState, RecordStore
+from ...storage.records import InstanceRecord, InstanceState, Placement, RecordStore
 from .. import events
 from ..channel import LaunchChannel
 from .state import InstanceEntry, KernelEntry, Settings
@@ -73,7 +73,7 @@ class Ledger:
         entry = self.kernels.get(kernel_id)
         return self.record(entry.instance_id) if entry is not None else None
 
-    def placement(self, kernel_id: str) -> Any:
+    def placement(self, kernel_id: str) -> Placement | None:
         entry = self.kernels.get(kernel_id)
         return entry.placement if entry is not None else None
 

@@ -23,23 +23,24 @@ RECOVERY_POLICIES = ("relaunch", "fallback", "none")
 
 @dataclass(frozen=True)
 class Settings:
-    """The manager's configuration (``LowCostApp`` traits), in seconds and paths."""
+    """The manager's configuration: ``LowCostApp``'s traits (their help says what each
+    means, and their defaults), in seconds and paths. Built once by the app."""
 
     data_dir: Path
     checkpoint_dir: Path
-    lifetime_cap: float = 24 * 3600.0
-    cap_notice: float = 120.0
-    recovery_policy: str = "relaunch"
-    fallback_after: int = 0
-    launch_timeout: float = 120.0
-    max_notice: float = 600.0
-    channel_ip: str = "127.0.0.1"
-    channel_port: int = 0
-    checkpoints: str = "cell"
-    demo: bool = False
-    orphaned_checkpoints_seconds: float = 7 * 86400.0
-    orphan_timeout: float = 0.0
-    reattach_timeout: float = 30.0
+    lifetime_cap: float
+    cap_notice: float
+    recovery_policy: str
+    fallback_after: int
+    launch_timeout: float
+    max_notice: float
+    channel_ip: str
+    channel_port: int
+    checkpoints: str
+    demo: bool
+    orphaned_checkpoints_seconds: float
+    orphan_timeout: float
+    reattach_timeout: float
 
     @property
     def logs_dir(self) -> Path:
