@@ -72,7 +72,7 @@ async def test_the_palette_toggles_low_cost_and_shows_the_status(
     dialog = page.locator(".jp-Dialog")
     await expect(dialog).to_contain_text("Low-cost status")
     await expect(dialog).to_contain_text(
-        re.compile(r"Untitled\.ipynb: Low-cost T4 · 23:59:\d\d left")
+        re.compile(r"Untitled\.ipynb: Low-cost T4 · (24:00:00|23:59:\d\d) left")
     )
     await expect(dialog).to_contain_text("Backend: local, 1 live instance(s)")
     await expect(dialog).to_contain_text("Low-cost instances stop after 24 hours")
