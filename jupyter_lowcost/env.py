@@ -30,8 +30,12 @@ KERNEL_ID = "JUPYTER_LOWCOST_KERNEL_ID"
 #: The kernel's checkpoint directory, when checkpoints are written and how.
 CHECKPOINT_DIR = "JUPYTER_LOWCOST_CHECKPOINT_DIR"
 CHECKPOINTS = "JUPYTER_LOWCOST_CHECKPOINTS"
-#: "1": this start resumes the kernel from its checkpoint.
+#: "1": this start resumes the kernel from its latest checkpoint; a checkpoint id: from
+#: that one (a job resumes from the checkpoint after its last completed cell).
 RESTORE = "JUPYTER_LOWCOST_RESTORE"
+#: The job the kernel runs cells for (``jupyter lowcost run``): checkpoints are taken
+#: after every cell and only there, so that each is the state after a completed cell.
+JOB = "JUPYTER_LOWCOST_JOB"
 #: The notebook the kernel runs for (named in checkpoints).
 NOTEBOOK = "JUPYTER_LOWCOST_NOTEBOOK"
 #: The kernel's previous checkpoints failed (a full disk): it says so on start.

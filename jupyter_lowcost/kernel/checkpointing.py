@@ -32,8 +32,11 @@ _installed: KernelCheckpoints | None = None
 class KernelCheckpoints:
     """The checkpoints of this kernel's namespace."""
 
-    def __init__(self, shell: Any, directory: str, when: str) -> None:
+    def __init__(self, shell: Any, directory: str, when: str, job: bool = False) -> None:
         self.shell = shell
+        #: The kernel runs a job's cells: a checkpoint after every cell and only there
+        #: (a notice's or a shutdown's would hold half a cell, which the job runs again).
+        self.job = job
         self.store = CheckpointStore(directory)
         self.when = when
         self.interval = float(when.split(":", 1)[1]) if when.startswith("interval:") else 0.0
@@ -170,21 +173,22 @@ class KernelCheckpoints:
         if self.when == "cell" or (
             self.interval and time.monotonic() - self._last_time >= self.interval
         ):
-            if not self.namespace() and self.store.latest() is None:
+            if not self.job and not self.namespace() and self.store.latest() is None:
                 return  # nothing made yet: no empty checkpoint to "restore" later
+            # (A job's every cell has one: it marks the cell done, variables or not.)
             self._quietly(self.checkpoint)
 
     def _at_notice(self, notice: Any) -> None:
         # Not once the kernel is shutting down (its last checkpoint is taken), and never an
         # empty namespace over the latest checkpoint: a notice that comes while the
         # process exits sees what IPython has emptied, not what the user made.
-        if self.when != "off" and not self.closing and self.namespace():
+        if self.when != "off" and not self.job and not self.closing and self.namespace():
             self._quietly(self.checkpoint)
 
     def _at_shutdown(self) -> None:
         # A move shuts the kernel down gracefully: what it had goes with it. (Not at
         # interpreter exit: IPython empties the namespace before that.)
-        if self.when != "off" and not self.closing and self.namespace():
+        if self.when != "off" and not self.job and not self.closing and self.namespace():
             self._quietly(self.checkpoint)
         self.closing = True
 
@@ -251,14 +255,17 @@ def install(shell: Any) -> KernelCheckpoints | None:
     directory = os.environ.get(env.CHECKPOINT_DIR)
     if not directory or _installed is not None:
         return _installed
-    checkpoints = KernelCheckpoints(shell, directory, os.environ.get(env.CHECKPOINTS, "cell"))
+    job = bool(os.environ.get(env.JOB))
+    when = "cell" if job else os.environ.get(env.CHECKPOINTS, "cell")
+    checkpoints = KernelCheckpoints(shell, directory, when, job=job)
     _installed = checkpoints
     failing = os.environ.pop(env.CHECKPOINTS_FAILING, "")
     if failing:
         checkpoints.last_failure = (time.time(), failing)
-    if os.environ.pop(env.RESTORE, "") == "1" and checkpoints.store.latest():
+    restore = os.environ.pop(env.RESTORE, "")
+    if restore and checkpoints.store.latest():
         try:
-            report = checkpoints.restore()
+            report = checkpoints.restore(None if restore == "1" else restore)
             checkpoints.resume_history(report.history)
         except Exception as err:
             print(f"jupyter_lowcost: could not restore the checkpoint: {err}", file=sys.stderr)

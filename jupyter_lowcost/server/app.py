@@ -277,6 +277,7 @@ class LowCostApp(ExtensionApp):
             catalog=catalog,
             kernel_manager=self.serverapp.kernel_manager,
             session_manager=getattr(self.serverapp, "session_manager", None),
+            contents_manager=getattr(self.serverapp, "contents_manager", None),
             event_logger=event_logger,
             server_url=self._server_url,
             token=self._token,

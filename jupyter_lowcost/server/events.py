@@ -1,4 +1,5 @@
-"""The instance event: its schema, registration and emission.
+"""The events: their schemas (instance, checkpoint, checkpoint-status, job), registration
+and emission.
 
 ``LowCostApp`` calls :func:`register` once with the server's ``event_logger``; the manager
 calls :func:`emit_transition` on every state change. JupyterLab receives the events through
@@ -23,6 +24,9 @@ CHECKPOINT_STATUS_SCHEMA_PATH = (
     Path(__file__).parent / "event_schemas" / "checkpoint-status" / "v1.yaml"
 )
 
+JOB_SCHEMA_ID = "https://events.jupyter.org/jupyter_lowcost/job/v1"
+JOB_SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "job" / "v1.yaml"
+
 
 def register(event_logger: EventLogger) -> None:
     """Register the schemas (a second registration is a no-op)."""
@@ -30,6 +34,7 @@ def register(event_logger: EventLogger) -> None:
         (SCHEMA_ID, SCHEMA_PATH),
         (RESTORED_SCHEMA_ID, RESTORED_SCHEMA_PATH),
         (CHECKPOINT_STATUS_SCHEMA_ID, CHECKPOINT_STATUS_SCHEMA_PATH),
+        (JOB_SCHEMA_ID, JOB_SCHEMA_PATH),
     ):
         if schema_id not in event_logger.schemas.schema_ids:
             event_logger.register_event_schema(path)
@@ -66,3 +71,10 @@ def emit_checkpoint_status(event_logger: EventLogger | None, model: dict[str, An
     if event_logger is None:
         return
     event_logger.emit(schema_id=CHECKPOINT_STATUS_SCHEMA_ID, data=dict(model))
+
+
+def emit_job(event_logger: EventLogger | None, model: dict[str, Any]) -> None:
+    """A job changed (``model``: see the job schema; jobs/service.py)."""
+    if event_logger is None:
+        return
+    event_logger.emit(schema_id=JOB_SCHEMA_ID, data=dict(model))

@@ -12,6 +12,7 @@ manager validates the rest before it changes anything. The shapes of the answers
 from __future__ import annotations
 
 import json
+import keyword
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,8 @@ from tornado import web
 
 from ..backends import BackendError
 from . import rest_schemas
+from .instances.rest_models import check_launchable
+from .jobs import notebook as jobs_notebook
 from .manager import InstanceManager
 
 AUTH_RESOURCE = "lowcost"
@@ -182,6 +185,106 @@ class CheckpointStatusHandler(LowCostHandler):
         self.write_json(self.manager.reports.checkpoint_status(kernel_id, body), 201)
 
 
+class JobsHandler(LowCostHandler):
+    """``jupyter lowcost run`` and ``jupyter lowcost jobs``: make a job, list them."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.write_json(self.manager.jobs.models())
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body(rest_schemas.START_JOB)
+        try:
+            notebook = jobs_notebook.read(body["notebook"])
+        except ValueError as err:
+            raise web.HTTPError(400, str(err)) from err
+        parameters = body.get("parameters") or {}
+        for name in parameters:
+            if keyword.iskeyword(name):
+                raise web.HTTPError(400, f"parameter name {name!r} is a Python keyword")
+        kernel_name = (
+            body.get("kernel_name")
+            or notebook.get("metadata", {}).get("kernelspec", {}).get("name")
+            or self.kernel_manager.default_kernel_name
+        )
+        try:
+            spec = await ensure_async(self.kernel_spec_manager.get_kernel_spec(kernel_name))
+        except NoSuchKernel as err:
+            known = ", ".join(sorted(self.kernel_spec_manager.find_kernel_specs()))
+            raise web.HTTPError(
+                400, f"no kernelspec named {kernel_name!r}; installed: {known}"
+            ) from err
+        check_launchable(spec)
+        placement = self.manager.rest.parse_placement(body, None)
+        path = body.get("path") or None
+        output_path = body.get("output_path") or None
+        for what, value in (("path", path), ("output_path", output_path)):
+            if value is not None:
+                await self._check_contents_path(what, value)
+        job = await self.manager.jobs.create(
+            notebook,
+            body.get("name") or (path.rsplit("/", 1)[-1] if path else "notebook.ipynb"),
+            kernel_name,
+            placement,
+            parameters,
+            path,
+            output_path,
+        )
+        self.set_header("Location", url_path_join(self.base_url, "lowcost/api/jobs", job.id))
+        self.write_json(job.to_model(), 201)
+
+    async def _check_contents_path(self, what: str, path: str) -> None:
+        """A path of this server's contents whose folder exists."""
+        folder = path.strip("/").rsplit("/", 1)[0] if "/" in path.strip("/") else ""
+        try:
+            exists = await ensure_async(self.contents_manager.dir_exists(folder))
+        except (OSError, ValueError, web.HTTPError) as err:
+            raise web.HTTPError(
+                400, f"{what} {path!r} is not a path of this server: {err}"
+            ) from err
+        if not exists:
+            raise web.HTTPError(400, f"{what} {path!r}: no folder {folder!r} on this server")
+
+
+class JobHandler(LowCostHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        self.write_json(self.manager.jobs.job(job_id).to_model())
+
+    @web.authenticated
+    @authorized
+    async def delete(self, job_id: str) -> None:
+        """``jupyter lowcost cancel``: the job stops, its output notebook stays."""
+        job = await self.manager.jobs.cancel(job_id)
+        self.write_json(job.to_model())
+
+
+class JobOutputHandler(LowCostHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        """The executed notebook so far (every completed cell's outputs)."""
+        self.write_json(self.manager.jobs.output(job_id))
+
+
+class JobLogHandler(LowCostHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        """``jupyter lowcost logs``: the job's log from byte ``offset`` on."""
+        try:
+            offset = int(self.get_argument("offset", "0"))
+        except ValueError as err:
+            raise web.HTTPError(400, "offset must be an integer (a byte offset)") from err
+        if offset < 0:
+            raise web.HTTPError(400, f"offset must be 0 or more, not {offset}")
+        self.write_json(self.manager.jobs.log(job_id, offset))
+
+
 default_handlers = [
     (rf"{API}/instance-types", InstanceTypesHandler),
     (rf"{API}/status", StatusHandler),
@@ -192,4 +295,8 @@ default_handlers = [
     (rf"{API}/instances", InstancesHandler),
     (rf"{API}/instances/(?P<instance_id>\w+)", InstanceHandler),
     (rf"{API}/instances/(?P<instance_id>\w+)/interrupt", InterruptHandler),
+    (rf"{API}/jobs", JobsHandler),
+    (rf"{API}/jobs/(?P<job_id>\w+)", JobHandler),
+    (rf"{API}/jobs/(?P<job_id>\w+)/output", JobOutputHandler),
+    (rf"{API}/jobs/(?P<job_id>\w+)/log", JobLogHandler),
 ]

@@ -48,6 +48,7 @@ from .instances.notices import Notices
 from .instances.recovery import Recovery
 from .instances.rest_models import RestModels
 from .instances.state import RECOVERY_POLICIES, Settings
+from .jobs.service import Jobs
 
 __all__ = ["RECOVERY_POLICIES", "InstanceManager", "Settings", "current_manager"]
 
@@ -74,6 +75,7 @@ class InstanceManager:
         token: Callable[[], str],
         log: logging.Logger,
         session_manager: Any = None,
+        contents_manager: Any = None,
     ) -> None:
         self.settings = settings
         self.kernel_manager = kernel_manager
@@ -112,6 +114,7 @@ class InstanceManager:
         self.moves = Moves(self.ctx, self.recovery, self.clients)
         self.rest = RestModels(self.ctx)
         self.reports = KernelReports(self.ctx)
+        self.jobs = Jobs(self.ctx, self.launches, contents_manager)
         self._started: asyncio.Task[None] | None = None
         self._session_watch: asyncio.Task[None] | None = None
 
@@ -140,6 +143,7 @@ class InstanceManager:
         # drop its kernel and session). They are pending until their launch has taken the
         # running instance back, or resumed the kernel from its checkpoint on a new one.
         comebacks = await self.comeback.recreate_kernels(kernels)
+        self.jobs.load()
         await self.backend.start()
         self.ctx.catalog = self.backend.offered_types(self.ctx.catalog)
         for record in records:
@@ -162,7 +166,7 @@ class InstanceManager:
         self.ledger.save()
         self.ledger.store.remove(orphaned_files)
         self.comeback.prune_files()
-        live = set(self.kernel_manager.list_kernel_ids()) | set(comebacks)
+        live = set(self.kernel_manager.list_kernel_ids()) | set(comebacks) | self.jobs.kernel_ids()
         for kernel_id in checkpoint_dirs.prune(
             settings.checkpoint_dir, settings.orphaned_checkpoints_seconds, keep=live
         ):
@@ -174,6 +178,7 @@ class InstanceManager:
             )
         if self.ctx.session_manager is not None:
             self._session_watch = asyncio.ensure_future(self.comeback.watch_sessions())
+        self.jobs.resume_unfinished()
 
     async def stop(self) -> None:
         """Terminate every live instance and stop listening (called at server shutdown)."""
@@ -181,6 +186,8 @@ class InstanceManager:
         ledger = self.ledger
         if ledger.stopped:
             return
+        # Jobs stop first, as they are: they go on when a server starts again.
+        await self.jobs.stop()
         ledger.stopped = True
         for entry in ledger.instances.values():
             if entry.cap_timer is not None:

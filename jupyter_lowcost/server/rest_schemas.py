@@ -91,18 +91,44 @@ CHECKPOINT_STATUS = {
     },
 }
 
+#: A job's notebook can be large (its outputs are cleared, but not its attachments).
+MAX_JOB_BYTES = 64 * 1024 * 1024
+
+START_JOB = {
+    "title": "POST jobs",
+    "x-max-bytes": MAX_JOB_BYTES,
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["notebook"],
+    "properties": {
+        "notebook": {"type": "object"},
+        "name": {"type": "string", "minLength": 1, "maxLength": 1024},
+        "kernel_name": _NAME,
+        "instance_type": _NAME,
+        "low_cost": {"type": "boolean"},
+        "parameters": {
+            "type": "object",
+            "maxProperties": 1000,
+            "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 256},
+        },
+        "path": {"type": ["string", "null"], "maxLength": 4096},
+        "output_path": {"type": ["string", "null"], "maxLength": 4096},
+    },
+}
+
 _VALIDATORS = {
     schema["title"]: Draft202012Validator(schema)
-    for schema in (START_KERNEL, SWITCH_KERNEL, INTERRUPT, RESTORED, CHECKPOINT_STATUS)
+    for schema in (START_KERNEL, SWITCH_KERNEL, INTERRUPT, RESTORED, CHECKPOINT_STATUS, START_JOB)
 }
 
 
 def parse_body(body: bytes, schema: dict[str, Any]) -> dict[str, Any]:
     """``body`` decoded and checked against ``schema`` (an empty body is ``{}``), or a
     ``tornado.web.HTTPError`` that says what is wrong."""
-    if len(body) > MAX_BODY_BYTES:
+    limit = schema.get("x-max-bytes", MAX_BODY_BYTES)
+    if len(body) > limit:
         raise web.HTTPError(
-            413, f"the request body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted"
+            413, f"the request body is {len(body)} bytes; at most {limit} are accepted"
         )
     if not body.strip():
         value: Any = {}
@@ -154,6 +180,8 @@ def _describe(error: Any, schema: dict[str, Any]) -> str:
     if error.validator == "required":
         missing = [n for n in error.schema.get("required", []) if n not in error.instance]
         return f"{', '.join(missing)} is required" + (f" (in {where})" if where else "")
+    if error.validator == "pattern" and where == "parameters":  # (its propertyNames)
+        return f"parameter name {_short(error.instance)} is not a Python variable name"
     if error.validator == "minProperties" and not where:
         return schema.get("x-empty-message", f"say what to change: {fields}")
     if error.validator == "type":

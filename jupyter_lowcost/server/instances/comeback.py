@@ -69,6 +69,11 @@ class Comeback:
             entry.restart_info = {k: info.get(k) for k in ("kernel_name", "cwd", "session")}
             if info.get("notebook"):
                 entry.notebook = str(info["notebook"])
+            if info.get("job_id"):
+                entry.job_id = str(info["job_id"])
+                entry.keep_checkpoints = True
+            if info.get("restore_checkpoint"):
+                entry.restore_checkpoint = str(info["restore_checkpoint"])
             status = info.get("checkpoint_status")
             if isinstance(status, dict) and "ok" in status:
                 entry.checkpoint_status = status

@@ -58,22 +58,41 @@ class Launches:
             status = entry.checkpoint_status if entry is not None else None
             if status is not None and not status["ok"]:
                 env[names.CHECKPOINTS_FAILING] = status["error"] or "unknown error"
+            if entry is not None and entry.job_id is not None:
+                env[names.JOB] = entry.job_id
             if entry is not None and entry.resume:
                 entry.resume = False
-                env[names.RESTORE] = "1"
+                env[names.RESTORE] = entry.restore_checkpoint or "1"
         return env
 
     async def start_kernel(
-        self, kernel_name: str, placement: Placement, path: str | None, notebook: str | None
+        self,
+        kernel_name: str,
+        placement: Placement,
+        path: str | None,
+        notebook: str | None,
+        *,
+        job_id: str | None = None,
+        kernel_id: str | None = None,
+        restore_checkpoint: str | None = None,
     ) -> str:
-        """``POST kernels``: a new kernel with ``placement``; returns its id once it answers."""
+        """``POST kernels``: a new kernel with ``placement``; returns its id once it answers.
+
+        A job's kernel (``job_id``) keeps its checkpoints until the job ends; a job that
+        goes on after a server restart starts its kernel again under the same
+        ``kernel_id``, resumed from ``restore_checkpoint``."""
         kernels = self.ctx.kernel_manager
         check_launchable(kernels.kernel_spec_manager.get_kernel_spec(kernel_name))
         self.ctx.backend.check_capacity(placement.low_cost, replacing=None)
-        kernel_id = str(uuid.uuid4())
+        kernel_id = kernel_id or str(uuid.uuid4())
         entry = self.ledger.kernel(kernel_id)
         entry.placement = placement
         entry.notebook = notebook or None
+        entry.job_id = job_id
+        entry.keep_checkpoints = job_id is not None
+        if restore_checkpoint is not None:
+            entry.restore_checkpoint = restore_checkpoint
+            entry.resume = True
         try:
             await kernels.start_kernel(kernel_id=kernel_id, kernel_name=kernel_name, path=path)
         except BackendError:

@@ -168,6 +168,8 @@ class Ledger:
                 "instance_id": entry.instance_id,
                 "notebook": entry.notebook,
                 "checkpoint_status": entry.checkpoint_status,
+                "job_id": entry.job_id,
+                "restore_checkpoint": entry.restore_checkpoint,
             }
         return saved
 

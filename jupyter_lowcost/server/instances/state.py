@@ -85,6 +85,11 @@ class KernelEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: The instance a previous server ran it on, taken back at its first launch here.
     adopting: InstanceRecord | None = None
+    #: The job it runs cells for (``server/jobs``); its checkpoints then stay until the
+    #: job ends, and a resume restores ``restore_checkpoint`` (the state after the job's
+    #: last completed cell) rather than the latest.
+    job_id: str | None = None
+    restore_checkpoint: str | None = None
 
 
 @dataclass

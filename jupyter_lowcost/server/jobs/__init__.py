@@ -1,0 +1,10 @@
+"""Jobs: a notebook's code cells run in order on a low-cost kernel, resumed after every
+interruption at the first cell that did not complete (``jupyter lowcost run``).
+
+- :mod:`.notebook`: parameters, outputs as they come, the output notebook's metadata;
+- :mod:`.execution`: one cell on the job's kernel, and noticing the kernel's loss;
+- :mod:`.runner`: one job's life, interruptions included;
+- :mod:`.service`: every job of the server (the REST API's ``jobs`` routes).
+
+What a job is on disk is :mod:`jupyter_lowcost.storage.jobs`.
+"""
