@@ -23,6 +23,7 @@ ALLOWED = {
     "instance": {"kernel", "storage"},
     "backends": {"storage"},
     "server": {"backends", "storage"},
+    "cli": {"storage"},
 }
 
 

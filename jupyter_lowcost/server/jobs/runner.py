@@ -86,6 +86,7 @@ class JobRunner:
             self._disconnect()
             if not self.server_stopping:
                 await self._release_kernel()
+                self._save()  # (the instances' final state and cost)
 
     async def _run(self) -> None:
         job = self.job

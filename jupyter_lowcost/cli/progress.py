@@ -1,0 +1,89 @@
+"""What ``jupyter lowcost`` prints about a job: its progress line (a bar of cells done,
+the current cell, elapsed time, cost, interruptions) and its details.
+
+Called by the commands of :mod:`.app` with the job's model (``GET jobs/<id>``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..words import format_duration
+
+BAR_WIDTH = 20
+
+
+def progress_line(job: dict[str, Any]) -> str:
+    """``[########------------] 4/10 cells · cell 5 · 0:00:12 · $0.0021 · 1 interruption · running``"""
+    total = int(job.get("cells_total") or 0)
+    done = int(job.get("cells_done") or 0)
+    filled = round(BAR_WIDTH * done / total) if total else BAR_WIDTH
+    parts = [f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done}/{total} cells"]
+    if job.get("current_cell") and job["state"] in ("running", "resuming"):
+        parts.append(f"cell {job['current_cell']}")
+    parts.append(format_duration(float(job.get("elapsed_seconds") or 0)))
+    parts.append(money(job))
+    interruptions = len(job.get("interruptions") or [])
+    if interruptions:
+        parts.append(f"{interruptions} interruption{'s' if interruptions != 1 else ''}")
+    parts.append(job["state"])
+    return " · ".join(parts)
+
+
+def money(job: dict[str, Any]) -> str:
+    text = f"${float(job.get('cost') or 0):.4f}"
+    if job.get("saved"):
+        text += f" (saved ${float(job['saved']):.4f})"
+    return text
+
+
+def details(job: dict[str, Any]) -> str:
+    """``jupyter lowcost show``: everything about one job, one fact per line."""
+    lines = [
+        f"Job {job['id']}: {job['name']}",
+        f"  state:         {job['state']} ({job['reason']})",
+        f"  cells:         {job['cells_done']}/{job['cells_total']} done"
+        + (f", cell {job['current_cell']} now" if job.get("current_cell") else ""),
+        f"  placement:     {job['tier']} {job['instance_type']} (kernel {job['kernel_name']})",
+        f"  instance:      {job.get('instance_id') or '-'}",
+        f"  elapsed:       {format_duration(float(job.get('elapsed_seconds') or 0))}",
+        f"  cost:          {money(job)}",
+        f"  created:       {job.get('created')}",
+    ]
+    if job.get("parameters"):
+        shown = ", ".join(f"{k}={v!r}" for k, v in job["parameters"].items())
+        lines.append(f"  parameters:    {shown}")
+    if job.get("output_path"):
+        lines.append(f"  output:        {job['output_path']} (on the server)")
+    for item in job.get("interruptions") or []:
+        lines.append(
+            f"  interrupted:   cell {item['cell']} on {item['instance_id']} at {item['at']}: "
+            f"{item['reason']}"
+        )
+    error = job.get("error")
+    if error:
+        lines.append(f"  error:         cell {error['cell']}: {error['ename']}: {error['evalue']}")
+    return "\n".join(lines)
+
+
+def table(jobs: list[dict[str, Any]]) -> str:
+    """``jupyter lowcost jobs``: one line per job."""
+    if not jobs:
+        return "No jobs."
+    rows = [("ID", "STATE", "CELLS", "PLACEMENT", "COST", "NAME")]
+    for job in jobs:
+        rows.append(
+            (
+                job["id"],
+                job["state"],
+                f"{job['cells_done']}/{job['cells_total']}",
+                f"{job['tier']} {job['instance_type']}",
+                f"${float(job['cost']):.4f}",
+                job["name"],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
+        for row in rows
+    )

@@ -1,0 +1,191 @@
+"""The Jupyter server a ``jupyter lowcost`` command talks to: given (``--url``,
+``--token``), found as ``jupyter server list`` finds them, or started in the background
+when none runs (so that the command works on a fresh install with nothing else set up).
+
+Called by the commands of :mod:`.app`; every call of the REST API goes through
+:meth:`Server.call`, which turns a refusal into a :class:`CommandError` carrying the
+server's own message.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+#: How long a server started in the background may take to answer.
+START_TIMEOUT = 90.0
+
+
+class CommandError(Exception):
+    """What went wrong, in one line, and the command's exit code (2: bad input)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+@dataclass
+class Server:
+    """A Jupyter server with jupyter-lowcost: its URL (ending in /), token and root."""
+
+    url: str
+    token: str
+    #: The folder its contents are in (None when not known: a server given by URL).
+    root_dir: str | None = None
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """``method`` on ``lowcost/api/<path>``: the decoded answer, or CommandError."""
+        url = f"{self.url}lowcost/api/{path}"
+        headers = {"Authorization": f"token {self.token}"} if self.token else {}
+        try:
+            response = requests.request(method, url, headers=headers, timeout=60, **kwargs)
+        except requests.RequestException as err:
+            raise CommandError(f"cannot reach the Jupyter server at {self.url}: {err}", 1) from err
+        if response.status_code in (401, 403):
+            raise CommandError(
+                f"the Jupyter server at {self.url} refused the token "
+                f"({response.status_code}); give the right one with --token"
+            )
+        if response.status_code == 404 and "application/json" not in response.headers.get(
+            "Content-Type", ""
+        ):
+            raise CommandError(
+                f"the Jupyter server at {self.url} has no jupyter-lowcost API "
+                "(is the extension installed and enabled there?)"
+            )
+        if response.status_code >= 400:
+            raise CommandError(_message(response), 2 if response.status_code < 500 else 1)
+        return response.json() if response.content else None
+
+    def relative_path(self, path: Path) -> str | None:
+        """``path`` as a path of the server's contents; None when it is not under its root."""
+        if self.root_dir is None:
+            return None
+        try:
+            relative = path.resolve().relative_to(Path(self.root_dir).resolve())
+        except ValueError:
+            return None
+        return relative.as_posix()
+
+
+def connect(url: str | None, token: str | None, start: bool = True) -> Server:
+    """The server to talk to: ``url`` (with ``token``, or $JUPYTER_TOKEN), else a running
+    one with jupyter-lowcost, else (``start``) one started now in the background."""
+    if url:
+        server = Server(url if url.endswith("/") else url + "/", token or _env_token())
+        server.root_dir = _root_of(server)
+        return server
+    for info in _running_servers():
+        server = Server(info["url"], token or info.get("token") or "", info.get("root_dir"))
+        if _answers(server):
+            return server
+    if not start:
+        raise CommandError("no Jupyter server with jupyter-lowcost runs (start one, or give --url)")
+    return start_server()
+
+
+def start_server() -> Server:
+    """Start ``jupyter server`` in the background (it outlives this command: jobs go on),
+    rooted at the home folder, with a token of its own; wait until it answers."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    runtime = Path(jupyter_runtime_dir())
+    runtime.mkdir(parents=True, exist_ok=True)
+    log_path = runtime / "jupyter-lowcost-server.log"
+    token = secrets.token_hex(24)
+    port = _free_port()
+    root = Path.home()
+    print(
+        f"jupyter lowcost: no Jupyter server runs; starting one in the background on port "
+        f"{port} (root {root}, log {log_path})",
+        file=sys.stderr,
+    )
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyter_server",
+                "--no-browser",
+                f"--ServerApp.port={port}",
+                "--ServerApp.port_retries=0",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.root_dir={root}",
+                *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
+            ],
+            env={**os.environ, "JUPYTER_TOKEN": token},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=root,
+        )
+    server = Server(f"http://127.0.0.1:{port}/", token, str(root))
+    end = time.monotonic() + START_TIMEOUT
+    while not _answers(server):
+        if process.poll() is not None:
+            raise CommandError(
+                f"the Jupyter server did not start (exit code {process.returncode}); "
+                f"see {log_path}",
+                1,
+            )
+        if time.monotonic() > end:
+            raise CommandError(f"the Jupyter server did not answer in time; see {log_path}", 1)
+        time.sleep(0.2)
+    return server
+
+
+def _running_servers() -> list[dict[str, Any]]:
+    from jupyter_server.serverapp import list_running_servers
+
+    try:
+        return list(list_running_servers())
+    except OSError:
+        return []
+
+
+def _answers(server: Server) -> bool:
+    try:
+        server.call("GET", "status")
+    except CommandError:
+        return False
+    return True
+
+
+def _root_of(server: Server) -> str | None:
+    """The root folder of a server given by URL, when it is one of this machine's."""
+    for info in _running_servers():
+        if info.get("url", "").rstrip("/") == server.url.rstrip("/"):
+            return info.get("root_dir")
+    return None
+
+
+def _env_token() -> str:
+    return os.environ.get("JUPYTER_TOKEN", "")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _message(response: requests.Response) -> str:
+    """The server's own message of a refusal (its JSON ``message``), in one line."""
+    try:
+        body = response.json()
+        message = body.get("message") or body.get("reason") or ""
+    except ValueError:
+        message = ""
+    message = " ".join(str(message).split()) or f"HTTP {response.status_code}"
+    return message
