@@ -63,32 +63,37 @@ class JobRunner:
         self.notebook: dict[str, Any] = store.output(job.id)
         self.positions = nb.code_cells(self.notebook)
         self._client: Any = None
+        #: How many times each cell (by number) started, while this runner ran.
+        self._attempts: dict[int, int] = {}
 
     # -- the job's life ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the job from where it is; never raises (its end is in its record)."""
+        """Run the job from where it is; never raises (its end is in its record). The
+        job's kernel is shut down before the job says it has ended, so that its record
+        and output notebook hold its instances' final state and cost."""
         job = self.job
         try:
-            await self._run()
+            end = (JobState.SUCCEEDED, await self._run())
         except asyncio.CancelledError:
+            self._disconnect()
             if self.server_stopping:
                 self._log("the Jupyter server stops; the job goes on when it starts again")
                 self._save()
                 raise
-            self._end(JobState.CANCELLED, job.reason or "cancelled")
+            end = (JobState.CANCELLED, job.reason or "cancelled")
         except JobFailed as err:
-            self._end(JobState.FAILED, str(err))
+            end = (JobState.FAILED, str(err))
         except Exception as err:  # a bug or an unexpected refusal: the job says what
             self.ctx.log.exception("jupyter_lowcost | job %s stopped", job.id)
-            self._end(JobState.FAILED, f"the job stopped: {err}")
+            end = (JobState.FAILED, f"the job stopped: {err}")
+        self._disconnect()
+        try:
+            await self._release_kernel()
         finally:
-            self._disconnect()
-            if not self.server_stopping:
-                await self._release_kernel()
-                self._save()  # (the instances' final state and cost)
+            self._end(*end)
 
-    async def _run(self) -> None:
+    async def _run(self) -> str:
         job = self.job
         job.cells_total = len(self.positions)
         if job.started is None:
@@ -104,6 +109,7 @@ class JobRunner:
             position = self.positions[job.cells_done]
             instance_id = self._instance_id()
             job.current_cell = number
+            self._attempts[number] = self._attempts.get(number, 0) + 1
             self._set(JobState.RUNNING, f"running cell {number} of {job.cells_total}")
             started = time.time()
             outputs = nb.CellOutputs()
@@ -121,7 +127,7 @@ class JobRunner:
                 continue
             self._cell_done(number, position, outputs, reply, started, instance_id)
         job.current_cell = None
-        self._end(JobState.SUCCEEDED, f"all {job.cells_total} cells ran")
+        return f"all {job.cells_total} cells ran"
 
     def _cell_done(
         self,
@@ -136,7 +142,7 @@ class JobRunner:
         count = reply.get("execution_count") or outputs.execution_count
         nb.set_outputs(self.notebook, position, outputs, count)
         record = self.ctx.ledger.record(instance_id)
-        attempts = 1 + sum(1 for i in job.interruptions if i.get("cell") == number)
+        attempts = self._attempts.get(number, 1)
         cell_meta: dict[str, Any] = {
             "instance_id": instance_id,
             "instance_type": record.instance_type if record else job.instance_type,
@@ -280,6 +286,15 @@ class JobRunner:
         self._set(JobState.RESUMING, f"instance {current.id} has a notice: {current.reason}")
         while current.is_live:
             await asyncio.sleep(WAIT_SECONDS)
+        self.job.interruptions.append(
+            {
+                "cell": self.job.cells_done + 1,
+                "instance_id": current.id,
+                "state": current.state.value,
+                "reason": f"before the cell started: {current.reason}",
+                "at": iso(time.time()),
+            }
+        )
         self._track_instances()
         await self._until_relaunched(current.id)
         self._track_instances()
@@ -392,6 +407,13 @@ class JobRunner:
                     "jupyter_lowcost | job %s: kernel shutdown: %s", self.job.id, err
                 )
         shutil.rmtree(self.ctx.settings.checkpoint_dir / kernel_id, ignore_errors=True)
+        current = self.ctx.ledger.current(kernel_id)
+        instance = self.ctx.ledger.instances.get(current.id) if current is not None else None
+        if instance is not None:  # (its final state and cost, for the output's metadata)
+            try:
+                await asyncio.wait_for(instance.ended.wait(), timeout=10)
+            except asyncio.TimeoutError:
+                pass
 
     async def _kernel_cwd(self) -> str:
         """The kernel's working directory: the notebook's folder (as for a notebook
