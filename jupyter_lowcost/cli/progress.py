@@ -14,7 +14,8 @@ BAR_WIDTH = 20
 
 
 def progress_line(job: dict[str, Any]) -> str:
-    """``[########------------] 4/10 cells · cell 5 · 0:00:12 · $0.0021 · 1 interruption · running``"""
+    """``[########------------] 4/10 cells · cell 5 · 12 s · $0.0021 · 1 interruption ·
+    running``: how far the job is, in one line."""
     total = int(job.get("cells_total") or 0)
     done = int(job.get("cells_done") or 0)
     filled = round(BAR_WIDTH * done / total) if total else BAR_WIDTH
