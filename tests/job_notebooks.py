@@ -58,8 +58,14 @@ def ten_cells(folder: Path, wait_in: int = 5) -> tuple[dict[str, Any], Path, Pat
 
 
 def outputs_text(cell: dict[str, Any]) -> str:
+    """What a cell printed (its streams; the data of other outputs), as one string (a
+    notebook on disk may hold it as a list of lines)."""
+
+    def text(value: Any) -> str:
+        return "".join(value) if isinstance(value, list) else str(value)
+
     return "".join(
-        o.get("text", "") if o["output_type"] == "stream" else str(o.get("data", ""))
+        text(o.get("text", "")) if o["output_type"] == "stream" else str(o.get("data", ""))
         for o in cell.get("outputs", [])
     )
 

@@ -9,8 +9,10 @@ from typing import Any
 import jsonschema
 import pytest
 from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
+from job_notebooks import notebook_of, ten_cells, until_running_cell, until_state
 
 from jupyter_lowcost.server import rest_responses as shapes
+from jupyter_lowcost.server.events import JOB_SCHEMA_ID
 from jupyter_lowcost.server.typescript import generate
 
 REST_TS = Path(__file__).parent.parent / "labextension" / "src" / "rest.ts"
@@ -90,3 +92,35 @@ async def test_every_answer_of_the_server_has_the_shape_its_schema_says(
     for event in instance_events.events:
         check(event, shapes.INSTANCE_EVENT)
     assert {e["state"] for e in instance_events.events} >= {"pending", "running", "interrupted"}
+
+
+async def test_the_jobs_answers_and_events_have_the_shapes_their_schemas_say(
+    api: Any, jp_serverapp: Any, tmp_path: Path
+) -> None:
+    recorder = EventRecorder()
+    jp_serverapp.event_logger.add_listener(schema_id=JOB_SCHEMA_ID, listener=recorder.listener)
+    notebook, log, go = ten_cells(tmp_path, wait_in=3)
+    status, job = await api("POST", "jobs", {"notebook": notebook, "instance_type": "T4"})
+    assert status == 201, job
+    check(job, shapes.JOB)
+    first = await until_running_cell(api, job["id"], 3)
+    await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
+    await until_running_cell(api, job["id"], 3, not_on=(first,))
+    go.touch()
+    # A failing cell fills in the error.
+    status, failing = await api("POST", "jobs", {"notebook": notebook_of(["1/0"])})
+    ended = await until_state(api, failing["id"], "failed")
+    check(ended, shapes.JOB)
+    check(ended["error"], shapes.JOB_ERROR)
+    model = await until_state(api, job["id"], "succeeded")
+    check(model, shapes.JOB)
+    check(model["interruptions"][0], shapes.JOB_INTERRUPTION)
+    status, jobs = await api("GET", "jobs")
+    for each in jobs:
+        check(each, shapes.JOB)
+    status, text = await api("GET", f"jobs/{job['id']}/log?offset=0")
+    check(text, shapes.JOB_LOG)
+    assert text["offset"] == len(text["text"].encode())
+    for event in recorder.events:
+        check(event, shapes.JOB)
+    assert {e["state"] for e in recorder.events} >= {"running", "resuming", "succeeded", "failed"}

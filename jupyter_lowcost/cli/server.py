@@ -83,7 +83,7 @@ def connect(url: str | None, token: str | None, start: bool = True) -> Server:
     one with jupyter-lowcost, else (``start``) one started now in the background."""
     if url:
         server = Server(url if url.endswith("/") else url + "/", token or _env_token())
-        server.root_dir = _root_of(server)
+        server.root_dir = server.call("GET", "status").get("root_dir")
         return server
     for info in _running_servers():
         server = Server(info["url"], token or info.get("token") or "", info.get("root_dir"))
@@ -160,14 +160,6 @@ def _answers(server: Server) -> bool:
     except CommandError:
         return False
     return True
-
-
-def _root_of(server: Server) -> str | None:
-    """The root folder of a server given by URL, when it is one of this machine's."""
-    for info in _running_servers():
-        if info.get("url", "").rstrip("/") == server.url.rstrip("/"):
-            return info.get("root_dir")
-    return None
 
 
 def _env_token() -> str:

@@ -81,7 +81,8 @@ class StatusHandler(LowCostHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.write_json(self.manager.rest.status_model())
+        root = getattr(self.contents_manager, "root_dir", None)
+        self.write_json({**self.manager.rest.status_model(), "root_dir": root or None})
 
 
 class KernelsHandler(LowCostHandler):

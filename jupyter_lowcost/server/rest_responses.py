@@ -153,6 +153,11 @@ STATUS = _strict(
             "notice or off.",
         },
         "live_instances": _INTEGER,
+        "root_dir": {
+            "type": ["string", "null"],
+            "description": "The folder the server's contents are in (where `jupyter "
+            "lowcost run` can have a job write its output); null when not on disk.",
+        },
         "demo": {
             "type": ["string", "null"],
             "description": "What this demo server does that a real one does not "
@@ -177,6 +182,54 @@ INSTANCE_EVENT = _from_event(
     {"state": INSTANCE_STATE},
 )
 
+JOB_STATE = {
+    "x-ts": "JobState",
+    "description": "States of a job (`jupyter lowcost run`).",
+    "enum": ["queued", "running", "resuming", "succeeded", "failed", "cancelled"],
+}
+
+JOB_INTERRUPTION = _strict(
+    "IJobInterruption",
+    "An interruption of a job: the cell it hit, the instance, how it ended, why, when.",
+    {
+        "cell": _INTEGER,
+        "instance_id": _NULLABLE_STRING,
+        "state": _STRING,
+        "reason": _STRING,
+        "at": _NULLABLE_STRING,
+    },
+)
+
+JOB_ERROR = _strict(
+    "IJobError",
+    "The error of a job's failing cell.",
+    {
+        "cell": _INTEGER,
+        "ename": _STRING,
+        "evalue": _STRING,
+        "traceback": {"type": "array", "items": _STRING},
+    },
+)
+
+# A job's model is the job event's data: its shape is the event's own schema, made strict.
+JOB = _from_event(
+    events.JOB_SCHEMA_PATH,
+    "IJob",
+    "A job: `POST jobs`, `GET jobs`, `GET jobs/<id>`, `DELETE jobs/<id>` (and the job "
+    "event's data).",
+    {
+        "state": JOB_STATE,
+        "interruptions": {"type": "array", "items": JOB_INTERRUPTION},
+        "error": {"anyOf": [JOB_ERROR, {"type": "null"}]},
+    },
+)
+
+JOB_LOG = _strict(
+    "IJobLog",
+    "`GET jobs/<id>/log?offset=N`: the log from byte N on, where it ends, the job's state.",
+    {"text": _STRING, "offset": _INTEGER, "state": JOB_STATE},
+)
+
 #: Every shape, in the order the TypeScript file declares them.
 SHAPES = [
     INSTANCE_TYPE,
@@ -190,4 +243,9 @@ SHAPES = [
     STATUS,
     STARTED_KERNEL,
     INSTANCE_EVENT,
+    JOB_STATE,
+    JOB_INTERRUPTION,
+    JOB_ERROR,
+    JOB,
+    JOB_LOG,
 ]

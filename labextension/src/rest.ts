@@ -111,6 +111,8 @@ export interface IStatus {
   /** When kernels checkpoint their variables: cell, interval:<s>, notice or off. */
   checkpoints: string;
   live_instances: number;
+  /** The folder the server's contents are in (where `jupyter lowcost run` can have a job write its output); null when not on disk. */
+  root_dir: string | null;
   /** What this demo server does that a real one does not (`LowCostApp.demo`); null on a real server. */
   demo: string | null;
 }
@@ -139,6 +141,82 @@ export interface IInstanceEvent {
   tier: 'low-cost' | 'regular';
   /** On `interrupted` and `expired`: what happens to the kernel, by the server's recovery policy. relaunch: restarted on a new low-cost instance; fallback: restarted on a regular instance; none: shut down. Null on other transitions. */
   recovery: 'relaunch' | 'fallback' | 'none' | null;
+}
+
+/** States of a job (`jupyter lowcost run`). */
+export type JobState = 'queued' | 'running' | 'resuming' | 'succeeded' | 'failed' | 'cancelled';
+
+/** An interruption of a job: the cell it hit, the instance, how it ended, why, when. */
+export interface IJobInterruption {
+  cell: number;
+  instance_id: string | null;
+  state: string;
+  reason: string;
+  at: string | null;
+}
+
+/** The error of a job's failing cell. */
+export interface IJobError {
+  cell: number;
+  ename: string;
+  evalue: string;
+  traceback: string[];
+}
+
+/** A job: `POST jobs`, `GET jobs`, `GET jobs/<id>`, `DELETE jobs/<id>` (and the job event's data). */
+export interface IJob {
+  /** The job's id. */
+  id: string;
+  /** The notebook's name. */
+  name: string;
+  state: JobState;
+  /** What the job is doing, or why it ended, in words. */
+  reason: string;
+  /** The kernelspec it runs on. */
+  kernel_name: string;
+  /** The instance type it asked for. */
+  instance_type: string;
+  /** True for a low-cost (preemptible) instance. */
+  low_cost: boolean;
+  /** low-cost or regular. */
+  tier: string;
+  /** The parameters injected after the cell tagged parameters. */
+  parameters: Record<string, unknown>;
+  /** The notebook's path on the server (its folder is the kernel's working directory). */
+  path: string | null;
+  /** Where on the server the output notebook is saved after every cell. */
+  output_path: string | null;
+  /** When it was made (ISO 8601, UTC). */
+  created: string | null;
+  /** When it first started. */
+  started: string | null;
+  /** When it ended. */
+  finished: string | null;
+  /** Seconds since it started (to its end once ended). */
+  elapsed_seconds: number;
+  /** Its kernel (one id for its whole life). */
+  kernel_id: string | null;
+  /** The instance it runs on now (the last one). */
+  instance_id: string | null;
+  /** How many code cells it runs. */
+  cells_total: number;
+  /** How many have completed. */
+  cells_done: number;
+  /** The number (from 1) of the cell running now. */
+  current_cell: number | null;
+  /** What its instances cost so far, in dollars. */
+  cost: number;
+  /** What low-cost instances saved against regular ones, in dollars. */
+  saved: number;
+  interruptions: IJobInterruption[];
+  error: IJobError | null;
+}
+
+/** `GET jobs/<id>/log?offset=N`: the log from byte N on, where it ends, the job's state. */
+export interface IJobLog {
+  text: string;
+  offset: number;
+  state: JobState;
 }
 
 /** POST kernels */

@@ -26,7 +26,11 @@ class KernelLost(Exception):
 
 async def connect(kernel_manager: Any, kernel_id: str, timeout: float) -> Any:
     """A started client of the server's kernel ``kernel_id``, once the kernel answers."""
-    client = kernel_manager.get_kernel(kernel_id).client()
+    kernel = kernel_manager.get_kernel(kernel_id)
+    ready = getattr(kernel, "ready", None)
+    if ready is not None:
+        await ready  # (its connection info: a kernel put back by a restart has none before)
+    client = kernel.client()
     client.allow_stdin = False
     client.start_channels()
     try:

@@ -182,6 +182,7 @@ class JobRunner:
         kernels = self.ctx.kernel_manager
         if job.kernel_id is not None and job.kernel_id in kernels:
             self._log(f"the Jupyter server restarted; re-attaching kernel {job.kernel_id}")
+            await self._until_relaunched(None)
             await self._connect()
             await self._settle_after_server_restart()
             return
@@ -324,13 +325,22 @@ class JobRunner:
         """A kernel re-attached after a server restart may have finished the cell that
         ran when the server went away (its outputs are lost): its execution count says."""
         job = self.job
-        reply = await run_cell(self._client, "", nb.CellOutputs(), lambda: None)
+        instance_id = self._instance_id()
+        try:
+            # (An empty cell: it waits for the one still running, and answers the number
+            # of the last cell that ran, without taking a number of its own.)
+            reply = await run_cell(
+                self._client, "", nb.CellOutputs(), lambda: self._lost(instance_id)
+            )
+        except KernelLost as lost:
+            await self._come_back(job.cells_done + 1, instance_id, str(lost))
+            return
         count = reply.get("execution_count")
         position = self.positions[job.cells_done] if job.cells_done < len(self.positions) else None
         if position is None or not isinstance(count, int):
             return
         expected = self._next_execution_count()
-        if expected is not None and count > expected:
+        if expected is not None and count >= expected:
             checkpoint = self._new_checkpoint()
             self.notebook["cells"][position]["outputs"] = [
                 nb.note_output(
@@ -348,7 +358,7 @@ class JobRunner:
     def _next_execution_count(self) -> int | None:
         """The execution count the next cell gets (from the last completed one)."""
         if self.job.cells_done == 0:
-            return None
+            return 1
         last = self.notebook["cells"][self.positions[self.job.cells_done - 1]]
         count = last.get("execution_count")
         return count + 1 if isinstance(count, int) else None
