@@ -214,6 +214,8 @@ async def test_parameters_are_injected_after_the_parameters_cell(api: Any) -> No
         ({"parameters": {"class": 1}}, "parameter name 'class' is a Python keyword"),
         ({"path": "no/such/folder/x.ipynb"}, "no folder 'no/such/folder' on this server"),
         ({"output_path": "../../escape.ipynb"}, "output_path '../../escape.ipynb'"),
+        ({"output_path": "out.txt"}, "output_path 'out.txt' must end with .ipynb"),
+        ({"path": "nb.ipynb", "output_path": "/nb.ipynb"}, "it would be overwritten"),
         ({"low_cost": "yes"}, "low_cost must be true or false"),
         ({"surprise": 1}, "unknown field(s) surprise"),
     ],
@@ -256,3 +258,54 @@ async def test_unknown_jobs_are_404(api: Any) -> None:
     ):
         status, body = await api(method, path)
         assert status == 404, (method, path, body)
+
+
+async def test_a_cell_that_kills_its_kernel_fails_the_job(api: Any, tmp_path: Path) -> None:
+    job_id = (await post_job(api, notebook_of(["x = 1", "import os; os._exit(3)", "x"])))["id"]
+    model = await until_state(api, job_id, "succeeded", "failed", "cancelled")
+    assert model["state"] == "failed", model
+    assert model["reason"].startswith("the kernel died while running cell 2"), model
+    assert model["cells_done"] == 1
+
+
+async def test_a_job_whose_kernel_is_shut_down_from_outside_fails_and_says_so(
+    api: Any, jp_fetch: Any, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    job_id = (await post_job(api, notebook_of(["x = 1", wait_for_file(go), "x"])))["id"]
+    await until_running_cell(api, job_id, 2)
+    kernel_id = (await job_model(api, job_id))["kernel_id"]
+    await jp_fetch("api", "kernels", kernel_id, method="DELETE")
+    model = await until_state(api, job_id, "succeeded", "failed", "cancelled")
+    assert model["state"] == "failed"
+    assert model["reason"].startswith("the job's kernel was shut down (not by the job)")
+    assert model["cells_done"] == 1
+
+
+@pytest.mark.lowcost(LowCostApp={"recovery_policy": "none"})
+async def test_with_recovery_policy_none_an_interruption_fails_the_job(
+    api: Any, tmp_path: Path
+) -> None:
+    notebook, log, go = ten_cells(tmp_path, wait_in=2)
+    job_id = (await post_job(api, notebook))["id"]
+    first = await until_running_cell(api, job_id, 2)
+    await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
+    model = await until_state(api, job_id, "succeeded", "failed", "cancelled")
+    assert model["state"] == "failed"
+    assert model["reason"] == (
+        f"instance {first} interrupted and the kernel was not relaunched (recovery policy 'none')"
+    )
+    assert model["interruptions"][0]["cell"] == 2
+
+
+@pytest.mark.lowcost(LocalBackend={"slots": 1, "gpus": 0})
+async def test_a_queued_job_can_be_cancelled(api: Any, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    first = (await post_job(api, notebook_of([wait_for_file(go)])))["id"]
+    await until_running_cell(api, first, 1)
+    second = (await post_job(api, notebook_of(["print('never')"])))["id"]
+    await until_state(api, second, "queued")
+    status, model = await api("DELETE", f"jobs/{second}")
+    assert status == 200 and model["state"] == "cancelled" and model["kernel_id"] is None
+    go.touch()
+    assert (await until_state(api, first, "succeeded", "failed"))["state"] == "succeeded"

@@ -222,6 +222,16 @@ class JobsHandler(LowCostHandler):
         placement = self.manager.rest.parse_placement(body, None)
         path = body.get("path") or None
         output_path = body.get("output_path") or None
+        if output_path is not None and not output_path.endswith(".ipynb"):
+            raise web.HTTPError(400, f"output_path {output_path!r} must end with .ipynb")
+        if (
+            output_path is not None
+            and path is not None
+            and output_path.strip("/") == path.strip("/")
+        ):
+            raise web.HTTPError(
+                400, "output_path is the notebook's own path: it would be overwritten"
+            )
         for what, value in (("path", path), ("output_path", output_path)):
             if value is not None:
                 await self._check_contents_path(what, value)

@@ -15,6 +15,7 @@ job's metadata.
 from __future__ import annotations
 
 import asyncio
+import copy
 import shutil
 import time
 import uuid
@@ -65,6 +66,10 @@ class JobRunner:
         self._client: Any = None
         #: How many times each cell (by number) started, while this runner ran.
         self._attempts: dict[int, int] = {}
+        #: Writes of the output notebook at its output path: one at a time, the latest.
+        self._contents_lock = asyncio.Lock()
+        self._contents_dirty = False
+        self._contents_writer: asyncio.Task[None] | None = None
 
     # -- the job's life ------------------------------------------------------------------
 
@@ -91,7 +96,7 @@ class JobRunner:
         try:
             await self._release_kernel()
         finally:
-            self._end(*end)
+            await self._end(*end)
 
     async def _run(self) -> str:
         job = self.job
@@ -201,8 +206,8 @@ class JobRunner:
                 except asyncio.TimeoutError:
                     pass
             job.kernel_id = job.kernel_id or str(uuid.uuid4())
-            try:
-                await self.launches.start_kernel(
+            start = asyncio.ensure_future(
+                self.launches.start_kernel(
                     job.kernel_name,
                     placement,
                     await self._kernel_cwd(),
@@ -211,6 +216,14 @@ class JobRunner:
                     kernel_id=job.kernel_id,
                     restore_checkpoint=restore,
                 )
+            )
+            try:
+                # (A cancel waits for the start to settle: the kernel is then shut down
+                # whole, not left half started.)
+                await asyncio.shield(start)
+            except asyncio.CancelledError:
+                await asyncio.gather(start, return_exceptions=True)
+                raise
             except BackendError as err:
                 if err.status in (409, 503) and not backend.has_room(job.low_cost):
                     continue  # the room went to another launch meanwhile: wait again
@@ -240,6 +253,13 @@ class JobRunner:
         self._track_instances()
         if record is not None and record.state == InstanceState.FAILED:
             raise JobFailed(f"the kernel died while running cell {number}: {record.reason}")
+        taken = record is not None and record.state in (
+            InstanceState.INTERRUPTED,
+            InstanceState.EXPIRED,
+            InstanceState.NOTICE,
+        )
+        if job.kernel_id not in self.ctx.kernel_manager and not taken:
+            raise JobFailed(f"the job's kernel was shut down (not by the job) during cell {number}")
         entry = self.ctx.ledger.kernels.get(job.kernel_id or "")
         if entry is not None:
             entry.restored = None
@@ -255,10 +275,16 @@ class JobRunner:
         kernels = self.ctx.kernel_manager
         while True:
             if job.kernel_id not in kernels:
-                raise JobFailed(
-                    "the kernel could not be relaunched after the interruption (recovery "
-                    f"policy {self.ctx.settings.recovery_policy!r}); its checkpoints are kept"
-                )
+                lost_record = self.ctx.ledger.record(lost)
+                if lost_record is not None and lost_record.state in (
+                    InstanceState.INTERRUPTED,
+                    InstanceState.EXPIRED,
+                ):
+                    raise JobFailed(
+                        f"instance {lost} {lost_record.state.value} and the kernel was not "
+                        f"relaunched (recovery policy {self.ctx.settings.recovery_policy!r})"
+                    )
+                raise JobFailed("the job's kernel was shut down (not by the job)")
             entry = self.ctx.ledger.kernels.get(job.kernel_id or "")
             current = self.ctx.ledger.current(job.kernel_id or "")
             if (
@@ -459,16 +485,24 @@ class JobRunner:
             self._log(f"{state.value}: {reason}")
             self._save()
 
-    def _end(self, state: JobState, reason: str) -> None:
+    async def _end(self, state: JobState, reason: str) -> None:
+        """The job's end: its output notebook at its output path is written (with the
+        final state) before the job says it has ended."""
         job = self.job
         if job.state.is_final:
             return
         job.finished = time.time()
         job.current_cell = None if state == JobState.SUCCEEDED else job.current_cell
+        job.state, job.reason = state, reason
+        self._log(f"{state.value}: {reason}")
         self._track_instances()
-        self._set(state, reason)
+        nb.job_metadata(self.notebook, self._metadata())
+        if job.output_path:
+            self._contents_dirty = True
+            await self._save_to_contents()
+        self._save(contents=False)
 
-    def _save(self) -> None:
+    def _save(self, contents: bool = True) -> None:
         """The job's record, its output notebook (also at its output path), its event."""
         job = self.job
         self._track_instances()
@@ -478,19 +512,33 @@ class JobRunner:
             self.store.save(job)
         except OSError as err:
             self.ctx.log.error("jupyter_lowcost | job %s could not be saved: %s", job.id, err)
-        if job.output_path:
-            self.ctx.ledger.spawn(self._save_to_contents())
+        if job.output_path and contents:
+            self._contents_dirty = True
+            if self._contents_writer is None or self._contents_writer.done():
+                self._contents_writer = self.ctx.ledger.spawn(self._save_to_contents())
         self.emit(job)
 
     async def _save_to_contents(self) -> None:
+        """Write the notebook at its output path (through the server's contents manager),
+        one write at a time, the latest notebook each time."""
         job = self.job
-        model = {"type": "notebook", "format": "json", "content": self.notebook}
-        try:
-            await ensure_async(self.contents_manager.save(model, job.output_path))
-        except Exception as err:
-            self.ctx.log.error(
-                "jupyter_lowcost | job %s: could not save %s: %s", job.id, job.output_path, err
-            )
+        async with self._contents_lock:
+            while self._contents_dirty:
+                self._contents_dirty = False
+                model = {
+                    "type": "notebook",
+                    "format": "json",
+                    "content": copy.deepcopy(self.notebook),
+                }
+                try:
+                    await ensure_async(self.contents_manager.save(model, job.output_path))
+                except Exception as err:
+                    self.ctx.log.error(
+                        "jupyter_lowcost | job %s: could not save %s: %s",
+                        job.id,
+                        job.output_path,
+                        err,
+                    )
 
     def _metadata(self) -> dict[str, Any]:
         model = self.job.to_model()
