@@ -21,7 +21,9 @@ def progress_line(job: dict[str, Any]) -> str:
     filled = round(BAR_WIDTH * done / total) if total else BAR_WIDTH
     parts = [f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done}/{total} cells"]
     if job.get("current_cell") and job["state"] in ("running", "resuming"):
-        parts.append(f"cell {job['current_cell']}")
+        source = job.get("current_source") or ""
+        short = source if len(source) <= 40 else source[:37] + "..."
+        parts.append(f"cell {job['current_cell']}" + (f": {short}" if short else ""))
     parts.append(format_duration(float(job.get("elapsed_seconds") or 0)))
     parts.append(money(job))
     interruptions = len(job.get("interruptions") or [])

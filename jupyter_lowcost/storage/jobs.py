@@ -67,8 +67,9 @@ class JobRecord:
     cells_total: int = 0
     #: How many of the code cells have completed (the next one to run is this index).
     cells_done: int = 0
-    #: The number (1-based) of the code cell running now.
+    #: The number (1-based) of the code cell running now, and its first line.
     current_cell: int | None = None
+    current_source: str | None = None
     #: The checkpoint taken after each completed cell: id -> cells done at that point.
     checkpoints: dict[str, int] = field(default_factory=dict)
     #: The instances the job ran on: id -> type, tier, cost and savings so far.
@@ -120,6 +121,7 @@ class JobRecord:
             "cells_total": self.cells_total,
             "cells_done": self.cells_done,
             "current_cell": self.current_cell,
+            "current_source": self.current_source if self.current_cell else None,
             "cost": round(self.cost, 6),
             "saved": round(self.saved, 6),
             "interruptions": [dict(i) for i in self.interruptions],

@@ -204,6 +204,8 @@ export interface IJob {
   cells_done: number;
   /** The number (from 1) of the cell running now. */
   current_cell: number | null;
+  /** The first line of that cell (at most 80 characters). */
+  current_source: string | null;
   /** What its instances cost so far, in dollars. */
   cost: number;
   /** What low-cost instances saved against regular ones, in dollars. */

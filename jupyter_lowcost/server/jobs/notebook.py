@@ -66,6 +66,12 @@ def source(notebook: dict[str, Any], position: int) -> str:
     return _source(notebook["cells"][position])
 
 
+def first_line(source: str, width: int = 80) -> str:
+    """A cell's first line that says something (comments included), shortened."""
+    line = next((x.strip() for x in source.splitlines() if x.strip()), "")
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 class CellOutputs:
     """The outputs of one cell as its messages come, as JupyterLab would show them:
     consecutive streams of one name joined, ``clear_output`` (also ``wait=True``), and

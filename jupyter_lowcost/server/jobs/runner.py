@@ -114,6 +114,7 @@ class JobRunner:
             position = self.positions[job.cells_done]
             instance_id = self._instance_id()
             job.current_cell = number
+            job.current_source = nb.first_line(nb.source(self.notebook, position))
             self._attempts[number] = self._attempts.get(number, 0) + 1
             self._set(JobState.RUNNING, f"running cell {number} of {job.cells_total}")
             started = time.time()
