@@ -309,3 +309,31 @@ async def test_a_queued_job_can_be_cancelled(api: Any, tmp_path: Path) -> None:
     assert status == 200 and model["state"] == "cancelled" and model["kernel_id"] is None
     go.touch()
     assert (await until_state(api, first, "succeeded", "failed"))["state"] == "succeeded"
+
+
+async def test_a_notice_that_lets_the_cell_finish_moves_the_next_cell_to_the_next_instance(
+    api: Any, tmp_path: Path
+) -> None:
+    notebook, log, go = ten_cells(tmp_path, wait_in=3)
+    job_id = (await post_job(api, notebook))["id"]
+    first = await until_running_cell(api, job_id, 3)
+    status, _ = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 4})
+    assert status == 202
+    go.touch()  # cell 3 completes during the notice; cell 4 must not start on that instance
+
+    async def waiting() -> bool:
+        model = await job_model(api, job_id)
+        return model["cells_done"] == 3 and model["state"] == "resuming"
+
+    await wait_until(waiting, timeout=30)
+    model = await until_state(api, job_id, "succeeded", "failed", timeout=120)
+    assert model["state"] == "succeeded", model
+    assert log.read_text().split() == [str(n) for n in range(1, 11)]
+    assert [(i["cell"], i["instance_id"], i["state"]) for i in model["interruptions"]] == [
+        (4, first, "interrupted")
+    ]
+    assert model["interruptions"][0]["reason"].startswith("before the cell started")
+    output = (await api("GET", f"jobs/{job_id}/output"))[1]
+    where = [c["metadata"]["lowcost"]["instance_id"] for c in code_cells(output)]
+    assert where == [first] * 3 + [model["instance_id"]] * 7
+    assert "secret 42001" in outputs_text(code_cells(output)[8])

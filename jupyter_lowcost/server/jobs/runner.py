@@ -64,6 +64,8 @@ class JobRunner:
         self.notebook: dict[str, Any] = store.output(job.id)
         self.positions = nb.code_cells(self.notebook)
         self._client: Any = None
+        #: The instance the client is connected to.
+        self._connected_instance: str | None = None
         #: How many times each cell (by number) started, while this runner ran.
         self._attempts: dict[int, int] = {}
         #: Writes of the output notebook at its output path: one at a time, the latest.
@@ -109,7 +111,7 @@ class JobRunner:
             )
         await self._start_or_take_back_kernel()
         while job.cells_done < len(self.positions):
-            await self._until_not_noticed()
+            await self._until_ready_for_a_cell()
             number = job.cells_done + 1
             position = self.positions[job.cells_done]
             instance_id = self._instance_id()
@@ -305,29 +307,51 @@ class JobRunner:
                 self._set(JobState.RESUMING, f"waiting for an instance: {current.reason}")
             await asyncio.sleep(WAIT_SECONDS)
 
-    async def _until_not_noticed(self) -> None:
-        """A cell is not started on an instance under notice: wait for the next one."""
+    async def _until_ready_for_a_cell(self) -> None:
+        """A cell starts only on the instance the runner is connected to, running: an
+        instance under notice, or one lost between two cells (its kernel relaunched on a
+        new one), first gives way to the next, and the job resumes there."""
         current = self.ctx.ledger.current(self.job.kernel_id or "")
-        if current is None or current.state != InstanceState.NOTICE:
+        connected = self._connected_instance
+        if (
+            current is not None
+            and current.id == connected
+            and current.state == InstanceState.RUNNING
+            and self._client is not None
+        ):
             return
         self._disconnect()
-        self._set(JobState.RESUMING, f"instance {current.id} has a notice: {current.reason}")
-        while current.is_live:
+        lost = self.ctx.ledger.record(connected)
+        what = f"instance {connected}"
+        if lost is not None and lost.state == InstanceState.NOTICE:
+            what = f"instance {connected} has a notice: {lost.reason}"
+        self._set(JobState.RESUMING, f"{what}; the next cell waits for the kernel's next one")
+        entry = self.ctx.ledger.kernels.get(self.job.kernel_id or "")
+        if entry is not None:
+            entry.restored = None
+        while (
+            lost is not None
+            and lost.is_live
+            and self.ctx.ledger.current(self.job.kernel_id or "") is lost
+        ):
             await asyncio.sleep(WAIT_SECONDS)
-        self.job.interruptions.append(
-            {
-                "cell": self.job.cells_done + 1,
-                "instance_id": current.id,
-                "state": current.state.value,
-                "reason": f"before the cell started: {current.reason}",
-                "at": iso(time.time()),
-            }
-        )
+        if lost is not None and not lost.is_live:
+            if lost.state == InstanceState.FAILED:
+                raise JobFailed(f"the kernel died between cells: {lost.reason}")
+            self.job.interruptions.append(
+                {
+                    "cell": self.job.cells_done + 1,
+                    "instance_id": lost.id,
+                    "state": lost.state.value,
+                    "reason": f"before the cell started: {lost.reason}",
+                    "at": iso(time.time()),
+                }
+            )
         self._track_instances()
-        await self._until_relaunched(current.id)
+        await self._until_relaunched(connected)
         self._track_instances()
         await self._connect()
-        self._resume_point("after the notice between cells")
+        self._resume_point("after losing the instance between cells")
 
     def _resume_point(self, when: str) -> None:
         """Go on after the cell whose checkpoint the kernel restored (from the first cell
@@ -418,9 +442,18 @@ class JobRunner:
         return latest
 
     async def _connect(self) -> None:
+        """A client of the job's kernel on its current instance (noted: a cell starts
+        only there)."""
         self._disconnect()
         timeout = self.ctx.settings.launch_timeout + 60
-        self._client = await connect(self.ctx.kernel_manager, self.job.kernel_id, timeout)
+        instance_id = self._instance_id()
+        try:
+            self._client = await connect(self.ctx.kernel_manager, self.job.kernel_id, timeout)
+        except (RuntimeError, TimeoutError) as err:
+            if self._lost(instance_id) is None:
+                raise JobFailed(f"the job's kernel does not answer: {err}") from err
+            # Lost while it started: the next cell's check waits for its next instance.
+        self._connected_instance = instance_id
 
     def _disconnect(self) -> None:
         if self._client is not None:
