@@ -321,6 +321,7 @@ class JobRunner:
         ):
             return
         self._disconnect()
+        self.job.current_cell = None  # (no cell runs while the job waits)
         lost = self.ctx.ledger.record(connected)
         what = f"instance {connected}"
         if lost is not None and lost.state == InstanceState.NOTICE:
