@@ -11,7 +11,9 @@ manager prepared, it:
 3. reports those ports to the server, then serves the kernel;
 4. turns every interruption notice the server sends into what the kernel sees: the
    ``jupyter_lowcost.notice`` flag, the ``SIGUSR1`` signal and the ``on_notice`` callbacks;
-5. where SIGTERM is the notice (a Slurm job: preemption and the time limit send SIGTERM,
+5. watches the cloud's own notice in the instance metadata (AWS, Google Cloud, Azure;
+   ``cloud_notices.py``), a notice as any other;
+6. where SIGTERM is the notice (a Slurm job: preemption and the time limit send SIGTERM,
    then SIGKILL ``KillWait`` seconds later; ``JUPYTER_LOWCOST_SIGTERM_NOTICE`` gives those
    seconds), delivers that notice to the kernel at once and reports it to the server.
 
@@ -44,8 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import env
-from ..kernel import interruption
+from ..kernel import checkpointing, interruption
 from ..protocol import VERSION, encode, sign, version_of
+from . import cloud_notices
 
 #: Seconds between two attempts to reach a server again.
 RECONNECT_INTERVAL = 0.5
@@ -268,6 +271,40 @@ def _report_sigterm(channel: Channel, notice_seconds: float) -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
+def _watch_cloud(channel: Channel, config: dict[str, Any]) -> None:
+    """Watch the cloud's own notice (``LowCostApp.cloud_notices``): deliver it to the
+    kernel at once and report it to the server; an early warning only to the server."""
+
+    def deliver(cloud: cloud_notices.CloudNotice) -> None:
+        print(f"jupyter_lowcost launcher: {cloud.reason}", file=_log, flush=True)
+        kind = "warning" if cloud.early_warning else "notice"
+        message = {"type": kind, "deadline": cloud.deadline, "reason": cloud.reason}
+        try:
+            channel.send({**message, "source": cloud.provider})
+        except OSError:
+            pass
+        if not cloud.early_warning:
+            interruption.deliver(cloud.deadline, cloud.reason)
+
+    def checkpoint_written(since: float) -> bool:
+        checkpoints = checkpointing.installed()
+        if checkpoints is None or checkpoints.when == "off":
+            return True
+        if checkpoints.last_failure is not None and checkpoints.last_failure[0] >= since:
+            return True  # it failed: nothing more to wait for
+        saved = checkpoints.last_save
+        return saved is not None and saved.taken_at >= since
+
+    cloud_notices.start(
+        str(config.get("cloud_notices") or "off"),
+        str(config.get("cloud_metadata_url") or ""),
+        deliver,
+        lambda line: print(f"jupyter_lowcost launcher: {line}", file=_log, flush=True),
+        acknowledge=bool(config.get("azure_acknowledge")),
+        checkpoint_written=checkpoint_written,
+    )
+
+
 #: The launcher's own log (its stderr as the backend opened it: ipykernel sends what is
 #: written to file descriptor 2 later to the notebook).
 _log: Any = sys.stderr
@@ -341,6 +378,7 @@ def main() -> None:
             _report_sigterm(channel, float(sigterm_notice))
         app = IPKernelApp.instance()
         app.initialize(["-f", connection_file, "--IPKernelApp.extra_extensions=jupyter_lowcost"])
+        _watch_cloud(channel, config)
         ports = {name: getattr(app, name) for name in PORT_NAMES}
     except Exception:
         channel.send({"type": "failed", "error": traceback.format_exc()})

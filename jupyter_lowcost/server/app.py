@@ -129,6 +129,34 @@ class LowCostApp(ExtensionApp):
         """,
     )
 
+    cloud_notices = Enum(
+        ["auto", "aws", "gcp", "azure", "off"],
+        "auto",
+        config=True,
+        help="""Where a low-cost kernel's launcher reads the cloud's own interruption notice:
+        the instance metadata of AWS (IMDSv2 spot/instance-action, polled every second; the
+        rebalance recommendation is an early warning), Google Cloud (instance/preempted, a
+        hanging GET) or Azure (Scheduled Events, a Preempt event, polled every second).
+        ``auto`` probes each (0.5 s at most each, without delaying the kernel's start);
+        ``off`` watches none. A notice is then the same as any other: the kernel's flag and
+        callbacks, its notice checkpoint, the server's notice event with the provider's
+        deadline.""",
+    )
+
+    cloud_metadata_url = Unicode(
+        "",
+        config=True,
+        help="""The instance metadata's base URL, instead of the provider's own
+        (http://169.254.169.254, http://metadata.google.internal): a proxy, an emulator.""",
+    )
+
+    azure_acknowledge = Bool(
+        False,
+        config=True,
+        help="""Approve Azure's Preempt event (StartRequests) once the kernel's notice
+        checkpoint is written, so that the eviction need not wait for its NotBefore.""",
+    )
+
     max_notice = Float(
         3600.0,
         config=True,
@@ -265,6 +293,9 @@ class LowCostApp(ExtensionApp):
             orphaned_checkpoints_seconds=self.orphaned_checkpoints_days * 86400,
             orphan_timeout=self.orphan_timeout,
             reattach_timeout=self.reattach_timeout,
+            cloud_notices=self.cloud_notices,
+            cloud_metadata_url=self.cloud_metadata_url,
+            azure_acknowledge=self.azure_acknowledge,
         )
         if not track_connections(self.settings):  # (merged into the server's settings)
             self.log.info(

@@ -131,6 +131,17 @@ export class Notifier {
         break;
       }
       case 'running': {
+        if (event.reason.startsWith('early warning: ')) {
+          // The cloud warns of a risk (AWS's rebalance recommendation): no notice yet.
+          const risk = event.reason.slice('early warning: '.length);
+          show(
+            'warning',
+            `${capitalize(what)} may be interrupted soon.`,
+            `${capitalize(what)}: ${risk}.`,
+            20000
+          );
+          break;
+        }
         const lost = this._recovering.get(kernelId);
         if (lost && lost !== event.instance_id) {
           this._recovering.delete(kernelId);

@@ -159,6 +159,10 @@ class Launches:
                     "transport": "tcp",
                     "ip": backend.kernel_ip,
                     **self.comeback.orphan_rules(record),
+                    # (the cloud's own notices: watched where the instance runs)
+                    "cloud_notices": settings.cloud_notices if record.low_cost else "off",
+                    "cloud_metadata_url": settings.cloud_metadata_url,
+                    "azure_acknowledge": settings.azure_acknowledge,
                 },
             )
             self.comeback.write_channel_file(record.id)

@@ -103,7 +103,11 @@ class Notices:
         self._replace_deadline(instance_id, self.take_away(entry.record, reason))
 
     def on_channel_message(self, instance_id: str, message: dict[str, Any]) -> None:
-        """A launcher saw an interruption signal itself (Slurm's SIGTERM, say)."""
+        """A launcher saw an interruption signal itself (Slurm's SIGTERM, the cloud's
+        metadata), or an early warning (AWS's rebalance recommendation)."""
+        if message.get("type") == "warning":
+            self._early_warning(instance_id, message)
+            return
         if message.get("type") != "notice":
             return
         entry = self.ledger.instances.get(instance_id)
@@ -117,8 +121,21 @@ class Notices:
         deadline = min(
             max(_finite(message.get("deadline"), now), now), now + self.ctx.settings.max_notice
         )
-        reason = str(message.get("reason") or "the instance received an interruption notice")
+        reason = str(message.get("reason") or "the instance received an interruption notice")[:500]
+        if message.get("source") in ("aws", "gcp", "azure"):
+            # The provider said it itself: its words and its deadline stand.
+            self.instance_noticed(entry.record.id, deadline, reason)
+            return
         self.ledger.spawn(self._launcher_notice(entry.record, deadline, reason))
+
+    def _early_warning(self, instance_id: str, message: dict[str, Any]) -> None:
+        """A risk of interruption, not a notice: the instance event says it (state
+        unchanged), and the log."""
+        record = self.ledger.record(instance_id)
+        if record is None or record.state != InstanceState.RUNNING:
+            return
+        reason = str(message.get("reason") or "the cloud warns of an interruption")[:500]
+        self.ledger.transition(record, InstanceState.RUNNING, f"early warning: {reason}")
 
     async def _launcher_notice(self, record: InstanceRecord, deadline: float, reason: str) -> None:
         try:

@@ -41,6 +41,9 @@ class Settings:
     orphaned_checkpoints_seconds: float
     orphan_timeout: float
     reattach_timeout: float
+    cloud_notices: str = "auto"
+    cloud_metadata_url: str = ""
+    azure_acknowledge: bool = False
 
     @property
     def logs_dir(self) -> Path:
