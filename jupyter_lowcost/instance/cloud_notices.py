@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,7 +61,11 @@ def _request(
     timeout: float,
     body: bytes | None = None,
 ) -> tuple[int, bytes, dict[str, str]]:
-    """(status, body, headers); a connection error raises OSError."""
+    """(status, body, headers); a connection error raises OSError. (urllib is imported
+    here, in the watcher's thread: the kernel's start does not wait for it.)"""
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, data=body, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
