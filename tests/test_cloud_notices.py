@@ -160,19 +160,75 @@ def test_azure_preempt_event_and_acknowledgement_after_the_checkpoint(
 
 
 @pytest.mark.parametrize("provider", ["aws", "gcp", "azure"])
-def test_auto_finds_the_provider_that_answers(provider: str) -> None:
+def test_auto_finds_the_provider_that_answers(
+    provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(GcpWatcher, "hang_seconds", 1)  # (so that it stops at once)
     emulator: Emulator = EMULATORS[provider]()
     try:
         found: list[str] = []
-        thread = cloud_notices.start("auto", emulator.url, Received(), found.append)
+        stop = threading.Event()
+        thread = cloud_notices.start("auto", emulator.url, Received(), found.append, stop=stop)
         assert thread is not None
         end = time.monotonic() + 10
         while not found:
             assert time.monotonic() < end
             time.sleep(0.02)
         assert found[0].startswith(f"watching {provider}'s interruption notices")
+        stop.set()
+        thread.join(timeout=15)
+        assert not thread.is_alive()
     finally:
         emulator.close()
+
+
+def test_a_watcher_survives_garbage_from_the_endpoint() -> None:
+    """Not HTTP at all (another server took the port), then JSON of the wrong shape: the
+    watcher goes on, and still delivers the notice once the endpoint is right."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    def garbage() -> None:
+        for _ in range(2):
+            connection, _ = listener.accept()
+            connection.recv(1024)
+            connection.sendall(b"\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f")
+            connection.close()
+
+    threading.Thread(target=garbage, daemon=True).start()
+    with pytest.raises(OSError, match="not an HTTP answer"):
+        cloud_notices._request("GET", url, {}, 2)
+    received = Received()
+    watcher = AzureWatcher(url, received)
+    stop = threading.Event()
+    watcher.stop = stop
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    time.sleep(0.1)
+    assert thread.is_alive()
+    stop.set()
+    thread.join(timeout=5)
+    listener.close()
+    azure = AzureMetadata()
+    try:
+        azure.events.append({"EventType": "Preempt"})  # (no id, no NotBefore)
+        azure.events.append("not an event")  # type: ignore[arg-type]
+        azure.incarnation += 1
+        survivor = AzureWatcher(azure.url, received)
+        try:
+            survivor.check()
+        except AttributeError:
+            pass  # (run() goes on after it)
+        azure.events.clear()
+        event_id, _ = azure.preempt()
+        survivor.check()
+        assert any(event_id in n.reason for n in received.notices)
+    finally:
+        azure.close()
 
 
 # -- a real launcher of the local backend, pointed at an emulator ----------------------

@@ -63,6 +63,7 @@ def _request(
 ) -> tuple[int, bytes, dict[str, str]]:
     """(status, body, headers); a connection error raises OSError. (urllib is imported
     here, in the watcher's thread: the kernel's start does not wait for it.)"""
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -72,6 +73,8 @@ def _request(
             return response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as err:
         return err.code, err.read() or b"", dict(err.headers or {})
+    except http.client.HTTPException as err:  # not HTTP at all (garbage, another server)
+        raise OSError(f"{url}: not an HTTP answer: {err!r}") from err
 
 
 class Watcher:
@@ -173,7 +176,7 @@ class AwsWatcher(Watcher):
         while not self.stop.is_set():
             try:
                 self.check()
-            except (OSError, ValueError, AttributeError):
+            except Exception:  # garbage from the endpoint: the watcher goes on
                 pass
             self.stop.wait(POLL_SECONDS)
 
@@ -213,7 +216,7 @@ class GcpWatcher(Watcher):
                         f"?wait_for_change=true&last_etag={etag}&timeout_sec={self.hang_seconds}",
                         self.hang_seconds + 10,
                     )
-            except OSError:
+            except Exception:  # unreachable, or garbage: ask again
                 etag = ""
                 self.stop.wait(POLL_SECONDS)
                 continue
@@ -264,7 +267,7 @@ class AzureWatcher(Watcher):
             status, document = self._get(PROBE_TIMEOUT)
         except (OSError, ValueError):
             return False
-        return status == 200 and "DocumentIncarnation" in document
+        return status == 200 and isinstance(document, dict) and "DocumentIncarnation" in document
 
     def check(self) -> None:
         status, document = self._get(REQUEST_TIMEOUT)
@@ -317,7 +320,7 @@ class AzureWatcher(Watcher):
         while not self.stop.is_set():
             try:
                 self.check()
-            except (OSError, ValueError, AttributeError):
+            except Exception:  # garbage from the endpoint: the watcher goes on
                 pass
             self.stop.wait(POLL_SECONDS)
 
@@ -344,9 +347,11 @@ def start(
     log: Callable[[str], None],
     acknowledge: bool = False,
     checkpoint_written: Callable[[float], bool] | None = None,
+    stop: threading.Event | None = None,
 ) -> threading.Thread | None:
     """Watch the provider ``setting`` names (``auto``: the first that answers) in a
-    daemon thread; None when ``off``."""
+    daemon thread, until ``stop`` is set (the launcher's: never, it ends with the
+    process); None when ``off``."""
     if setting not in (*PROVIDERS, "auto"):
         return None
 
@@ -354,6 +359,10 @@ def start(
         providers = PROVIDERS if setting == "auto" else (setting,)
         for provider in providers:
             watcher = watcher_for(provider, base_url, deliver, acknowledge, checkpoint_written)
+            if stop is not None:
+                watcher.stop = stop
+            if watcher.stop.is_set():
+                return
             if setting != "auto" or watcher.probe():
                 log(f"watching {provider}'s interruption notices at {watcher.base}")
                 watcher.run()
