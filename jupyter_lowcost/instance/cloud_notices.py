@@ -91,8 +91,18 @@ class Watcher:
         """Does this provider's metadata answer here (within PROBE_TIMEOUT)?"""
         raise NotImplementedError
 
-    def run(self) -> None:
+    def check(self) -> None:
+        """One poll (the polling providers)."""
         raise NotImplementedError
+
+    def run(self) -> None:
+        """Poll every POLL_SECONDS until ``stop`` (Google's hanging GET has its own)."""
+        while not self.stop.is_set():
+            try:
+                self.check()
+            except Exception:  # garbage from the endpoint: the watcher goes on
+                pass
+            self.stop.wait(POLL_SECONDS)
 
 
 class AwsWatcher(Watcher):
@@ -171,14 +181,6 @@ class AwsWatcher(Watcher):
                     early_warning=True,
                 )
             )
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.check()
-            except Exception:  # garbage from the endpoint: the watcher goes on
-                pass
-            self.stop.wait(POLL_SECONDS)
 
 
 class GcpWatcher(Watcher):
@@ -315,14 +317,6 @@ class AzureWatcher(Watcher):
             )
         except OSError:
             pass
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.check()
-            except Exception:  # garbage from the endpoint: the watcher goes on
-                pass
-            self.stop.wait(POLL_SECONDS)
 
 
 def watcher_for(
