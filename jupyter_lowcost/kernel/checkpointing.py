@@ -5,11 +5,23 @@
 :class:`KernelCheckpoints`. The server says, in the kernel's environment, where the
 checkpoints go (a directory the instance's loss cannot take: by default the Jupyter
 server's data directory), when to take them, and whether this start is a resume.
+
+A cell's reply does not wait for its checkpoint: after the cell, a snapshot of the
+namespace is taken (its variables pickled, their large buffers copied; only what changed
+costs anything) and a writer thread writes it while the next cells run. One write at a
+time: a cell that ends while one is in flight leaves its checkpoint to the next cell's end,
+or to a moment when the kernel has been idle for :data:`IDLE_DELAY` seconds, so that the
+last state is always written soon. A notice, a shutdown and ``%lowcost checkpoint``
+finish the write in flight first; a checkpoint the instance's loss interrupts has no
+manifest, and the one before it is the latest: never a torn one. A job's kernel writes
+each cell's checkpoint before the reply: the job marks that cell done by it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import collections
 import os
 import sys
 import threading
@@ -22,11 +34,20 @@ from ..storage.checkpoints import (
     CheckpointWriteFailed,
     RestoreReport,
     SaveReport,
+    Snapshot,
+    StagingTooLarge,
     user_variables,
 )
+from . import interruption
 from .interruption import add_final_notice_callback
 
 _installed: KernelCheckpoints | None = None
+
+#: Seconds without a cell after which a checkpoint left pending by a busy writer is taken.
+IDLE_DELAY = 1.0
+#: The writer waits while a cell runs, for at most this many seconds of the cell: short
+#: cells in a row get the machine to themselves, a long one shares it with the write.
+CELL_FIRST = 2.0
 
 
 class KernelCheckpoints:
@@ -37,7 +58,9 @@ class KernelCheckpoints:
         #: The kernel runs a job's cells: a checkpoint after every cell and only there
         #: (a notice's or a shutdown's would hold half a cell, which the job runs again).
         self.job = job
-        self.store = CheckpointStore(directory)
+        # No write watch: its page faults after each checkpoint slow every write to a large
+        # array (4x for ``a += 1``); the writer compares CRC32s of its copy instead.
+        self.store = CheckpointStore(directory, watch_writes=False)
         self.when = when
         self.interval = float(when.split(":", 1)[1]) if when.startswith("interval:") else 0.0
         self.last_save: SaveReport | None = None
@@ -45,7 +68,28 @@ class KernelCheckpoints:
         #: The last checkpoint that could not be written: (when, why); None after a success.
         self.last_failure: tuple[float, str] | None = None
         self._last_time = time.monotonic()
+        #: Held while the store is used: by the main thread for a snapshot or a whole
+        #: checkpoint, and by the writer thread for the background write it was handed.
         self._lock = threading.Lock()
+        #: The snapshot the writer thread is writing (None: no write in flight).
+        self.writing: Snapshot | None = None
+        self._written = threading.Condition()
+        #: A checkpoint is due but was not taken (the writer was busy).
+        self._pending = False
+        #: The main thread is taking a snapshot or a checkpoint (a notice's handler, which
+        #: runs in that thread, then leaves it to finish).
+        self._snapshotting = False
+        self._cell_running = False
+        #: Set while no cell runs (the writer waits on it), or when the write must finish.
+        self._writer_may_go = threading.Event()
+        self._writer_may_go.set()
+        self._cell_started = time.monotonic()
+        self._last_cell_end = time.monotonic()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: What the background checkpoints cost the cells (the benchmark reads them):
+        #: the last snapshots' seconds, and the cell ends that left theirs pending.
+        self.snapshot_seconds: collections.deque[float] = collections.deque(maxlen=1000)
+        self.cells_left_pending = 0
         self._unhide_pending: dict[str, Any] = {}
         #: True once the kernel shuts down: IPython empties the namespace on the way out,
         #: and a notice then must not save that as the latest checkpoint.
@@ -63,28 +107,143 @@ class KernelCheckpoints:
         A checkpoint that cannot be written (a full disk) raises
         :class:`CheckpointWriteFailed`; nothing of it is left, the previous checkpoint
         stays the latest, and the server is told (an event, shown by JupyterLab)."""
-        with self._lock:
-            try:
-                namespace = self.namespace()
-                report = self.store.save(
-                    namespace,
-                    os.environ.get(env.KERNEL_ID),
-                    manual=manual,
-                    notebook=os.environ.get(env.NOTEBOOK) or os.environ.get("JPY_SESSION_NAME"),
-                    history=self.history(namespace),
-                )
-            except CheckpointWriteFailed as err:
-                first = self.last_failure is None
-                self.last_failure = (time.time(), str(err))
-                if first:
-                    _tell_server_in_background(self._failure_report(str(err)))
-                raise
-            if self.last_failure is not None:
-                self.last_failure = None
-                _tell_server_in_background({"ok": True, "checkpoint_id": report.checkpoint_id})
-            self.last_save = report
+        self._writer_may_go.set()  # (a write in flight is finished first, at full speed)
+        with self._lock:  # (a background write in flight holds it until it is written)
+            self._pending = False
+            namespace = self.namespace()
             self._last_time = time.monotonic()
+            self._snapshotting = threading.current_thread() is threading.main_thread()
+            try:
+                report = self.store.save(namespace, **self._manifest_fields(namespace, manual))
+            except CheckpointWriteFailed as err:
+                self._failed(err)
+                raise
+            finally:
+                self._snapshotting = False
+            self._saved(report)
             return report
+
+    def _manifest_fields(self, namespace: dict[str, Any], manual: bool) -> dict[str, Any]:
+        return {
+            "kernel_id": os.environ.get(env.KERNEL_ID),
+            "manual": manual,
+            "notebook": os.environ.get(env.NOTEBOOK) or os.environ.get("JPY_SESSION_NAME"),
+            "history": self.history(namespace),
+        }
+
+    def _saved(self, report: SaveReport) -> None:
+        if self.last_failure is not None:
+            self.last_failure = None
+            _tell_server_in_background({"ok": True, "checkpoint_id": report.checkpoint_id})
+        self.last_save = report
+
+    def _failed(self, err: CheckpointWriteFailed) -> None:
+        first = self.last_failure is None
+        self.last_failure = (time.time(), str(err))
+        if first:
+            _tell_server_in_background(self._failure_report(str(err)))
+
+    def checkpoint_in_background(self) -> bool:
+        """Snapshot the namespace now and write it in the writer thread (the caller, a
+        cell's end, does not wait for the write). False when it was left pending: a
+        write is in flight (or a notice's checkpoint is being taken); the next cell's end,
+        or the kernel idle, takes it. A copy that would not fit in memory makes this a
+        checkpoint written before returning."""
+        if not self._lock.acquire(blocking=False):
+            self._pending = True
+            self.cells_left_pending += 1
+            return False
+        handed = False
+        try:
+            self._pending = False
+            namespace = self.namespace()
+            if not namespace and self.store.latest() is None:
+                return True  # nothing made yet: no empty checkpoint to "restore" later
+            self._last_time = time.monotonic()
+            self._snapshotting = True
+            try:
+                snapshot = self.store.snapshot(
+                    namespace, stage=True, **self._manifest_fields(namespace, False)
+                )
+            except StagingTooLarge as err:
+                print(
+                    f"jupyter_lowcost: {err}: this checkpoint is written before the cell ends",
+                    file=sys.stderr,
+                )
+                self._snapshotting = False
+                self._lock.release()
+                handed = True
+                self._quietly(self.checkpoint)
+                return True
+            finally:
+                self._snapshotting = False
+            self.writing = snapshot
+            self.snapshot_seconds.append(snapshot.seconds)
+            threading.Thread(
+                target=self._write, args=(snapshot,), name="lowcost-checkpoint-writer", daemon=True
+            ).start()
+            handed = True  # the writer releases the lock
+            return True
+        finally:
+            if not handed:
+                self._lock.release()
+
+    def _write(self, snapshot: Snapshot) -> None:
+        """The writer thread: write the snapshot, then let the next checkpoint be taken."""
+        try:
+            # Below the kernel's own threads, so that the user's cells come first.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
+        try:
+            self._saved(self.store.write(snapshot, pause=self._wait_for_cell))
+        except CheckpointWriteFailed as err:
+            self._failed(err)
+            self._report_failure(err)
+        except Exception as err:
+            print(f"jupyter_lowcost: checkpoint failed: {err}", file=sys.stderr)
+        finally:
+            with self._written:
+                self.writing = None
+                self._lock.release()
+                self._written.notify_all()
+            if self._pending:
+                self._take_when_idle()
+
+    def _wait_for_cell(self) -> None:
+        """The writer, between two pieces of its work: while a cell runs, wait for its end
+        (at most :data:`CELL_FIRST` seconds of the cell)."""
+        left = CELL_FIRST - (time.monotonic() - self._cell_started)
+        if left > 0 and not self._writer_may_go.is_set():
+            self._writer_may_go.wait(left)
+
+    def wait_for_write(self, timeout: float | None = None) -> bool:
+        """Wait until no background write is in flight; False if one still is. The write
+        goes on at once, whatever cell runs."""
+        self._writer_may_go.set()
+        with self._written:
+            return self._written.wait_for(lambda: self.writing is None, timeout)
+
+    def _take_when_idle(self) -> None:
+        """Have the kernel's main thread take the pending checkpoint once no cell has run
+        for :data:`IDLE_DELAY` seconds (a cell's end takes it sooner)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def when_idle() -> None:
+            if not self._pending or self.closing or self._cell_running:
+                return  # (the running cell's end takes it)
+            wait = IDLE_DELAY - (time.monotonic() - self._last_cell_end)
+            if wait > 0:
+                loop.call_later(wait, when_idle)
+                return
+            self.checkpoint_in_background()
+
+        try:
+            loop.call_soon_threadsafe(when_idle)
+        except RuntimeError:
+            pass  # the loop is closed: the kernel is shutting down
 
     def history(self, namespace: dict[str, Any]) -> dict[str, Any]:
         """The kernel's execution count and inputs (``In``), and of its outputs (``Out``)
@@ -169,27 +328,51 @@ class KernelCheckpoints:
             if name in hidden and hidden[name] is value and self.shell.user_ns.get(name) is value:
                 del hidden[name]
 
+    def _before_cell(self, info: Any = None) -> None:
+        self._cell_running = True
+        self._cell_started = time.monotonic()
+        if not interruption.notice and not self.closing:
+            self._writer_may_go.clear()
+
     def _after_cell(self, result: Any = None) -> None:
-        if self.when == "cell" or (
-            self.interval and time.monotonic() - self._last_time >= self.interval
+        self._cell_running = False
+        self._writer_may_go.set()
+        self._last_cell_end = time.monotonic()
+        if self._loop is None:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # (not in ipykernel: a pending checkpoint waits for the next cell)
+        if (
+            self.when == "cell"
+            or self._pending
+            or (self.interval and time.monotonic() - self._last_time >= self.interval)
         ):
-            if not self.job and not self.namespace() and self.store.latest() is None:
-                return  # nothing made yet: no empty checkpoint to "restore" later
-            # (A job's every cell has one: it marks the cell done, variables or not.)
-            self._quietly(self.checkpoint)
+            if self.job:
+                # A job's every cell has one before its reply: it marks the cell done,
+                # variables or not.
+                self._quietly(self.checkpoint)
+            else:
+                self._quietly(self.checkpoint_in_background)
 
     def _at_notice(self, notice: Any) -> None:
         # Not once the kernel is shutting down (its last checkpoint is taken), and never an
         # empty namespace over the latest checkpoint: a notice that comes while the
-        # process exits sees what IPython has emptied, not what the user made.
-        if self.when != "off" and not self.job and not self.closing and self.namespace():
-            self._quietly(self.checkpoint)
+        # process exits sees what IPython has emptied, not what the user made. A notice
+        # that comes during a snapshot (this thread's) lets it finish: its write follows.
+        if self.when == "off" or self.job or self.closing or self._snapshotting:
+            return
+        if self.namespace():
+            left = notice.seconds_left() if hasattr(notice, "seconds_left") else None
+            # The write in flight first (it holds the lock), within the notice.
+            if self.wait_for_write(None if left is None else max(0.0, left - 1.0)):
+                self._quietly(self.checkpoint)
 
     def _at_shutdown(self) -> None:
         # A move shuts the kernel down gracefully: what it had goes with it. (Not at
         # interpreter exit: IPython empties the namespace before that.)
         if self.when != "off" and not self.job and not self.closing and self.namespace():
-            self._quietly(self.checkpoint)
+            self._quietly(self.checkpoint)  # (after the write in flight)
         self.closing = True
 
     def hook_shutdown(self) -> None:
@@ -209,14 +392,17 @@ class KernelCheckpoints:
         try:
             action()
         except CheckpointWriteFailed as err:
-            kept = self.store.latest()
-            print(
-                f"jupyter_lowcost: checkpoint failed: {err}; "
-                + (f"checkpoint {kept} is kept" if kept else "there is no earlier checkpoint"),
-                file=sys.stderr,
-            )
+            self._report_failure(err)
         except Exception as err:  # a checkpoint that fails must not break the user's cell
             print(f"jupyter_lowcost: checkpoint failed: {err}", file=sys.stderr)
+
+    def _report_failure(self, err: CheckpointWriteFailed) -> None:
+        kept = self.store.latest()
+        print(
+            f"jupyter_lowcost: checkpoint failed: {err}; "
+            + (f"checkpoint {kept} is kept" if kept else "there is no earlier checkpoint"),
+            file=sys.stderr,
+        )
 
     def status(self) -> str:
         """The lines ``%lowcost`` adds about checkpoints."""
@@ -235,6 +421,11 @@ class KernelCheckpoints:
         if self.last_restore is not None:
             r = self.last_restore
             lines.append(f"Resumed from checkpoint {r.checkpoint_id}: {r.summary()}.")
+        if self.writing is not None:
+            lines.append(
+                "A checkpoint is being written in the background (taken "
+                f"{time.time() - self.writing.taken_at:.0f} s ago)."
+            )
         if self.last_save is not None:
             s = self.last_save
             ago = time.time() - s.taken_at
@@ -273,6 +464,7 @@ def install(shell: Any) -> KernelCheckpoints | None:
             _tell_server(report)
     # (atexit runs the last registered first: this before IPython empties the namespace)
     atexit.register(setattr, checkpoints, "closing", True)
+    shell.events.register("pre_run_cell", checkpoints._before_cell)
     shell.events.register("post_run_cell", checkpoints._after_cell)
     add_final_notice_callback(checkpoints._at_notice)
     checkpoints.hook_shutdown()

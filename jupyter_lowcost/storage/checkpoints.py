@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import marshal
 import os
 import pickle
 import sys
@@ -39,7 +40,7 @@ import uuid
 import warnings
 import weakref
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import asdict, dataclass, field
@@ -59,11 +60,19 @@ KEEP = 3
 WATCHED_CHUNKS = 4
 
 _ATOMIC_TYPES = (int, float, complex, bool, str, bytes, type(None))
+#: Immutable values pickled to at most this many bytes are kept (by reference) from one
+#: checkpoint to the next: the same object again is not pickled again.
+_UNCHANGED_MAX_BYTES = 64 * 1024
 
 
 class CheckpointWriteFailed(OSError):
     """A checkpoint could not be written (a full disk, say): nothing of it was kept, and
     the previous checkpoint is still the latest."""
+
+
+class StagingTooLarge(MemoryError):
+    """A snapshot's copy of a buffer would not fit in the memory available: the caller
+    writes the checkpoint from the variables themselves instead (:meth:`CheckpointStore.save`)."""
 
 
 @dataclass
@@ -89,6 +98,9 @@ class SaveReport:
     #: Bytes of memory read to find what changed (CRC32s); watched buffers need next to
     #: none.
     bytes_compared: int = 0
+    #: Of ``seconds``, the snapshot's (for a checkpoint written in the background, what
+    #: the kernel's cell waited for).
+    snapshot_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,7 +190,11 @@ class _NamespacePickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         """PyTorch tensors (and parameters) as numpy arrays on the host, so that their
         data leaves the stream out of band, without a copy for CPU tensors; a CUDA tensor
-        is copied to the host and goes back to its device on restore."""
+        is copied to the host and goes back to its device on restore. Functions the
+        notebook defined as their code, which is bound again to the notebook's namespace
+        on restore (not to copies of the globals they use)."""
+        if type(obj) is types.FunctionType and obj.__module__ == "__main__":
+            return _reduce_notebook_function(obj)
         torch = sys.modules.get("torch")
         if torch is None or not isinstance(obj, torch.Tensor):
             return NotImplemented
@@ -234,6 +250,37 @@ class _SavedBuffer:
     edges: tuple[int, int] = (0, 0)
 
 
+@dataclass
+class _Unchanged:
+    """An immutable variable as the last checkpoint saved it."""
+
+    value: Any
+    entry: dict[str, Any]
+    size: int
+
+
+@dataclass
+class Snapshot:
+    """A namespace as it was at one moment (:meth:`CheckpointStore.snapshot`), not yet
+    written (:meth:`CheckpointStore.write`)."""
+
+    taken_at: float
+    started: float
+    #: The manifest's fields other than the variables (kernel, notebook, history...).
+    manifest: dict[str, Any]
+    #: name -> entry, in the namespace's order (stream and chunks added by the write).
+    entries: dict[str, Any] = field(default_factory=dict)
+    #: name -> (pickle stream, [(buffer, owner, whether the buffer is a copy)]): to write.
+    pending: dict[str, tuple[bytes, list[tuple[memoryview, Any, bool]]]] = field(
+        default_factory=dict
+    )
+    #: Immutable variables whose entries the next snapshot may keep.
+    unchanged: dict[str, _Unchanged] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    total: int = 0
+    seconds: float = 0.0
+
+
 class CheckpointStore:
     """One checkpoint directory: write checkpoints of a namespace, list them, load them.
 
@@ -266,6 +313,16 @@ class CheckpointStore:
         self._fingerprinter = ThreadPoolExecutor(max_workers=1)
         self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
         self._memo_reset_pending = False
+        #: Immutable variables of the last checkpoint written (see ``snapshot``).
+        self._unchanged: dict[str, _Unchanged] = {}
+        #: Per variable and buffer: the memory its last snapshot copied it into.
+        self._staging: dict[tuple[str, int], memoryview] = {}
+        #: Manifests read or written (they never change once written).
+        self._manifest_cache: dict[str, dict[str, Any]] = {}
+        #: Chunks that no kept manifest names are looked for in the whole directory once
+        #: (what a killed writer left), then among the dropped manifests' chunks.
+        self._swept = False
+        self._pause: Callable[[], None] = _no_pause
 
     # -- writing -------------------------------------------------------------------------
 
@@ -277,35 +334,48 @@ class CheckpointStore:
         notebook: str | None = None,
         history: dict[str, Any] | None = None,
     ) -> SaveReport:
-        """Checkpoint ``namespace`` (name -> object); returns what was saved. ``history``
+        """Checkpoint ``namespace`` (name -> object) now; returns what was saved. ``history``
         (JSON) is kept with it as it is: the kernel's execution count and inputs.
 
         The last :data:`KEEP` automatic checkpoints are kept, and beside them the last
         :data:`KEEP` ``manual`` ones (``%lowcost checkpoint``), so that checkpoints taken
         after each cell do not push out the ones a person asked for."""
-        self._new_files = []
+        return self.write(self.snapshot(namespace, kernel_id, manual, notebook, history))
+
+    def snapshot(
+        self,
+        namespace: Mapping[str, Any],
+        kernel_id: str | None = None,
+        manual: bool = False,
+        notebook: str | None = None,
+        history: dict[str, Any] | None = None,
+        stage: bool = False,
+    ) -> Snapshot:
+        """The namespace as it is now, for :meth:`write`: each variable pickled (those of
+        immutable values that are the same objects as at the last checkpoint are not
+        pickled again), and with ``stage`` each out-of-band buffer copied, so that the
+        write may run in another thread while the namespace changes (a kernel's next
+        cell). Without ``stage`` the buffers are the variables' own memory: write at once.
+
+        :class:`StagingTooLarge` when a copy would not fit in the memory available."""
         try:
-            return self._save(namespace, kernel_id, manual, notebook, history)
-        except CheckpointWriteFailed:
-            for path in self._new_files:
-                path.unlink(missing_ok=True)
-            raise
+            return self._snapshot(namespace, kernel_id, manual, notebook, history, stage)
         finally:
-            self._new_files = []
             # The pickler's memo holds every object it saved: let them go now, not at the
             # next checkpoint (``del big`` in the next cell must free big's memory).
             self._pickler = None
             self._file = None
             self._buffers = []
 
-    def _save(
+    def _snapshot(
         self,
         namespace: Mapping[str, Any],
         kernel_id: str | None,
         manual: bool,
-        notebook: str | None = None,
-        history: dict[str, Any] | None = None,
-    ) -> SaveReport:
+        notebook: str | None,
+        history: dict[str, Any] | None,
+        stage: bool,
+    ) -> Snapshot:
         started = time.perf_counter()
         taken_at = time.time()
         self._start_watched_save()
@@ -316,9 +386,19 @@ class CheckpointStore:
         self._buffers: list[Any] = []
         self._pickler = _NamespacePickler(self._file, self._buffers)
         self._memo_reset_pending = False
-        entries: dict[str, Any] = {}
-        skipped: list[Skipped] = []
-        total = written = 0
+        snapshot = Snapshot(
+            taken_at=taken_at,
+            started=started,
+            manifest={
+                "kernel_id": kernel_id,
+                "notebook": notebook,
+                "taken_at": taken_at,
+                "manual": manual,
+                "history": history,
+            },
+        )
+        entries = snapshot.entries
+        staged: set[tuple[str, int]] = set()
         for name, value in namespace.items():
             if first_name[id(value)] != name:
                 entries[name] = {"alias_of": first_name[id(value)], "type": type_name(value)}
@@ -326,46 +406,130 @@ class CheckpointStore:
             if isinstance(value, types.ModuleType):
                 entries[name] = {"module": value.__name__, "type": "module"}
                 continue
-            try:
-                entry, size, new = self._save_variable(name, value)
-            except CheckpointWriteFailed:
-                raise  # the disk, not the variable: no checkpoint rather than a partial one
-            except Exception as err:  # any failure of any pickler: report it, go on
-                skipped.append(Skipped(name, type_name(value), _why(err)))
+            kept = self._unchanged.get(name)
+            if kept is not None and kept.value is value:
+                entries[name] = kept.entry  # the same immutable object: its stream is saved
+                snapshot.unchanged[name] = kept
+                snapshot.total += kept.size
                 continue
+            try:
+                entry, data, buffers = self._pickle_variable(name, value)
+            except Exception as err:  # any failure of any pickler: report it, go on
+                snapshot.skipped.append(Skipped(name, type_name(value), _why(err)))
+                continue
+            if stage:
+                buffers = [
+                    (self._stage((name, index), view, staged), None, True)
+                    for index, (view, _, _) in enumerate(buffers)
+                ]
             entries[name] = entry
-            total += size
-            written += new
+            snapshot.pending[name] = (data, buffers)
+            snapshot.total += len(data) + sum(view.nbytes for view, _, _ in buffers)
+            if entry["pickler"] == "plain" and len(data) <= _UNCHANGED_MAX_BYTES:
+                snapshot.unchanged[name] = _Unchanged(value, entry, len(data))
+        if stage:  # copies of buffers that are gone or moved: let their memory go
+            for key in [k for k in self._staging if k not in staged]:
+                del self._staging[key]
         # An alias of a variable that could not be saved cannot be restored either.
-        lost = {s.name for s in skipped}
+        lost = {s.name for s in snapshot.skipped}
         for name in [n for n, e in entries.items() if e.get("alias_of") in lost]:
-            skipped.append(Skipped(name, entries.pop(name)["type"], "alias of an unsaved object"))
+            snapshot.skipped.append(
+                Skipped(name, entries.pop(name)["type"], "alias of an unsaved object")
+            )
+        snapshot.seconds = time.perf_counter() - started
+        return snapshot
+
+    def write(self, snapshot: Snapshot, pause: Callable[[], None] | None = None) -> SaveReport:
+        """Write a :meth:`snapshot` (in any thread, one write at a time, in the order the
+        snapshots were taken): its streams, the chunks of its buffers that changed, then
+        its manifest. A failure (:class:`CheckpointWriteFailed`) deletes what it wrote;
+        the previous checkpoint stays the latest. ``pause`` is called between two pieces
+        of the work (a kernel's writer waits there while a cell runs)."""
+        self._new_files = []
+        self._pause = pause or _no_pause
+        try:
+            return self._write(snapshot)
+        except CheckpointWriteFailed:
+            for path in self._new_files:
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            self._new_files = []
+            self._pause = _no_pause
+
+    def _write(self, snapshot: Snapshot) -> SaveReport:
+        started = time.perf_counter()
+        written = 0
+        entries = snapshot.entries
+        for number, (name, (data, buffers)) in enumerate(snapshot.pending.items()):
+            if number % 256 == 0:
+                self._pause()
+            entry = entries[name]
+            entry["stream"], new = self._put_stream(data)
+            written += new
+            saved_buffers = []
+            for index, (view, owner, stable) in enumerate(buffers):
+                chunks, new = self._save_buffer((name, index), view, owner, stable)
+                saved_buffers.append({"size": view.nbytes, "chunks": chunks})
+                written += new
+            entry["buffers"] = saved_buffers
         seq = self._next_seq()
         checkpoint_id = f"{seq:08d}"
         manifest = {
             "id": checkpoint_id,
-            "kernel_id": kernel_id,
-            "notebook": notebook,
-            "taken_at": taken_at,
-            "bytes": total,
-            "manual": manual,
+            **snapshot.manifest,
+            "bytes": snapshot.total,
             "variables": entries,
-            "skipped": [asdict(s) for s in skipped],
-            "history": history,
+            "skipped": [asdict(s) for s in snapshot.skipped],
         }
         self._write_atomically(self.manifests / f"{checkpoint_id}.json", json.dumps(manifest))
+        self._manifest_cache[checkpoint_id] = manifest
         self._finish_watched_save()
+        self._unchanged = snapshot.unchanged
         self._collect_garbage()
         return SaveReport(
             checkpoint_id=checkpoint_id,
-            taken_at=taken_at,
+            taken_at=snapshot.taken_at,
             variables=list(entries),
-            bytes=total,
+            bytes=snapshot.total,
             bytes_written=written,
-            seconds=time.perf_counter() - started,
-            skipped=skipped,
+            seconds=snapshot.seconds + time.perf_counter() - started,
+            skipped=list(snapshot.skipped),
             bytes_compared=self._compared,
+            snapshot_seconds=snapshot.seconds,
         )
+
+    def _stage(
+        self, key: tuple[str, int], view: memoryview, staged: set[tuple[str, int]]
+    ) -> memoryview:
+        """A copy of ``view`` that the namespace's next changes do not touch, in memory
+        kept for this buffer from one snapshot to the next (memory new to the process
+        costs a fault per page the first time, which on some machines is far slower than
+        the copy)."""
+        copy = self._staging.get(key)
+        if copy is None or copy.nbytes != view.nbytes:
+            self._staging.pop(key, None)
+            if view.nbytes > _memory_available() // 2:
+                raise StagingTooLarge(
+                    f"a copy of {human_bytes(view.nbytes)} would not fit in memory"
+                )
+            copy = _uninitialized(view.nbytes)
+            self._staging[key] = copy
+        staged.add(key)
+        step = max(self.chunk_size, view.nbytes // (os.cpu_count() or 1) + 1)
+        if view.nbytes < 16 * self.chunk_size:
+            copy[:] = view
+        else:  # (numpy copies without the GIL: several threads copy faster than one)
+            import numpy
+
+            target = numpy.frombuffer(copy, dtype=numpy.uint8)
+            source = numpy.frombuffer(view, dtype=numpy.uint8)
+
+            def part(offset: int) -> None:
+                numpy.copyto(target[offset : offset + step], source[offset : offset + step])
+
+            list(self._pool.map(part, range(0, view.nbytes, step)))
+        return copy
 
     def _start_watched_save(self) -> None:
         """Read (and clear) the written pages of every watched buffer, before any of the
@@ -393,7 +557,16 @@ class CheckpointStore:
             self._watch.unwatch(*saved.watched, saved.owner() if saved.owner else None)
         saved.watched = None
 
-    def _save_variable(self, name: str, value: Any) -> tuple[dict[str, Any], int, int]:
+    def _pickle_variable(
+        self, name: str, value: Any
+    ) -> tuple[dict[str, Any], bytes, list[tuple[memoryview, Any, bool]]]:
+        """One variable's entry (without where it is stored), pickle stream, and
+        out-of-band buffers as (memory, the object that owns it, whether it is a copy)."""
+        if _immutable(value):
+            # On its own, not in the shared memo: a later checkpoint can then keep its
+            # stream while the variables around it are pickled again.
+            data = pickle.dumps(value, protocol=5)
+            return {"type": type_name(value), "pickler": "plain", "buffers": []}, data, []
         stream = io.BytesIO()
         self._file.target = stream
         self._buffers.clear()
@@ -402,6 +575,7 @@ class CheckpointStore:
         try:
             if _defined_in_notebook(value):
                 raise pickle.PicklingError("defined in the notebook: pickle saves a reference")
+            # (functions of the notebook: see _NamespacePickler.reducer_override)
             self._pickler.dump(value)
             data = stream.getvalue()
             buffers = list(self._buffers)
@@ -425,30 +599,23 @@ class CheckpointStore:
                     continue
             if not data:
                 raise first_error from None
-        size = len(data)
-        written = 0
-        stream_id, written = self._put_stream(data)
-        saved_buffers = []
         owners = self._pickler.owners
-        for index, buffer in enumerate(buffers):
+        views = []
+        for buffer in buffers:
             view = buffer.raw()
             exporter = view.obj
             owner = owners[id(exporter)][1] if id(exporter) in owners else _memory_owner(exporter)
-            chunks, new = self._save_buffer((name, index), view, owner)
-            saved_buffers.append({"size": view.nbytes, "chunks": chunks})
-            size += view.nbytes
-            written += new
+            views.append((view, owner, False))
         entry = {
             "type": type_name(value),
             "pickler": pickler_name,
-            "stream": stream_id,
-            "buffers": saved_buffers,
+            "buffers": [],
             "memo_reset": memo_reset,
         }
-        return entry, size, written
+        return entry, data, views
 
     def _save_buffer(
-        self, key: tuple[str, int], view: memoryview, owner: Any
+        self, key: tuple[str, int], view: memoryview, owner: Any, stable: bool = False
     ) -> tuple[list[str], int]:
         """Write the chunks of ``view`` that changed since this buffer's last checkpoint.
 
@@ -457,7 +624,8 @@ class CheckpointStore:
         checkpoint rewrites the chunks whose pages were written, and the first or last
         one when the bytes beside the watched pages changed. Others get the CRC32 of each
         chunk, computed in the background from the file just written (exactly what the
-        chunk holds); the next checkpoint compares the memory with it."""
+        chunk holds); the next checkpoint compares the memory with it. A ``stable`` buffer
+        (a snapshot's copy, which nothing writes to) gets its CRC32s from memory at once."""
         self._seen.add(key)
         step = self.chunk_size
         spans = [
@@ -491,6 +659,7 @@ class CheckpointStore:
         def one(index: int) -> tuple[str, int | None, int]:
             offset, length = spans[index]
             part = view[offset : offset + length]
+            fingerprint = None
             if previous is not None:
                 chunk_id, old_fingerprint, old_length = previous.chunks[index]
                 path = self.chunks / chunk_id
@@ -500,9 +669,12 @@ class CheckpointStore:
                         old_fingerprint = zlib.crc32(path.read_bytes())
                     if old_fingerprint == fingerprint:
                         return chunk_id, fingerprint, 0
+            if stable and fingerprint is None:
+                fingerprint = zlib.crc32(part)
             chunk_id = uuid.uuid4().hex
             self._write_atomically(self.chunks / chunk_id, part)
-            return chunk_id, None, length
+            # (Live memory may have changed since its CRC32: the file's is computed later.)
+            return chunk_id, fingerprint if stable else None, length
 
         if previous is not None and changed is None:
             self._compared += view.nbytes
@@ -513,12 +685,19 @@ class CheckpointStore:
                 if index not in changed and (self.chunks / chunk_id).exists():
                     results[index] = (chunk_id, fingerprint, 0)
         pending = [index for index, result in enumerate(results) if result is None]
-        jobs = [self._pool.submit(one, index) for index in pending]
-        # Every write has ended before a failure is raised: a failed checkpoint then
-        # deletes every file it wrote, none is still being written.
-        futures_wait(jobs)
-        for index, job in zip(pending, jobs):
-            results[index] = job.result()
+        if stable:
+            # A snapshot's copy is written in the background while the user's cells run:
+            # by this one thread, which leaves the other cores to them.
+            for index in pending:
+                self._pause()
+                results[index] = one(index)
+        else:
+            jobs = [self._pool.submit(one, index) for index in pending]
+            # Every write has ended before a failure is raised: a failed checkpoint then
+            # deletes every file it wrote, none is still being written.
+            futures_wait(jobs)
+            for index, job in zip(pending, jobs):
+                results[index] = job.result()
         chunks = [[c, f, spans[i][1]] for i, (c, f, _) in enumerate(results)]
         self._previous[key] = _SavedBuffer(
             chunks=chunks,
@@ -623,18 +802,20 @@ class CheckpointStore:
         manual = [i for i, m in manifests.items() if m.get("manual")]
         automatic = [i for i, m in manifests.items() if not m.get("manual")]
         keep = set(manual[-KEEP:]) | set(automatic[-KEEP:])
-        for old in set(manifests) - keep:
+        dropped = set(manifests) - keep
+        for old in dropped:
             (self.manifests / f"{old}.json").unlink(missing_ok=True)
-        referenced: set[str] = set()
-        for checkpoint_id in keep:
-            for entry in manifests[checkpoint_id]["variables"].values():
-                if "stream" in entry:
-                    referenced.add(entry["stream"])
-                    for buffer in entry["buffers"]:
-                        referenced.update(buffer["chunks"])
+            self._manifest_cache.pop(old, None)
+        referenced = set().union(*(_chunks_of(manifests[i]) for i in keep))
+        if self._swept:
+            candidates = set().union(*(_chunks_of(manifests[i]) for i in dropped))
+            for name in candidates - referenced:
+                (self.chunks / name).unlink(missing_ok=True)
+            return
         for path in self.chunks.iterdir():
             if path.name not in referenced and not _is_fresh_temporary(path):
                 path.unlink(missing_ok=True)
+        self._swept = True
 
     # -- reading -------------------------------------------------------------------------
 
@@ -651,6 +832,9 @@ class CheckpointStore:
         if not checkpoint_id.isdigit() or not path.exists():
             known = ", ".join(self.checkpoint_ids()) or "none"
             raise FileNotFoundError(f"no checkpoint {checkpoint_id!r} (kept: {known})")
+        cached = self._manifest_cache.get(checkpoint_id)
+        if cached is not None:
+            return cached
         return json.loads(path.read_text())
 
     def load(
@@ -664,6 +848,21 @@ class CheckpointStore:
         manifest = self.manifest(checkpoint_id)
         entries: dict[str, Any] = manifest["variables"]
         namespace = {} if into is None else into
+        global _function_globals
+        _function_globals = into
+        try:
+            return self._load(checkpoint_id, manifest, entries, namespace, started)
+        finally:
+            _function_globals = None
+
+    def _load(
+        self,
+        checkpoint_id: str,
+        manifest: dict[str, Any],
+        entries: dict[str, Any],
+        namespace: dict[str, Any],
+        started: float,
+    ) -> RestoreReport:
         loaded: dict[str, Any] = {}
         failed: dict[str, Skipped] = {s["name"]: Skipped(**s) for s in manifest.get("skipped", [])}
         total = 0
@@ -822,10 +1021,115 @@ def _uninitialized(size: int) -> memoryview:
 
 
 def _defined_in_notebook(value: Any) -> bool:
-    """Functions and classes of the notebook itself: pickle would save only their name."""
-    if isinstance(value, (types.FunctionType, type)):
-        return getattr(value, "__module__", None) == "__main__"
+    """Classes of the notebook itself: pickle would save only their name (cloudpickle or
+    dill save them whole)."""
+    return isinstance(value, type) and getattr(value, "__module__", None) == "__main__"
+
+
+#: The namespace that restored notebook functions are bound to (``load``'s ``into``);
+#: None: the ``__main__`` module's.
+_function_globals: dict[str, Any] | None = None
+
+
+def _reduce_notebook_function(function: types.FunctionType) -> tuple[Any, tuple[Any, ...]]:
+    """A function defined in the notebook, as its code (marshal, tied to the Python
+    version), defaults, closure and attributes; its globals are the namespace it is
+    restored into, so that ``train()`` after a resume trains the restored ``model``."""
+    closure = None
+    if function.__closure__ is not None:
+        closure = []
+        for cell in function.__closure__:
+            try:
+                closure.append((True, cell.cell_contents))
+            except ValueError:  # an empty cell (a name assigned later)
+                closure.append((False, None))
+    return (
+        _restore_notebook_function,
+        (
+            tuple(sys.version_info[:2]),
+            marshal.dumps(function.__code__),
+            function.__name__,
+            function.__qualname__,
+            function.__defaults__,
+            function.__kwdefaults__,
+            closure,
+            function.__doc__,
+            function.__dict__ or None,
+        ),
+    )
+
+
+def _restore_notebook_function(
+    version: tuple[int, int],
+    code: bytes,
+    name: str,
+    qualname: str,
+    defaults: tuple[Any, ...] | None,
+    kwdefaults: dict[str, Any] | None,
+    closure: list[tuple[bool, Any]] | None,
+    doc: str | None,
+    attributes: dict[str, Any] | None,
+) -> types.FunctionType:
+    """Rebuild a function saved by :func:`_reduce_notebook_function`."""
+    if tuple(version) != tuple(sys.version_info[:2]):
+        raise pickle.UnpicklingError(
+            f"a function of Python {version[0]}.{version[1]} cannot be restored in Python "
+            f"{sys.version_info[0]}.{sys.version_info[1]}: run the cell that defines it again"
+        )
+    namespace = _function_globals
+    if namespace is None:
+        namespace = sys.modules["__main__"].__dict__
+    cells = None
+    if closure is not None:
+        cells = tuple(
+            types.CellType(value) if full else types.CellType() for full, value in closure
+        )
+    function = types.FunctionType(marshal.loads(code), namespace, name, defaults, cells)
+    function.__qualname__ = qualname
+    function.__kwdefaults__ = kwdefaults
+    function.__doc__ = doc
+    function.__module__ = "__main__"
+    if attributes:
+        function.__dict__.update(attributes)
+    return function
+
+
+def _no_pause() -> None:
+    pass
+
+
+def _chunks_of(manifest: dict[str, Any]) -> set[str]:
+    """The files of ``chunks/`` a manifest names (streams and buffer chunks)."""
+    names: set[str] = set()
+    for entry in manifest["variables"].values():
+        if "stream" in entry:
+            names.add(entry["stream"])
+            for buffer in entry["buffers"]:
+                names.update(buffer["chunks"])
+    return names
+
+
+def _immutable(value: Any, depth: int = 0) -> bool:
+    """A value no cell can change in place: numbers, strings, bytes, None, and tuples and
+    frozensets of those (exact types: a subclass may add mutable state)."""
+    kind = type(value)
+    if kind in _ATOMIC_TYPES:
+        return True
+    if kind in (tuple, frozenset) and depth < 4 and len(value) <= 256:
+        return all(_immutable(item, depth + 1) for item in value)
     return False
+
+
+def _memory_available() -> int:
+    """Bytes of memory available to new allocations (Linux's MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62  # unknown: assume it fits
 
 
 def _is_fresh_temporary(path: Path) -> bool:
