@@ -1,0 +1,332 @@
+"""Checkpoints after a cell are written in the background: what the cell's reply no longer
+waits for, and what must still hold (kernel/checkpointing.py, storage/checkpoints.py).
+
+The store's snapshot is consistent (a change after it is not in the checkpoint), unchanged
+immutable variables are not pickled again, a write in flight is finished before a notice's
+checkpoint, a cell end during a write leaves its checkpoint to a later one (the next cell
+end, or the kernel idle), and a kernel killed in the middle of a write resumes from the
+checkpoint before it, whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from jupyter_client.manager import KernelManager
+
+from jupyter_lowcost.kernel import checkpointing
+from jupyter_lowcost.kernel.checkpointing import KernelCheckpoints
+from jupyter_lowcost.storage import checkpoints as store_module
+from jupyter_lowcost.storage.checkpoints import CheckpointStore, StagingTooLarge
+
+
+class _Shell:
+    """What KernelCheckpoints uses of an IPython shell."""
+
+    def __init__(self, **variables: object) -> None:
+        self.user_ns: dict = dict(variables)
+        self.user_ns_hidden: dict = {}
+
+
+class _HeldWrites:
+    """Makes a store's background writes wait until the test lets them go."""
+
+    def __init__(self, store: CheckpointStore) -> None:
+        self.started = threading.Event()
+        self.go = threading.Event()
+        original = store.write
+
+        def write(snapshot: Any, pause: Any = None) -> Any:
+            self.started.set()
+            assert self.go.wait(30), "the test never let the write go"
+            return original(snapshot, pause)
+
+        store.write = write  # type: ignore[method-assign]
+
+
+def _restored(directory: Path, checkpoint_id: str | None = None) -> dict[str, Any]:
+    namespace: dict[str, Any] = {}
+    CheckpointStore(directory).load(checkpoint_id, into=namespace)
+    return namespace
+
+
+def _call_with_timeout(action: Any, timeout: float = 10) -> None:
+    """Run ``action`` in a thread; fail if it has not returned within ``timeout`` (a cell
+    end that waits for the write would hang here)."""
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as err:  # (re-raised in the test's thread)
+            errors.append(err)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(timeout), f"{action} waited for the checkpoint's write"
+    if errors:
+        raise errors[0]
+
+
+def test_a_snapshot_is_what_the_namespace_was_when_it_was_taken(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, chunk_size=1024 * 1024, watch_writes=False)
+    big = np.arange(8 * 1024 * 1024, dtype=np.int64)  # 64 MiB
+    config = {"lr": 0.1}
+    snapshot = store.snapshot({"big": big, "config": config}, stage=True)
+    big += 1  # the next cell, while the write has not started
+    config["lr"] = 0.2
+    store.write(snapshot)
+    big[5] = -1
+    store.write(store.snapshot({"big": big, "config": config}, stage=True))
+    first, second = store.checkpoint_ids()
+    old = _restored(tmp_path, first)
+    assert old["config"] == {"lr": 0.1}
+    assert old["big"][0] == 0 and old["big"][-1] == 8 * 1024 * 1024 - 1
+    new = _restored(tmp_path, second)
+    assert new["config"] == {"lr": 0.2}
+    assert new["big"][5] == -1 and new["big"][6] == 7
+    store.close()
+
+
+def test_only_changed_chunks_of_a_staged_buffer_are_written_again(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, chunk_size=1024 * 1024, watch_writes=False)
+    big = np.zeros(4 * 1024 * 1024, dtype=np.float64)  # 32 MiB, 32 chunks
+    store.write(store.snapshot({"big": big}, stage=True))
+    big[123_456] = 7.0
+    report = store.write(store.snapshot({"big": big}, stage=True))
+    assert report.bytes_written <= 1024 * 1024 + 4096  # one chunk (and a small stream)
+    assert _restored(tmp_path)["big"][123_456] == 7.0
+    store.close()
+
+
+def test_unchanged_immutable_variables_are_not_pickled_again(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    namespace: dict[str, Any] = {f"v{i}": (i, float(i), f"s{i}")[i % 3] for i in range(20000)}
+    namespace["items"] = [1, 2]
+    namespace["pair"] = (1, "a")
+    store.save(namespace)
+    for step in range(5):  # more checkpoints than are kept: old streams must stay
+        namespace[f"v{step}"] = f"changed {step}"
+        namespace["items"].append(step)  # mutable, changed in place
+        snapshot = store.snapshot(namespace)
+        # The changed variable and the mutable one; not the 20,000 others.
+        assert set(snapshot.pending) == {f"v{step}", "items"}
+        store.write(snapshot)
+    restored = _restored(tmp_path)
+    assert restored["items"] == [1, 2, 0, 1, 2, 3, 4]
+    assert restored["pair"] == (1, "a")
+    assert [restored[f"v{i}"] for i in range(5)] == [f"changed {i}" for i in range(5)]
+    assert all(restored[f"v{i}"] == namespace[f"v{i}"] for i in range(20000))
+    store.close()
+
+
+def test_a_notebook_function_after_a_restore_uses_the_restored_variables(
+    tmp_path: Path,
+) -> None:
+    # (It used to come back with copies of the globals it used: after a resume, train()
+    # trained a copy of the model, and the notebook's own model stayed as it was.)
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(
+        "counter = [0]\n"
+        "def bump(by=1):\n"
+        "    counter[0] += by\n"
+        "    return counter[0]\n"
+        "def outer():\n"
+        "    seen = []\n"
+        "    def inner(x):\n"
+        "        seen.append(x)\n"
+        "        return len(seen)\n"
+        "    return inner\n"
+        "keep = outer()\n"
+        "keep(1)\n",
+        namespace,
+    )
+    store = CheckpointStore(tmp_path)
+    saved = store.save({k: namespace[k] for k in ("counter", "bump", "keep")})
+    assert saved.skipped == []
+    restored: dict[str, Any] = {"__name__": "__main__"}
+    store.load(into=restored)
+    assert restored["bump"](2) == 2
+    assert restored["counter"] == [2]  # the restored variable, not a copy
+    assert restored["bump"].__globals__ is restored
+    assert restored["keep"](5) == 2  # its closure came back with it
+    store.close()
+
+
+def test_a_cell_end_does_not_wait_for_the_write(tmp_path: Path) -> None:
+    shell = _Shell(x=1)
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
+    held = _HeldWrites(kept.store)
+    _call_with_timeout(kept._after_cell)
+    assert held.started.wait(10)
+    assert kept.writing is not None and kept.store.latest() is None
+    held.go.set()
+    assert kept.wait_for_write(30)
+    assert kept.store.latest() is not None and kept.last_save is not None
+    assert _restored(tmp_path) == {"x": 1}
+    kept.store.close()
+
+
+def test_a_cell_end_during_a_write_leaves_its_checkpoint_to_the_next(tmp_path: Path) -> None:
+    shell = _Shell(x=1)
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
+    held = _HeldWrites(kept.store)
+    kept._after_cell()
+    assert held.started.wait(10)
+    shell.user_ns["x"] = 2
+    _call_with_timeout(kept._after_cell)  # a write is in flight: nothing waits for it
+    assert kept.cells_left_pending == 1
+    held.go.set()
+    assert kept.wait_for_write(30)
+    assert _restored(tmp_path) == {"x": 1}
+    shell.user_ns["x"] = 3
+    kept._after_cell()  # the next cell end takes the pending one
+    assert kept.wait_for_write(30)
+    assert _restored(tmp_path) == {"x": 3}
+    assert len(kept.store.checkpoint_ids()) == 2
+    kept.store.close()
+
+
+def test_a_pending_checkpoint_is_taken_once_the_kernel_is_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpointing, "IDLE_DELAY", 0.2)
+    shell = _Shell(x=1)
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
+    held = _HeldWrites(kept.store)
+
+    async def cells() -> None:
+        kept._after_cell()  # (in the loop, as in ipykernel: it finds the loop)
+        assert held.started.wait(10)
+        shell.user_ns["x"] = 2
+        kept._after_cell()  # the last cell: its checkpoint is left pending
+        held.go.set()
+        for _ in range(300):  # no more cells: the idle kernel writes x = 2
+            if len(kept.store.checkpoint_ids()) == 2 and kept.writing is None:
+                return
+            await asyncio.sleep(0.05)
+
+    asyncio.run(cells())
+    assert kept.store.checkpoint_ids() and _restored(tmp_path) == {"x": 2}
+    kept.store.close()
+
+
+def test_a_notice_finishes_the_write_in_flight_then_checkpoints(tmp_path: Path) -> None:
+    shell = _Shell(x=1)
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
+    held = _HeldWrites(kept.store)
+    kept._after_cell()
+    assert held.started.wait(10)
+    shell.user_ns["x"] = 2  # a cell running when the notice comes
+    threading.Timer(0.3, held.go.set).start()
+    kept._at_notice(None)  # (the signal handler, in the main thread)
+    first, second = kept.store.checkpoint_ids()
+    assert _restored(tmp_path, first) == {"x": 1}
+    assert _restored(tmp_path, second) == {"x": 2}
+    kept.store.close()
+
+
+def test_a_copy_too_large_for_memory_is_written_before_the_cell_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(store_module, "_memory_available", lambda: 1024 * 1024)
+    store = CheckpointStore(tmp_path / "store")
+    with pytest.raises(StagingTooLarge, match="would not fit in memory"):
+        store.snapshot({"big": np.zeros(1024 * 1024)}, stage=True)
+    store.close()
+    shell = _Shell(big=np.ones(1024 * 1024))
+    kept = KernelCheckpoints(shell, str(tmp_path / "kernel"), "cell")
+    kept._after_cell()
+    assert kept.writing is None and kept.store.latest() is not None
+    assert _restored(tmp_path / "kernel")["big"].sum() == 1024 * 1024
+    assert "written before the cell ends" in capfd.readouterr().err
+    kept.store.close()
+
+
+# -- a real kernel -------------------------------------------------------------------------
+
+
+class _Kernel:
+    def __init__(self, directory: Path) -> None:
+        self.manager = KernelManager(kernel_name="python3")
+        env = {
+            **os.environ,
+            "JUPYTER_LOWCOST_CHECKPOINT_DIR": str(directory),
+            "JUPYTER_LOWCOST_CHECKPOINTS": "cell",
+        }
+        self.manager.start_kernel(
+            extra_arguments=["--IPKernelApp.extra_extensions=jupyter_lowcost"], env=env
+        )
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(120)
+
+    def run(self, code: str) -> str:
+        out: list[str] = []
+
+        def hook(message: dict[str, Any]) -> None:
+            if message["msg_type"] == "stream":
+                out.append(message["content"]["text"])
+            elif message["msg_type"] == "error":
+                out.append("\n".join(message["content"]["traceback"]))
+
+        reply = self.client.execute_interactive(code, timeout=120, output_hook=hook)
+        assert reply["content"]["status"] == "ok", "".join(out)
+        return "".join(out)
+
+    def send(self, code: str) -> None:
+        self.client.execute(code)
+
+    def stop(self, kill: bool = False) -> None:
+        self.client.stop_channels()
+        if kill:
+            os.kill(self.manager.provisioner.process.pid, signal.SIGKILL)
+            self.manager.provisioner.process.wait()
+        self.manager.shutdown_kernel(now=True)
+
+
+def _manifest_count(directory: Path) -> int:
+    return len(list((directory / "manifests").glob("*.json")))
+
+
+def test_a_kernel_killed_during_a_background_write_resumes_from_the_one_before(
+    tmp_path: Path,
+) -> None:
+    kernel = _Kernel(tmp_path)
+    try:
+        kernel.run("x = 1")
+        deadline = time.monotonic() + 60
+        while _manifest_count(tmp_path) < 1:
+            assert time.monotonic() < deadline, "the first checkpoint was never written"
+            time.sleep(0.05)
+        kernel.run("import numpy as np\nbig = np.ones(64 * 1024 * 1024)\nx = 2")  # 512 MiB
+        # The reply came; the write of 512 MiB waits while the next cell runs.
+        state = kernel.run(
+            "from jupyter_lowcost.kernel.checkpointing import installed\n"
+            "print(installed().writing is not None, installed().store.latest())"
+        )
+        assert state.split() == ["True", "00000001"]
+        kernel.send("import time; time.sleep(30)")
+        time.sleep(0.5)
+    finally:
+        kernel.stop(kill=True)  # during the write
+    store = CheckpointStore(tmp_path)
+    assert store.checkpoint_ids() == ["00000001"]
+    assert _restored(tmp_path) == {"x": 1}
+    # The next kernel's first write deletes what the killed one left half written.
+    store.save({"x": 3})
+    named = set().union(
+        *(store_module._chunks_of(store.manifest(i)) for i in store.checkpoint_ids())
+    )
+    assert {n for n in os.listdir(tmp_path / "chunks") if not n.startswith(".")} <= named
+    store.close()
