@@ -83,10 +83,11 @@ async def test_interruption_notice_callback_then_relaunch(
     body = await start_lowcost_kernel(api)
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     marker = tmp_path / "notice.txt"
-    await execute(
+    pid = await execute(
         jp_serverapp,
         kernel_id,
-        "import pathlib, time\n"
+        "import os, pathlib, time\n"
+        "print(os.getpid())\n"
         "from jupyter_lowcost import notice, on_notice\n"
         f"def save(n): pathlib.Path({str(marker)!r}).write_text(f'{{bool(notice)}}|{{n.seconds_left:.1f}}|{{n.reason}}')\n"
         "on_notice(save)\n",
@@ -112,9 +113,9 @@ async def test_interruption_notice_callback_then_relaunch(
     assert states.index((first, "notice")) < states.index((first, "interrupted"))
     assert states.index((first, "interrupted")) < states.index((running["instance_id"], "pending"))
     assert running["tier"] == "low-cost"
-    # The relaunched kernel answers under the same id; its memory did not survive.
-    out = await execute(jp_serverapp, kernel_id, "print('save' in dir())")
-    assert out.strip() == "False"
+    # The relaunched kernel answers under the same id, in a new process.
+    out = await execute(jp_serverapp, kernel_id, "import os; print(os.getpid())")
+    assert out.strip().isdigit() and out.strip() != pid.strip()
     status, old = await api("GET", f"instances/{first}")
     assert old["state"] == "interrupted" and old["notice_deadline"] == deadline
     assert time.time() - sent >= 3
