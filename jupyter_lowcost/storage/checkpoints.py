@@ -186,6 +186,9 @@ class _NamespacePickler(pickle.Pickler):
         #: id of a CPU tensor's numpy array -> (the array, the tensor): the tensor is what
         #: owns that memory from one checkpoint to the next.
         self.owners: dict[int, tuple[Any, Any]] = {}
+        #: ids of the numpy arrays that are host copies made here (of GPU tensors): memory
+        #: nothing else writes, which a snapshot need not copy again.
+        self.copies: set[int] = set()
 
     def reducer_override(self, obj: Any) -> Any:
         """PyTorch tensors (and parameters) as numpy arrays on the host, so that their
@@ -213,7 +216,9 @@ class _NamespacePickler(pickle.Pickler):
             except (TypeError, RuntimeError):
                 return NotImplemented
             dtype = (str(host.dtype).removeprefix("torch."), tuple(host.shape))
-        if obj.device.type == "cpu" and not obj.is_pinned() and not obj.is_shared():
+        if obj.device.type != "cpu":
+            self.copies.add(id(array))
+        elif not obj.is_pinned() and not obj.is_shared():
             # (pinned memory is written by the GPU directly, shared memory by other
             # processes: a write watch would not see those writes)
             self.owners[id(array)] = (array, obj)
@@ -422,8 +427,8 @@ class CheckpointStore:
                 continue
             if stage:
                 buffers = [
-                    (self._stage((name, index), view, staged), None, True)
-                    for index, (view, _, _) in enumerate(buffers)
+                    (view if copy else self._stage((name, index), view, staged), None, True)
+                    for index, (view, _, copy) in enumerate(buffers)
                 ]
             entries[name] = entry
             snapshot.pending[name] = (data, buffers)
@@ -610,7 +615,7 @@ class CheckpointStore:
             view = buffer.raw()
             exporter = view.obj
             owner = owners[id(exporter)][1] if id(exporter) in owners else _memory_owner(exporter)
-            views.append((view, owner, False))
+            views.append((view, owner, id(exporter) in self._pickler.copies))
         entry = {
             "type": type_name(value),
             "pickler": pickler_name,
