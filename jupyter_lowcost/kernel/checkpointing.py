@@ -45,9 +45,12 @@ _installed: KernelCheckpoints | None = None
 
 #: Seconds without a cell after which a checkpoint left pending by a busy writer is taken.
 IDLE_DELAY = 1.0
-#: The writer waits while a cell runs, for at most this many seconds of the cell: short
-#: cells in a row get the machine to themselves, a long one shares it with the write.
-CELL_FIRST = 2.0
+#: The writer waits while a cell runs and for :data:`QUIET_AFTER_CELL` seconds after one
+#: ends (its reply goes out, the next cell of a run of cells comes in), for at most this
+#: many seconds in all per write: a quick run of cells has the machine to itself, a long
+#: cell shares it with the write.
+WRITER_PATIENCE = 2.0
+QUIET_AFTER_CELL = 0.02
 
 
 class KernelCheckpoints:
@@ -83,7 +86,10 @@ class KernelCheckpoints:
         #: Set while no cell runs (the writer waits on it), or when the write must finish.
         self._writer_may_go = threading.Event()
         self._writer_may_go.set()
-        self._cell_started = time.monotonic()
+        #: The write in flight must finish now (a notice, a shutdown, a checkpoint asked for).
+        self._hurry = False
+        self._writer_waited = 0.0
+        self._piece_started = time.monotonic()
         self._last_cell_end = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         #: What the background checkpoints cost the cells (the benchmark reads them):
@@ -107,7 +113,8 @@ class KernelCheckpoints:
         A checkpoint that cannot be written (a full disk) raises
         :class:`CheckpointWriteFailed`; nothing of it is left, the previous checkpoint
         stays the latest, and the server is told (an event, shown by JupyterLab)."""
-        self._writer_may_go.set()  # (a write in flight is finished first, at full speed)
+        self._hurry = True  # (a write in flight is finished first, at full speed)
+        self._writer_may_go.set()
         with self._lock:  # (a background write in flight holds it until it is written)
             self._pending = False
             namespace = self.namespace()
@@ -178,6 +185,9 @@ class KernelCheckpoints:
             finally:
                 self._snapshotting = False
             self.writing = snapshot
+            self._hurry = False
+            self._writer_waited = 0.0
+            self._piece_started = time.monotonic()
             self.snapshot_seconds.append(snapshot.seconds)
             threading.Thread(
                 target=self._write, args=(snapshot,), name="lowcost-checkpoint-writer", daemon=True
@@ -211,15 +221,34 @@ class KernelCheckpoints:
                 self._take_when_idle()
 
     def _wait_for_cell(self) -> None:
-        """The writer, between two pieces of its work: while a cell runs, wait for its end
-        (at most :data:`CELL_FIRST` seconds of the cell)."""
-        left = CELL_FIRST - (time.monotonic() - self._cell_started)
-        if left > 0 and not self._writer_may_go.is_set():
-            self._writer_may_go.wait(left)
+        """The writer, between two pieces of its work: wait while a cell runs, and until
+        one ended :data:`QUIET_AFTER_CELL` ago, for :data:`WRITER_PATIENCE` seconds in all;
+        past that, while a cell runs, work a quarter of the time (a cell that reads and
+        writes memory a lot would otherwise share the memory's bandwidth with the write)."""
+        worked = time.monotonic() - self._piece_started
+        try:
+            while not self._hurry:
+                started = time.monotonic()
+                cell_runs = not self._writer_may_go.is_set()
+                patient = self._writer_waited < WRITER_PATIENCE
+                if cell_runs and patient:
+                    self._writer_may_go.wait(WRITER_PATIENCE - self._writer_waited)
+                elif cell_runs:
+                    self._writer_may_go.wait(3 * worked)
+                    return
+                else:
+                    quiet = QUIET_AFTER_CELL - (started - self._last_cell_end)
+                    if quiet <= 0 or not patient:
+                        return
+                    time.sleep(quiet)
+                self._writer_waited += time.monotonic() - started
+        finally:
+            self._piece_started = time.monotonic()
 
     def wait_for_write(self, timeout: float | None = None) -> bool:
         """Wait until no background write is in flight; False if one still is. The write
         goes on at once, whatever cell runs."""
+        self._hurry = True
         self._writer_may_go.set()
         with self._written:
             return self._written.wait_for(lambda: self.writing is None, timeout)
@@ -252,9 +281,15 @@ class KernelCheckpoints:
         manager = getattr(self.shell, "history_manager", None)
         if manager is None:  # (not an IPython shell)
             return {}
-        names = {id(value): name for name, value in namespace.items()}
+        output_hist = dict(manager.output_hist)
+        wanted = {id(value) for value in output_hist.values()}
+        names = (
+            {id(value): name for name, value in namespace.items() if id(value) in wanted}
+            if wanted
+            else {}
+        )
         outputs: dict[str, Any] = {}
-        for number, value in dict(manager.output_hist).items():
+        for number, value in output_hist.items():
             if id(value) in names:
                 outputs[str(number)] = {"variable": names[id(value)]}
             elif value is None or isinstance(value, (bool, int, float, str)):
@@ -330,7 +365,6 @@ class KernelCheckpoints:
 
     def _before_cell(self, info: Any = None) -> None:
         self._cell_running = True
-        self._cell_started = time.monotonic()
         if not interruption.notice and not self.closing:
             self._writer_may_go.clear()
 

@@ -59,7 +59,8 @@ KEEP = 3
 #: Buffers of at least this many chunks have their writes watched (where Linux can).
 WATCHED_CHUNKS = 4
 
-_ATOMIC_TYPES = (int, float, complex, bool, str, bytes, type(None))
+_ATOMIC_TYPES = frozenset((int, float, complex, bool, str, bytes, type(None)))
+_FROZEN = frozenset((tuple, frozenset))
 #: Immutable values pickled to at most this many bytes are kept (by reference) from one
 #: checkpoint to the next: the same object again is not pickled again.
 _UNCHANGED_MAX_BYTES = 64 * 1024
@@ -283,6 +284,10 @@ class Snapshot:
     )
     #: Immutable variables whose entries the next snapshot may keep.
     unchanged: dict[str, _Unchanged] = field(default_factory=dict)
+    #: The variables' names in the namespace's order, and the immutable ones (held: that
+    #: is their snapshot; the write pickles them).
+    order: list[str] = field(default_factory=list)
+    immutable: dict[str, Any] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
     total: int = 0
     seconds: float = 0.0
@@ -387,8 +392,17 @@ class CheckpointStore:
         started = time.perf_counter()
         taken_at = time.time()
         self._start_watched_save()
+        # Immutable values cannot change in place: holding them is their snapshot, and the
+        # write pickles those that are not the same objects as last time. (20,000 small
+        # variables would otherwise cost the cell's reply about 10 ms each time.)
+        immutable = {
+            name: value
+            for name, value in namespace.items()
+            if type(value) in _ATOMIC_TYPES or (type(value) in _FROZEN and _immutable(value))
+        }
+        mutable = [(n, v) for n, v in namespace.items() if n not in immutable]
         first_name: dict[int, str] = {}
-        for name, value in namespace.items():
+        for name, value in mutable:
             first_name.setdefault(id(value), name)
         self._file = _Redirect()
         self._buffers: list[Any] = []
@@ -405,20 +419,16 @@ class CheckpointStore:
                 "history": history,
             },
         )
+        snapshot.order = list(namespace)
+        snapshot.immutable = immutable
         entries = snapshot.entries
         staged: set[tuple[str, int]] = set()
-        for name, value in namespace.items():
+        for name, value in mutable:
             if first_name[id(value)] != name:
                 entries[name] = {"alias_of": first_name[id(value)], "type": type_name(value)}
                 continue
             if isinstance(value, types.ModuleType):
                 entries[name] = {"module": value.__name__, "type": "module"}
-                continue
-            kept = self._unchanged.get(name)
-            if kept is not None and kept.value is value:
-                entries[name] = kept.entry  # the same immutable object: its stream is saved
-                snapshot.unchanged[name] = kept
-                snapshot.total += kept.size
                 continue
             try:
                 entry, data, buffers = self._pickle_variable(name, value)
@@ -433,8 +443,6 @@ class CheckpointStore:
             entries[name] = entry
             snapshot.pending[name] = (data, buffers)
             snapshot.total += len(data) + sum(view.nbytes for view, _, _ in buffers)
-            if entry["pickler"] == "plain" and len(data) <= _UNCHANGED_MAX_BYTES:
-                snapshot.unchanged[name] = _Unchanged(value, entry, len(data))
         if stage:  # copies of buffers that are gone or moved: let their memory go
             for key in [k for k in self._staging if k not in staged]:
                 del self._staging[key]
@@ -468,6 +476,7 @@ class CheckpointStore:
     def _write(self, snapshot: Snapshot) -> SaveReport:
         started = time.perf_counter()
         written = 0
+        self._pickle_immutables(snapshot)
         entries = snapshot.entries
         for number, (name, (data, buffers)) in enumerate(snapshot.pending.items()):
             if number % 256 == 0:
@@ -508,6 +517,41 @@ class CheckpointStore:
             bytes_compared=self._compared,
             snapshot_seconds=snapshot.seconds,
         )
+
+    def _pickle_immutables(self, snapshot: Snapshot) -> None:
+        """The snapshot's immutable variables: each one that is the same object as at the
+        last checkpoint keeps its entry (its stream is on disk); the others are pickled,
+        each on its own (not in the shared memo, so that the next checkpoint can keep
+        them while the variables around them change). Then every entry, in the
+        namespace's order."""
+        previous = self._unchanged
+        same = {
+            name: kept
+            for name, value in snapshot.immutable.items()
+            if (kept := previous.get(name)) is not None and kept.value is value
+        }
+        _yield_interpreter()
+        snapshot.unchanged.update(same)
+        snapshot.total += sum(kept.size for kept in same.values())
+        plain = {name: kept.entry for name, kept in same.items()}
+        for name, value in snapshot.immutable.items():
+            if name in same:
+                continue
+            data = pickle.dumps(value, protocol=5)
+            entry = {"type": type_name(value), "pickler": "plain", "buffers": []}
+            snapshot.pending[name] = (data, [])
+            plain[name] = entry
+            snapshot.total += len(data)
+            if len(data) <= _UNCHANGED_MAX_BYTES:
+                snapshot.unchanged[name] = _Unchanged(value, entry, len(data))
+        _yield_interpreter()
+        pickled = snapshot.entries
+        snapshot.entries = {
+            name: plain[name] if name in plain else pickled[name]
+            for name in snapshot.order
+            if name in plain or name in pickled
+        }
+        _yield_interpreter()
 
     def _stage(
         self, key: tuple[str, int], view: memoryview, staged: set[tuple[str, int]]
@@ -572,11 +616,6 @@ class CheckpointStore:
     ) -> tuple[dict[str, Any], bytes, list[tuple[memoryview, Any, bool]]]:
         """One variable's entry (without where it is stored), pickle stream, and
         out-of-band buffers as (memory, the object that owns it, whether it is a copy)."""
-        if _immutable(value):
-            # On its own, not in the shared memo: a later checkpoint can then keep its
-            # stream while the variables around it are pickled again.
-            data = pickle.dumps(value, protocol=5)
-            return {"type": type_name(value), "pickler": "plain", "buffers": []}, data, []
         stream = io.BytesIO()
         self._file.target = stream
         self._buffers.clear()
@@ -1127,28 +1166,37 @@ def _manifest_text(fields: dict[str, Any], snapshot: Snapshot) -> str:
     """The manifest's JSON: ``fields`` and the snapshot's variables, each unchanged one's
     entry encoded once (20,000 of them would take the writer tens of milliseconds of the
     interpreter each time, which the user's cells wait for)."""
-    parts = []
-    for name, entry in snapshot.entries.items():
-        kept = snapshot.unchanged.get(name)
-        if kept is None or kept.entry is not entry:
-            parts.append(f"{json.dumps(name)}: {json.dumps(entry)}")
-        else:
-            if not kept.text:
-                kept.text = f"{json.dumps(name)}: {json.dumps(entry)}"
-            parts.append(kept.text)
+    unchanged = snapshot.unchanged
+    for name, kept in unchanged.items():
+        if not kept.text:
+            kept.text = f"{json.dumps(name)}: {json.dumps(kept.entry)}"
+    _yield_interpreter()
+    parts = [
+        kept.text
+        if (kept := unchanged.get(name)) is not None and kept.entry is entry
+        else f"{json.dumps(name)}: {json.dumps(entry)}"
+        for name, entry in snapshot.entries.items()
+    ]
+    _yield_interpreter()
     head = json.dumps(fields)
     return f'{head[:-1]}, "variables": {{{", ".join(parts)}}}}}'
 
 
 def _chunks_of(manifest: dict[str, Any]) -> set[str]:
     """The files of ``chunks/`` a manifest names (streams and buffer chunks)."""
-    names: set[str] = set()
-    for entry in manifest["variables"].values():
-        if "stream" in entry:
-            names.add(entry["stream"])
-            for buffer in entry["buffers"]:
-                names.update(buffer["chunks"])
+    variables = manifest["variables"].values()
+    names = {entry["stream"] for entry in variables if "stream" in entry}
+    for entry in variables:
+        for buffer in entry.get("buffers") or ():
+            names.update(buffer["chunks"])
+    _yield_interpreter()
     return names
+
+
+def _yield_interpreter() -> None:
+    """Let another thread that waits for the interpreter have it now (the kernel's main
+    thread, sending a cell's reply), not at the end of the switch interval (5 ms)."""
+    time.sleep(0)
 
 
 def _immutable(value: Any, depth: int = 0) -> bool:
@@ -1157,7 +1205,7 @@ def _immutable(value: Any, depth: int = 0) -> bool:
     kind = type(value)
     if kind in _ATOMIC_TYPES:
         return True
-    if kind in (tuple, frozenset) and depth < 4 and len(value) <= 256:
+    if kind in _FROZEN and depth < 4 and len(value) <= 256:
         return all(_immutable(item, depth + 1) for item in value)
     return False
 
@@ -1186,10 +1234,12 @@ def _why(err: BaseException) -> str:
 
 def user_variables(user_ns: Mapping[str, Any], hidden: Mapping[str, Any]) -> dict[str, Any]:
     """The variables a person made in IPython: not IPython's own, not ``_``-prefixed."""
+    still_hidden = {name for name, value in hidden.items() if user_ns.get(name) is value}
     return {
         name: value
         for name, value in user_ns.items()
-        if not name.startswith("_")
-        and name not in ("In", "Out", "exit", "quit", "get_ipython")
-        and not (name in hidden and hidden[name] is value)
+        if name[:1] != "_" and name not in _IPYTHON_NAMES and name not in still_hidden
     }
+
+
+_IPYTHON_NAMES = frozenset(("In", "Out", "exit", "quit", "get_ipython"))
