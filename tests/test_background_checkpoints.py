@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jupyter_client.manager import KernelManager
 
-from jupyter_lowcost.kernel import checkpointing
+from jupyter_lowcost.kernel import checkpointing, interruption
 from jupyter_lowcost.kernel.checkpointing import KernelCheckpoints
 from jupyter_lowcost.storage import checkpoints as store_module
 from jupyter_lowcost.storage.checkpoints import CheckpointStore, StagingTooLarge
@@ -227,12 +227,34 @@ def test_a_notice_finishes_the_write_in_flight_then_checkpoints(tmp_path: Path) 
     held = _HeldWrites(kept.store)
     kept._after_cell()
     assert held.started.wait(10)
-    shell.user_ns["x"] = 2  # a cell running when the notice comes
+    shell.user_ns["x"] = 2
+    kept._before_cell()  # a cell running when the notice comes
+    notice = interruption.Notice()
+    notice.deadline = time.time() + 30
+    notice._event.set()
     threading.Timer(0.3, held.go.set).start()
-    kept._at_notice(None)  # (the signal handler, in the main thread)
+    kept._at_notice(notice)  # (the signal handler, in the main thread)
     first, second = kept.store.checkpoint_ids()
     assert _restored(tmp_path, first) == {"x": 1}
     assert _restored(tmp_path, second) == {"x": 2}
+    kept.store.close()
+
+
+def test_a_notice_too_close_to_its_deadline_leaves_the_write_in_flight(
+    tmp_path: Path,
+) -> None:
+    shell = _Shell(x=1)
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
+    held = _HeldWrites(kept.store)
+    kept._after_cell()
+    assert held.started.wait(10)
+    notice = interruption.Notice()
+    notice.deadline = time.time() + 0.5  # no time to wait for the write
+    notice._event.set()
+    _call_with_timeout(lambda: kept._at_notice(notice))
+    held.go.set()
+    assert kept.wait_for_write(30)
+    assert kept.store.checkpoint_ids() == ["00000001"]  # the one in flight, whole
     kept.store.close()
 
 

@@ -397,7 +397,7 @@ class KernelCheckpoints:
         if self.when == "off" or self.job or self.closing or self._snapshotting:
             return
         if self.namespace():
-            left = notice.seconds_left() if hasattr(notice, "seconds_left") else None
+            left = getattr(notice, "seconds_left", None)  # (None: no deadline known)
             # The write in flight first (it holds the lock), within the notice.
             if self.wait_for_write(None if left is None else max(0.0, left - 1.0)):
                 self._quietly(self.checkpoint)
