@@ -469,7 +469,7 @@ class KernelCheckpoints:
                 + (f"; not saved: {', '.join(x.name for x in s.skipped)}" if s.skipped else "")
                 + "."
             )
-        else:
+        elif self.writing is None:
             lines.append(f"No checkpoint yet (checkpoints: {self.when}).")
         return "\n".join(lines)
 

@@ -571,11 +571,13 @@ class CheckpointStore:
             self._staging[key] = copy
         staged.add(key)
         step = max(self.chunk_size, view.nbytes // (os.cpu_count() or 1) + 1)
-        if view.nbytes < 16 * self.chunk_size:
+        try:
+            import numpy
+        except ImportError:
+            numpy = None
+        if view.nbytes < 16 * self.chunk_size or numpy is None:
             copy[:] = view
         else:  # (numpy copies without the GIL: several threads copy faster than one)
-            import numpy
-
             target = numpy.frombuffer(copy, dtype=numpy.uint8)
             source = numpy.frombuffer(view, dtype=numpy.uint8)
 
@@ -1023,6 +1025,7 @@ class CheckpointStore:
     def close(self) -> None:
         for saved in self._previous.values():
             self._unwatch(saved)
+        self._staging.clear()
         self._pool.shutdown(wait=False)
         self._fingerprinter.shutdown(wait=False)
 
