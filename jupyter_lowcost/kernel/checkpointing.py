@@ -113,8 +113,7 @@ class KernelCheckpoints:
         A checkpoint that cannot be written (a full disk) raises
         :class:`CheckpointWriteFailed`; nothing of it is left, the previous checkpoint
         stays the latest, and the server is told (an event, shown by JupyterLab)."""
-        self._hurry = True  # (a write in flight is finished first, at full speed)
-        self._writer_may_go.set()
+        self._finish_write_first()
         with self._lock:  # (a background write in flight holds it until it is written)
             self._pending = False
             namespace = self.namespace()
@@ -245,11 +244,16 @@ class KernelCheckpoints:
         finally:
             self._piece_started = time.monotonic()
 
+    def _finish_write_first(self) -> None:
+        """The write in flight goes on at once, whatever cell runs (the caller waits for
+        it: it holds the lock)."""
+        self._hurry = True
+        self._writer_may_go.set()
+
     def wait_for_write(self, timeout: float | None = None) -> bool:
         """Wait until no background write is in flight; False if one still is. The write
         goes on at once, whatever cell runs."""
-        self._hurry = True
-        self._writer_may_go.set()
+        self._finish_write_first()
         with self._written:
             return self._written.wait_for(lambda: self.writing is None, timeout)
 
@@ -332,6 +336,7 @@ class KernelCheckpoints:
         """Put a checkpoint's variables (the latest by default) back into the namespace:
         this kernel's, or another kernel's ``store`` (``%lowcost restore KERNEL``; this
         kernel's own checkpoints are untouched until its next one)."""
+        self._finish_write_first()
         with self._lock:
             report = (store or self.store).load(checkpoint_id, into=self.shell.user_ns)
             self._unhide({name: self.shell.user_ns[name] for name in report.variables})

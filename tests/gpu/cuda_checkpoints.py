@@ -9,7 +9,9 @@ in a fresh process that sees the GPU (everything back on ``cuda:0``, equal, the 
 state keyed by the restored model's own parameters) and in one that does not
 (``CUDA_VISIBLE_DEVICES=""``: on the CPU, with a warning). Checks that host tensors the
 GPU copies into after a checkpoint (pinned, by DMA; and pageable) are saved changed by the
-next one, which the write watch must not miss. Also prints how fast a 2 GiB
+next one, which the write watch must not miss, and that a snapshot (what a kernel takes
+after a cell, written in the background) holds CUDA and pinned tensors as they were when it
+was taken, copying a CUDA tensor to the host once. Also prints how fast a 2 GiB
 CUDA tensor checkpoints and restores against ``torch.save``/``torch.load`` of the same
 tensor. Exits non-zero on the first check that fails.
 """
@@ -130,6 +132,32 @@ print(f"GPU copies into host tensors after a checkpoint: kept (Linux {platform.r
 """
 
 
+STAGED = r"""
+import sys, torch
+from jupyter_lowcost.storage.checkpoints import CheckpointStore
+# What a kernel does after a cell: a snapshot, then a write while the next cell runs.
+store = CheckpointStore(sys.argv[1])
+model = torch.nn.Linear(1024, 1024).cuda()
+pinned = torch.zeros(4 * 1024 * 1024, pin_memory=True)
+before = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+snapshot = store.snapshot(dict(model=model, pinned=pinned), stage=True)
+staged = {name for name, _ in store._staging}
+assert staged == {"pinned"}, staged  # the CUDA tensors' host copies are not copied again
+with torch.no_grad():
+    for parameter in model.parameters():
+        parameter.add_(1)
+pinned.copy_(torch.ones(4 * 1024 * 1024, device="cuda"), non_blocking=True)
+torch.cuda.synchronize()
+store.write(snapshot)
+back = {}
+store.load(into=back)
+for key, value in back["model"].state_dict().items():
+    assert value.device.type == "cuda" and torch.equal(value.cpu(), before[key]), key
+assert back["pinned"].sum().item() == 0, "the snapshot saw a GPU copy made after it"
+print("a snapshot of CUDA and pinned tensors holds them as they were when it was taken")
+"""
+
+
 def run(code: str, *args: str, env: dict[str, str] | None = None) -> None:
     merged = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     result = subprocess.run([sys.executable, "-c", code, *args], env=merged, text=True)
@@ -151,6 +179,8 @@ def main() -> None:
         print(f"round trips: {time.perf_counter() - started:.1f} s")
     with tempfile.TemporaryDirectory() as folder:
         run(COPIED_FROM_GPU, folder)
+    with tempfile.TemporaryDirectory() as folder:
+        run(STAGED, folder)
     with tempfile.TemporaryDirectory(dir=os.environ.get("CHECK_DIR")) as folder:
         run(SPEED, folder)
     print("ALL CUDA CHECKS PASSED")
