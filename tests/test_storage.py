@@ -122,20 +122,20 @@ async def test_a_full_disk_fails_a_checkpoint_cleanly_and_the_server_keeps_worki
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     await execute(jp_serverapp, kernel_id, "import numpy as np\nkept = np.ones(1 << 20)\n")
     store = jp_data_dir / "lowcost" / "checkpoints" / kernel_id
+    await checkpointed(jp_serverapp, kernel_id, store)  # (written in the background)
     saved = sorted(p.name for p in (store / "manifests").iterdir())
     filler = fill(jp_data_dir, leave=6 << 20)
     free_before = os.statvfs(jp_data_dir).f_bavail
 
     # 32 MB more do not fit: the checkpoint fails, leaves nothing, keeps the previous one.
-    out = await execute(jp_serverapp, kernel_id, "lost = np.ones(4 << 20)\n")
-    assert "checkpoint failed" in out and "No space left on device" in out, out
-    assert f"checkpoint {saved[-1].removesuffix('.json')} is kept" in out
-    assert sorted(p.name for p in (store / "manifests").iterdir()) == saved
-    assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")]
-    assert os.statvfs(jp_data_dir).f_bavail == free_before  # its partial chunks are gone
+    # (It is written after the cell's reply; the server hears of the failure.)
+    await execute(jp_serverapp, kernel_id, "lost = np.ones(4 << 20)\n")
     event = await checkpoint_events.wait_for(kernel_id=kernel_id, ok=False)
     assert "No space left on device" in event["message"]
     assert f"resumes from checkpoint {saved[-1].removesuffix('.json')}" in event["message"]
+    assert sorted(p.name for p in (store / "manifests").iterdir()) == saved
+    assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")]
+    assert os.statvfs(jp_data_dir).f_bavail == free_before  # its partial chunks are gone
     _, model = await api("GET", f"kernels/{kernel_id}")
     assert model["checkpoints"]["ok"] is False
     status_text = await execute(jp_serverapp, kernel_id, "%lowcost")
@@ -173,6 +173,22 @@ async def test_a_full_disk_fails_a_checkpoint_cleanly_and_the_server_keeps_worki
     await checkpoint_events.wait_for(kernel_id=kernel_id, ok=True)
     _, model = await api("GET", f"kernels/{kernel_id}")
     assert model["checkpoints"]["ok"] is True
+
+
+async def checkpointed(serverapp: Any, kernel_id: str, store: Path) -> None:
+    """Wait until the checkpoint after the kernel's last cell is on disk (checkpoints are
+    written in the background, after the cell's reply)."""
+    count = int(await execute(serverapp, kernel_id, "print(get_ipython().execution_count)"))
+
+    def written() -> bool:
+        manifests = sorted((store / "manifests").glob("*.json"))
+        if not manifests:
+            return False
+        history = json.loads(manifests[-1].read_text()).get("history") or {}
+        # (the count saved is the next cell's: IPython counts on before post_run_cell)
+        return int(history.get("execution_count", 0)) > count
+
+    await wait_until(written, timeout=60)
 
 
 async def test_a_fresh_kernel_has_nothing_to_restore(api: Any, jp_serverapp: Any) -> None:

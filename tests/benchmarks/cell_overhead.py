@@ -187,7 +187,9 @@ def wait_idle_checkpoint(kernel: Kernel, timeout: float = 120) -> float:
     """Wait until the kernel, idle after a block of cells, has checkpointed the state after
     the block's last cell; the seconds it took from the end of that cell."""
     ended = time.perf_counter()
-    last = kernel.value("get_ipython().execution_count") - 1  # (this cell has a number too)
+    # This cell's number; the block's last cell is the one before, and its checkpoint
+    # says this number (the count saved is the next cell's).
+    last = kernel.value("get_ipython().execution_count")
     end = time.monotonic() + timeout
     while latest_execution_count(kernel.directory) < last:
         if time.monotonic() > end:
