@@ -170,6 +170,24 @@ async def wait_until(condition: Callable[[], Any], timeout: float = 30) -> None:
         await asyncio.sleep(0.05)
 
 
+async def checkpointed(serverapp: Any, kernel_id: str) -> None:
+    """Wait until the checkpoint after the kernel's last cell is on disk (a kernel writes
+    its checkpoints in the background, after the cell's reply)."""
+    count = int(await execute(serverapp, kernel_id, "print(get_ipython().execution_count)"))
+    manager = serverapp.web_app.settings["jupyter_lowcost_manager"]
+    manifests = manager.settings.checkpoint_dir / kernel_id / "manifests"
+
+    def written() -> bool:
+        found = sorted(manifests.glob("*.json"))
+        if not found:
+            return False
+        history = json.loads(found[-1].read_text()).get("history") or {}
+        # (the count saved is the next cell's: IPython counts on before post_run_cell)
+        return int(history.get("execution_count", 0)) > count
+
+    await wait_until(written, timeout=60)
+
+
 async def moved(api: Any, kernel_id: str) -> bool:
     """True once no move of the kernel is under way."""
     status, model = await api("GET", f"kernels/{kernel_id}")

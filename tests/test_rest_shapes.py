@@ -8,7 +8,14 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
+from conftest import (
+    EventRecorder,
+    checkpointed,
+    execute,
+    moved,
+    start_lowcost_kernel,
+    wait_until,
+)
 from job_notebooks import notebook_of, ten_cells, until_running_cell, until_state
 
 from jupyter_lowcost.server import rest_responses as shapes
@@ -64,6 +71,7 @@ async def test_every_answer_of_the_server_has_the_shape_its_schema_says(
 
     # After an interruption and a resume, every part of the kernel's model is filled in.
     await execute(jp_serverapp, kernel_id, "x = 41")
+    await checkpointed(jp_serverapp, kernel_id)  # (no notice: nothing to finish a write)
     status, instance = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
     assert status == 202
     check(instance, shapes.INSTANCE)

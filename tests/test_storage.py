@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
+from conftest import (
+    EventRecorder,
+    checkpointed,
+    execute,
+    moved,
+    start_lowcost_kernel,
+    wait_until,
+)
 
 from jupyter_lowcost.server.events import CHECKPOINT_STATUS_SCHEMA_ID
 from jupyter_lowcost.storage.checkpoints import CheckpointStore
@@ -122,7 +129,7 @@ async def test_a_full_disk_fails_a_checkpoint_cleanly_and_the_server_keeps_worki
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     await execute(jp_serverapp, kernel_id, "import numpy as np\nkept = np.ones(1 << 20)\n")
     store = jp_data_dir / "lowcost" / "checkpoints" / kernel_id
-    await checkpointed(jp_serverapp, kernel_id, store)  # (written in the background)
+    await checkpointed(jp_serverapp, kernel_id)  # (written in the background)
     saved = sorted(p.name for p in (store / "manifests").iterdir())
     filler = fill(jp_data_dir, leave=6 << 20)
     free_before = os.statvfs(jp_data_dir).f_bavail
@@ -173,22 +180,6 @@ async def test_a_full_disk_fails_a_checkpoint_cleanly_and_the_server_keeps_worki
     await checkpoint_events.wait_for(kernel_id=kernel_id, ok=True)
     _, model = await api("GET", f"kernels/{kernel_id}")
     assert model["checkpoints"]["ok"] is True
-
-
-async def checkpointed(serverapp: Any, kernel_id: str, store: Path) -> None:
-    """Wait until the checkpoint after the kernel's last cell is on disk (checkpoints are
-    written in the background, after the cell's reply)."""
-    count = int(await execute(serverapp, kernel_id, "print(get_ipython().execution_count)"))
-
-    def written() -> bool:
-        manifests = sorted((store / "manifests").glob("*.json"))
-        if not manifests:
-            return False
-        history = json.loads(manifests[-1].read_text()).get("history") or {}
-        # (the count saved is the next cell's: IPython counts on before post_run_cell)
-        return int(history.get("execution_count", 0)) > count
-
-    await wait_until(written, timeout=60)
 
 
 async def test_a_fresh_kernel_has_nothing_to_restore(api: Any, jp_serverapp: Any) -> None:
