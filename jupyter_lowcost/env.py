@@ -42,5 +42,6 @@ NOTEBOOK = "JUPYTER_LOWCOST_NOTEBOOK"
 CHECKPOINTS_FAILING = "JUPYTER_LOWCOST_CHECKPOINTS_FAILING"
 
 # -- set by users and tests ------------------------------------------------------------
-#: "0": checkpoints do not watch writes to large arrays (they rehash them instead).
+#: "0": a checkpoint store made with ``watch_writes=True`` (the store's default; kernels
+#: make theirs without) does not watch writes to large arrays (it rehashes them instead).
 WATCH_WRITES = "JUPYTER_LOWCOST_WATCH_WRITES"
