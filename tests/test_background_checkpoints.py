@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -127,6 +128,55 @@ def test_unchanged_immutable_variables_are_not_pickled_again(tmp_path: Path) -> 
     assert restored["pair"] == (1, "a")
     assert [restored[f"v{i}"] for i in range(5)] == [f"changed {i}" for i in range(5)]
     assert all(restored[f"v{i}"] == namespace[f"v{i}"] for i in range(20000))
+    store.close()
+
+
+def test_small_containers_are_pickled_together_and_keep_what_they_share(
+    tmp_path: Path,
+) -> None:
+    store = CheckpointStore(tmp_path)
+    namespace: dict[str, Any] = {f"row{i}": [i, str(i)] for i in range(200)}
+    namespace["layers"] = [64, 32]
+    namespace["config"] = {"layers": namespace["layers"], "lr": 0.1}
+    namespace["model"] = SimpleNamespace(config=namespace["config"], weights=list(range(500)))
+    store.save(namespace)
+    namespace["row7"].append("changed in place")
+    report = store.save(namespace)
+    manifest = store.manifest(report.checkpoint_id)
+    assert manifest["batch"] is not None and manifest["variables"]["row3"] == {
+        "batch": True,
+        "type": "list",
+    }
+    restored = _restored(tmp_path)
+    assert restored["row7"] == [7, "7", "changed in place"]
+    assert [restored[f"row{i}"] for i in range(200) if i != 7] == [
+        [i, str(i)] for i in range(200) if i != 7
+    ]
+    # One object, as in the kernel: the model's config is the config variable.
+    assert restored["model"].config is restored["config"]
+    assert restored["config"]["layers"] is restored["layers"]
+    store.close()
+
+
+def test_small_containers_that_cannot_go_together_are_pickled_one_by_one(
+    tmp_path: Path,
+) -> None:
+    store = CheckpointStore(tmp_path)
+    namespace: dict[str, Any] = {f"row{i}": [i] for i in range(100)}
+    namespace["with_generator"] = [1, (x for x in range(3))]
+    report = store.save(namespace)
+    assert store.manifest(report.checkpoint_id)["batch"] is None
+    assert [s.name for s in report.skipped] == ["with_generator"]
+    restored = _restored(tmp_path)
+    assert restored["row99"] == [99] and "with_generator" not in restored
+
+    del namespace["with_generator"]
+    namespace["with_array"] = [np.arange(1024 * 1024)]  # a large buffer: out of band
+    report = store.save(namespace)
+    manifest = store.manifest(report.checkpoint_id)
+    assert manifest["batch"] is None
+    assert manifest["variables"]["with_array"]["buffers"][0]["size"] == 8 * 1024 * 1024
+    assert _restored(tmp_path)["with_array"][0][-1] == 1024 * 1024 - 1
     store.close()
 
 

@@ -61,6 +61,12 @@ WATCHED_CHUNKS = 4
 
 _ATOMIC_TYPES = frozenset((int, float, complex, bool, str, bytes, type(None)))
 _FROZEN = frozenset((tuple, frozenset))
+#: Small containers (at most :data:`_SMALL_LENGTH` items) are pickled together, in one
+#: call, when there are at least :data:`_BATCH_MIN` of them: 20,000 small lists pickled one
+#: by one would cost the cell's reply about 150 ms at each snapshot.
+_SMALL_CONTAINERS = frozenset((list, dict, set))
+_SMALL_LENGTH = 64
+_BATCH_MIN = 64
 #: Immutable values pickled to at most this many bytes are kept (by reference) from one
 #: checkpoint to the next: the same object again is not pickled again.
 _UNCHANGED_MAX_BYTES = 64 * 1024
@@ -288,6 +294,8 @@ class Snapshot:
     #: is their snapshot; the write pickles them).
     order: list[str] = field(default_factory=list)
     immutable: dict[str, Any] = field(default_factory=dict)
+    #: The small containers, pickled together first (the shared memo's first objects).
+    batch: bytes | None = None
     skipped: list[Skipped] = field(default_factory=list)
     total: int = 0
     seconds: float = 0.0
@@ -422,8 +430,23 @@ class CheckpointStore:
         snapshot.order = list(namespace)
         snapshot.immutable = immutable
         entries = snapshot.entries
+        small = {
+            name: value
+            for name, value in mutable
+            if type(value) in _SMALL_CONTAINERS
+            and len(value) <= _SMALL_LENGTH
+            and first_name[id(value)] == name
+        }
+        if len(small) >= _BATCH_MIN:
+            snapshot.batch = self._pickle_batch(small)
+            if snapshot.batch is not None:
+                for name, value in small.items():
+                    entries[name] = {"batch": True, "type": type_name(value)}
+                snapshot.total += len(snapshot.batch)
         staged: set[tuple[str, int]] = set()
         for name, value in mutable:
+            if name in entries:
+                continue  # (in the batch)
             if first_name[id(value)] != name:
                 entries[name] = {"alias_of": first_name[id(value)], "type": type_name(value)}
                 continue
@@ -478,6 +501,11 @@ class CheckpointStore:
         written = 0
         self._pickle_immutables(snapshot)
         entries = snapshot.entries
+        batch = None
+        if snapshot.batch is not None:
+            stream_id, new = self._put_stream(snapshot.batch)
+            batch = {"stream": stream_id, "size": len(snapshot.batch)}
+            written += new
         for number, (name, (data, buffers)) in enumerate(snapshot.pending.items()):
             if number % 256 == 0:
                 self._pause()
@@ -497,6 +525,7 @@ class CheckpointStore:
             **snapshot.manifest,
             "bytes": snapshot.total,
             "skipped": [asdict(s) for s in snapshot.skipped],
+            "batch": batch,
         }
         self._write_atomically(
             self.manifests / f"{checkpoint_id}.json", _manifest_text(manifest, snapshot)
@@ -612,6 +641,25 @@ class CheckpointStore:
         if saved.watched is not None and self._watch is not None:
             self._watch.unwatch(*saved.watched, saved.owner() if saved.owner else None)
         saved.watched = None
+
+    def _pickle_batch(self, small: dict[str, Any]) -> bytes | None:
+        """The small containers, pickled together by the shared pickler before any other
+        variable (so that the variables pickled after it share their objects, as one by
+        one); None, with a fresh pickler, when one of them cannot be pickled or holds a
+        large buffer: each is then pickled on its own."""
+        stream = io.BytesIO()
+        self._file.target = stream
+        self._buffers.clear()
+        try:
+            self._pickler.dump(small)
+        except Exception:
+            pass
+        else:
+            if not self._buffers:
+                return stream.getvalue()
+        self._buffers.clear()
+        self._pickler = _NamespacePickler(self._file, self._buffers)
+        return None
 
     def _pickle_variable(
         self, name: str, value: Any
@@ -936,6 +984,18 @@ class CheckpointStore:
         buffers = _Buffers()
         unpickler = pickle.Unpickler(source, buffers=buffers)
         broken: str | None = None  # a variable of the current memo chain that failed
+        # The small containers, pickled together before every other variable.
+        batch: dict[str, Any] = {}
+        batch_error = "not in the checkpoint's small variables"
+        if manifest.get("batch"):
+            try:
+                source.target = io.BytesIO((self.chunks / manifest["batch"]["stream"]).read_bytes())
+                buffers.pending = []
+                batch = unpickler.load()
+                total += manifest["batch"]["size"]
+            except Exception as err:
+                batch_error = _why(err)
+                broken = "the small variables"
         # In saved order: the shared memo of the pickler is rebuilt as it was.
         for name, entry in entries.items():
             try:
@@ -947,6 +1007,10 @@ class CheckpointStore:
                     value = loaded[entry["alias_of"]]
                 elif "module" in entry:
                     value = __import__(entry["module"], fromlist=["_"])
+                elif entry.get("batch"):
+                    if name not in batch:
+                        raise pickle.UnpicklingError(batch_error)
+                    value = batch[name]
                 else:
                     stream = (self.chunks / entry["stream"]).read_bytes()
                     data = [self._read_buffer(b) for b in entry["buffers"]]
@@ -1189,6 +1253,8 @@ def _chunks_of(manifest: dict[str, Any]) -> set[str]:
     """The files of ``chunks/`` a manifest names (streams and buffer chunks)."""
     variables = manifest["variables"].values()
     names = {entry["stream"] for entry in variables if "stream" in entry}
+    if manifest.get("batch"):
+        names.add(manifest["batch"]["stream"])
     for entry in variables:
         for buffer in entry.get("buffers") or ():
             names.update(buffer["chunks"])
