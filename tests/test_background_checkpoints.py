@@ -170,7 +170,26 @@ def test_small_containers_that_cannot_go_together_are_pickled_one_by_one(
     restored = _restored(tmp_path)
     assert restored["row99"] == [99] and "with_generator" not in restored
 
+    # Objects of a class the notebook defined: restored after that class, in order. (As in
+    # a kernel, where the notebook's namespace is __main__'s.)
     del namespace["with_generator"]
+    import __main__
+
+    saved_main = dict(vars(__main__))
+    try:
+        exec("class Point:\n    def __init__(self, x): self.x = x\n", vars(__main__))
+        points = {"Point": vars(__main__)["Point"], "points": [vars(__main__)["Point"](1)]}
+        report = store.save({**points, **namespace})
+        assert store.manifest(report.checkpoint_id)["batch"] is None
+        del vars(__main__)["Point"]  # a new kernel
+        CheckpointStore(tmp_path).load(into=vars(__main__))
+        assert [p.x for p in vars(__main__)["points"]] == [1]
+        assert vars(__main__)["row5"] == [5]
+    finally:
+        for name in set(vars(__main__)) - set(saved_main):
+            del vars(__main__)[name]
+        vars(__main__).update(saved_main)
+
     namespace["with_array"] = [np.arange(1024 * 1024)]  # a large buffer: out of band
     report = store.save(namespace)
     manifest = store.manifest(report.checkpoint_id)

@@ -645,8 +645,9 @@ class CheckpointStore:
     def _pickle_batch(self, small: dict[str, Any]) -> bytes | None:
         """The small containers, pickled together by the shared pickler before any other
         variable (so that the variables pickled after it share their objects, as one by
-        one); None, with a fresh pickler, when one of them cannot be pickled or holds a
-        large buffer: each is then pickled on its own."""
+        one); None, with a fresh pickler, when one of them cannot be pickled, holds a large
+        buffer or an object of a class defined in the notebook: each is then pickled on
+        its own."""
         stream = io.BytesIO()
         self._file.target = stream
         self._buffers.clear()
@@ -655,8 +656,11 @@ class CheckpointStore:
         except Exception:
             pass
         else:
-            if not self._buffers:
-                return stream.getvalue()
+            data = stream.getvalue()
+            # (Not with a large buffer inside, nor with objects of classes the notebook
+            # defined: the batch is restored before those classes are.)
+            if not self._buffers and b"__main__" not in data:
+                return data
         self._buffers.clear()
         self._pickler = _NamespacePickler(self._file, self._buffers)
         return None
