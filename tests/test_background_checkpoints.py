@@ -53,6 +53,16 @@ class _HeldWrites:
         store.write = write  # type: ignore[method-assign]
 
 
+def _a_write_in_flight(tmp_path: Path) -> tuple[_Shell, KernelCheckpoints, _HeldWrites]:
+    """A kernel's checkpoints (``x = 1``) after a cell whose write the test holds."""
+    shell = _Shell(x=1)
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
+    held = _HeldWrites(kept.store)
+    kept._after_cell()
+    assert held.started.wait(10)
+    return shell, kept, held
+
+
 def _restored(directory: Path, checkpoint_id: str | None = None) -> dict[str, Any]:
     namespace: dict[str, Any] = {}
     CheckpointStore(directory).load(checkpoint_id, into=namespace)
@@ -247,11 +257,7 @@ def test_a_cell_end_does_not_wait_for_the_write(tmp_path: Path) -> None:
 
 
 def test_a_cell_end_during_a_write_leaves_its_checkpoint_to_the_next(tmp_path: Path) -> None:
-    shell = _Shell(x=1)
-    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
-    held = _HeldWrites(kept.store)
-    kept._after_cell()
-    assert held.started.wait(10)
+    shell, kept, held = _a_write_in_flight(tmp_path)
     shell.user_ns["x"] = 2
     _call_with_timeout(kept._after_cell)  # a write is in flight: nothing waits for it
     assert kept.cells_left_pending == 1
@@ -291,11 +297,7 @@ def test_a_pending_checkpoint_is_taken_once_the_kernel_is_idle(
 
 
 def test_a_notice_finishes_the_write_in_flight_then_checkpoints(tmp_path: Path) -> None:
-    shell = _Shell(x=1)
-    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
-    held = _HeldWrites(kept.store)
-    kept._after_cell()
-    assert held.started.wait(10)
+    shell, kept, held = _a_write_in_flight(tmp_path)
     shell.user_ns["x"] = 2
     kept._before_cell()  # a cell running when the notice comes
     notice = interruption.Notice()
@@ -312,11 +314,7 @@ def test_a_notice_finishes_the_write_in_flight_then_checkpoints(tmp_path: Path) 
 def test_a_notice_too_close_to_its_deadline_leaves_the_write_in_flight(
     tmp_path: Path,
 ) -> None:
-    shell = _Shell(x=1)
-    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
-    held = _HeldWrites(kept.store)
-    kept._after_cell()
-    assert held.started.wait(10)
+    shell, kept, held = _a_write_in_flight(tmp_path)
     notice = interruption.Notice()
     notice.deadline = time.time() + 0.5  # no time to wait for the write
     notice._event.set()
