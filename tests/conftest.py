@@ -111,8 +111,11 @@ def api(jp_fetch: Any) -> Callable[..., Any]:
     return call
 
 
-async def execute(serverapp: Any, kernel_id: str, code: str, timeout: float = 60) -> str:
-    """Run ``code`` in the kernel; return its stdout; fail with its traceback on error."""
+async def execute(
+    serverapp: Any, kernel_id: str, code: str, timeout: float = 60, silent: bool = False
+) -> str:
+    """Run ``code`` in the kernel; return its stdout; fail with its traceback on error.
+    ``silent``: not a cell of the notebook (no execution count, no checkpoint after it)."""
     kernel = serverapp.kernel_manager.get_kernel(kernel_id)
     client = kernel.client()
     client.start_channels()
@@ -126,7 +129,9 @@ async def execute(serverapp: Any, kernel_id: str, code: str, timeout: float = 60
 
     try:
         await client.wait_for_ready(timeout=timeout)
-        reply = await client.execute_interactive(code, timeout=timeout, output_hook=collect)
+        reply = await client.execute_interactive(
+            code, silent=silent, timeout=timeout, output_hook=collect
+        )
     finally:
         client.stop_channels()
     assert reply["content"]["status"] == "ok", "".join(out)
@@ -186,6 +191,20 @@ async def checkpointed(serverapp: Any, kernel_id: str) -> None:
         return int(history.get("execution_count", 0)) > count
 
     await wait_until(written, timeout=60)
+
+
+async def settled(serverapp: Any, kernel_id: str) -> None:
+    """Wait until the kernel has no checkpoint in flight or pending: the last cell's is
+    written, or its write failed (nothing the kernel does next frees or takes disk)."""
+    await execute(
+        serverapp,
+        kernel_id,
+        # (no name assigned: it would be a variable of the notebook)
+        "assert __import__('jupyter_lowcost.kernel.checkpointing', fromlist=['_'])"
+        ".installed().settle(60), 'a checkpoint was still being written'\n",
+        timeout=90,
+        silent=True,
+    )
 
 
 async def moved(api: Any, kernel_id: str) -> bool:

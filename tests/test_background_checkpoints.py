@@ -296,6 +296,73 @@ def test_a_pending_checkpoint_is_taken_once_the_kernel_is_idle(
     kept.store.close()
 
 
+class _WriterFinishesDuringTheTry:
+    """The kernel's lock, as the writer thread finishing at the worst moment sees it: a
+    cell end's try of the lock fails, and the writer then releases it and ends, before
+    that cell end's next step."""
+
+    def __init__(self, lock: Any, held: _HeldWrites) -> None:
+        self.lock, self.held, self.armed = lock, held, True
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self.lock.acquire(blocking, timeout)
+        if not got and not blocking and self.armed:
+            self.armed = False
+            self.held.go.set()
+            for thread in threading.enumerate():
+                if thread.name == "lowcost-checkpoint-writer":
+                    thread.join(30)
+        return got
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_write_that_ends_as_a_cell_end_finds_it_leaves_the_idle_kernel_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody took the last cell's checkpoint when the writer ended between a cell end's
+    failed try of the lock and its marking the checkpoint pending: it was lost until
+    another cell ran."""
+    monkeypatch.setattr(checkpointing, "IDLE_DELAY", 0.2)
+    shell = _Shell(x=1)
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
+    held = _HeldWrites(kept.store)
+
+    async def cells() -> None:
+        kept._after_cell()
+        assert held.started.wait(10)
+        kept._lock = _WriterFinishesDuringTheTry(kept._lock, held)  # type: ignore[assignment]
+        shell.user_ns["x"] = 2
+        kept._after_cell()  # the last cell; the writer ends as it tries the lock
+        assert kept.writing is None  # (the writer did end there)
+        for _ in range(300):  # no more cells: the idle kernel writes x = 2
+            if len(kept.store.checkpoint_ids()) == 2 and kept.writing is None:
+                return
+            await asyncio.sleep(0.05)
+
+    asyncio.run(cells())
+    assert _restored(tmp_path) == {"x": 2}
+    kept.store.close()
+
+
+def test_settle_writes_the_pending_checkpoint_and_waits_for_it(tmp_path: Path) -> None:
+    shell, kept, held = _a_write_in_flight(tmp_path)
+    shell.user_ns["x"] = 2
+    kept._after_cell()  # left pending: no asyncio loop here, nobody would take it
+    threading.Timer(0.2, held.go.set).start()
+    assert kept.settle(30)
+    assert kept.writing is None and not kept._pending
+    assert _restored(tmp_path) == {"x": 2}
+    kept.store.close()
+
+
 def test_a_notice_finishes_the_write_in_flight_then_checkpoints(tmp_path: Path) -> None:
     shell, kept, held = _a_write_in_flight(tmp_path)
     shell.user_ns["x"] = 2

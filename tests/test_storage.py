@@ -19,6 +19,7 @@ from conftest import (
     checkpointed,
     execute,
     moved,
+    settled,
     start_lowcost_kernel,
     wait_until,
 )
@@ -147,6 +148,9 @@ async def test_a_full_disk_fails_a_checkpoint_cleanly_and_the_server_keeps_worki
     assert model["checkpoints"]["ok"] is False
     status_text = await execute(jp_serverapp, kernel_id, "%lowcost")
     assert "Checkpoints are failing" in status_text and "No space left" in status_text
+    # (that cell's own checkpoint fails too: once it has, and has deleted what it wrote,
+    # the disk stays full)
+    await settled(jp_serverapp, kernel_id)
 
     # The disk is full to the last byte now: the records cannot be saved, and still the
     # REST API, the notice's deadline and its events work.

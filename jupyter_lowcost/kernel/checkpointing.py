@@ -155,8 +155,10 @@ class KernelCheckpoints:
         write is in flight (or a notice's checkpoint is being taken); the next cell's end,
         or the kernel idle, takes it. A copy that would not fit in memory makes this a
         checkpoint written before returning."""
+        # Pending before the try: a writer that finishes between the try and the return
+        # sees it (after it released the lock), and has the idle kernel take it.
+        self._pending = True
         if not self._lock.acquire(blocking=False):
-            self._pending = True
             self.cells_left_pending += 1
             return False
         handed = False
@@ -256,6 +258,22 @@ class KernelCheckpoints:
         self._finish_write_first()
         with self._written:
             return self._written.wait_for(lambda: self.writing is None, timeout)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Take a pending checkpoint now, and wait until no write is in flight: the last
+        cell's state is then written, or its write failed. False if a write is still in
+        flight after ``timeout`` seconds. Called in the kernel's main thread (a snapshot
+        reads the namespace), by code the tests run silently (no cell end of its own)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        if not self.wait_for_write(left()):
+            return False
+        if self._pending:
+            self._quietly(self.checkpoint_in_background)
+        return self.wait_for_write(left())
 
     def _take_when_idle(self) -> None:
         """Have the kernel's main thread take the pending checkpoint once no cell has run
