@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ from conftest import (
     start_lowcost_kernel,
     wait_until,
 )
+
+from jupyter_lowcost.instance.launcher import WORKDIR_PREFIX, remove_stale_workdirs
 
 
 async def test_switch_low_cost_regular_low_cost_keeps_the_kernel_id(
@@ -92,6 +97,9 @@ async def test_interruption_notice_callback_then_relaunch(
         f"def save(n): pathlib.Path({str(marker)!r}).write_text(f'{{bool(notice)}}|{{n.seconds_left:.1f}}|{{n.reason}}')\n"
         "on_notice(save)\n",
     )
+    # The launcher's connection file (the kernel's session key) is in a directory of its own.
+    (workdir,) = Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}{pid.strip()}-*")
+    assert (workdir / "kernel.json").exists()
     sent = time.time()
     status, model = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 3})
     assert status == 202 and model["state"] == "notice"
@@ -116,6 +124,9 @@ async def test_interruption_notice_callback_then_relaunch(
     # The relaunched kernel answers under the same id, in a new process.
     out = await execute(jp_serverapp, kernel_id, "import os; print(os.getpid())")
     assert out.strip().isdigit() and out.strip() != pid.strip()
+    # The lost instance's launcher was killed, with no chance to clean up: the next
+    # launcher removed what it left.
+    assert not process_alive(int(pid)) and not workdir.exists()
     status, old = await api("GET", f"instances/{first}")
     assert old["state"] == "interrupted" and old["notice_deadline"] == deadline
     assert time.time() - sent >= 3
@@ -393,3 +404,24 @@ async def test_fallback_goes_regular_when_there_is_no_low_cost_capacity(
     assert running["tier"] == "regular"
     pending = instance_events.matching(instance_id=running["instance_id"], state="pending")
     assert "no low-cost capacity" in pending[0]["reason"]
+
+
+def test_a_launcher_removes_only_the_directories_of_launchers_that_are_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    names = {
+        "live": f"{WORKDIR_PREFIX}{os.getpid()}-abc",  # a launcher still running
+        "gone": f"{WORKDIR_PREFIX}{gone.pid}-def",
+        "odd": f"{WORKDIR_PREFIX}notapid-ghi",
+        "other": "jupyter-lowcost-other",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "kernel.json").write_text("{}")
+    remove_stale_workdirs()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        names[k] for k in ("live", "odd", "other")
+    )

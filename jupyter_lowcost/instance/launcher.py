@@ -56,6 +56,9 @@ RECONNECT_INTERVAL = 0.5
 REFUSED_INTERVAL = 5.0
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+#: A launcher's own directory in the temporary directory (its kernel's connection file):
+#: this, its process id, "-", a random part.
+WORKDIR_PREFIX = "jupyter-lowcost-launcher-"
 
 
 class _ForgivingStream:
@@ -310,6 +313,29 @@ def _watch_cloud(channel: Channel, config: dict[str, Any]) -> None:
 _log: Any = sys.stderr
 
 
+def remove_stale_workdirs() -> None:
+    """Remove the directories that launchers killed before they could clean up left in
+    the temporary directory (their kernels' connection files, with the session keys): a
+    lost instance is killed, and atexit does not run then. Called by every launcher as it
+    starts; only this user's, only those whose process no longer runs."""
+    root = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(WORKDIR_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
+        path = os.path.join(root, name)
+        try:
+            if not pid.isdigit() or os.lstat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its launcher is gone
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # gone already; or a process of another user has that id now
+            continue
+
+
 def main() -> None:
     """Entry point of ``python -m jupyter_lowcost.launcher``."""
     global _log
@@ -357,7 +383,8 @@ def main() -> None:
     try:
         from ipykernel.kernelapp import IPKernelApp
 
-        workdir = tempfile.mkdtemp(prefix="jupyter-lowcost-")
+        remove_stale_workdirs()
+        workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
         atexit.register(shutil.rmtree, workdir, ignore_errors=True)
         connection_file = os.path.join(workdir, "kernel.json")
         with open(connection_file, "w") as handle:

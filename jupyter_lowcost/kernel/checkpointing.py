@@ -289,7 +289,7 @@ class KernelCheckpoints:
             if wait > 0:
                 loop.call_later(wait, when_idle)
                 return
-            self.checkpoint_in_background()
+            self._quietly(self.checkpoint_in_background)
 
         try:
             loop.call_soon_threadsafe(when_idle)
