@@ -116,6 +116,14 @@ async def execute(
 ) -> str:
     """Run ``code`` in the kernel; return its stdout; fail with its traceback on error.
     ``silent``: not a cell of the notebook (no execution count, no checkpoint after it)."""
+    out, _ = await execute_cell(serverapp, kernel_id, code, timeout, silent)
+    return out
+
+
+async def execute_cell(
+    serverapp: Any, kernel_id: str, code: str, timeout: float = 60, silent: bool = False
+) -> tuple[str, int]:
+    """:func:`execute`, and the cell's execution count (from the kernel's reply)."""
     kernel = serverapp.kernel_manager.get_kernel(kernel_id)
     client = kernel.client()
     client.start_channels()
@@ -135,7 +143,7 @@ async def execute(
     finally:
         client.stop_channels()
     assert reply["content"]["status"] == "ok", "".join(out)
-    return "".join(out)
+    return "".join(out), int(reply["content"].get("execution_count") or 0)
 
 
 async def start_lowcost_kernel(
@@ -178,7 +186,8 @@ async def wait_until(condition: Callable[[], Any], timeout: float = 30) -> None:
 async def checkpointed(serverapp: Any, kernel_id: str) -> None:
     """Wait until the checkpoint after the kernel's last cell is on disk (a kernel writes
     its checkpoints in the background, after the cell's reply)."""
-    count = int(await execute(serverapp, kernel_id, "print(get_ipython().execution_count)"))
+    # (the reply's count: inside the cell, IPython 9 already counts the next one, 8 not)
+    _, count = await execute_cell(serverapp, kernel_id, "pass")
     manager = serverapp.web_app.settings["jupyter_lowcost_manager"]
     manifests = manager.settings.checkpoint_dir / kernel_id / "manifests"
 
