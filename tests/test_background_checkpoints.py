@@ -272,26 +272,33 @@ def test_a_cell_end_during_a_write_leaves_its_checkpoint_to_the_next(tmp_path: P
     kept.store.close()
 
 
-def test_a_pending_checkpoint_is_taken_once_the_kernel_is_idle(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(checkpointing, "IDLE_DELAY", 0.2)
-    shell = _Shell(x=1)
-    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
-    held = _HeldWrites(kept.store)
+def _last_cell_in_the_loop(kept: KernelCheckpoints, last_cell: Any) -> None:
+    """Run ``last_cell`` in an asyncio loop (as ipykernel runs cells: the kernel finds the
+    loop), then leave the kernel idle until its second checkpoint is written (15 s at
+    most; the test then checks what was written)."""
 
     async def cells() -> None:
-        kept._after_cell()  # (in the loop, as in ipykernel: it finds the loop)
-        assert held.started.wait(10)
-        shell.user_ns["x"] = 2
-        kept._after_cell()  # the last cell: its checkpoint is left pending
-        held.go.set()
-        for _ in range(300):  # no more cells: the idle kernel writes x = 2
+        last_cell()
+        for _ in range(300):  # no more cells: the idle kernel writes the pending one
             if len(kept.store.checkpoint_ids()) == 2 and kept.writing is None:
                 return
             await asyncio.sleep(0.05)
 
     asyncio.run(cells())
+
+
+def test_a_pending_checkpoint_is_taken_once_the_kernel_is_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpointing, "IDLE_DELAY", 0.2)
+    shell, kept, held = _a_write_in_flight(tmp_path)
+
+    def last_cell() -> None:
+        shell.user_ns["x"] = 2
+        kept._after_cell()  # its checkpoint is left pending
+        held.go.set()
+
+    _last_cell_in_the_loop(kept, last_cell)
     assert kept.store.checkpoint_ids() and _restored(tmp_path) == {"x": 2}
     kept.store.close()
 
@@ -331,23 +338,15 @@ def test_a_write_that_ends_as_a_cell_end_finds_it_leaves_the_idle_kernel_the_che
     failed try of the lock and its marking the checkpoint pending: it was lost until
     another cell ran."""
     monkeypatch.setattr(checkpointing, "IDLE_DELAY", 0.2)
-    shell = _Shell(x=1)
-    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
-    held = _HeldWrites(kept.store)
+    shell, kept, held = _a_write_in_flight(tmp_path)
+    kept._lock = _WriterFinishesDuringTheTry(kept._lock, held)  # type: ignore[assignment]
 
-    async def cells() -> None:
-        kept._after_cell()
-        assert held.started.wait(10)
-        kept._lock = _WriterFinishesDuringTheTry(kept._lock, held)  # type: ignore[assignment]
+    def last_cell() -> None:
         shell.user_ns["x"] = 2
-        kept._after_cell()  # the last cell; the writer ends as it tries the lock
+        kept._after_cell()  # the writer ends as this tries the lock
         assert kept.writing is None  # (the writer did end there)
-        for _ in range(300):  # no more cells: the idle kernel writes x = 2
-            if len(kept.store.checkpoint_ids()) == 2 and kept.writing is None:
-                return
-            await asyncio.sleep(0.05)
 
-    asyncio.run(cells())
+    _last_cell_in_the_loop(kept, last_cell)
     assert _restored(tmp_path) == {"x": 2}
     kept.store.close()
 
