@@ -45,3 +45,6 @@ CHECKPOINTS_FAILING = "JUPYTER_LOWCOST_CHECKPOINTS_FAILING"
 #: "0": a checkpoint store made with ``watch_writes=True`` (the store's default; kernels
 #: make theirs without) does not watch writes to large arrays (it rehashes them instead).
 WATCH_WRITES = "JUPYTER_LOWCOST_WATCH_WRITES"
+#: The root of the sysfs the cloud notices' ``auto`` reads the machine's DMI data from
+#: (default ``/sys``): tests point it at a folder that looks like a cloud VM's.
+SYSFS = "JUPYTER_LOWCOST_SYSFS"

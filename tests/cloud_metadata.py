@@ -3,16 +3,24 @@ documented protocol (../shared/notes/CLOUD-NOTICES.md), for the cloud notice tes
 benchmark. Each runs an HTTP server in a thread; the test says when the notice appears.
 
 - :class:`AwsMetadata`: IMDSv2. ``PUT /latest/api/token`` with a TTL header (400 without
-  one or out of range, 403 with ``X-Forwarded-For``); every GET needs a live token (401
-  otherwise); ``spot/instance-action`` and ``events/recommendations/rebalance`` answer 404
-  until :meth:`notice` / :meth:`rebalance`.
+  one or out of range, 403 with ``X-Forwarded-For``), granting at most ``max_ttl``
+  seconds (the answer says how long); every GET needs a live token (401 otherwise) unless
+  ``tokenless`` (IMDSv1 allowed); ``spot/instance-action`` and
+  ``events/recommendations/rebalance`` answer 404 until :meth:`notice` / :meth:`rebalance`.
+  ``token_answer``: a status for every token PUT (403 IMDSv2 off, 404, 405), or
+  ``"silent"``: never answered (a container's hop limit of 1 drops the answer).
+  ``body``: what a GET of a path answers instead (garbage).
 - :class:`GcpMetadata`: ``computeMetadata/v1/instance/preempted`` (403 without
-  ``Metadata-Flavor: Google``), ``FALSE`` then ``TRUE``, an ``ETag`` on every answer;
+  ``Metadata-Flavor: Google``), ``FALSE`` then ``TRUE``, an ``ETag`` on every answer
+  (``etags = False``: none, as a proxy on the path may answer, and at once);
   ``wait_for_change=true`` hangs until the value changes (at once with a stale
   ``last_etag``), or ``timeout_sec`` passes.
 - :class:`AzureMetadata`: Scheduled Events (400 without ``Metadata: true`` or the
-  api-version), ``DocumentIncarnation`` grows with each change, a ``Preempt`` event after
-  :meth:`preempt`; ``POST`` with ``StartRequests`` records the acknowledgement.
+  api-version), ``DocumentIncarnation`` grows with each change, an event after
+  :meth:`event` (``Preempt`` by default; for this VM, or for others of its scale set);
+  ``POST`` with ``StartRequests`` records the acknowledgement; ``compute/name`` (text)
+  answers this VM's name.
+- :class:`Proxy`: an HTTP proxy that records what it is asked, and answers 502.
 """
 
 from __future__ import annotations
@@ -35,19 +43,23 @@ class Emulator:
     def __init__(self) -> None:
         emulator = self
         self.requests: list[tuple[str, str]] = []
+        #: When each request came (time.monotonic()), and what delays the next answers
+        #: (seconds each: a service slow to answer at first).
+        self.times: list[float] = []
+        self.delays: list[float] = []
         self.lock = threading.Condition()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
-                emulator.requests.append(("GET", self.path))
+                emulator.arrived("GET", self.path)
                 emulator.get(self)
 
             def do_PUT(self) -> None:  # noqa: N802
-                emulator.requests.append(("PUT", self.path))
+                emulator.arrived("PUT", self.path)
                 emulator.put(self)
 
             def do_POST(self) -> None:  # noqa: N802
-                emulator.requests.append(("POST", self.path))
+                emulator.arrived("POST", self.path)
                 emulator.post(self)
 
             def log_message(self, *args: Any) -> None:
@@ -57,6 +69,12 @@ class Emulator:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def arrived(self, method: str, path: str) -> None:
+        self.requests.append((method, path))
+        self.times.append(time.monotonic())
+        if self.delays:
+            time.sleep(self.delays.pop(0))
 
     def close(self) -> None:
         self.server.shutdown()
@@ -95,9 +113,19 @@ class AwsMetadata(Emulator):
         self.action: dict[str, str] | None = None
         self.rebalance_time: str | None = None
         self.tokens_issued = 0
+        self.max_ttl = 21600
+        self.tokenless = False
+        self.token_answer: int | str | None = None
+        self.body: dict[str, str] = {}
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+        super().close()
 
     def notice(self, seconds: float = 120, action: str = "terminate") -> float:
-        """The 2-minute notice appears; its time (UNIX seconds, whole)."""
+        """The 2-minute notice appears; its time (UNIX seconds, whole; ``seconds`` 0:
+        now, as hibernate's)."""
         when = int(time.time() + seconds)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
         self.action = {"action": action, "time": stamp}
@@ -112,6 +140,11 @@ class AwsMetadata(Emulator):
     def put(self, handler: BaseHTTPRequestHandler) -> None:
         if handler.path != "/latest/api/token":
             return self.answer(handler, 404)
+        if self.token_answer == "silent":
+            self.closed.wait(60)  # the answer never reaches the caller
+            return None
+        if isinstance(self.token_answer, int):
+            return self.answer(handler, self.token_answer)
         if handler.headers.get("X-Forwarded-For"):
             return self.answer(handler, 403)
         try:
@@ -120,15 +153,20 @@ class AwsMetadata(Emulator):
             return self.answer(handler, 400)
         if not 1 <= ttl <= 21600:
             return self.answer(handler, 400)
+        ttl = min(ttl, self.max_ttl)
         token = secrets.token_urlsafe(32)
         self.tokens[token] = time.monotonic() + ttl
         self.tokens_issued += 1
         self.answer(handler, 200, token, {"X-aws-ec2-metadata-token-ttl-seconds": str(ttl)})
 
     def get(self, handler: BaseHTTPRequestHandler) -> None:
-        token = handler.headers.get("X-aws-ec2-metadata-token", "")
-        if self.tokens.get(token, 0) < time.monotonic():
+        token = handler.headers.get("X-aws-ec2-metadata-token")
+        if token is None and not self.tokenless:
             return self.answer(handler, 401)
+        if token is not None and self.tokens.get(token, 0) < time.monotonic():
+            return self.answer(handler, 401)
+        if handler.path in self.body:
+            return self.answer(handler, 200, self.body[handler.path])
         if handler.path == "/latest/meta-data/spot/instance-action" and self.action:
             return self.answer(handler, 200, json.dumps(self.action))
         if handler.path == "/latest/meta-data/spot/termination-time" and self.action:
@@ -145,6 +183,7 @@ class GcpMetadata(Emulator):
     def __init__(self) -> None:
         super().__init__()
         self.value = "FALSE"
+        self.etags = True
 
     def etag(self) -> str:
         return hashlib.sha256(self.value.encode()).hexdigest()[:16]
@@ -161,6 +200,8 @@ class GcpMetadata(Emulator):
         if url.path != self.PATH:
             return self.answer(handler, 404)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if not self.etags:  # (a proxy or another service: at once, no ETag)
+            return self.answer(handler, 200, self.value)
         if query.get("wait_for_change") == "true":
             last = query.get("last_etag", self.etag())
             timeout = float(query.get("timeout_sec", "300"))
@@ -171,23 +212,32 @@ class GcpMetadata(Emulator):
 
 class AzureMetadata(Emulator):
     PATH = "/metadata/scheduledevents"
+    NAME_PATH = "/metadata/instance/compute/name"
 
     def __init__(self) -> None:
         super().__init__()
         self.incarnation = 1
         self.events: list[dict[str, Any]] = []
         self.acknowledged: list[tuple[str, float]] = []
+        self.vm_name = "lowcost-vm"
 
     def preempt(self, seconds: float = 30) -> tuple[str, float]:
-        """A Preempt event appears; its id and its NotBefore (UNIX seconds, whole)."""
+        """A Preempt event for this VM appears; its id and its NotBefore (UNIX seconds)."""
+        return self.event("Preempt", seconds)
+
+    def event(
+        self, kind: str = "Preempt", seconds: float = 30, resources: list[str] | None = None
+    ) -> tuple[str, float]:
+        """An event of ``kind`` for ``resources`` (this VM by default) appears; its id
+        and its NotBefore (UNIX seconds, whole)."""
         not_before = int(time.time() + seconds)
         event_id = str(uuid.uuid4()).upper()
         self.events.append(
             {
                 "EventId": event_id,
-                "EventType": "Preempt",
+                "EventType": kind,
                 "ResourceType": "VirtualMachine",
-                "Resources": ["lowcost-vm"],
+                "Resources": [self.vm_name] if resources is None else resources,
                 "EventStatus": "Scheduled",
                 "NotBefore": formatdate(not_before, usegmt=True),
                 "Description": "",
@@ -203,15 +253,20 @@ class AzureMetadata(Emulator):
         if handler.headers.get("Metadata") != "true":
             self.answer(handler, 400, json.dumps({"error": "Bad request. Metadata header"}))
             return False
-        if url.path != self.PATH or "api-version" not in parse_qs(url.query):
-            self.answer(handler, 400 if url.path == self.PATH else 404)
+        known = url.path == self.PATH or (handler.command == "GET" and url.path == self.NAME_PATH)
+        if not known or "api-version" not in parse_qs(url.query):
+            self.answer(handler, 400 if known else 404)
             return False
         return True
 
     def get(self, handler: BaseHTTPRequestHandler) -> None:
-        if self._check(handler):
-            document = {"DocumentIncarnation": self.incarnation, "Events": self.events}
-            self.answer(handler, 200, json.dumps(document))
+        if not self._check(handler):
+            return
+        if urlparse(handler.path).path == self.NAME_PATH:
+            self.answer(handler, 200, self.vm_name)
+            return
+        document = {"DocumentIncarnation": self.incarnation, "Events": self.events}
+        self.answer(handler, 200, json.dumps(document))
 
     def post(self, handler: BaseHTTPRequestHandler) -> None:
         if not self._check(handler):
@@ -221,3 +276,13 @@ class AzureMetadata(Emulator):
         for request in body.get("StartRequests", []):
             self.acknowledged.append((str(request.get("EventId")), time.time()))
         self.answer(handler, 200)
+
+
+class Proxy(Emulator):
+    """An HTTP proxy (``http_proxy``) that records what it is asked, and answers 502: a
+    request that reaches it went through the proxy."""
+
+    def get(self, handler: BaseHTTPRequestHandler) -> None:
+        self.answer(handler, 502)
+
+    put = post = get

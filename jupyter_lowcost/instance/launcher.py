@@ -290,13 +290,23 @@ def _watch_cloud(channel: Channel, config: dict[str, Any]) -> None:
             interruption.deliver(cloud.deadline, cloud.reason)
 
     def checkpoint_written(since: float) -> bool:
+        """Is the notice checkpoint of a notice that came at ``since`` done with: written,
+        failed, or not needed (nothing to save, checkpoints off)?"""
         checkpoints = checkpointing.installed()
         if checkpoints is None or checkpoints.when == "off":
             return True
-        if checkpoints.last_failure is not None and checkpoints.last_failure[0] >= since:
-            return True  # it failed: nothing more to wait for
-        saved = checkpoints.last_save
-        return saved is not None and saved.taken_at >= since
+        handled = checkpoints.notice_handled_at
+        return handled is not None and handled >= since
+
+    def warn(text: str | None) -> None:
+        """The notice cannot be read (``text``), or can again (None): the server shows it
+        on the instance (``notice_warning``), JupyterLab and ``%lowcost`` say it."""
+        if text is not None:
+            print(f"jupyter_lowcost launcher: {text}", file=_log, flush=True)
+        try:
+            channel.send({"type": "notice_warning", "warning": text})
+        except OSError:
+            pass
 
     cloud_notices.start(
         str(config.get("cloud_notices") or "off"),
@@ -305,6 +315,7 @@ def _watch_cloud(channel: Channel, config: dict[str, Any]) -> None:
         lambda line: print(f"jupyter_lowcost launcher: {line}", file=_log, flush=True),
         acknowledge=bool(config.get("azure_acknowledge")),
         checkpoint_written=checkpoint_written,
+        warn=warn,
     )
 
 

@@ -100,6 +100,10 @@ class KernelCheckpoints:
         #: True once the kernel shuts down: IPython empties the namespace on the way out,
         #: and a notice then must not save that as the latest checkpoint.
         self.closing = False
+        #: When the last notice's checkpoint was done with: written, failed, or nothing
+        #: to write (the launcher approves Azure's event then).
+        self.notice_handled_at: float | None = None
+        self._notice_follows_write = False
 
     def namespace(self) -> dict[str, Any]:
         """The user's variables, restored ones included: a notice or a move before the
@@ -142,10 +146,16 @@ class KernelCheckpoints:
             self.last_failure = None
             _tell_server_in_background({"ok": True, "checkpoint_id": report.checkpoint_id})
         self.last_save = report
+        if self._notice_follows_write:
+            self._notice_follows_write = False
+            self.notice_handled_at = time.time()
 
     def _failed(self, err: CheckpointWriteFailed) -> None:
         first = self.last_failure is None
         self.last_failure = (time.time(), str(err))
+        if self._notice_follows_write:
+            self._notice_follows_write = False
+            self.notice_handled_at = time.time()
         if first:
             _tell_server_in_background(self._failure_report(str(err)))
 
@@ -417,13 +427,16 @@ class KernelCheckpoints:
         # empty namespace over the latest checkpoint: a notice that comes while the
         # process exits sees what IPython has emptied, not what the user made. A notice
         # that comes during a snapshot (this thread's) lets it finish: its write follows.
-        if self.when == "off" or self.job or self.closing or self._snapshotting:
+        if self._snapshotting:
+            # (its write, once done, marks the notice handled: _saved, _failed)
+            self._notice_follows_write = True
             return
-        if self.namespace():
+        if self.when != "off" and not self.job and not self.closing and self.namespace():
             left = getattr(notice, "seconds_left", None)  # (None: no deadline known)
             # The write in flight first (it holds the lock), within the notice.
             if self.wait_for_write(None if left is None else max(0.0, left - 1.0)):
                 self._quietly(self.checkpoint)
+        self.notice_handled_at = time.time()
 
     def _at_shutdown(self) -> None:
         # A move shuts the kernel down gracefully: what it had goes with it. (Not at

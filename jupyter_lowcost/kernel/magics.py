@@ -74,6 +74,8 @@ def describe_status(kernel: dict[str, Any]) -> str:
         lines.append(
             f"Interruption notice: {instance['reason']} (deadline {instance['notice_deadline']})."
         )
+    if instance.get("notice_warning"):
+        lines.append(f"Warning: {instance['notice_warning']}.")
     if instance.get("seconds_left") is not None:
         lines.append(
             f"Time left before the lifetime cap: {format_duration(instance['seconds_left'])}."

@@ -83,6 +83,7 @@ INSTANCE = _strict(
         "ended": _NULLABLE_STRING,
         "expires": _NULLABLE_STRING,
         "notice_deadline": _NULLABLE_STRING,
+        "notice_warning": _NULLABLE_STRING,
         "recovery": _NULLABLE_STRING,
         "seconds_left": {"type": ["number", "null"]},
         "price_per_hour": _NUMBER,

@@ -109,6 +109,9 @@ class InstanceRecord:
     ended_at: float | None = None
     expires_at: float | None = None
     notice_deadline: float | None = None
+    #: Why the cloud's own notice cannot be read on this instance (the launcher says so:
+    #: interruptions will come without notice); None while it can, or nothing watches.
+    notice_warning: str | None = None
     #: After an interruption or expiry: the recovery policy applied to its kernel.
     recovery: str | None = None
     #: What the backend needs to find the instance again (pids, job ids), from its launch.
@@ -173,6 +176,7 @@ class InstanceRecord:
             "ended": iso(self.ended_at),
             "expires": iso(self.expires_at),
             "notice_deadline": iso(self.notice_deadline),
+            "notice_warning": self.notice_warning,
             "recovery": self.recovery,
             "seconds_left": (
                 max(0.0, self.expires_at - now)

@@ -35,6 +35,7 @@ export interface IInstance {
   ended: string | null;
   expires: string | null;
   notice_deadline: string | null;
+  notice_warning: string | null;
   recovery: string | null;
   seconds_left: number | null;
   price_per_hour: number;

@@ -203,6 +203,7 @@ class Launches:
             record, InstanceState.RUNNING, f"the kernel runs on {placement.describe()}"
         )
         self.notices.arm_cap(record)
+        self.notices.tell_notice_warning(record)
         return info
 
     def poll(self, kernel_id: str) -> int | None:

@@ -23,6 +23,12 @@ from ...words import describe_seconds
 from .ledger import Context
 from .recovery import Recovery
 
+#: Under a provider's own notice (the cloud's metadata), the provider takes the instance;
+#: the server ends it itself only if it is still there this long after the notice came
+#: (or at the deadline, if later): a deadline already past (AWS's hibernate, a late read)
+#: must leave the kernel time for its notice checkpoint.
+PROVIDER_GRACE = 10.0
+
 
 class Notices:
     """Turns notices, exits and the cap into transitions, and hands lost kernels on."""
@@ -34,8 +40,11 @@ class Notices:
 
     # -- what the backend reports --------------------------------------------------------
 
-    def instance_noticed(self, instance_id: str, deadline: float, reason: str) -> None:
-        """An interruption is announced: state ``notice``, tell the kernel, enforce the deadline."""
+    def instance_noticed(
+        self, instance_id: str, deadline: float, reason: str, take_at: float | None = None
+    ) -> None:
+        """An interruption is announced: state ``notice``, tell the kernel, enforce the
+        deadline (or end it at ``take_at``, a provider's notice: see PROVIDER_GRACE)."""
         record = self.ledger.record(instance_id)
         if self.ledger.stopped or record is None:
             return
@@ -50,6 +59,7 @@ class Notices:
         if record.notice_deadline is not None and record.notice_deadline <= deadline:
             return  # an earlier notice stands
         record.notice_deadline = deadline
+        self.ledger.instances[instance_id].take_at = take_at
         self.ledger.transition(record, InstanceState.NOTICE, reason)
         self.ledger.spawn(
             self.ctx.channel.send(
@@ -73,6 +83,9 @@ class Notices:
         stop_reason, entry.stop_reason = entry.stop_reason, None
         if stop_reason is not None:
             self.ledger.end(record, InstanceState.TERMINATED, stop_reason)
+        elif record.state == InstanceState.NOTICE and returncode != 0:
+            # Gone during its notice: taken (the provider did not wait for the server).
+            self.instance_taken(instance_id, False, record.reason)
         elif returncode == 0:
             self.ledger.end(record, InstanceState.TERMINATED, "the kernel exited")
         else:
@@ -108,6 +121,9 @@ class Notices:
         if message.get("type") == "warning":
             self._early_warning(instance_id, message)
             return
+        if message.get("type") == "notice_warning":
+            self._notice_warning(instance_id, message.get("warning"))
+            return
         if message.get("type") != "notice":
             return
         entry = self.ledger.instances.get(instance_id)
@@ -123,8 +139,10 @@ class Notices:
         )
         reason = str(message.get("reason") or "the instance received an interruption notice")[:500]
         if message.get("source") in ("aws", "gcp", "azure"):
-            # The provider said it itself: its words and its deadline stand.
-            self.instance_noticed(entry.record.id, deadline, reason)
+            # The provider said it itself: its words and its deadline stand, and it takes
+            # the instance itself (the server ends it only after PROVIDER_GRACE).
+            take_at = max(deadline, now + PROVIDER_GRACE)
+            self.instance_noticed(entry.record.id, deadline, reason, take_at)
             return
         self.ledger.spawn(self._launcher_notice(entry.record, deadline, reason))
 
@@ -136,6 +154,29 @@ class Notices:
             return
         reason = str(message.get("reason") or "the cloud warns of an interruption")[:500]
         self.ledger.transition(record, InstanceState.RUNNING, f"early warning: {reason}")
+
+    def _notice_warning(self, instance_id: str, warning: Any) -> None:
+        """The launcher cannot read the cloud's notice (``warning`` says why), or can again
+        (None): the instance's ``notice_warning``; an instance event the first time (its
+        reason ``warning: ...``: JupyterLab shows it once), the log."""
+        record = self.ledger.record(instance_id)
+        if record is None or not record.is_live:
+            return
+        text = str(warning)[:500] if isinstance(warning, str) and warning else None
+        if text == record.notice_warning:
+            return
+        record.notice_warning = text
+        if record.state == InstanceState.RUNNING:
+            self.tell_notice_warning(record)
+        self.ledger.save()
+
+    def tell_notice_warning(self, record: InstanceRecord) -> None:
+        """Emit the instance's notice warning, if it has one (also called by the launch
+        once it runs: the launcher may say so while the instance is still pending)."""
+        if record.notice_warning is not None and record.state == InstanceState.RUNNING:
+            self.ledger.transition(
+                record, InstanceState.RUNNING, f"warning: {record.notice_warning}"
+            )
 
     async def _launcher_notice(self, record: InstanceRecord, deadline: float, reason: str) -> None:
         try:
@@ -182,7 +223,8 @@ class Notices:
 
     async def enforce_deadline(self, record: InstanceRecord) -> None:
         assert record.notice_deadline is not None
-        await asyncio.sleep(max(0.0, record.notice_deadline - time.time()))
+        take_at = self.ledger.instances[record.id].take_at or record.notice_deadline
+        await asyncio.sleep(max(0.0, take_at - time.time()))
         if record.state != InstanceState.NOTICE:
             return
         await self.take_away(record, record.reason)

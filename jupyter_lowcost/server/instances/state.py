@@ -106,6 +106,11 @@ class InstanceEntry:
     deadline: asyncio.Task[None] | None = None
     #: Set once the record is final (``wait()``).
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    #: When the server ends it under a provider's notice, if it is still there: the
+    #: provider's deadline, and at least PROVIDER_GRACE after the notice came (the provider
+    #: takes the instance itself; a deadline already past leaves the kernel time for its
+    #: notice checkpoint). None: at the notice's deadline.
+    take_at: float | None = None
     #: Its notice is its lifetime's end (it ends ``expired``).
     expiring: bool = False
     #: The exit code its process or job reported.
