@@ -136,11 +136,12 @@ class LowCostApp(ExtensionApp):
         help="""Where a low-cost kernel's launcher reads the cloud's own interruption notice:
         the instance metadata of AWS (IMDSv2 spot/instance-action, polled every second; the
         rebalance recommendation is an early warning), Google Cloud (instance/preempted, a
-        hanging GET) or Azure (Scheduled Events, a Preempt event, polled every second).
-        ``auto`` probes each (0.5 s at most each, without delaying the kernel's start);
-        ``off`` watches none. A notice is then the same as any other: the kernel's flag and
-        callbacks, its notice checkpoint, the server's notice event with the provider's
-        deadline.""",
+        hanging GET) or Azure (Scheduled Events for this VM: Preempt, Terminate, Reboot,
+        Redeploy; polled every second). ``auto`` decides from the machine's DMI data
+        (/sys/class/dmi/id), without the network: on a machine that is no cloud's VM it
+        asks nothing. ``off`` watches none. A notice is then the same as any other: the
+        kernel's flag and callbacks, its notice checkpoint, the server's notice event with
+        the provider's deadline.""",
     )
 
     cloud_metadata_url = Unicode(
