@@ -4,18 +4,26 @@
 server of one test. :class:`EventRecorder` collects the instance events the server emits;
 :func:`execute` runs code in a kernel through a kernel client, as JupyterLab's websocket
 does, and returns what it printed.
+
+Nothing the tests run may send anything beyond loopback: ``pytest_configure`` installs
+the network guard (tests/network_guard) before any fixture starts a process, and
+:func:`nothing_beyond_loopback` fails a test during which an attempt was refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
+from network_guard import Checker, describe, install, network_attempts
 from traitlets.config import Config
 
 from jupyter_lowcost.server.events import SCHEMA_ID
@@ -27,6 +35,46 @@ BASE_CONFIG: dict[str, Any] = {
     "LowCostApp": {"launch_timeout": 60.0},
     "LocalBackend": {"slots": 4, "gpus": 0},
 }
+
+
+#: The session's network guard folder (its library and log) and the log's checker.
+_GUARD: dict[str, Any] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Guard this process and every process the tests start (tests/network_guard)."""
+    folder = Path(tempfile.mkdtemp(prefix="jupyter-lowcost-network-guard-"))
+    _GUARD.update(folder=folder, checker=Checker(install(folder)))
+
+
+@pytest.fixture(autouse=True)
+def nothing_beyond_loopback() -> Iterator[None]:
+    """Fail the test when something tried to reach beyond loopback while it ran (or, at
+    its set-up, since the previous test: a shared fixture, a process still running)."""
+    checker: Checker = _GUARD["checker"]
+    checker.fail_on_new("before this test (a shared fixture's set-up or an earlier process)")
+    yield
+    checker.fail_on_new("during this test")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Attempts after the last test (shared fixtures' tear-down) fail the session; the
+    guard's folder is removed when the session recorded none."""
+    if "checker" not in _GUARD:
+        return
+    checker: Checker = _GUARD["checker"]
+    late = checker.new()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if late:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_sep("=", "network guard", red=True)
+            reporter.write_line(describe(late, "after the last test"), red=True)
+    if not network_attempts():
+        shutil.rmtree(_GUARD["folder"], ignore_errors=True)
+    elif reporter is not None:
+        reporter.write_line(f"network attempts recorded in {checker.log}")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,15 @@ def readme_commands(readme: Path = REPO / "README.md") -> list[str]:
     ]
 
 
+def install_then(command: str) -> tuple[str, str]:
+    """A README command ``python -m pip install ... && rest`` as its two halves. The tests
+    run the install (it reaches PyPI and npm) without the network guard
+    (:func:`network_guard.without_guard`), the rest under it, as ``&&`` would."""
+    install, _, rest = command.partition(" && ")
+    assert "pip install" in install and rest, command
+    return install, rest
+
+
 def fresh_copy(destination: Path) -> Path:
     """Copy what a clone of this checkout would hold, with its uncommitted changes: the
     files git tracks or would track (nothing it ignores, so no build and no venv)."""

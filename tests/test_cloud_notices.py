@@ -274,6 +274,33 @@ def test_a_service_slow_to_answer_at_first_is_asked_again_less_often_until_it_an
         thread.join(timeout=10)
 
 
+async def test_auto_on_this_machine_makes_the_launcher_ask_no_one_beyond_loopback(
+    api: Any, jp_serverapp: Any
+) -> None:
+    """The default (``auto``) on a machine that is no cloud's VM, as this one: a low-cost
+    kernel's launcher opens no connection and looks up no name outside 127.0.0.0/8 and
+    ::1 (the network guard, loaded in it, records every attempt), and its log says what
+    it decided and from what."""
+    from network_guard import guarded, network_attempts
+
+    assert cloud_notices.detect_provider()[0] is None, "this test needs a machine of no cloud"
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, instance_id = body["kernel"]["id"], body["instance"]["id"]
+    # (on the local backend, the kernel runs in its launcher's process)
+    launcher = int(await execute(jp_serverapp, kernel_id, "import os\nprint(os.getpid())"))
+    assert guarded(launcher)
+    log = manager_of(jp_serverapp).settings.logs_dir / f"{instance_id}.log"
+    await wait_until(lambda: "cloud notices (auto)" in log.read_text(), timeout=10)
+    assert (
+        "cloud notices (auto): this machine is not an AWS, Google Cloud or Azure VM ("
+        in log.read_text()
+    )
+    assert "no metadata service is asked" in log.read_text()
+    # (the decision is made before any watcher could start: none did, nothing was asked)
+    assert network_attempts(launcher) == []
+    assert "watching" not in log.read_text()
+
+
 # -- what the providers send that a watcher must get right --------------------------------
 
 
@@ -545,7 +572,12 @@ def emulator(request: pytest.FixtureRequest) -> Iterator[Emulator]:
 
 
 @pytest.fixture
-def jp_server_config(request: pytest.FixtureRequest, emulator: Emulator) -> Config:
+def jp_server_config(request: pytest.FixtureRequest) -> Config:
+    """The server's config: the defaults (``auto``), or with an ``emulator`` of a
+    provider, that provider's notices read from it."""
+    if "emulator" not in request.fixturenames:
+        return Config(_merge(BASE_CONFIG, {}))
+    emulator: Emulator = request.getfixturevalue("emulator")
     provider = next(k for k, v in EMULATORS.items() if isinstance(emulator, v))
     lowcost = {
         "cloud_notices": provider,

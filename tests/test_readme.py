@@ -2,6 +2,9 @@
 repository and a fresh virtual environment: the first one until JupyterLab answers with the
 extension on the local backend; the second one with another Python's ``pytest`` first on
 PATH, as on a machine whose own Python has pytest, up to the collection of the suite.
+Their ``pip install`` halves reach PyPI and npm: with test_binder.py's installs, the only
+commands of the suite run without the network guard (tests/network_guard); what they
+install then runs under it.
 (``.ci/run`` runs the second one in full, read from the README, on a clean clone: it is the
 whole test suite, this module included.)
 """
@@ -19,8 +22,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from fresh_install import fresh_copy, fresh_venv, readme_commands, run_logged
+from fresh_install import fresh_copy, fresh_venv, install_then, readme_commands, run_logged
 from jupyter_process import free_port
+from network_guard import without_guard
 
 TOKEN = "readme-token"
 
@@ -54,7 +58,7 @@ def test_the_readme_has_exactly_two_set_up_commands() -> None:
 def test_the_first_command_starts_jupyterlab_with_the_extension_on_the_local_backend(
     newcomer: Newcomer,
 ) -> None:
-    start = readme_commands()[0]
+    install, start = install_then(readme_commands()[0])
     repo, env, tmp_path = newcomer.repo, newcomer.env, newcomer.root
     port = free_port()
     # What a person would pass on the command line or keep in their config: where to
@@ -73,7 +77,10 @@ def test_the_first_command_starts_jupyterlab_with_the_extension_on_the_local_bac
     base = f"http://127.0.0.1:{port}/"
     headers = {"Authorization": f"token {TOKEN}"}
     log_path = tmp_path / "readme.log"
-    with open(log_path, "wb") as log:
+    # pip installs everything (from PyPI and npm: the one thing not under the network
+    # guard) and builds the extension from source, then JupyterLab starts.
+    run_logged(["bash", "-c", install], repo, without_guard(env), log_path)
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
             ["bash", "-c", start],
             cwd=repo,
@@ -83,7 +90,6 @@ def test_the_first_command_starts_jupyterlab_with_the_extension_on_the_local_bac
             start_new_session=True,
         )
     try:
-        # pip installs everything and builds the extension from source, then JupyterLab starts.
         end = time.monotonic() + 600
         while True:
             assert process.poll() is None, f"{start!r} exited:\n{log_path.read_text()[-6000:]}"
@@ -145,7 +151,7 @@ def another_pythons_pytest(root: Path) -> Path:
     run_logged(
         [str(other / "bin" / "python"), "-m", "pip", "install", "pytest"],
         root,
-        dict(os.environ),
+        without_guard(os.environ),
         root / "other-python.log",
     )
     shadow = root / "shadow"
@@ -160,9 +166,10 @@ def test_the_second_command_runs_the_suite_with_the_python_it_installed_into(
 ) -> None:
     """On a machine whose own Python has pytest (first on PATH), the README's test command
     must not run that pytest: it cannot import jupyter_lowcost, and the suite stops at its
-    conftest. The command runs as written; PYTEST_ADDOPTS makes its pytest only collect
-    the suite (running it in full here would run this test again)."""
-    command = readme_commands()[1]
+    conftest. The command runs as written (its two halves, as ``&&`` runs them: the
+    install without the network guard); PYTEST_ADDOPTS makes its pytest only collect the
+    suite (running it in full here would run this test again)."""
+    install, test = install_then(readme_commands()[1])
     shadow = another_pythons_pytest(tmp_path)
     env = dict(
         newcomer.env,
@@ -170,7 +177,9 @@ def test_the_second_command_runs_the_suite_with_the_python_it_installed_into(
         PYTEST_ADDOPTS="--collect-only -q -p no:cacheprovider",
     )
     log_path = tmp_path / "test-command.log"
-    run_logged(["bash", "-c", command], newcomer.repo, env, log_path)  # fails unless exit 0
+    # (fails unless exit 0; the install reaches PyPI: not under the network guard)
+    run_logged(["bash", "-c", install], newcomer.repo, without_guard(env), log_path)
+    run_logged(["bash", "-c", test], newcomer.repo, env, log_path)
     output = log_path.read_text()
     # The whole suite was collected, conftest and every module imported, this test among them.
     collected = re.search(r"^(\d+) tests? collected", output, re.MULTILINE)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
+from network_guard import guarded, network_attempts
 from slurm_cluster import KILL_WAIT, SlurmCluster
 
 
@@ -54,6 +55,24 @@ async def test_a_low_cost_kernel_runs_as_a_slurm_job(
     assert oct(log.stat().st_mode & 0o777) == "0o600"
     assert oct(log.parent.stat().st_mode & 0o777) == "0o700"
     assert log.stat().st_size > 0  # the job wrote into the file the server made
+
+
+async def test_slurm_and_its_jobs_run_under_the_network_guard(
+    api: Any, jp_serverapp: Any, slurm: SlurmCluster
+) -> None:
+    """Slurm's daemons (C programs started by tests/slurm_cluster.py) and a job's processes
+    (slurmstepd, the launcher, the kernel) have the network guard loaded."""
+    for daemon in ("munged", "slurmctld", "slurmd"):
+        assert guarded(int((slurm.root / f"{daemon}.pid").read_text().split()[0])), daemon
+    body = await start_lowcost_kernel(api, "T4")
+    pid = int(await execute(jp_serverapp, body["kernel"]["id"], "print(__import__('os').getpid())"))
+    chain = []  # the kernel, then its parents up to slurmstepd
+    while pid > 1 and not (chain and chain[-1][1].startswith("slurmstepd")):
+        chain.append((pid, Path(f"/proc/{pid}/comm").read_text().strip()))
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert chain[-1][1].startswith("slurmstepd"), chain
+    assert [name for pid, name in chain if not guarded(pid)] == [], chain
+    assert [a for pid, _ in chain for a in network_attempts(pid)] == []
 
 
 async def test_the_catalog_is_what_the_cluster_offers(api: Any, slurm: SlurmCluster) -> None:
