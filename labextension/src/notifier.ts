@@ -1,7 +1,8 @@
 /**
  * Notifications a person sees as toasts: the interruption notice with a live countdown,
- * the interruption, the recovery, the warnings before the lifetime cap, and checkpoints
- * that fail (a full disk) or work again.
+ * the interruption, the recovery, the warnings before the lifetime cap, the cloud's early
+ * warning of a risk, an instance whose launcher cannot read the cloud's notice (said once),
+ * and checkpoints that fail (a full disk) or work again.
  *
  * Made once by the plugin. It only speaks of kernels of notebooks open in this window,
  * and names the notebook in every message.
@@ -71,6 +72,7 @@ export class Notifier {
     _store.instanceEvent.connect(this._onEvent, this);
     _store.restored.connect(this._onRestored, this);
     _store.checkpointStatus.connect(this._onCheckpointStatus, this);
+    _store.changed.connect(this._onChanged, this);
     this._timer = window.setInterval(() => this._tick(), 1000);
   }
 
@@ -79,6 +81,7 @@ export class Notifier {
     this._store.instanceEvent.disconnect(this._onEvent, this);
     this._store.restored.disconnect(this._onRestored, this);
     this._store.checkpointStatus.disconnect(this._onCheckpointStatus, this);
+    this._store.changed.disconnect(this._onChanged, this);
   }
 
   private _panelOf(kernelId: string | null): NotebookPanel | null {
@@ -142,6 +145,10 @@ export class Notifier {
           );
           break;
         }
+        if (event.reason.startsWith('warning: ')) {
+          this._warnNoNotices(event.instance_id, what, event.reason.slice('warning: '.length));
+          break;
+        }
         const lost = this._recovering.get(kernelId);
         if (lost && lost !== event.instance_id) {
           this._recovering.delete(kernelId);
@@ -176,6 +183,36 @@ export class Notifier {
         this._endNotice(event.instance_id);
         break;
     }
+  }
+
+  /**
+   * A kernel's view changed: an instance whose launcher already said it cannot read the
+   * cloud's notice (before this page was opened, or while its notebook was closed) is
+   * said as its event would have.
+   */
+  private _onChanged(_: LowCostStore, kernelId: string): void {
+    const instance = this._store.get(kernelId)?.instance;
+    const panel = this._panelOf(kernelId);
+    if (!panel || !instance?.notice_warning || instance.state !== 'running') {
+      return;
+    }
+    const what = `the ${placementName(instance)} instance of ${panel.context.path}`;
+    this._warnNoNotices(instance.id, what, instance.notice_warning);
+  }
+
+  /** Say once per instance that its launcher cannot read the cloud's notice, and why. */
+  private _warnNoNotices(instanceId: string, what: string, why: string): void {
+    if (this._noticeWarned.has(instanceId)) {
+      return;
+    }
+    this._noticeWarned.add(instanceId);
+    show(
+      'warning',
+      `${capitalize(what)} cannot get interruption notices: interruptions will come without ` +
+        'warning.',
+      `${capitalize(what)}: ${why}.`,
+      false
+    );
   }
 
   private _onCheckpointStatus(_: LowCostStore, event: ICheckpointStatusEvent): void {
@@ -294,6 +331,8 @@ export class Notifier {
   /** Kernel id -> the toast saying its checkpoints fail. */
   private _checkpointToasts = new Map<string, string>();
   private _capWarned = new Map<string, Set<number>>();
+  /** Instances whose launcher was said to get no interruption notices. */
+  private _noticeWarned = new Set<string>();
   private _timer: number;
 }
 

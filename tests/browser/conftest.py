@@ -2,7 +2,9 @@
 
 The tests are async and drive Playwright's async API on the event loop pytest-jupyter
 gives every test. ``@pytest.mark.lab(config={...}, settings={...})`` configures the
-server (by class name, as in a config file) and the extension's user settings.
+server (by class name, as in a config file) and the extension's user settings; a test
+whose server's configuration is known only as it runs (the URL of an emulator on a free
+port) calls ``start_lab(config={...})`` instead.
 """
 
 from __future__ import annotations
@@ -26,15 +28,29 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
+def start_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
+    """``start_lab(config=None, settings=None)``: a started ``jupyter lab`` with the
+    extension; each is stopped after the test."""
+    started: list[Lab] = []
+
+    def start(config: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> Lab:
+        server = Lab(tmp_path / f"lab{len(started)}", config, settings)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+        print(server.log()[-5000:])  # pytest shows it when the test failed
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, start_lab: Callable[..., Lab]) -> Lab:
     """A started ``jupyter lab`` with the extension, configured by the test's marker."""
     marker = request.node.get_closest_marker("lab")
     options = marker.kwargs if marker else {}
-    server = Lab(tmp_path, options.get("config"), options.get("settings"))
-    server.start()
-    yield server
-    server.stop()
-    print(server.log()[-5000:])  # pytest shows it when the test failed
+    return start_lab(options.get("config"), options.get("settings"))
 
 
 class Browser:

@@ -1,16 +1,25 @@
-"""What a person sees when the server interrupts, recovers or caps a low-cost kernel, and
-when the server extension is missing."""
+"""What a person sees when the server interrupts, recovers or caps a low-cost kernel, when
+the cloud warns of a risk or its notice cannot be read, and when the server extension is
+missing."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+from cloud_metadata import AwsMetadata, Emulator
 from playwright.async_api import expect
 
 from browser.lab import Lab, new_notebook, run_cell, wait_kernel_idle
 from browser.test_switch import status_item, switch
+
+INSTANCE_EVENT = "https://events.jupyter.org/jupyter_lowcost/instance/v1"
+REBALANCE = "/latest/meta-data/events/recommendations/rebalance"
 
 
 def toast(page: Any, text: str) -> Any:
@@ -171,3 +180,142 @@ async def test_a_failing_checkpoint_is_shown_until_checkpoints_work_again(
     lab.api("POST", f"kernels/{kernel_id}/checkpoint", {"ok": True, "checkpoint_id": "00000008"})
     await expect(toast(page, "checkpoints work again")).to_be_visible()
     await expect(failed).to_have_count(0)
+
+
+# -- the cloud's own metadata, from a local emulator (tests/cloud_metadata.py) ----------
+
+
+class RefusingAwsMetadata(Emulator):
+    """An AWS metadata service that refuses everything (403: the instance metadata service
+    is turned off): the launcher cannot read the spot notice."""
+
+    def get(self, handler: BaseHTTPRequestHandler) -> None:
+        self.answer(handler, 403)
+
+    def put(self, handler: BaseHTTPRequestHandler) -> None:
+        self.answer(handler, 403)
+
+
+@pytest.fixture
+def aws_metadata() -> Iterator[AwsMetadata]:
+    emulator = AwsMetadata()
+    yield emulator
+    emulator.close()
+
+
+@pytest.fixture
+def refusing_aws_metadata() -> Iterator[RefusingAwsMetadata]:
+    emulator = RefusingAwsMetadata()
+    yield emulator
+    emulator.close()
+
+
+def watching_aws(start_lab: Callable[..., Lab], emulator: Emulator) -> Lab:
+    """A lab whose low-cost kernels' launchers read AWS's instance metadata from
+    ``emulator``."""
+    return start_lab(
+        config={"LowCostApp": {"cloud_notices": "aws", "cloud_metadata_url": emulator.url}}
+    )
+
+
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"waited {timeout} s for {what}"
+        await asyncio.sleep(0.2)
+
+
+def emit_instance_event(lab: Lab, instance: dict[str, Any], state: str, reason: str) -> None:
+    """An instance event of ``instance``, through the server's own event bus
+    (``POST api/events``), as the server emits them."""
+    data = {
+        "instance_id": instance["id"],
+        "kernel_id": instance["kernel_id"],
+        "state": state,
+        "reason": reason,
+        "deadline": None,
+        "instance_type": instance["instance_type"],
+        "tier": instance["tier"],
+        "recovery": None,
+    }
+    lab.api("POST", "/api/events", {"schema_id": INSTANCE_EVENT, "version": "1", "data": data})
+
+
+async def test_a_rebalance_recommendation_warns_without_a_countdown(
+    aws_metadata: AwsMetadata, start_lab: Callable[..., Lab], browser: Any, screenshot: Any
+) -> None:
+    lab = watching_aws(start_lab, aws_metadata)
+    page, instance_id = await low_cost_notebook(lab, browser)
+    await until(lambda: ("GET", REBALANCE) in aws_metadata.requests, "the launcher's polling")
+    aws_metadata.rebalance()
+
+    warning = toast(page, "may be interrupted soon")
+    await expect(warning).to_be_visible(timeout=20_000)
+    await expect(warning).to_contain_text(
+        "The low-cost T4 instance of Untitled.ipynb may be interrupted soon."
+    )
+    await expect(warning).not_to_have_class(re.compile("Toastify--animate"))
+    # A risk, not a notice: no countdown, neither in a toast nor in the status bar.
+    await expect(status_item(page)).to_contain_text(re.compile(r"Low-cost T4 · 23:59:\d\d left"))
+    await expect(status_item(page)).not_to_contain_text("interruption")
+    await expect(toast(page, "Interruption in")).to_have_count(0)
+    await screenshot(page, "early-warning")
+
+    await warning.get_by_role("button", name="Details").click()
+    details = page.locator(".jp-Dialog").filter(has_text="Low-cost instance")
+    await expect(details).to_contain_text(
+        re.compile(r"AWS rebalance recommendation at \S+: this Spot Instance is at elevated risk")
+    )
+    await details.get_by_role("button", name="Ok").click()
+    instance = lab.api("GET", f"instances/{instance_id}")
+    assert (instance["state"], instance["notice_deadline"]) == ("running", None)
+    await run_cell(page, "print('still here')", "still here")
+    assert not [e for e in browser.errors if "uncaught" in e or "lowcost" in e.lower()]
+
+
+async def test_a_launcher_that_cannot_read_the_spot_notice_is_said_once_per_instance(
+    refusing_aws_metadata: RefusingAwsMetadata,
+    start_lab: Callable[..., Lab],
+    browser: Any,
+    screenshot: Any,
+) -> None:
+    """The server reports it on the instance (``notice_warning``) and as an instance event
+    whose reason starts with "warning: "; a page says it once per instance."""
+    lab = watching_aws(start_lab, refusing_aws_metadata)
+    page, instance_id = await low_cost_notebook(lab, browser)
+
+    warning = toast(page, "cannot get interruption notices")
+    await expect(warning).to_be_visible(timeout=30_000)
+    await expect(warning).to_contain_text(
+        "The low-cost T4 instance of Untitled.ipynb cannot get interruption notices: "
+        "interruptions will come without warning."
+    )
+    await expect(warning).not_to_have_class(re.compile("Toastify--animate"))
+    await expect(status_item(page)).to_contain_text(re.compile(r"Low-cost T4 · 23:59:\d\d left"))
+    await screenshot(page, "no-notices")
+    instance = lab.api("GET", f"instances/{instance_id}")
+    assert instance["state"] == "running"
+    said = instance["notice_warning"]
+    assert isinstance(said, str) and said, instance
+    await warning.get_by_role("button", name="Details").click()
+    details = page.locator(".jp-Dialog").filter(has_text="Low-cost instance")
+    await expect(details).to_contain_text(said)  # the server's own words
+    await details.get_by_role("button", name="Ok").click()
+
+    # The same report again says nothing new. (The early warning after it shows that the
+    # page has received both.)
+    emit_instance_event(lab, instance, "running", f"warning: {said}")
+    emit_instance_event(lab, instance, "running", "early warning: a test's risk")
+    await expect(toast(page, "may be interrupted soon")).to_be_visible()
+    await expect(warning).to_have_count(1)
+
+    # A page opened later learns it from the instance, and says it once too.
+    await page.reload()
+    await page.locator("#jupyterlab-splash").wait_for(state="detached", timeout=60_000)
+    await expect(warning).to_be_visible(timeout=30_000)
+    await expect(warning).to_contain_text("Untitled.ipynb cannot get interruption notices")
+    emit_instance_event(lab, instance, "running", f"warning: {said}")
+    emit_instance_event(lab, instance, "running", "early warning: a test's risk")
+    await expect(toast(page, "may be interrupted soon")).to_be_visible()
+    await expect(warning).to_have_count(1)
+    assert not [e for e in browser.errors if "uncaught" in e or "lowcost" in e.lower()]
