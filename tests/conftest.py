@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
+from cloud_metadata import AwsMetadata, AzureMetadata, GcpMetadata
 from network_guard import Checker, describe, install, network_attempts
 from traitlets.config import Config
 
@@ -75,6 +76,30 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(_GUARD["folder"], ignore_errors=True)
     elif reporter is not None:
         reporter.write_line(f"network attempts recorded in {checker.log}")
+
+
+@pytest.fixture
+def aws() -> Iterator[AwsMetadata]:
+    """An emulator of AWS's instance metadata (tests/cloud_metadata.py), on loopback."""
+    emulator = AwsMetadata()
+    yield emulator
+    emulator.close()
+
+
+@pytest.fixture
+def gcp() -> Iterator[GcpMetadata]:
+    """An emulator of Google Cloud's instance metadata, on loopback."""
+    emulator = GcpMetadata()
+    yield emulator
+    emulator.close()
+
+
+@pytest.fixture
+def azure() -> Iterator[AzureMetadata]:
+    """An emulator of Azure's instance metadata (Scheduled Events), on loopback."""
+    emulator = AzureMetadata()
+    yield emulator
+    emulator.close()
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -35,27 +35,6 @@ from jupyter_lowcost.instance.cloud_notices import (
 EMULATORS = {"aws": AwsMetadata, "gcp": GcpMetadata, "azure": AzureMetadata}
 
 
-@pytest.fixture
-def aws() -> Iterator[AwsMetadata]:
-    emulator = AwsMetadata()
-    yield emulator
-    emulator.close()
-
-
-@pytest.fixture
-def gcp() -> Iterator[GcpMetadata]:
-    emulator = GcpMetadata()
-    yield emulator
-    emulator.close()
-
-
-@pytest.fixture
-def azure() -> Iterator[AzureMetadata]:
-    emulator = AzureMetadata()
-    yield emulator
-    emulator.close()
-
-
 class Received:
     def __init__(self) -> None:
         self.notices: list[CloudNotice] = []

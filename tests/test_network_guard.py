@@ -73,6 +73,13 @@ def guarded_env(log: Path) -> dict[str, str]:
     return {**os.environ, LOG_ENV: str(log)}
 
 
+def run_guarded(log: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` under the guard, logging to ``log``; its output as text."""
+    return subprocess.run(
+        list(argv), check=False, env=guarded_env(log), capture_output=True, text=True, timeout=60
+    )
+
+
 def hosts_name() -> str:
     """A name /etc/hosts gives an IPv4 address (other than localhost's names), else localhost."""
     for address, names in network_guard._hosts():
@@ -85,14 +92,7 @@ def hosts_name() -> str:
 
 def test_a_python_child_is_refused_and_recorded(tmp_path: Path) -> None:
     log = tmp_path / "attempts.log"
-    result = subprocess.run(
-        [sys.executable, "-c", BEYOND],
-        check=False,
-        env=guarded_env(log),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_guarded(log, sys.executable, "-c", BEYOND)
     assert result.returncode == 0, result.stderr
     pid, *outcomes = result.stdout.split("\n")[:-1]
     assert outcomes == [
@@ -119,14 +119,7 @@ def test_c_programs_are_refused_and_recorded(tmp_path: Path) -> None:
     env = guarded_env(log)
     lookup = subprocess.run(["getent", "hosts", "example.com"], check=False, env=env, timeout=60)
     assert lookup.returncode == 2  # not found
-    connect = subprocess.run(
-        ["bash", "-c", "exec 3<>/dev/tcp/192.0.2.1/9"],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    connect = run_guarded(log, "bash", "-c", "exec 3<>/dev/tcp/192.0.2.1/9")
     assert connect.returncode == 1
     assert "Network is unreachable" in connect.stderr
     attempts = read_attempts(log)
@@ -155,13 +148,8 @@ def test_a_process_that_lost_the_log_s_variable_records_into_the_guard_s_own_log
 
 def test_loopback_unix_sockets_and_local_names_still_work(tmp_path: Path) -> None:
     log = tmp_path / "attempts.log"
-    result = subprocess.run(
-        [sys.executable, "-c", LOOPBACK, str(tmp_path / "unix.socket"), hosts_name()],
-        check=False,
-        env=guarded_env(log),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_guarded(
+        log, sys.executable, "-c", LOOPBACK, str(tmp_path / "unix.socket"), hosts_name()
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "guard loaded: True\n"

@@ -18,6 +18,7 @@ the launcher runs on the instance. The protocols are in ``../shared/notes/CLOUD-
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -135,6 +136,14 @@ def detect_provider(sysfs: str | None = None) -> tuple[str | None, str]:
 # -- HTTP, straight to the service -------------------------------------------------------
 
 
+@functools.cache
+def _direct_opener() -> Any:
+    """A urllib opener that ignores the proxy settings (made once, in the watcher's thread)."""
+    import urllib.request
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _request(
     method: str,
     url: str,
@@ -149,10 +158,9 @@ def _request(
     import urllib.error
     import urllib.request
 
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     request = urllib.request.Request(url, data=body, headers=headers, method=method)
     try:
-        with opener.open(request, timeout=timeout) as response:
+        with _direct_opener().open(request, timeout=timeout) as response:
             return response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as err:
         return err.code, err.read() or b"", dict(err.headers or {})
@@ -250,11 +258,15 @@ class Watcher:
             f"{self.provider}'s metadata service at {self.base} {what}; asking again, less often",
         )
 
+    def log_once(self, kind: str, text: str) -> None:
+        """Log ``text`` the first time a failure of ``kind`` happens, not once per poll."""
+        if kind not in self._logged:
+            self._logged.add(kind)
+            self.log(text)
+
     def failed(self, failure: Unreadable) -> None:
         self.failures += 1
-        if failure.kind not in self._logged:
-            self._logged.add(failure.kind)
-            self.log(failure.text)
+        self.log_once(failure.kind, failure.text)
         if failure.definite or self.failures >= WARN_AFTER_FAILURES:
             text = (
                 f"cannot read {self.provider}'s spot notice: {failure.text}; interruptions "
@@ -342,9 +354,7 @@ class AwsWatcher(Watcher):
 
     def _tokenless(self, kind: str, problem: str) -> str | None:
         """Go without a token for a while (None: what ``_token`` returns then)."""
-        if kind not in self._logged:
-            self._logged.add(kind)
-            self.log(f"AWS: {problem}; reading the notice without a token (IMDSv1)")
+        self.log_once(kind, f"AWS: {problem}; reading the notice without a token (IMDSv1)")
         self.token_problem = problem
         self.tokenless_until = time.monotonic() + self.tokenless_seconds
         return None
@@ -455,12 +465,12 @@ class GcpWatcher(Watcher):
                 self.stop.wait(self.pause())
                 continue
             value, etag = answer
-            if not etag and "no-etag" not in self._logged:
-                self._logged.add("no-etag")
-                self.log(
+            if not etag:
+                self.log_once(
+                    "no-etag",
                     "Google Cloud's metadata answered without an ETag (a proxy or another "
                     f"service on the path?): asking every {POLL_SECONDS:g} s instead of "
-                    "waiting for a change"
+                    "waiting for a change",
                 )
             if value.upper() == "TRUE":
                 self.deliver(

@@ -4,15 +4,13 @@ missing."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from cloud_metadata import AwsMetadata, Emulator
+from conftest import wait_until
 from playwright.async_api import expect
 
 from browser.lab import Lab, new_notebook, run_cell, wait_kernel_idle
@@ -185,44 +183,12 @@ async def test_a_failing_checkpoint_is_shown_until_checkpoints_work_again(
 # -- the cloud's own metadata, from a local emulator (tests/cloud_metadata.py) ----------
 
 
-class RefusingAwsMetadata(Emulator):
-    """An AWS metadata service that refuses everything (403: the instance metadata service
-    is turned off): the launcher cannot read the spot notice."""
-
-    def get(self, handler: BaseHTTPRequestHandler) -> None:
-        self.answer(handler, 403)
-
-    def put(self, handler: BaseHTTPRequestHandler) -> None:
-        self.answer(handler, 403)
-
-
-@pytest.fixture
-def aws_metadata() -> Iterator[AwsMetadata]:
-    emulator = AwsMetadata()
-    yield emulator
-    emulator.close()
-
-
-@pytest.fixture
-def refusing_aws_metadata() -> Iterator[RefusingAwsMetadata]:
-    emulator = RefusingAwsMetadata()
-    yield emulator
-    emulator.close()
-
-
 def watching_aws(start_lab: Callable[..., Lab], emulator: Emulator) -> Lab:
     """A lab whose low-cost kernels' launchers read AWS's instance metadata from
     ``emulator``."""
     return start_lab(
         config={"LowCostApp": {"cloud_notices": "aws", "cloud_metadata_url": emulator.url}}
     )
-
-
-async def until(predicate: Callable[[], Any], what: str, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, f"waited {timeout} s for {what}"
-        await asyncio.sleep(0.2)
 
 
 def emit_instance_event(lab: Lab, instance: dict[str, Any], state: str, reason: str) -> None:
@@ -242,12 +208,12 @@ def emit_instance_event(lab: Lab, instance: dict[str, Any], state: str, reason: 
 
 
 async def test_a_rebalance_recommendation_warns_without_a_countdown(
-    aws_metadata: AwsMetadata, start_lab: Callable[..., Lab], browser: Any, screenshot: Any
+    aws: AwsMetadata, start_lab: Callable[..., Lab], browser: Any, screenshot: Any
 ) -> None:
-    lab = watching_aws(start_lab, aws_metadata)
+    lab = watching_aws(start_lab, aws)
     page, instance_id = await low_cost_notebook(lab, browser)
-    await until(lambda: ("GET", REBALANCE) in aws_metadata.requests, "the launcher's polling")
-    aws_metadata.rebalance()
+    await wait_until(lambda: ("GET", REBALANCE) in aws.requests)  # (the launcher polls)
+    aws.rebalance()
 
     warning = toast(page, "may be interrupted soon")
     await expect(warning).to_be_visible(timeout=20_000)
@@ -274,14 +240,15 @@ async def test_a_rebalance_recommendation_warns_without_a_countdown(
 
 
 async def test_a_launcher_that_cannot_read_the_spot_notice_is_said_once_per_instance(
-    refusing_aws_metadata: RefusingAwsMetadata,
+    aws: AwsMetadata,
     start_lab: Callable[..., Lab],
     browser: Any,
     screenshot: Any,
 ) -> None:
     """The server reports it on the instance (``notice_warning``) and as an instance event
     whose reason starts with "warning: "; a page says it once per instance."""
-    lab = watching_aws(start_lab, refusing_aws_metadata)
+    aws.token_answer = 403  # (and no token-less reads: the spot notice cannot be read)
+    lab = watching_aws(start_lab, aws)
     page, instance_id = await low_cost_notebook(lab, browser)
 
     warning = toast(page, "cannot get interruption notices")

@@ -33,6 +33,7 @@ Every attempt is one line of the session's log, written by guard.c or the audit 
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import re
@@ -197,8 +198,10 @@ LOCALHOST_NAMES = frozenset(
 )
 
 
+@functools.cache
 def _hosts(path: str = "/etc/hosts") -> list[tuple[str, list[str]]]:
-    """``(address, names)`` of each line of /etc/hosts."""
+    """``(address, names)`` of each line of /etc/hosts (read once: the audit hook asks on
+    every lookup)."""
     try:
         with open(path) as handle:
             lines = handle.read().splitlines()
