@@ -239,12 +239,24 @@ async def test_lowcost_interrupt_refuses_what_it_cannot_do(
         ("interrupt --later 3", "unknown option '--later'"),
         ("interrupt --in", "--in needs a number of seconds"),
         ("interrupt --notice=-1", "--notice must be 0 or more seconds"),
+        ("interrupt --notice nan", "--notice needs a finite number of seconds, not 'nan'"),
+        ("interrupt --notice inf", "--notice needs a finite number of seconds, not 'inf'"),
+        ("interrupt --notice=-inf", "--notice needs a finite number of seconds, not '-inf'"),
+        ("interrupt --in nan", "--in needs a finite number of seconds, not 'nan'"),
+        ("interrupt --in inf", "--in needs a finite number of seconds, not 'inf'"),
+        ("interrupt --in 1e300", "--in must be at most 604800 seconds, not '1e300'"),
+        ("restore 'abc", "%lowcost: no closing quotation in \"restore 'abc\""),
+        ("restore " + "7" * 10_000, "is not a checkpoint ID or KERNEL[/ID]"),
+        ("restore ../../etc", "'../../etc' is not a checkpoint ID or KERNEL[/ID]"),
     ]:
         out = await magic_raised(jp_serverapp, kernel_id, line)
+        # One line that names the problem, and nothing else happened.
         assert out.startswith("UsageError") and message in out, out
-    # The server's own limit comes back in its words.
+        assert out.count("\n") == 1 and len(out) < 300, out
+    # The server's own limit comes back in its words, and alone.
     out = await execute(jp_serverapp, kernel_id, "%lowcost interrupt --notice 100000")
     assert "notice_seconds must be between 0 and" in out
+    assert "Simulated interruption" not in out, out
     _, instance = await api("GET", f"instances/{body['instance']['id']}")
     assert instance["state"] == "running"
 

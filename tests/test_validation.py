@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 from urllib.parse import quote
 
@@ -16,6 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jupyter_lowcost.server.rest_schemas import MAX_BODY_BYTES
+
+NAN, INF = float("nan"), float("inf")
 
 BODY_ROUTES = [
     ("POST", "kernels"),
@@ -82,7 +85,10 @@ async def test_numbers_too_large_for_a_float_and_bodies_too_large(
     for text in ("1" + "0" * 400, "-" + "9" * 400, "1e999", "-1e999", "NaN", "Infinity"):
         status, answer = await api("POST", interrupt, f'{{"notice_seconds": {text}}}')
         assert status == 400, (text, answer)
-        assert "notice_seconds must be between 0 and" in answer["message"], answer
+        # (1e999 is an infinity to Python's JSON parser)
+        assert answer["message"].startswith(
+            ("notice_seconds must be between 0 and", "notice_seconds must be a finite number")
+        ), answer
         assert len(answer["message"]) < 200
     big = json.dumps({"path": "x" * (MAX_BODY_BYTES + 1)})
     status, answer = await api("POST", "kernels", big)
@@ -98,12 +104,19 @@ async def test_wrong_types_in_every_field_of_restored_are_refused(
     path = f"kernels/{one_kernel['kernel']}/restored"
     wrong = {
         "checkpoint_id": [1, {"a": 1}, None, True],
-        "taken_at": ["now", [], {}, True, -1, 1e300],
+        "taken_at": ["now", [], {}, True, -1, 1e300, NAN, INF, -INF],
         "variables": ["x", 3, [1], [None], {"a": 1}],
         "bytes": ["1", 1.5, -1, [], 2**70],
-        "seconds": ["1", [], -3],
+        "seconds": ["1", [], -3, NAN, INF],
         "not_restored": ["gen", [1], [{"name": 1, "type": "t", "why": "w"}], [{"name": "x"}]],
     }
+    # NaN and the infinities (which Python's JSON parser reads, and every range lets
+    # through) are named as what they are, wherever they are.
+    for value in (NAN, INF):
+        status, answer = await api("POST", path, {"variables": [], "taken_at": 1.0, "x": [value]})
+        assert status == 400 and "unknown field" in answer["message"], answer
+    status, answer = await api("POST", path, {"taken_at": NAN})
+    assert answer["message"].startswith("taken_at must be a finite number, not NaN"), answer
     for field, values in wrong.items():
         for value in values:
             status, answer = await api("POST", path, {field: value})
@@ -123,6 +136,8 @@ def _mutating(method: str, route: str, body: Any) -> bool:
     what this test is about (the other tests do those), and slow."""
     if not isinstance(body, dict) or route.endswith(("restored", "checkpoint")):
         return False
+    if _garbage(body):
+        return False  # (must be refused: sent)
     known = {"T4", "A100-80G", "L4", "H100-80G", "A10G"}
     if route == "kernels":
         instance_type = body.get("instance_type")
@@ -134,6 +149,22 @@ def _mutating(method: str, route: str, body: Any) -> bool:
     if route.endswith("interrupt"):
         value = body.get("notice_seconds")
         return set(body) == {"notice_seconds"} and isinstance(value, (int, float))
+    return False
+
+
+def _garbage(value: Any) -> bool:
+    """Whether a decoded body holds what no field may: NaN, an infinity, a number no
+    float holds, a lone surrogate."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) > 2**63
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(_garbage(k) or _garbage(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_garbage(v) for v in value)
     return False
 
 
@@ -161,10 +192,19 @@ FIELDS = st.sampled_from(
         "error",
     ]
 )
+#: What a careless or hostile client puts in a field: NaN and the infinities (which
+#: JSON.parse never makes, but Python's json reads), numbers past any float, lone
+#: surrogates, control characters, very long strings.
+GARBAGE = st.one_of(
+    st.sampled_from([NAN, INF, -INF, 10**400, -(10**400), 2**63, "\ud800", "a\x00b", ""]),
+    st.text(min_size=1000, max_size=3000),
+    st.lists(st.sampled_from([NAN, INF, "\udfff", None]), min_size=1, max_size=3),
+)
 BODIES = st.one_of(
     st.none(),
     JSON.map(json.dumps),
     st.dictionaries(FIELDS, JSON, max_size=4).map(json.dumps),
+    st.dictionaries(FIELDS, GARBAGE, min_size=1, max_size=3).map(json.dumps),
     st.binary(max_size=64).map(lambda b: b.decode("latin-1")),
     st.integers(1, 3000).map(lambda n: "[" * n + "]" * n),
     st.integers(300, 5000).map(lambda n: '{"notice_seconds": 1' + "0" * n + "}"),
@@ -192,7 +232,7 @@ ROUTES = st.sampled_from(
 IDS = st.one_of(
     st.just("real"),
     st.text(min_size=1, max_size=40),
-    st.sampled_from(["", "..", "%00", "0" * 500, "nope", "-", "a/b"]),
+    st.sampled_from(["", "..", "%00", "0" * 500, "7" * 10_000, "nope", "-", "a/b"]),
 )
 
 

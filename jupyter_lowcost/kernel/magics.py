@@ -23,6 +23,7 @@ always show the same state. Arguments are parsed by IPython's ``magic_arguments`
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import threading
@@ -108,19 +109,53 @@ def describe_types(types: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def _seconds(option: str) -> Any:
-    """The ``type`` of an option that takes a number of seconds (0 or more)."""
+#: The longest ``--in`` (a week): a later interruption would come after any instance's
+#: lifetime cap, and Python's timers refuse much longer waits.
+MAX_DELAY = 7 * 86400.0
+#: The longest checkpoint argument ``%lowcost restore`` takes: a kernel id (36) and a
+#: checkpoint id, with room to spare.
+MAX_TARGET = 80
+
+
+def _seconds(option: str, most: float = math.inf) -> Any:
+    """The ``type`` of an option that takes a finite number of seconds, from 0 to ``most``."""
 
     def parse(value: str) -> float:
         try:
             seconds = float(value)
         except ValueError:
-            raise ArgumentTypeError(f"{option} needs a number of seconds, not {value!r}") from None
+            raise ArgumentTypeError(
+                f"{option} needs a number of seconds, not {_shown(value)}"
+            ) from None
+        if not math.isfinite(seconds):
+            raise ArgumentTypeError(f"{option} needs a finite number of seconds, not {value!r}")
         if seconds < 0:
             raise ArgumentTypeError(f"{option} must be 0 or more seconds")
+        if seconds > most:
+            raise ArgumentTypeError(
+                f"{option} must be at most {most:g} seconds, not {_shown(value)}"
+            )
         return seconds
 
     return parse
+
+
+def _shown(text: str) -> str:
+    """What the user typed, as an error message quotes it: short."""
+    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+
+
+def _checkpoint_target(text: str | None) -> str | None:
+    """``%lowcost restore``'s argument, checked before any file is looked up: a checkpoint
+    id or ``KERNEL[/ID]`` as ``%lowcost checkpoints --all`` lists them."""
+    if text is None:
+        return None
+    if len(text) > MAX_TARGET or not re.fullmatch(r"[A-Za-z0-9-]+(/[0-9]+)?", text):
+        raise UsageError(
+            f"%lowcost restore: {_shown(text)} is not a checkpoint ID or KERNEL[/ID]; "
+            "%lowcost checkpoints --all lists them"
+        )
+    return text
 
 
 @magics_class
@@ -143,7 +178,7 @@ class LowCostMagics(Magics):
     @argument(
         "--in",
         dest="delay",
-        type=_seconds("--in"),
+        type=_seconds("--in", MAX_DELAY),
         metavar="S",
         help="interrupt: announce it in S seconds (0: now)",
     )
@@ -255,7 +290,7 @@ class LowCostMagics(Magics):
                     return
                 else:
                     restored = checkpoints.restore()
-            except (FileNotFoundError, LookupError, ValueError) as err:
+            except (OSError, LookupError, ValueError) as err:
                 print(f"%lowcost: {err}", file=sys.stderr)
                 return
             print(f"Restored checkpoint {restored.checkpoint_id}: {restored.summary()}.")
@@ -303,7 +338,7 @@ class LowCostMagics(Magics):
             )
             return
         when = f"in {delay:g} s" if delay else "now"
-        print(
+        said = (
             f"Simulated interruption of instance {instance['id']}, announced {when} with "
             f"{notice_seconds:g} s notice, as a provider taking a spot instance back would "
             "give: the `notice` flag turns true and on_notice callbacks run; at the end of "
@@ -311,8 +346,10 @@ class LowCostMagics(Magics):
             "instance from its checkpoint."
         )
         if not delay:
-            client.interrupt(instance["id"], notice_seconds)
+            client.interrupt(instance["id"], notice_seconds)  # (a refusal is all it says)
+            print(said)
             return
+        print(said)
 
         def announce() -> None:
             from .interruption import notice
@@ -401,7 +438,11 @@ def _parse(magic: Any, line: str) -> Any:
     are refused."""
     parser = magic.parser
     try:
-        args, unknown = parser.parse_known_args(arg_split(line))
+        words = arg_split(line)
+    except ValueError as err:  # shlex: an unbalanced quote
+        raise UsageError(f"%lowcost: {str(err).lower()} in {_shown(line)}") from None
+    try:
+        args, unknown = parser.parse_known_args(words)
     except UsageError as err:
         text = str(err)
         needs = re.search(r"argument (--notice|--in)(?:/-\w+)?: expected one argument", text)
@@ -424,4 +465,5 @@ def _parse(magic: Any, line: str) -> Any:
     refused = given - ACCEPTS.get(args.command, set())
     if refused:
         raise UsageError(USAGE)
+    args.target = _checkpoint_target(args.target)
     return args

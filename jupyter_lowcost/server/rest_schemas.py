@@ -11,6 +11,7 @@ jsonschema comes with jupyter_events, which validates the event schemas with it.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -114,6 +115,8 @@ START_JOB = {
         "path": {"type": ["string", "null"], "maxLength": 4096},
         "output_path": {"type": ["string", "null"], "maxLength": 4096},
     },
+    # (a notebook's parameters may be NaN or infinite, as papermill's are)
+    "x-non-finite": ["parameters"],
 }
 
 _VALIDATORS = {
@@ -145,7 +148,41 @@ def parse_body(body: bytes, schema: dict[str, Any]) -> dict[str, Any]:
         raise web.HTTPError(400, "the request body is JSON nested too deeply") from None
     if error is not None:
         raise web.HTTPError(400, f"{_describe(error, schema)} ({schema['title']})")
+    # (after the schema: a field that should not be there is the first thing to say)
+    try:
+        where = _non_finite(value, allowed=schema.get("x-non-finite", []))
+    except RecursionError:
+        raise web.HTTPError(400, "the request body is JSON nested too deeply") from None
+    if where is not None:
+        path, number = where
+        raise web.HTTPError(
+            400,
+            f"{path or 'the request body'} must be a finite number, not {number} "
+            f"({schema['title']})",
+        )
     return value
+
+
+def _non_finite(value: Any, allowed: list[str], path: str = "") -> tuple[str, str] | None:
+    """Where ``value`` holds NaN or an infinity (which Python's JSON parser accepts, and
+    which no range in a schema refuses: NaN compares false with every bound), as
+    (``taken_at``, ``NaN``); None when nowhere, or only under a top-level field in
+    ``allowed``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        items: Any = ((str(key), child) for key, child in value.items())
+    elif isinstance(value, list):
+        items = ((str(index), child) for index, child in enumerate(value))
+    else:
+        return None
+    for key, child in items:
+        if not path and key in allowed:
+            continue
+        found = _non_finite(child, allowed, f"{path}.{key}" if path else key)
+        if found is not None:
+            return found
+    return None
 
 
 _TYPE_WORDS = {
