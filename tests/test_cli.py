@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,3 +208,68 @@ def test_with_no_server_running_the_command_starts_one(tmp_path: Path) -> None:
     finally:
         for info in (tmp_path / "runtime").glob("jpserver-*.json"):
             os.kill(json.loads(info.read_text())["pid"], signal.SIGTERM)
+
+
+def as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
+    """``command`` run as user ``nobody`` (another local user of the machine)."""
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command],
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("runtime_existed", [False, True], ids=["fresh", "left-0755"])
+def test_the_server_a_command_starts_shows_other_users_no_token_and_no_job_output(
+    runtime_existed: bool,
+) -> None:
+    """On a fresh account (no runtime folder yet), or one an older version left with a
+    runtime folder others can enter, another local user reads neither the started
+    server's URL with its token, nor its log, nor an output notebook the CLI writes."""
+    base = Path(tempfile.mkdtemp(prefix="jupyter-lowcost-modes-"))
+    base.chmod(0o755)  # others may enter: only what is made inside must keep them out
+    home, runtime, outputs = base / "home", base / "runtime", base / "outputs"
+    home.mkdir(mode=0o755)
+    outputs.mkdir(mode=0o755)
+    if runtime_existed:
+        runtime.mkdir(mode=0o755)
+        (runtime / "jupyter-lowcost-server.log").write_text("an older server's log\n")
+        (runtime / "jupyter-lowcost-server.log").chmod(0o644)
+    readable = base / "readable.txt"
+    readable.write_text("anyone may read this\n")
+    readable.chmod(0o644)
+    env = {
+        "HOME": str(home),
+        "JUPYTER_RUNTIME_DIR": str(runtime),
+        "JUPYTER_DATA_DIR": str(base / "data"),
+        "JUPYTER_CONFIG_DIR": str(base / "config"),
+        "JUPYTER_TOKEN": "",
+    }
+    write(home / "nb.ipynb", notebook_of(["print('the secret result')"]))
+    output = outputs / "nb.output.ipynb"  # (outside the server's root: the CLI writes it)
+    try:
+        done = jupyter_lowcost("run", "nb.ipynb", "--output", str(output), cwd=home, env=env)
+        assert done.returncode == 0, done.stderr
+        [info] = runtime.glob("jpserver-*.json")
+        token = json.loads(info.read_text())["token"]
+        [opener] = runtime.glob("jpserver-*-open.html")
+        assert token and token in opener.read_text()
+        log = runtime / "jupyter-lowcost-server.log"
+        assert log.read_text().strip()
+        assert "the secret result" in output.read_text()
+
+        # Another user can enter the base folder and read what is meant for everyone...
+        assert as_nobody("cat", str(readable)).stdout == "anyone may read this\n"
+        # ...but not the token, the log, nor the job's output, nor list the runtime folder.
+        for path in (opener, info, log, output):
+            refused = as_nobody("cat", str(path))
+            assert refused.returncode != 0 and "Permission denied" in refused.stderr, path
+            assert token not in refused.stdout and "secret" not in refused.stdout
+        assert as_nobody("ls", str(runtime)).returncode != 0
+    finally:
+        for info in runtime.glob("jpserver-*.json"):
+            os.kill(json.loads(info.read_text())["pid"], signal.SIGTERM)
+        shutil.rmtree(base, ignore_errors=True)

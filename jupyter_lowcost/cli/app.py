@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import re
+import stat
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from traitlets import Bool, List, Unicode
 
 from .._version import __version__
 from ..storage.atomic import replacing
+from ..storage.private import open_private
 from . import progress
 from .server import CommandError, Server, connect
 
@@ -379,9 +381,18 @@ def default_output(path: Path) -> Path:
 
 
 def write_notebook(path: Path, notebook: dict[str, Any]) -> None:
-    """Replace ``path`` with ``notebook``, atomically."""
+    """Replace ``path`` with ``notebook``, atomically (called by ``run`` and ``show`` for a
+    job's output notebook). A new file is 0600: job output is for its owner; a file that
+    exists keeps its mode (its user chose it)."""
+    try:
+        mode: int | None = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = None
     with replacing(path) as temporary:
-        temporary.write_text(json.dumps(notebook, indent=1) + "\n", encoding="utf-8")
+        with open_private(temporary, "wb", exclusive=True) as file:
+            file.write((json.dumps(notebook, indent=1) + "\n").encode("utf-8"))
+        if mode is not None:
+            temporary.chmod(mode)
 
 
 def follow(server: Server, job: dict[str, Any], output: Path | None) -> dict[str, Any]:

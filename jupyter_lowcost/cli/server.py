@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from ..storage.private import DIR_MODE, FILE_MODE, open_private
 
 #: How long a server started in the background may take to answer.
 START_TIMEOUT = 90.0
@@ -96,11 +99,12 @@ def connect(url: str | None, token: str | None, start: bool = True) -> Server:
 
 def start_server() -> Server:
     """Start ``jupyter server`` in the background (it outlives this command: jobs go on),
-    rooted at the home folder, with a token of its own; wait until it answers."""
-    from jupyter_core.paths import jupyter_runtime_dir
+    rooted at the home folder, with a token of its own; wait until it answers.
 
-    runtime = Path(jupyter_runtime_dir())
-    runtime.mkdir(parents=True, exist_ok=True)
+    The server writes its URL with the token (``jpserver-<pid>-open.html``) into Jupyter's
+    runtime folder, and job cells print into its log there: the folder is made 0700 and
+    the log 0600, so that other users of the machine read neither."""
+    runtime = private_runtime_dir()
     log_path = runtime / "jupyter-lowcost-server.log"
     token = secrets.token_hex(24)
     port = _free_port()
@@ -110,7 +114,9 @@ def start_server() -> Server:
         f"{port} (root {root}, log {log_path})",
         file=sys.stderr,
     )
-    with open(log_path, "ab") as log:
+    with open_private(log_path, "ab") as log:
+        if os.fstat(log.fileno()).st_uid == os.getuid():
+            os.fchmod(log.fileno(), FILE_MODE)  # (one an older version left 0644)
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -143,6 +149,24 @@ def start_server() -> Server:
             raise CommandError(f"the Jupyter server did not answer in time; see {log_path}", 1)
         time.sleep(0.2)
     return server
+
+
+def private_runtime_dir() -> Path:
+    """Jupyter's runtime folder, created 0700 as ``jupyter server`` creates it (called by
+    :func:`start_server` before the server it starts writes its token there).
+
+    Jupyter never tightens a folder that exists: one of ours that others can enter (an
+    older ``jupyter lowcost`` made it 0755) is made 0700, unless it is a shared sticky
+    folder such as ``/tmp``."""
+    from jupyter_core.paths import jupyter_runtime_dir
+    from jupyter_core.utils import ensure_dir_exists
+
+    runtime = Path(jupyter_runtime_dir())
+    ensure_dir_exists(runtime, mode=DIR_MODE)
+    info = runtime.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077 and not info.st_mode & stat.S_ISVTX:
+        runtime.chmod(DIR_MODE)
+    return runtime
 
 
 def _running_servers() -> list[dict[str, Any]]:
