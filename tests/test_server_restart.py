@@ -12,6 +12,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import websocket
 from conftest import process_alive
 from jupyter_process import LowCostServer
 from notebook_runner import NotebookRunner
+
+from jupyter_lowcost.storage import checkpoint_dirs
 
 TOKEN = "restart-test-token"
 
@@ -312,6 +315,89 @@ def test_servers_sharing_a_data_directory_leave_each_other_alone(
     )
     assert process_alive(pid) and launchers()[instance["id"]] == pid
     assert second.get("instances").json() == []
+
+
+def test_a_starting_server_deletes_nothing_of_a_live_servers_idle_kernel(
+    servers: Callable[..., Server], tmp_path: Path
+) -> None:
+    """The second server on a data directory prunes what no server holds, and nothing of
+    the first one's kernel: its process and variables, its launcher's log, the channel
+    file its launcher finds a server by, its checkpoints (even past the second server's
+    age for orphaned checkpoints)."""
+    first = servers()
+    first.start()
+    notebook = Notebook(first, "first.ipynb")
+    _, pid = notebook.run("import os\nx = 41\nprint(os.getpid())")
+    instance_id = notebook.instance()["id"]
+    data = tmp_path / "data" / "lowcost"
+    log = data / "logs" / f"{instance_id}.log"
+    channel = data / "channels" / f"{instance_id}.json"
+    kernel_checkpoints = data / "checkpoints" / notebook.kernel_id
+    prune_after = 0.5  # seconds: the second server's orphaned_checkpoints_days
+    poll_until(
+        lambda: (checkpoint_dirs.read(kernel_checkpoints).age() or 0) > prune_after,
+        30,
+        "the idle kernel's checkpoint to be older than the second server keeps orphans",
+    )
+    assert log.exists() and channel.exists()
+    # What no server holds: an ended instance's files, a gone kernel's old checkpoints.
+    leftovers = [data / "logs" / "0123456789ab.log", data / "channels" / "0123456789ab.json"]
+    leftovers.append(data / "checkpoints" / "a-kernel-no-server-runs")
+    for path in leftovers:
+        if path.suffix:
+            path.write_text("{}")
+        else:
+            path.mkdir()
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(
+        json.dumps({"LowCostApp": {"orphaned_checkpoints_days": prune_after / 86400}})
+    )
+    second = servers({"JUPYTER_CONFIG_DIR": str(config)})
+    second.start()  # (answers once its start, pruning included, is done)
+    assert second.api("GET", "kernels").json() == []
+    assert not [path for path in leftovers if path.exists()]  # it did prune
+    assert log.exists() and channel.exists()
+    assert list((kernel_checkpoints / "manifests").glob("*.json"))
+    reply, text = notebook.run("print(os.getpid(), x + 1)")
+    assert text == f"{pid.strip()} 42\n"
+    assert reply["execution_count"] == 2
+    assert notebook.instance()["state"] == "running"
+
+
+def test_two_servers_starting_at_once_after_a_kill_take_the_kernel_back_once(
+    servers: Callable[..., Server],
+) -> None:
+    """A server is killed; two start at once on its data directory: one of them takes its
+    kernel back (the same process, its variables), the other leaves it alone."""
+    first = servers()
+    first.start()
+    notebook = Notebook(first, "once.ipynb")
+    _, pid = notebook.run("import os\nx = 41\nprint(os.getpid())")
+    instance_id = notebook.instance()["id"]
+    poll_until(
+        lambda: (first.saved().get("kernels", {}).get(notebook.kernel_id) or {}).get("session"),
+        10,
+        "the session to be saved",
+    )
+    first.kill_hard()
+
+    pair = [servers(), servers()]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(Server.start, pair))
+    [owner] = [srv for srv in pair if srv.api("GET", "kernels").json()]
+    [other] = [srv for srv in pair if srv is not owner]
+    notebook.server = owner
+    notebook.runner.base = owner.base
+    poll_until(lambda: "re-attached" in notebook.instance()["reason"], 60, "the take-back")
+    reply, text = notebook.run("print(os.getpid(), x + 1)")
+    assert text == f"{pid.strip()} 42\n"
+    assert reply["execution_count"] == 2
+    assert owner.get(f"kernels/{notebook.kernel_id}").json()["restored"] is None
+    assert other.get("instances").json() == [] and other.api("GET", "kernels").json() == []
+    assert notebook.instance()["id"] == instance_id
 
 
 def test_an_instance_whose_server_never_comes_back_stops_its_kernel(

@@ -165,8 +165,21 @@ class InstanceManager:
             self.comeback.write_channel_file(instance_id)
         self.ledger.save()
         self.ledger.store.remove(orphaned_files)
-        self.comeback.prune_files()
+        self._prune_leftovers(comebacks)
+        if self.ctx.session_manager is not None:
+            self._session_watch = asyncio.ensure_future(self.comeback.watch_sessions())
+        self.jobs.resume_unfinished()
+
+    def _prune_leftovers(self, comebacks: list[str]) -> None:
+        """Delete what belongs to no server any more: launcher logs, channel files, and
+        checkpoints older than ``orphaned_checkpoints_days`` (called at start, once the
+        records of servers that are gone are this server's; ``comebacks``: the kernels
+        being put back). What another server sharing the data directory holds stays (see
+        :meth:`.storage.records.RecordStore.held_elsewhere`): its kernels go on."""
+        settings, store = self.settings, self.ledger.store
+        self.comeback.prune_files(store)
         live = set(self.kernel_manager.list_kernel_ids()) | set(comebacks) | self.jobs.kernel_ids()
+        live |= store.held_elsewhere().kernels
         for kernel_id in checkpoint_dirs.prune(
             settings.checkpoint_dir, settings.orphaned_checkpoints_seconds, keep=live
         ):
@@ -176,9 +189,6 @@ class InstanceManager:
                 kernel_id,
                 describe_seconds(settings.orphaned_checkpoints_seconds),
             )
-        if self.ctx.session_manager is not None:
-            self._session_watch = asyncio.ensure_future(self.comeback.watch_sessions())
-        self.jobs.resume_unfinished()
 
     async def stop(self) -> None:
         """Terminate every live instance and stop listening (called at server shutdown)."""

@@ -203,6 +203,20 @@ class InstanceRecord:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class Holdings:
+    """What other servers sharing a data directory hold (:meth:`RecordStore.held_elsewhere`):
+    a starting server prunes a launcher log, a channel file or a kernel's checkpoints only
+    when no other server holds them."""
+
+    #: Every instance on another server's record, live or ended (its launcher log stays).
+    instances: frozenset[str] = frozenset()
+    #: The live ones (their launchers may read their channel files at any time).
+    live_instances: frozenset[str] = frozenset()
+    #: The kernels another server runs, or a server will take back (their checkpoints).
+    kernels: frozenset[str] = frozenset()
+
+
 def process_start_ticks(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks since boot; None if it is not running.
 
@@ -228,7 +242,8 @@ class RecordStore:
     so that two servers sharing a data directory never touch each other's instances. At
     start-up a server adopts the files of servers that are no longer running (see
     :meth:`adopt_orphans`): their records join its history, and their live instances are
-    the ones it must stop.
+    the ones it must stop. What other servers hold (:meth:`held_elsewhere`) is what its
+    pruning of files and checkpoints leaves alone.
     """
 
     #: Ended records kept beyond this many are dropped, oldest first.
@@ -240,10 +255,31 @@ class RecordStore:
         self.path = folder / f"server-{pid}-{process_start_ticks(pid)}.json"
 
     @staticmethod
-    def _read(path: Path) -> tuple[list[InstanceRecord], dict[str, dict[str, Any]]]:
+    def _owner(path: Path) -> str:
+        """``server-<pid>-<ticks>``: the server a records file belongs to (its own file,
+        or one it claimed from a server that is gone: ``<owner>.claimed-<n>.json``)."""
+        return path.name.split(".", 1)[0]
+
+    @classmethod
+    def _owner_alive(cls, path: Path) -> bool:
         try:
-            raw = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
+            _, pid, ticks = cls._owner(path).split("-")
+            return str(process_start_ticks(int(pid))) == ticks
+        except ValueError:
+            return False
+
+    @classmethod
+    def _read(cls, path: Path) -> tuple[list[InstanceRecord], dict[str, dict[str, Any]]]:
+        try:
+            return cls._parse(path.read_text())
+        except FileNotFoundError:
+            return [], {}
+
+    @staticmethod
+    def _parse(text: str) -> tuple[list[InstanceRecord], dict[str, dict[str, Any]]]:
+        try:
+            raw = json.loads(text)
+        except ValueError:
             return [], {}
         records = [InstanceRecord.from_json(item) for item in raw.get("instances", [])]
         kernels = raw.get("kernels")
@@ -255,7 +291,11 @@ class RecordStore:
         """The records of servers that are gone, oldest first, the kernels they ran (kernel
         id -> what re-creating it needs, see :meth:`save`), and the files that held them.
 
-        The caller saves the records as its own, then deletes the files (:meth:`remove`).
+        Each file is first claimed (renamed ``<this server>.claimed-<n>.json``, atomically):
+        of servers starting at once on one folder, one adopts it and the others leave it
+        alone, as they do a live server's; claimed files of a server that died before
+        removing them are adopted again. The caller saves the records as its own, then
+        deletes the files (:meth:`remove`).
         """
         records: list[InstanceRecord] = []
         kernels: dict[str, dict[str, Any]] = {}
@@ -269,22 +309,47 @@ class RecordStore:
             except OSError:
                 return 0.0
 
+        mine = self._owner(self.path)
         for path in sorted(self.folder.glob("server-*.json"), key=written):
-            if path == self.path:
+            if self._owner(path) == mine or self._owner_alive(path):
                 continue
+            claimed = self.folder / f"{mine}.claimed-{uuid.uuid4().hex[:12]}.json"
             try:
-                _, pid, ticks = path.stem.split("-")
-                alive = str(process_start_ticks(int(pid))) == ticks
-            except ValueError:
-                alive = False
-            if not alive:
-                found, their_kernels = self._read(path)
-                records.extend(found)
-                kernels.update(their_kernels)
-                files.append(path)
+                os.rename(path, claimed)
+            except FileNotFoundError:
+                continue  # another server starting now claimed it first
+            found, their_kernels = self._read(claimed)
+            records.extend(found)
+            kernels.update(their_kernels)
+            files.append(claimed)
         newest = {r.id: r for r in records}
         records = sorted(newest.values(), key=lambda r: r.created_at)
         return records, kernels, files
+
+    def held_elsewhere(self) -> Holdings:
+        """What the records files of other servers hold: those of live servers, and those
+        of servers that are gone that no server has adopted yet (the next one to start
+        does). Called by the manager at start, after :meth:`adopt_orphans`, so that its
+        pruning deletes only what belongs to no server (see :class:`Holdings`)."""
+        while True:
+            instances: set[str] = set()
+            live: set[str] = set()
+            kernels: set[str] = set()
+            vanished = False
+            for path in self.folder.glob("server-*.json"):
+                if self._owner(path) == self._owner(self.path):
+                    continue
+                try:
+                    records, their_kernels = self._parse(path.read_text())
+                except FileNotFoundError:
+                    vanished = True  # claimed or adopted meanwhile: its records moved
+                    continue
+                instances.update(r.id for r in records)
+                live.update(r.id for r in records if r.is_live)
+                kernels.update(r.kernel_id for r in records if r.is_live and r.kernel_id)
+                kernels.update(their_kernels)
+            if not vanished:
+                return Holdings(frozenset(instances), frozenset(live), frozenset(kernels))
 
     @staticmethod
     def remove(files: list[Path]) -> None:

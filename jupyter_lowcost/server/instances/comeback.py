@@ -27,7 +27,7 @@ from tornado import web
 from ...backends import BackendError
 from ...storage.atomic import write_private
 from ...storage.private import private_dir
-from ...storage.records import InstanceRecord, InstanceState, Placement
+from ...storage.records import InstanceRecord, InstanceState, Placement, RecordStore
 from .. import jupyter_adapters as jupyter
 from ..channel import LaunchFailed
 from .ledger import Context
@@ -223,16 +223,26 @@ class Comeback:
         until = time.time() + cap + 60 if record.low_cost and cap > 0 else None
         return {"orphan_timeout": cap if cap > 0 else 86400.0, "orphan_until": until}
 
-    def prune_files(self) -> None:
-        """Drop the launcher logs of instances no longer on record, and the channel files
-        of instances no longer live (kept until now: deleting one while the server runs
-        would free the block that a full disk then gives to the records)."""
-        for log in self.ctx.settings.logs_dir.glob("*.log"):
-            if self.ledger.record(log.stem) is None:
+    def prune_files(self, store: RecordStore) -> None:
+        """Drop the launcher logs of instances no server has on record, and the channel
+        files of instances no server has live (kept until now: deleting one while the
+        server runs would free the block that a full disk then gives to the records).
+
+        Called by the manager at start, once this server holds the records of the servers
+        that are gone; what another server holds (``store``'s :meth:`held_elsewhere`: a
+        live server's, or a gone one's that the next server will adopt) stays. The files
+        are listed before the other servers' records are read: a server saves a record
+        before it makes the instance's files."""
+        logs = list(self.ctx.settings.logs_dir.glob("*.log"))
+        channels = list(self.ctx.settings.channels_dir.glob("*.json"))
+        elsewhere = store.held_elsewhere()
+        for log in logs:
+            if self.ledger.record(log.stem) is None and log.stem not in elsewhere.instances:
                 log.unlink(missing_ok=True)
-        for path in self.ctx.settings.channels_dir.glob("*.json"):
+        for path in channels:
             record = self.ledger.record(path.stem)
-            if record is None or not record.is_live:
+            mine = record is not None and record.is_live
+            if not mine and path.stem not in elsewhere.live_instances:
                 path.unlink(missing_ok=True)
 
     # -- the first launch of a kernel put back -------------------------------------------
