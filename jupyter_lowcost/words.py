@@ -34,3 +34,38 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
+
+
+def cells(first: int, last: int) -> str:
+    """``cell [13]``, ``cells [13]–[14]``: execution counts as the notebook shows them."""
+    return f"cell [{first}]" if first == last else f"cells [{first}]–[{last}]"
+
+
+def resume_point(
+    execution_count: int | None, taken_during: int | None, last_execution_count: int | None
+) -> tuple[str, str]:
+    """Where a resumed kernel is back at, and which cells' changes it lost, for a resume's
+    message (the server's, ``%lowcost``): ``("at cell [12]", "the changes of cells
+    [13]–[14] are lost")``. ``execution_count``: the last cell the checkpoint holds whole;
+    ``taken_during``: the cell it was taken in the middle of (a notice's checkpoint
+    during a cell), if any; ``last_execution_count``: the last cell started before the
+    instance was lost. Unknown counts (None) claim nothing."""
+    if execution_count is None:
+        return "", ""
+    if taken_during is not None:
+        where = f"in cell [{taken_during}]"
+        lost = [f"the changes of cell [{taken_during}] after the checkpoint"]
+        if last_execution_count is not None and last_execution_count > taken_during:
+            lost.append(f"those of {cells(taken_during + 1, last_execution_count)}")
+        return where, " and ".join(lost) + " are lost"
+    where = f"at cell [{execution_count}]"
+    if last_execution_count is None or last_execution_count <= execution_count:
+        return where, ""
+    return where, f"the changes of {cells(execution_count + 1, last_execution_count)} are lost"
+
+
+def listed(names: list[str], total: int) -> str:
+    """``a, b and 3 more``: the first names of a list of ``total``."""
+    text = ", ".join(names)
+    more = total - len(names)
+    return f"{text} and {more:,} more" if more > 0 and names else text

@@ -362,18 +362,79 @@ def test_settle_writes_the_pending_checkpoint_and_waits_for_it(tmp_path: Path) -
     kept.store.close()
 
 
-def test_a_notice_finishes_the_write_in_flight_then_checkpoints(tmp_path: Path) -> None:
-    shell, kept, held = _a_write_in_flight(tmp_path)
-    shell.user_ns["x"] = 2
-    kept._before_cell()  # a cell running when the notice comes
+def _a_notice(seconds: float) -> interruption.Notice:
     notice = interruption.Notice()
-    notice.deadline = time.time() + 30
+    notice.deadline = time.time() + seconds
     notice._event.set()
+    return notice
+
+
+def test_a_notice_finishes_the_write_of_the_newest_state_then_checkpoints(
+    tmp_path: Path,
+) -> None:
+    _, kept, held = _a_write_in_flight(tmp_path)  # (no cell since: the newest state)
     threading.Timer(0.3, held.go.set).start()
-    kept._at_notice(notice)  # (the signal handler, in the main thread)
+    kept._at_notice(_a_notice(30))  # (the signal handler, in the main thread)
+    first, second = kept.store.checkpoint_ids()
+    assert _restored(tmp_path, first) == _restored(tmp_path, second) == {"x": 1}
+    kept.store.close()
+
+
+class _WriteHeldMidway:
+    """Holds a store's background write after ``pieces`` pieces of its work (its pauses:
+    one before each chunk of a buffer), until the test lets it go."""
+
+    def __init__(self, store: CheckpointStore, pieces: int) -> None:
+        self.reached = threading.Event()
+        self.go = threading.Event()
+        original = store.write
+
+        def write(snapshot: Any, pause: Any = None) -> Any:
+            done = 0
+
+            def held_pause() -> None:
+                nonlocal done
+                done += 1
+                if done == pieces:
+                    self.reached.set()
+                    assert self.go.wait(30), "the test never let the write go"
+                if pause is not None:
+                    pause()
+
+            return original(snapshot, held_pause)
+
+        store.write = write  # type: ignore[method-assign]
+
+
+def test_a_notice_during_the_write_of_an_older_state_writes_the_newest_first(
+    tmp_path: Path,
+) -> None:
+    """A notice used to wait for the write in flight, of the state before the last cells,
+    for the notice's time less a second: a large write did not make it, nor did the last
+    cells. The write in flight gives way: the newest state is written at once."""
+    shell = _Shell(x=1)
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
+    kept.store.chunk_size = 1024 * 1024
+    kept.checkpoint()
+    shell.user_ns["big"] = np.arange(4 * 1024 * 1024, dtype=np.int64)  # 32 chunks
+    held = _WriteHeldMidway(kept.store, pieces=10)
+    kept._before_cell()
+    kept._after_cell()  # the cell that made big: its write goes on in the background
+    assert held.reached.wait(10) and kept.writing is not None
+    kept._before_cell()  # the next cell runs when the notice comes
+    shell.user_ns["x"] = 2
+    threading.Timer(0.2, held.go.set).start()
+    kept._at_notice(_a_notice(30))
+    assert kept.writing is None and kept.notice_handled_at is not None
     first, second = kept.store.checkpoint_ids()
     assert _restored(tmp_path, first) == {"x": 1}
-    assert _restored(tmp_path, second) == {"x": 2}
+    newest = _restored(tmp_path, second)
+    assert newest["x"] == 2 and newest["big"][-1] == 4 * 1024 * 1024 - 1
+    # Nothing is left of the write that gave way (its chunks are deleted).
+    named = set().union(
+        *(store_module._chunks_of(kept.store.manifest(i)) for i in kept.store.checkpoint_ids())
+    )
+    assert {n for n in os.listdir(tmp_path / "chunks") if not n.startswith(".")} == named
     kept.store.close()
 
 

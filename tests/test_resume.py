@@ -6,7 +6,14 @@ import pickle
 from typing import Any
 
 import pytest
-from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
+from conftest import (
+    EventRecorder,
+    checkpointed,
+    execute,
+    moved,
+    start_lowcost_kernel,
+    wait_until,
+)
 
 from jupyter_lowcost.server.events import RESTORED_SCHEMA_ID
 
@@ -60,7 +67,8 @@ async def test_an_interrupted_kernel_resumes_with_its_variables(
     assert await execute(jp_serverapp, kernel_id, CHECK) == EXPECTED
     event = await restored_events.wait_for(kernel_id=kernel_id)
     assert event["message"].startswith("resumed from the checkpoint taken ")
-    assert "before the interruption: 8 variables, " in event["message"]
+    assert "before the interruption, at cell [" in event["message"]
+    assert "]: 8 variables, " in event["message"]
     assert event["message"].endswith("not restored: gen (generator)")
     assert event["not_restored"][0]["name"] == "gen"
     _, model = await api("GET", f"kernels/{kernel_id}")
@@ -151,3 +159,132 @@ async def test_save_on_notice_writes_the_training_state(
     from jupyter_lowcost import load_saved
 
     assert load_saved(target) == saved
+
+
+async def _interrupted(api: Any, kernel_id: str, notice_seconds: float) -> dict[str, Any]:
+    """Interrupt the kernel's instance with a notice; the kernel's model once it runs
+    again on a new one."""
+    _, model = await api("GET", f"kernels/{kernel_id}")
+    old = model["instance"]["id"]
+    status, _ = await api("POST", f"instances/{old}/interrupt", {"notice_seconds": notice_seconds})
+    assert status == 202
+    return await new_instance(api, kernel_id, old)
+
+
+async def test_a_kernel_with_many_variables_says_what_came_back(
+    api: Any, jp_serverapp: Any, restored_events: EventRecorder
+) -> None:
+    """Its report named every variable: past about 6,000 the server refused it (413), and
+    nobody heard of the resume, nor of what did not come back."""
+    kernel_id = (await start_lowcost_kernel(api, "T4"))["kernel"]["id"]
+    await execute(
+        jp_serverapp,
+        kernel_id,
+        "globals().update({f'v{i}': i for i in range(10_000)})\n"
+        "globals().update({f'gen{i}': (j for j in range(3)) for i in range(25)})\n",
+    )
+    await checkpointed(jp_serverapp, kernel_id)
+    await _interrupted(api, kernel_id, 1)
+    check = "print(v0, v9999, sum(k.startswith('gen') for k in globals()))"
+    assert await execute(jp_serverapp, kernel_id, check) == "0 9999 0\n"
+
+    event = await restored_events.wait_for(kernel_id=kernel_id)
+    assert event["variables"] == 10_000 and event["not_restored_count"] == 25
+    listed = [s["name"] for s in event["not_restored"]]
+    assert len(listed) == 10 and set(listed) <= {f"gen{i}" for i in range(25)}
+    assert "]: 10,000 variables, " in event["message"]
+    assert event["message"].endswith(" (generator) and 15 more")
+    _, model = await api("GET", f"kernels/{kernel_id}")
+    assert model["restored"]["variables"] == 10_000
+    assert model["restored"]["not_restored"] == event["not_restored"]
+    assert model["restored"]["message"] == event["message"]
+    status_text = await execute(jp_serverapp, kernel_id, "%lowcost")
+    assert "10,000 variables" in status_text and " (generator) and 15 more." in status_text
+
+
+#: Whether the kernel is writing a checkpoint in the background (not a cell of the
+#: notebook: no name assigned).
+WRITING = (
+    "print(__import__('jupyter_lowcost.kernel.checkpointing', fromlist=['_'])"
+    ".installed().writing is not None)"
+)
+
+
+async def _start_cell(serverapp: Any, kernel_id: str, code: str) -> Any:
+    """Send a cell and return once it runs (its client: stop its channels when done)."""
+    client = serverapp.kernel_manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    msg_id = client.execute("print('running', flush=True)\n" + code)
+    while True:
+        msg = await client.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            return client
+
+
+async def test_a_notice_during_a_long_background_write_saves_the_last_cell(
+    api: Any, jp_serverapp: Any, restored_events: EventRecorder
+) -> None:
+    """The notice's seconds went to the write in flight (less one second), of the state
+    before the last cell: a large one did not make it, and the last cells were lost. The
+    newest state comes first."""
+    kernel_id = (await start_lowcost_kernel(api, "T4"))["kernel"]["id"]
+    await execute(jp_serverapp, kernel_id, "x = 1")  # [1]
+    await checkpointed(jp_serverapp, kernel_id)  # [2]
+    # [3]: 2 GiB, written in the background for seconds; [4]: the newest state, small;
+    # [5] runs when the notice comes (the write waits for it while it can).
+    await execute(jp_serverapp, kernel_id, "import numpy as np\ndata = np.ones(2**28)")
+    await execute(jp_serverapp, kernel_id, "total = float(data.sum())\ndel data")
+    assert await execute(jp_serverapp, kernel_id, WRITING, silent=True) == "True\n"
+    client = await _start_cell(jp_serverapp, kernel_id, "__import__('time').sleep(600)")
+    try:
+        await _interrupted(api, kernel_id, 2)
+    finally:
+        client.stop_channels()
+    check = "print(x, total, 'data' in globals())"
+    assert await execute(jp_serverapp, kernel_id, check) == "1 268435456.0 False\n"
+    event = await restored_events.wait_for(kernel_id=kernel_id)
+    assert (event["execution_count"], event["taken_during"]) == (4, 5)
+    assert event["message"].startswith("resumed from the checkpoint taken ")
+    assert (
+        "before the interruption, in cell [5]: "
+        "the changes of cell [5] after the checkpoint are lost; "
+    ) in event["message"]
+
+
+#: A class whose objects take minutes to save: a state that holds one cannot be written
+#: within a notice, on any machine.
+SLOW = (
+    "class Slow:\n"
+    "    def __reduce__(self):\n"
+    "        __import__('time').sleep(300)\n"
+    "        return (Slow, ())\n"
+)
+
+
+async def test_a_resume_names_the_cells_whose_changes_are_lost(
+    api: Any, jp_serverapp: Any, restored_events: EventRecorder
+) -> None:
+    """When the newest state cannot be written in time, the resume comes back from the
+    checkpoint before it: the message said "resumed from the checkpoint taken 11 s before
+    the interruption", not which cells it misses."""
+    kernel_id = (await start_lowcost_kernel(api, "T4"))["kernel"]["id"]
+    await execute(jp_serverapp, kernel_id, "x = 1")  # [1]
+    await checkpointed(jp_serverapp, kernel_id)  # [2]
+    await execute(jp_serverapp, kernel_id, "import numpy as np\ndata = np.ones(2**27)")  # [3]
+    await execute(jp_serverapp, kernel_id, SLOW + "slow = Slow()\nx = 2")  # [4]
+    assert await execute(jp_serverapp, kernel_id, WRITING, silent=True) == "True\n"
+    await _interrupted(api, kernel_id, 2)
+    check = "print(x, 'data' in globals(), 'slow' in globals())"
+    assert await execute(jp_serverapp, kernel_id, check) == "1 False False\n"
+
+    event = await restored_events.wait_for(kernel_id=kernel_id)
+    lost = "the changes of cells [3]–[4] are lost"
+    assert event["message"].startswith("resumed from the checkpoint taken ")
+    assert f"before the interruption, at cell [2]: {lost}; " in event["message"]
+    assert (event["execution_count"], event["last_execution_count"]) == (2, 4)
+    assert event["taken_during"] is None
+    _, model = await api("GET", f"kernels/{kernel_id}")
+    assert model["restored"]["message"] == event["message"]
+    assert model["restored"]["execution_count"] == 2
+    status_text = await execute(jp_serverapp, kernel_id, "%lowcost")
+    assert f"The kernel is back at cell [2]: {lost}." in status_text

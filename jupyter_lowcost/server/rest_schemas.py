@@ -66,6 +66,13 @@ _SKIPPED = {
     },
 }
 
+_COUNT = {"type": "integer", "minimum": 0, "maximum": 2**31}
+_CELL = {"type": ["integer", "null"], "minimum": 0, "maximum": 2**31}
+
+#: A resumed kernel's report: counts, and a bounded list of what did not come back
+#: (:meth:`~jupyter_lowcost.storage.checkpoints.RestoreReport.to_json`), so that it fits
+#: in :data:`MAX_BODY_BYTES` whatever the namespace. (``variables``, the names, is what
+#: kernels of earlier versions send instead of ``variable_count``.)
 RESTORED = {
     "title": "POST kernels/<kernel_id>/restored",
     "type": "object",
@@ -74,9 +81,14 @@ RESTORED = {
         "checkpoint_id": {"type": "string", "maxLength": 256},
         "taken_at": {"type": "number", "minimum": 0, "maximum": 1e11},
         "variables": {"type": "array", "items": {"type": "string", "maxLength": 1024}},
+        "variable_count": _COUNT,
         "bytes": {"type": "integer", "minimum": 0, "maximum": 2**63},
         "seconds": {"type": "number", "minimum": 0, "maximum": 1e9},
-        "not_restored": {"type": "array", "items": _SKIPPED},
+        "not_restored": {"type": "array", "items": _SKIPPED, "maxItems": 100},
+        "not_restored_count": _COUNT,
+        "execution_count": _CELL,
+        "taken_during": _CELL,
+        "last_execution_count": _CELL,
     },
 }
 

@@ -160,7 +160,7 @@ export class Notifier {
           this._restoredFor.delete(kernelId);
           const what = restored
             ? `${plural(restored.variables, 'variable')} restored${
-                restored.not_restored.length ? `, ${restored.not_restored.length} not` : ''
+                restored.not_restored_count ? `, ${restored.not_restored_count} not` : ''
               }`
             : 'its variables were not kept';
           const message = `The kernel of ${path} ${how}; ${what}.`;
@@ -246,7 +246,7 @@ export class Notifier {
 
   private _onRestored(_: LowCostStore, event: IRestoredEvent): void {
     const panel = this._panelOf(event.kernel_id);
-    if (!panel || (event.variables === 0 && event.not_restored.length === 0)) {
+    if (!panel || (event.variables === 0 && event.not_restored_count === 0)) {
       return;
     }
     if (this._recovering.has(event.kernel_id)) {
@@ -254,8 +254,10 @@ export class Notifier {
       this._restoredFor.set(event.kernel_id, event);
       return;
     }
-    const lost = event.not_restored.length
-      ? `; not restored: ${event.not_restored.map(s => s.name).join(', ')}`
+    const more = event.not_restored_count - event.not_restored.length;
+    const lost = event.not_restored_count
+      ? `; not restored: ${event.not_restored.map(s => s.name).join(', ')}` +
+        (more > 0 ? ` and ${more} more` : '')
       : '';
     show(
       'info',

@@ -71,7 +71,15 @@ export interface IRestored {
   /** Their size in bytes, as saved. */
   bytes: number;
   not_restored: INotRestored[];
-  /** In plain words, e.g. "resumed from the checkpoint taken 12 s before the interruption: 14 variables, 2.1 GB; not restored: gen (generator)". */
+  /** How many variables did not come back. */
+  not_restored_count: number;
+  /** The cell the kernel is back at: the last cell (execution count) whose changes the checkpoint holds whole (null: the checkpoint does not say). */
+  execution_count: number | null;
+  /** The cell the checkpoint was taken in the middle of (a notice's checkpoint while a cell ran), or null. */
+  taken_during: number | null;
+  /** The last cell started before the instance was lost (null: unknown); the changes of the cells after execution_count up to this one are lost. */
+  last_execution_count: number | null;
+  /** In plain words, e.g. "resumed from the checkpoint taken 11 s before the interruption, at cell [12]: the changes of cells [13]–[14] are lost; 14 variables, 2.1 GB; not restored: gen (generator)". */
   message: string;
 }
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tornado import web
+
 from ...storage.records import InstanceState, iso
-from ...words import human_bytes
+from ...words import human_bytes, listed, resume_point
 from .. import events
 from .ledger import Context
 
@@ -39,13 +41,25 @@ class KernelReports:
             before = f"{max(0.0, (event.ended_at or 0) - taken_at):.0f} s before {what}"
         else:
             before = f"{max(0.0, time.time() - taken_at):.0f} s before the move"
-        variables = len(report.get("variables") or [])
+        variables = report.get("variable_count", len(report.get("variables") or []))
         size = int(report.get("bytes") or 0)
         lost_variables = [
             {"name": str(s.get("name")), "type": str(s.get("type")), "why": str(s.get("why"))}
             for s in report.get("not_restored") or []
         ]
-        not_restored = ", ".join(f"{s['name']} ({s['type']})" for s in lost_variables)
+        lost_count = report.get("not_restored_count", len(lost_variables))
+        if lost_count < len(lost_variables):
+            raise web.HTTPError(
+                400,
+                f"not_restored_count is {lost_count}, but not_restored names "
+                f"{len(lost_variables)} variables (POST kernels/<kernel_id>/restored)",
+            )
+        cells = {
+            key: report.get(key)
+            for key in ("execution_count", "taken_during", "last_execution_count")
+        }
+        where, lost_cells = resume_point(**cells)
+        not_restored = listed([f"{s['name']} ({s['type']})" for s in lost_variables], lost_count)
         model: dict[str, Any] = {
             "kernel_id": kernel_id,
             "checkpoint_id": str(report.get("checkpoint_id", "")),
@@ -53,9 +67,13 @@ class KernelReports:
             "variables": variables,
             "bytes": size,
             "not_restored": lost_variables,
+            "not_restored_count": lost_count,
+            **cells,
             "message": (
-                f"resumed from the checkpoint taken {before}: {variables} variables, "
-                f"{human_bytes(size)}" + (f"; not restored: {not_restored}" if not_restored else "")
+                f"resumed from the checkpoint taken {before}{', ' + where if where else ''}: "
+                + (f"{lost_cells}; " if lost_cells else "")
+                + f"{variables:,} variable{'' if variables == 1 else 's'}, {human_bytes(size)}"
+                + (f"; not restored: {not_restored}" if not_restored else "")
             ),
         }
         self.ledger.kernel(kernel_id).restored = model
