@@ -3,9 +3,10 @@
 The one code path for all backends. Started by a backend with the environment the
 manager prepared, it:
 
-1. dials the server's launch channel (``JUPYTER_LOWCOST_CHANNEL``) and proves, with the
-   per-launch secret, that it is this launch (the secret is removed from the environment
-   before any user code runs);
+1. dials the server's launch channel (``JUPYTER_LOWCOST_CHANNEL``); once the server has
+   proved that it holds the per-launch secret, proves that it is this launch (the secret is
+   removed from the environment before any user code runs; a peer that cannot prove it is
+   told nothing and the launch stops);
 2. receives the kernel's session key and the address to bind, and starts ipykernel in this
    very process on ports it picks itself;
 3. reports those ports to the server, then serves the kernel;
@@ -23,10 +24,13 @@ reached the server, which the server can reach back (a compute node's address).
 If the server goes away (a crash, a kill -9, a restart), the kernel goes on: the launcher
 dials again every half second, at the address in ``JUPYTER_LOWCOST_CHANNEL_FILE`` (the
 server that adopts the instance writes its own there), and proves who it is with the
-reconnect secret the server gave it. If no server takes it back within the orphan
-timeout the server set (``LowCostApp.orphan_timeout``; ``JUPYTER_LOWCOST_ORPHAN_TIMEOUT``
-seconds overrides it) or by the end of its lifetime cap, it stops the kernel: an
-instance never outlives every server that could know about it.
+reconnect secret of its last connection, once that server has proved it holds it too
+(anyone may listen on a dead server's port: such a peer is told nothing and obeyed in
+nothing; the launcher keeps its secret and dials again). If no server takes it back
+within the orphan timeout the server set (``LowCostApp.orphan_timeout``;
+``JUPYTER_LOWCOST_ORPHAN_TIMEOUT`` seconds overrides it) or by the end of its lifetime
+cap, it stops the kernel: an instance never outlives every server that could know about
+it.
 """
 
 from __future__ import annotations
@@ -47,7 +51,20 @@ from typing import Any
 
 from .. import env
 from ..kernel import checkpointing, interruption
-from ..protocol import VERSION, encode, sign, version_of
+from ..protocol import (
+    LAUNCHER,
+    SERVER,
+    VERSION,
+    Session,
+    decode,
+    encode,
+    key_id,
+    next_secret,
+    nonce,
+    proof,
+    proved,
+    version_of,
+)
 from . import cloud_notices
 
 #: Seconds between two attempts to reach a server again.
@@ -92,32 +109,102 @@ def _forgive_log_errors() -> None:
         setattr(sys, name, stream)
 
 
+class HandshakeFailed(Exception):
+    """The peer was not the server of this launch, or refused it (see :func:`handshake`)."""
+
+
+class NotTheServer(HandshakeFailed):
+    """The peer did not prove that it holds the secret: whatever listens on that port is
+    not a server that knows this instance."""
+
+
+class OtherVersion(HandshakeFailed):
+    """The server speaks another version of the launch protocol."""
+
+
 class Channel:
-    """The launcher's end of the launch channel (see ``jupyter_lowcost.server.channel``)."""
+    """The launcher's end of the launch channel (see ``jupyter_lowcost.server.channel``).
+
+    Until :func:`handshake` has authenticated the server, :meth:`send` refuses (an
+    ``OSError``, as for a lost connection): the threads that report notices say nothing
+    to a peer that has not proved itself, nor in the middle of a handshake."""
 
     def __init__(self, address: str) -> None:
         self._send_lock = threading.Lock()
+        self.session: Session | None = None
         self.connect(address)
 
     def connect(self, address: str, timeout: float = 30) -> None:
-        """(Re)open the connection to ``host:port``."""
+        """(Re)open the connection to ``host:port``, not yet authenticated."""
+        self.session = None
         host, _, port = address.rpartition(":")
         self.sock = socket.create_connection((host, int(port)), timeout=timeout)
         self.reader = self.sock.makefile("rb")
 
     def close(self) -> None:
+        self.session = None
         try:
             self.sock.close()
         except OSError:
             pass
 
     def send(self, message: dict[str, Any]) -> None:
+        """Send a sealed frame to the authenticated server (any thread)."""
+        with self._send_lock:
+            if self.session is None:
+                raise OSError("not connected to an authenticated server")
+            self.sock.sendall(self.session.seal(message))
+
+    def send_handshake(self, message: dict[str, Any]) -> None:
+        """Send a frame of the handshake (only :func:`handshake` does)."""
         with self._send_lock:
             self.sock.sendall(encode(message))
 
     def receive(self) -> dict[str, Any] | None:
+        """The next frame (sealed once authenticated), or None when the connection is
+        closed; ``ValueError`` or ``TypeError`` for a frame that is not one (a wrong
+        MAC, say)."""
         line = self.reader.readline()
-        return json.loads(line) if line else None
+        if not line:
+            return None
+        return self.session.open(line) if self.session is not None else decode(line)
+
+
+def handshake(channel: Channel, secret: str) -> tuple[dict[str, Any], str]:
+    """Authenticate the server on ``channel`` with ``secret`` (the launch secret, or the
+    reconnect secret), then prove this launcher holds it too: the server's first sealed
+    frame (its config, or ``reattached``) and the next reconnect secret, to keep once that
+    frame is the one expected. Called by :func:`main` and :func:`_reattach_once`.
+
+    Nothing but the key id and a fresh nonce goes out before the server's proof is
+    checked. ``NotTheServer`` for a wrong proof, ``OtherVersion``, or ``HandshakeFailed``
+    when the server closes (it refused: it does not know this secret)."""
+    challenge = channel.receive()
+    if challenge is None:
+        raise HandshakeFailed("the server closed the connection")
+    if version_of(challenge) != VERSION:
+        raise OtherVersion(
+            f"the server speaks launch protocol version {str(version_of(challenge))[:16]}, "
+            f"this launcher version {VERSION}: install the same jupyter-lowcost on the "
+            "instance as on the server"
+        )
+    server_nonce, launcher_nonce = str(challenge.get("nonce")), nonce()
+    channel.send_handshake(
+        {"type": "open", "key": key_id(secret), "nonce": launcher_nonce, "version": VERSION}
+    )
+    answer = channel.receive()
+    if answer is None:
+        raise HandshakeFailed("the server refused this launcher")
+    if not proved(answer.get("proof"), secret, SERVER, server_nonce, launcher_nonce):
+        raise NotTheServer("the peer did not prove that it holds the secret")
+    channel.send_handshake(
+        {"type": "hello", "proof": proof(secret, LAUNCHER, server_nonce, launcher_nonce)}
+    )
+    channel.session = Session(secret, server_nonce, launcher_nonce, LAUNCHER)
+    reply = channel.receive()
+    if reply is None:
+        raise HandshakeFailed("the server refused this launcher")
+    return reply, next_secret(secret, server_nonce, launcher_nonce)
 
 
 @dataclass
@@ -179,7 +266,7 @@ def _listen(channel: Channel, reattach: Reattach) -> None:
         while True:
             try:
                 message = channel.receive()
-            except (OSError, ValueError):
+            except (OSError, ValueError, TypeError):  # (a frame not from its server)
                 message = None
             if message is None:
                 break
@@ -214,43 +301,56 @@ def _listen(channel: Channel, reattach: Reattach) -> None:
 
 def _reconnect(channel: Channel, reattach: Reattach, give_up: float) -> bool:
     """Dial until a server takes the instance back (True) or ``give_up`` passes."""
+    said = ""
     while time.time() < give_up:
+        address = reattach.server_address()
         try:
-            channel.connect(reattach.server_address(), timeout=5)
-            challenge = channel.receive() or {}
-            channel.send(
-                {
-                    "type": "hello",
-                    "instance_id": reattach.instance_id,
-                    "mac": sign(reattach.reconnect_secret, str(challenge["nonce"])),
-                    "reattach": True,
-                    "version": VERSION,
-                }
-            )
-            reply = channel.receive()
-            if reply is None:
-                # Refused: that server does not know this instance (yet?); ask again
-                # later, without filling its log.
-                channel.close()
-                time.sleep(REFUSED_INTERVAL)
-                continue
-            if reply.get("type") == "reattached":
-                reattach.reconnect_secret = str(reply["reconnect_secret"])
-                channel.sock.settimeout(None)
-                channel.send(
-                    {
-                        "type": "ready",
-                        "connection_info": reattach.connection_info,
-                        "execution_state": reattach.execution_state(),
-                        "kernel_info": reattach.kernel_info(),
-                    }
-                )
+            channel.connect(address, timeout=5)
+            if _reattach_once(channel, reattach):
                 return True
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+            pause = RECONNECT_INTERVAL
+        except NotTheServer as err:
+            # (said once per address: it may listen there for long)
+            if said != address:
+                said = address
+                print(
+                    f"jupyter_lowcost launcher: {address} is not this instance's server ({err}):"
+                    " told nothing, obeyed in nothing; dialing again",
+                    file=_log,
+                    flush=True,
+                )
+            pause = RECONNECT_INTERVAL
+        except HandshakeFailed:
+            # Refused: that server does not know this instance (yet?); ask again later,
+            # without filling its log.
+            pause = REFUSED_INTERVAL
+        except (OSError, ValueError, TypeError):
+            pause = RECONNECT_INTERVAL
         channel.close()
-        time.sleep(RECONNECT_INTERVAL)
+        time.sleep(pause)
     return False
+
+
+def _reattach_once(channel: Channel, reattach: Reattach) -> bool:
+    """One attempt to have the server on ``channel`` (just connected; by
+    :func:`_reconnect`) take the instance back: True once it has (the reconnect secret is
+    then the next one, and the server has the kernel's ports). On any failure the
+    reconnect secret is unchanged; ``HandshakeFailed`` (and its kinds) or ``OSError``,
+    ``ValueError``, ``TypeError`` say why."""
+    reply, secret = handshake(channel, reattach.reconnect_secret)
+    if reply.get("type") != "reattached":
+        return False
+    reattach.reconnect_secret = secret
+    channel.sock.settimeout(None)
+    channel.send(
+        {
+            "type": "ready",
+            "connection_info": reattach.connection_info,
+            "execution_state": reattach.execution_state(),
+            "kernel_info": reattach.kernel_info(),
+        }
+    )
+    return True
 
 
 def _report_sigterm(channel: Channel, notice_seconds: float) -> None:
@@ -368,23 +468,15 @@ def main() -> None:
     orphan_timeout = os.environ.get(env.ORPHAN_TIMEOUT, "")
 
     channel = Channel(address)
-    challenge = channel.receive() or {}
-    if version_of(challenge) != VERSION:
-        sys.exit(
-            "jupyter_lowcost launcher: the server speaks launch protocol version "
-            f"{version_of(challenge)!r}, this launcher version {VERSION}: install the same "
-            "jupyter-lowcost on the instance as on the server"
-        )
-    channel.send(
-        {
-            "type": "hello",
-            "instance_id": instance_id,
-            "mac": sign(secret, challenge["nonce"]),
-            "version": VERSION,
-        }
-    )
-    config = channel.receive()
-    if config is None or config.get("type") != "config":
+    try:
+        config, reconnect_secret = handshake(channel, secret)
+    except NotTheServer as err:
+        sys.exit(f"jupyter_lowcost launcher: {address} is not this launch's server: {err}")
+    except HandshakeFailed as err:
+        sys.exit(f"jupyter_lowcost launcher: {err}")
+    except (OSError, ValueError, TypeError) as err:
+        sys.exit(f"jupyter_lowcost launcher: the server at {address} did not answer: {err}")
+    if config.get("type") != "config":
         sys.exit("jupyter_lowcost launcher: the server refused this launch")
     channel.sock.settimeout(None)
     ip = config["ip"]
@@ -428,7 +520,7 @@ def main() -> None:
         instance_id=instance_id,
         address=address,
         channel_file=channel_file,
-        reconnect_secret=str(config.get("reconnect_secret") or ""),
+        reconnect_secret=reconnect_secret,
         connection_info=connection_info,
         orphan_timeout=float(orphan_timeout or config.get("orphan_timeout") or 30),
         orphan_until=float(orphan_until) if orphan_until else None,

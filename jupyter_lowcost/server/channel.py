@@ -2,48 +2,80 @@
 
 Both ends speak JSON lines over one TCP connection per instance. The server end
 (:class:`LaunchChannel`, owned by the manager) listens on ``LowCostApp.channel_ip``; the
-launcher end is :mod:`jupyter_lowcost.launcher`. Only the launch that was given the
-per-launch secret can use its connection::
+launcher end is :mod:`jupyter_lowcost.launcher`. The two ends prove to each other that
+they hold the same secret K (the per-launch secret, or a reconnect secret) before either
+says anything else; the server first, because a launcher may dial a port that is no
+longer its server's (anyone may listen on a dead server's port)::
 
-    server -> {"type": "challenge", "nonce": N, "version": V}
-    launcher -> {"type": "hello", "instance_id": I, "mac": HMAC-SHA256(secret, N),
-                 "version": V}          V: jupyter_lowcost.protocol.VERSION, the same both ends
-    server -> {"type": "config", ..., "reconnect_secret": S, "orphan_timeout": s,
-               "orphan_until": T}      the kernel's session key, transport, ip; how to
-                                       come back, and how long to wait for a server
+    server -> {"type": "challenge", "nonce": Ns, "version": V}
+    launcher -> {"type": "open", "key": key_id(K), "nonce": Nl, "version": V}
+    server -> {"type": "proof", "proof": proof(K, "server", Ns, Nl)}
+    launcher -> {"type": "hello", "proof": proof(K, "launcher", Ns, Nl)}
+
+V is jupyter_lowcost.protocol.VERSION, the same both ends; the functions are those of
+:mod:`jupyter_lowcost.protocol`: HMAC-SHA256 keyed with K over a label of their own and
+both nonces, so that a proof is good for this connection only (each end makes a fresh
+nonce) and one end's proof is never the other's. The key id, a one-way value of K, lets
+the server find which instance and which of its secrets this is; the launcher names its
+instance to nobody, and says nothing more to a peer whose proof is wrong: it closes the
+connection, logs it, and (when it is reconnecting) keeps its reconnect secret and dials
+again later (the real server may come).
+
+From then on every frame, both ways, is sealed with a key both ends derive from K and
+the nonces (``{"frame": JSON text, "mac": M}``, :class:`~jupyter_lowcost.protocol.Session`),
+numbered in each direction: a frame not from the other end of this handshake, or out of
+order, closes the connection. (A local user cannot inject into an established TCP
+connection, but a peer that relays a handshake could, without this.)::
+
+    server -> {"type": "config", ..., "orphan_timeout": s, "orphan_until": T}
+                                       the kernel's session key, transport, ip; how long
+                                       to wait for a server when it is lost
     launcher -> {"type": "ready", "connection_info": {...}}    ports the kernel bound
     server -> {"type": "notice", "deadline": T, "reason": R}   an interruption notice
     launcher -> {"type": "notice", "deadline": T, "reason": R} a notice seen on the instance
     server -> {"type": "ended"}     the server ended the instance: the launcher stops
 
 A launcher that lost its server (a crash, a kill -9, a restart) dials again, with the
-reconnect secret instead of the launch secret, to whichever server adopted its instance::
+reconnect secret instead of the launch secret, to whichever server adopted its instance:
+the same handshake, then::
 
-    launcher -> {"type": "hello", "instance_id": I, "mac": HMAC(S, N), "reattach": true}
-    server -> {"type": "reattached", "reconnect_secret": S2}    S is spent, S2 is next
+    server -> {"type": "reattached"}
     launcher -> {"type": "ready", "connection_info": {...}}    (the same ports)
 
 A secret is good for one connection: once used it can never authenticate again (nor
-can an unknown one); a reconnect secret is replaced by a new one at each use, and the
-server saves the new one (owner-only) before it sends it. An instance has at most one
-live launcher connection; a second hello for it, a wrong MAC, or a frame that is not a
-JSON object closes the connection and is logged.
+can an unknown one). After each handshake the next reconnect secret is
+``next_secret(K, Ns, Nl)``, derived by both ends and never sent; the server saves it
+(owner-only) before its config or reattached frame, and the launcher takes it when that
+frame arrives. An instance has at most one live launcher connection; a second opening for
+it, a wrong proof or MAC, or a frame that is not a JSON object closes the connection and
+is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import VERSION, encode, sign, version_of
+from ..protocol import (
+    LAUNCHER,
+    SERVER,
+    VERSION,
+    Session,
+    decode,
+    encode,
+    key_id,
+    next_secret,
+    nonce,
+    proof,
+    proved,
+    version_of,
+)
 
-#: Seconds a new connection has to prove who it is.
+#: Seconds a new connection has for each step of its handshake.
 HELLO_TIMEOUT = 10.0
 
 
@@ -68,6 +100,17 @@ class _Expected:
     back: asyncio.Future[dict[str, Any]] = field(default_factory=_future)
 
 
+@dataclass
+class _Link:
+    """An instance's authenticated launcher connection."""
+
+    writer: asyncio.StreamWriter
+    session: Session
+
+    def write(self, message: dict[str, Any]) -> None:
+        self.writer.write(self.session.seal(message))
+
+
 class LaunchChannel:
     """The server end: accepts launchers, hands them their config, relays notices."""
 
@@ -81,14 +124,15 @@ class LaunchChannel:
     ) -> None:
         self.log = log
         self.on_message = on_message
-        #: Called with (instance id, new reconnect secret) before the secret is sent, so
-        #: that the caller saves it first (a server killed right after must know it).
+        #: Called with (instance id, new reconnect secret) before the launcher is told
+        #: the handshake is done, so that the caller saves it first (a server killed
+        #: right after must know it).
         self.on_reconnect_secret = on_reconnect_secret or (lambda _i, _s: None)
         self.host = host
         self.port = port
         self._server: asyncio.AbstractServer | None = None
         self._expected: dict[str, _Expected] = {}
-        self._writers: dict[str, asyncio.StreamWriter] = {}
+        self._links: dict[str, _Link] = {}
 
     @property
     def address(self) -> str:
@@ -102,9 +146,9 @@ class LaunchChannel:
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
-        for writer in list(self._writers.values()):
-            writer.close()
-        self._writers.clear()
+        for link in list(self._links.values()):
+            link.writer.close()
+        self._links.clear()
         for expected in self._expected.values():
             for future in (expected.ready, expected.back):
                 if not future.done():
@@ -118,7 +162,7 @@ class LaunchChannel:
     def expect(self, instance_id: str, config: dict[str, Any]) -> tuple[str, asyncio.Future[Any]]:
         """Register a launch: returns its secret and a future of its connection info.
 
-        The config the launcher receives carries a reconnect secret (saved through
+        The handshake also gives the launcher a reconnect secret (saved through
         ``on_reconnect_secret`` first), with which it can come back after losing the
         connection."""
         expected = _Expected(secrets.token_urlsafe(32), config)
@@ -147,100 +191,112 @@ class LaunchChannel:
         """Drop everything about an instance that has ended; its launcher, if connected,
         is told so (it stops at once instead of waiting for a server to take it back)."""
         self.fail(instance_id, "the instance ended")
-        writer = self._writers.pop(instance_id, None)
-        if writer is not None:
-            if not writer.is_closing():
-                writer.write(encode({"type": "ended"}))
-            writer.close()
+        link = self._links.pop(instance_id, None)
+        if link is not None:
+            if not link.writer.is_closing():
+                link.write({"type": "ended"})
+            link.writer.close()
 
     async def send(self, instance_id: str, message: dict[str, Any]) -> bool:
         """Send ``message`` to the instance's launcher; False if it is not connected."""
-        writer = self._writers.get(instance_id)
-        if writer is None or writer.is_closing():
+        link = self._links.get(instance_id)
+        if link is None or link.writer.is_closing():
             return False
-        writer.write(encode(message))
+        link.write(message)
         try:
-            await writer.drain()
+            await link.writer.drain()
         except ConnectionError:
             return False
         return True
 
-    def _authenticate(self, hello: dict[str, Any], nonce: str) -> str | None:
-        """The instance id a hello proves, or None (and why, in the log). A hello with
-        ``reattach`` proves itself with the reconnect secret, which is then spent."""
-        instance_id = hello.get("instance_id")
-        mac = hello.get("mac")
-        if version_of(hello) != VERSION:
-            self.log.warning(
-                "jupyter_lowcost | launch channel: refused a hello for instance %r: it speaks "
-                "launch protocol version %s, this server version %s",
-                str(instance_id)[:64],
-                str(version_of(hello))[:16],
+    def _refuse(self, why: str, *args: Any) -> None:
+        self.log.warning("jupyter_lowcost | launch channel: refused a launcher: " + why, *args)
+
+    def _find(self, opening: dict[str, Any]) -> tuple[str, str, bool] | None:
+        """The instance id, secret and whether it is a reconnection that a launcher's
+        opening names by its key id; None (and why, in the log) if it names none."""
+        if version_of(opening) != VERSION:
+            self._refuse(
+                "it speaks launch protocol version %s, this server version %s",
+                str(version_of(opening))[:16],
                 VERSION,
             )
             return None
-        expected = self._expected.get(instance_id) if isinstance(instance_id, str) else None
-        if expected is None or not isinstance(mac, str):
-            self.log.warning(
-                "jupyter_lowcost | launch channel: refused a hello for unknown instance %r",
-                str(instance_id)[:64],
-            )
+        key = opening.get("key")
+        if not isinstance(opening.get("nonce"), str) or not isinstance(key, str):
+            self._refuse("an opening without a nonce or key id")
             return None
-        if instance_id in self._writers:
-            self.log.warning(
-                "jupyter_lowcost | launch channel: refused a second hello for instance %s, "
-                "whose launcher is connected",
-                instance_id,
-            )
-            return None
-        reattach = hello.get("reattach") is True
-        secret = expected.reconnect_secret if reattach else expected.secret
-        if not secret or not hmac.compare_digest(sign(secret, nonce), mac):
-            self.log.warning(
-                "jupyter_lowcost | launch channel: refused a %shello for instance %s: %s",
-                "reconnecting " if reattach else "",
-                instance_id,
-                "its secret was already used" if not secret else "wrong MAC",
-            )
-            return None
-        # One connection per secret, ever.
-        if reattach:
-            expected.reconnect_secret = None
-        else:
-            expected.secret = None
-        return instance_id
+        for instance_id, expected in self._expected.items():
+            for secret, reattach in ((expected.secret, False), (expected.reconnect_secret, True)):
+                if secret and key_id(secret) == key:
+                    if instance_id in self._links:
+                        self._refuse(
+                            "a second connection for instance %s, whose launcher is connected",
+                            instance_id,
+                        )
+                        return None
+                    return instance_id, secret, reattach
+        self._refuse("its secret is unknown, or was already used")
+        return None
 
-    def _new_reconnect_secret(self, instance_id: str, expected: _Expected) -> str:
-        """Make the launcher's next reconnect secret, saved by the caller before sent."""
-        expected.reconnect_secret = secrets.token_urlsafe(32)
-        self.on_reconnect_secret(instance_id, expected.reconnect_secret)
-        return expected.reconnect_secret
+    def _spend(self, instance_id: str, secret: str, reattach: bool) -> _Expected | None:
+        """Spend ``secret`` (one connection per secret, ever) unless it was spent, or the
+        instance connected, while this handshake waited for the launcher's proof."""
+        expected = self._expected.get(instance_id)
+        if expected is None or instance_id in self._links:
+            return None
+        if reattach and expected.reconnect_secret == secret:
+            expected.reconnect_secret = None
+        elif not reattach and expected.secret == secret:
+            expected.secret = None
+        else:
+            return None
+        return expected
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         instance_id = None
+        link = None
         try:
-            nonce = secrets.token_hex(16)
-            writer.write(encode({"type": "challenge", "nonce": nonce, "version": VERSION}))
+            server_nonce = nonce()
+            writer.write(encode({"type": "challenge", "nonce": server_nonce, "version": VERSION}))
             await writer.drain()
-            hello = _object(await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT) or b"{}")
-            instance_id = self._authenticate(hello, nonce)
-            if instance_id is None:
+            opening = decode(await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT) or b"{}")
+            found = self._find(opening)
+            if found is None:
                 return
-            expected = self._expected[instance_id]
-            self._writers[instance_id] = writer
-            reconnect_secret = self._new_reconnect_secret(instance_id, expected)
-            if hello.get("reattach") is True:
+            claimed, secret, reattach = found
+            launcher_nonce = opening["nonce"]
+            server_proof = proof(secret, SERVER, server_nonce, launcher_nonce)
+            writer.write(encode({"type": "proof", "proof": server_proof}))
+            await writer.drain()
+            hello = decode(await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT) or b"{}")
+            if not proved(hello.get("proof"), secret, LAUNCHER, server_nonce, launcher_nonce):
+                self._refuse(
+                    "a %sconnection for instance %s with a wrong proof",
+                    "re" if reattach else "",
+                    claimed,
+                )
+                return
+            expected = self._spend(claimed, secret, reattach)
+            if expected is None:
+                self._refuse("a second connection for instance %s", claimed)
+                return
+            instance_id = claimed
+            link = _Link(writer, Session(secret, server_nonce, launcher_nonce, SERVER))
+            self._links[instance_id] = link
+            expected.reconnect_secret = next_secret(secret, server_nonce, launcher_nonce)
+            self.on_reconnect_secret(instance_id, expected.reconnect_secret)
+            if reattach:
                 self.log.info(
                     "jupyter_lowcost | launch channel: the launcher of instance %s is back",
                     instance_id,
                 )
-                reply = {"type": "reattached", "reconnect_secret": reconnect_secret}
+                link.write({"type": "reattached"})
             else:
-                reply = {"type": "config", **expected.config, "reconnect_secret": reconnect_secret}
-            writer.write(encode(reply))
+                link.write({"type": "config", **expected.config})
             await writer.drain()
             while line := await reader.readline():
-                message = _object(line)
+                message = link.session.open(line)
                 kind = message.get("type")
                 if kind == "ready":
                     info = message.get("connection_info")
@@ -268,22 +324,10 @@ class LaunchChannel:
                 err or type(err).__name__,
             )
         finally:
-            if instance_id is not None and self._writers.get(instance_id) is writer:
-                del self._writers[instance_id]
+            if instance_id is not None and self._links.get(instance_id) is link:
+                del self._links[instance_id]
                 expected = self._expected.get(instance_id)
                 if expected is not None and not expected.ready.done():
                     self.fail(instance_id, "the launcher disconnected before its kernel was ready")
                 # (a launcher whose kernel runs may come back, with its reconnect secret)
             writer.close()
-
-
-def _object(line: bytes) -> dict[str, Any]:
-    """One frame as a JSON object; ``ValueError`` or ``TypeError`` for anything else (the
-    caller closes the connection)."""
-    try:
-        message = json.loads(line)
-    except RecursionError:
-        raise ValueError("a frame nested too deeply") from None
-    if not isinstance(message, dict):
-        raise TypeError(f"a frame that is not a JSON object: {line[:80]!r}")
-    return message
