@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import types
 import weakref
 from pathlib import Path
 
@@ -392,6 +395,7 @@ class _Shell:
     def __init__(self, **variables: object) -> None:
         self.user_ns: dict = dict(variables)
         self.user_ns_hidden: dict = {}
+        self.events = types.SimpleNamespace(register=lambda *a: None, unregister=lambda *a: None)
 
 
 def test_a_notice_while_the_kernel_exits_keeps_the_last_checkpoint(tmp_path: Path) -> None:
@@ -419,3 +423,216 @@ def test_a_notice_while_the_kernel_exits_keeps_the_last_checkpoint(tmp_path: Pat
     other._at_notice(None)
     assert set(other.store.manifest(other.store.latest())["variables"]) == {"x"}
     other.store.close()
+
+
+def _import_from_folder(
+    folder: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> types.ModuleType:
+    """``sys.path.insert(0, "../src"); import NAME`` as a notebook does: a module that only
+    that folder on ``sys.path`` makes importable."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(
+        textwrap.dedent(
+            """
+            class Trainer:
+                def __init__(self, layers):
+                    self.layers = layers
+                    self.name = "trainer"
+            """
+        )
+    )
+    monkeypatch.setattr(sys, "path", [str(folder), *sys.path])
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return importlib.import_module(name)
+
+
+def _a_fresh_process(name: str, monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """What a resumed kernel starts with: the module not imported, its folder not on
+    ``sys.path``."""
+    monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(folder)])
+    importlib.invalidate_caches()
+
+
+def test_a_variable_that_cannot_be_restored_costs_only_the_variables_that_share_its_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 27, 3: a class imported from a folder the notebook put on sys.path cost every
+    variable saved after its object ("saved after model, which could not be restored").
+    Only the variables that are or hold that object are lost now; those that hold other
+    objects it held (an array, its strings, numpy's dtypes) come back."""
+    src = tmp_path / "src"
+    lib = _import_from_folder(src, "trainer_lib_27", monkeypatch)
+    model = lib.Trainer([np.ones(4), np.zeros(3)])
+    weights = np.random.default_rng(1).random(1000)  # numpy's objects: first saved by model
+    history = [{"epoch": i, "loss": 1.0 / (i + 1)} for i in range(100)]
+    results = {"name": model.name, "accuracy": 0.93}  # model's own string object
+    model_state = {"weights": weights, "step": 100}
+    trainers = {"best": model, "runs": 3}  # holds the object that cannot come back
+    namespace = {
+        "model": model,
+        "first_layer": model.layers[0],  # an array model holds
+        "weights": weights,
+        "history": history,
+        "results": results,
+        "model_state": model_state,
+        "trainers": trainers,
+        "later": [model.layers[0], 7],  # that array again, saved after first_layer
+        "all_runs": [trainers, 1],  # holds what holds model
+        "last": list(range(100)),
+    }
+    store = CheckpointStore(tmp_path / "checkpoints")
+    assert store.save(namespace).skipped == []
+
+    _a_fresh_process("trainer_lib_27", monkeypatch, src)
+    shutil.rmtree(src)  # and the folder is gone: sys.path alone would not bring it back
+    restored: dict = {}
+    report = store.load(into=restored)
+    why = {s.name: s.why for s in report.not_restored}
+    assert set(why) == {"model", "trainers", "all_runs"}
+    assert "trainer_lib_27.Trainer cannot be imported" in why["model"]
+    assert why["trainers"] == "refers to an object of model, which could not be restored"
+    assert why["all_runs"] == "refers to an object of trainers, which could not be restored"
+    assert np.array_equal(restored["weights"], weights)
+    assert restored["history"] == history
+    assert restored["results"] == results
+    assert restored["model_state"]["step"] == 100
+    assert restored["model_state"]["weights"] is restored["weights"]
+    assert np.array_equal(restored["first_layer"], np.ones(4))
+    assert restored["later"][0] is restored["first_layer"]
+    assert restored["last"] == list(range(100))
+    assert set(report.variables) == set(namespace) - set(why)
+
+
+def test_the_folders_a_notebook_put_on_sys_path_come_back_before_its_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_lowcost.kernel.checkpointing import KernelCheckpoints
+
+    shell = _Shell()
+    kept = KernelCheckpoints(shell, str(tmp_path / "checkpoints"), "cell")
+    # The notebook's first cells: sys.path.insert(0, "../src"); from trainer_lib import ...
+    src = tmp_path / "src"
+    lib = _import_from_folder(src, "trainer_lib_27b", monkeypatch)
+    sys.path.append(str(tmp_path / "extra"))
+    shell.user_ns.update(model=lib.Trainer([1, 2]), weights=np.arange(5))
+    kept.checkpoint()
+    kept.store.close()
+
+    _a_fresh_process("trainer_lib_27b", monkeypatch, src)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "extra")])
+    started_with = list(sys.path)
+    resumed = KernelCheckpoints(_Shell(), str(tmp_path / "checkpoints"), "cell")
+    report = resumed.restore()
+    assert report.not_restored == []
+    model = resumed.shell.user_ns["model"]
+    assert type(model).__name__ == "Trainer" and model.layers == [1, 2]
+    assert sys.path == [str(src), *started_with, str(tmp_path / "extra")]
+    # The resumed kernel's own checkpoints keep them (they are the notebook's additions).
+    resumed.checkpoint()
+    assert resumed.store.manifest(resumed.store.latest())["sys_path"] == {
+        "front": [str(src)],
+        "end": [str(tmp_path / "extra")],
+    }
+    resumed.store.close()
+
+
+def test_small_variables_and_aliases_are_restored_each_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The small containers are saved together, in one stream: one of them that cannot be
+    restored cost them all, and every variable after them (2,000 here)."""
+    src = tmp_path / "src"
+    lib = _import_from_folder(src, "trainer_lib_27c", monkeypatch)
+    inner = ["shared"]
+    namespace: dict = {f"small{i}": [i, str(i)] for i in range(100)}
+    namespace["small40"] = [lib.Trainer([1]), inner]  # cannot come back
+    namespace["small41"] = [inner]  # holds an object small40 holds
+    namespace["small42"] = [namespace["small40"]]  # holds small40
+    namespace["again"] = namespace["small40"]  # b = a
+    for i in range(1000):
+        namespace[f"array{i}"] = np.full(3, i)
+        namespace[f"big_list{i}"] = list(range(i, i + 70))  # not small: a stream each
+    namespace["everything"] = (namespace["small3"], namespace["array7"])
+    store = CheckpointStore(tmp_path / "checkpoints")
+    saved = store.save(namespace)
+    assert saved.skipped == []
+    assert store.manifest(store.latest())["batch"] is not None  # (saved together)
+
+    _a_fresh_process("trainer_lib_27c", monkeypatch, src)
+    restored: dict = {}
+    report = store.load(into=restored)
+    why = {s.name: s.why for s in report.not_restored}
+    assert set(why) == {"small40", "small42", "again"}
+    assert "trainer_lib_27c.Trainer cannot be imported" in why["small40"]
+    assert why["small42"] == "refers to an object of small40, which could not be restored"
+    assert why["again"] == "the same object as small40, which could not be restored"
+    for name, value in namespace.items():
+        if name not in why and name != "everything":
+            assert np.array_equal(restored[name], value), name
+    assert restored["small41"] == [["shared"]]
+    assert restored["everything"][0] is restored["small3"]
+    assert restored["everything"][1] is restored["array7"]
+
+
+def test_open_files_are_reopened_at_their_position_or_reported(tmp_path: Path) -> None:
+    """An open file came back as a StringIO of its contents, and nothing said so."""
+    text = tmp_path / "data.csv"
+    text.write_text("a,b\n1,2\n3,4\n")
+    binary = tmp_path / "data.bin"
+    binary.write_bytes(bytes(range(100)))
+    reading = open(text)  # noqa: SIM115 (open across the checkpoint, as in a notebook)
+    assert reading.readline() == "a,b\n"
+    raw = open(binary, "rb")  # noqa: SIM115
+    raw.read(10)
+    updating = open(binary, "r+b")  # noqa: SIM115
+    updating.seek(50)
+    log = open(tmp_path / "train.log", "a")  # noqa: SIM115
+    log.write("epoch 1\n")
+    out = open(tmp_path / "out.txt", "w")  # noqa: SIM115
+    out.write("written before the interruption\n")
+    doomed = tmp_path / "doomed.txt"
+    doomed.write_text("x")
+    gone = open(doomed)  # noqa: SIM115
+    with open(text) as done:
+        pass
+    namespace = {
+        "reading": reading,
+        "raw": raw,
+        "updating": updating,
+        "log": log,
+        "out": out,
+        "gone": gone,
+        "done": done,
+        "files": [reading, raw],
+    }
+    store = CheckpointStore(tmp_path / "checkpoints")
+    assert store.save(namespace).skipped == []
+    for file in namespace.values():
+        if hasattr(file, "close"):
+            file.close()
+    doomed.unlink()
+
+    restored: dict = {}
+    report = store.load(into=restored)
+    try:
+        why = {s.name: s.why for s in report.not_restored}
+        assert set(why) == {"out", "gone"}
+        assert "no longer exists" in why["gone"] and "gone" not in restored
+        assert restored["reading"].mode == "r"
+        assert restored["reading"].readline() == "1,2\n"
+        assert restored["raw"].read(3) == bytes([10, 11, 12])
+        assert restored["files"][0] is restored["reading"]
+        assert restored["updating"].tell() == 50 and restored["updating"].read(1) == b"2"
+        restored["log"].write("epoch 2\n")
+        restored["log"].flush()
+        assert (tmp_path / "train.log").read_text() == "epoch 1\nepoch 2\n"
+        # Reopening "w" would have emptied the file: reopened for reading, and said so.
+        assert "read" in why["out"] and "'w'" in why["out"]
+        assert (tmp_path / "out.txt").read_text() == "written before the interruption\n"
+        assert restored["out"].readable() and not restored["out"].writable()
+        assert restored["done"].closed and restored["done"].name == str(text)
+    finally:
+        for value in restored.values():
+            if hasattr(value, "close"):
+                value.close()

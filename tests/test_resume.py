@@ -288,3 +288,33 @@ async def test_a_resume_names_the_cells_whose_changes_are_lost(
     assert model["restored"]["execution_count"] == 2
     status_text = await execute(jp_serverapp, kernel_id, "%lowcost")
     assert f"The kernel is back at cell [2]: {lost}." in status_text
+
+
+async def test_a_resumed_kernel_has_the_notebooks_sys_path_and_open_files(
+    api: Any, jp_serverapp: Any, tmp_path: Any
+) -> None:
+    """Issue 27, 3 and 7: an object of a class imported from a folder the notebook put on
+    sys.path did not come back (nor did every variable saved after it), and an open file
+    came back as a StringIO."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "resume_lib_27.py").write_text(
+        "class Trainer:\n    def __init__(self, n):\n        self.n = n\n"
+    )
+    data = tmp_path / "data.csv"
+    data.write_text("a\nb\nc\n")
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    cell = (
+        f"import sys\nsys.path.insert(0, {str(src)!r})\nfrom resume_lib_27 import Trainer\n"
+        f"model = Trainer(3)\nsteps = [1, 2]\nlines = open({str(data)!r})\nhead = lines.readline()\n"
+    )
+    await execute(jp_serverapp, kernel_id, cell)
+    await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 1})
+    await new_instance(api, kernel_id, first)
+    check = (
+        f"print(type(model).__name__, model.n, steps, sys.path[0] == {str(src)!r}, "
+        "type(lines).__name__, lines.readline().strip())"
+    )
+    expected = "Trainer 3 [1, 2] True TextIOWrapper b\n"
+    assert await execute(jp_serverapp, kernel_id, check) == expected

@@ -36,6 +36,7 @@ from ..storage.checkpoints import (
     SaveReport,
     Snapshot,
     StagingTooLarge,
+    sys_path_additions,
     user_variables,
 )
 from . import interruption
@@ -64,6 +65,9 @@ class KernelCheckpoints:
         # No write watch: its page faults after each checkpoint slow every write to a large
         # array (4x for ``a += 1``); the writer compares CRC32s of its copy instead.
         self.store = CheckpointStore(directory, watch_writes=False)
+        #: ``sys.path`` as the kernel started: what the notebook adds to it is saved with
+        #: each checkpoint, and put back before a restore's variables load.
+        self.sys_path_at_start = list(sys.path)
         self.when = when
         self.interval = float(when.split(":", 1)[1]) if when.startswith("interval:") else 0.0
         self.last_save: SaveReport | None = None
@@ -139,6 +143,7 @@ class KernelCheckpoints:
             "manual": manual,
             "notebook": os.environ.get(env.NOTEBOOK) or os.environ.get("JPY_SESSION_NAME"),
             "history": self.history(namespace),
+            "sys_path": sys_path_additions(self.sys_path_at_start),
         }
 
     def _saved(self, report: SaveReport) -> None:
