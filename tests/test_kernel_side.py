@@ -318,3 +318,19 @@ async def test_a_move_asked_from_a_cell_waits_for_that_cell_to_end(
     assert "the cell ran to its end" in out
     model = await after_move(api, kernel_id)
     assert model["placement"]["low_cost"] is True
+
+
+def test_a_resume_message_names_the_cell_it_is_back_at_and_the_cells_lost() -> None:
+    from jupyter_lowcost.words import resume_point
+
+    assert resume_point(12, None, 14) == ("at cell [12]", "the changes of cells [13]–[14] are lost")
+    assert resume_point(12, None, 13) == ("at cell [12]", "the changes of cell [13] are lost")
+    assert resume_point(12, None, 12) == ("at cell [12]", "")
+    # A notice's checkpoint during cell [13], and cell [14] started before the end.
+    assert resume_point(12, 13, 14) == (
+        "in cell [13]",
+        "the changes of cell [13] after the checkpoint and those of cell [14] are lost",
+    )
+    # What the kernel does not know, it does not claim.
+    assert resume_point(12, None, None) == ("at cell [12]", "")
+    assert resume_point(None, None, 14) == ("", "")

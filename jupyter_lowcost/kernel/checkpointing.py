@@ -11,9 +11,15 @@ namespace is taken (its variables pickled, their large buffers copied; only what
 costs anything) and a writer thread writes it while the next cells run. One write at a
 time: a cell that ends while one is in flight leaves its checkpoint to the next cell's end,
 or to a moment when the kernel has been idle for :data:`IDLE_DELAY` seconds, so that the
-last state is always written soon. A notice, a shutdown and ``%lowcost checkpoint``
-finish the write in flight first; a checkpoint the instance's loss interrupts has no
-manifest, and the one before it is the latest: never a torn one. A job's kernel writes
+last state is always written soon. A shutdown and ``%lowcost checkpoint`` finish the
+write in flight first; a notice does too when that write holds the newest state, and
+otherwise stops it (what it wrote is deleted) and writes the newest state at once: the
+notice's seconds go to the newest state first. A checkpoint the instance's loss
+interrupts has no manifest, and the one before it is the latest: never a torn one.
+
+Each checkpoint's history says after which cell it was taken (its execution count), and
+the kernel notes in its checkpoint directory the cell it starts (:data:`LAST_CELL_FILE`):
+a resumed kernel tells which cells' changes the checkpoint it came back from misses. A job's kernel writes
 each cell's checkpoint before the reply: the job marks that cell done by it.
 """
 
@@ -39,6 +45,7 @@ from ..storage.checkpoints import (
     sys_path_additions,
     user_variables,
 )
+from ..words import resume_point
 from . import interruption
 from .interruption import add_final_notice_callback
 
@@ -52,6 +59,13 @@ IDLE_DELAY = 1.0
 #: cell shares it with the write.
 WRITER_PATIENCE = 2.0
 QUIET_AFTER_CELL = 0.02
+#: In the checkpoint directory: the execution count of the last cell the kernel started.
+LAST_CELL_FILE = "last_cell"
+
+
+class _GaveWay(CheckpointWriteFailed):
+    """The background write in flight stops for a newer state's (at a notice): like any
+    failed write, what it wrote is deleted and the checkpoint before it stays the latest."""
 
 
 class KernelCheckpoints:
@@ -108,6 +122,17 @@ class KernelCheckpoints:
         #: to write (the launcher approves Azure's event then).
         self.notice_handled_at: float | None = None
         self._notice_follows_write = False
+        #: The write in flight must stop (a notice: a newer state comes first).
+        self._give_way = False
+        #: Cells started so far, and how many had started when the snapshot being
+        #: written was taken: a cell since then may have changed the namespace.
+        self._cells_started = 0
+        self._writing_cells = 0
+        #: The last cell that ended (its execution count), and the one running (None
+        #: between cells): a checkpoint's history says after which cell it was taken.
+        self._last_cell = max(0, int(getattr(shell, "execution_count", 1) or 1) - 1)
+        self._running_cell: int | None = None
+        self._last_cell_fd: int | None = None
 
     def namespace(self) -> dict[str, Any]:
         """The user's variables, restored ones included: a notice or a move before the
@@ -201,7 +226,9 @@ class KernelCheckpoints:
             finally:
                 self._snapshotting = False
             self.writing = snapshot
+            self._writing_cells = self._cells_started
             self._hurry = False
+            self._give_way = False
             self._writer_waited = 0.0
             self._piece_started = time.monotonic()
             self.snapshot_seconds.append(snapshot.seconds)
@@ -223,6 +250,8 @@ class KernelCheckpoints:
             pass
         try:
             self._saved(self.store.write(snapshot, pause=self._wait_for_cell))
+        except _GaveWay:
+            pass  # (the notice's checkpoint of the newest state follows)
         except CheckpointWriteFailed as err:
             self._failed(err)
             self._report_failure(err)
@@ -231,6 +260,7 @@ class KernelCheckpoints:
         finally:
             with self._written:
                 self.writing = None
+                self._give_way = False
                 self._lock.release()
                 self._written.notify_all()
             if self._pending:
@@ -240,8 +270,11 @@ class KernelCheckpoints:
         """The writer, between two pieces of its work: wait while a cell runs, and until
         one ended :data:`QUIET_AFTER_CELL` ago, for :data:`WRITER_PATIENCE` seconds in all;
         past that, while a cell runs, work a quarter of the time (a cell that reads and
-        writes memory a lot would otherwise share the memory's bandwidth with the write)."""
+        writes memory a lot would otherwise share the memory's bandwidth with the write).
+        Raises :class:`_GaveWay` when a notice wants the newest state written instead."""
         worked = time.monotonic() - self._piece_started
+        if self._give_way:
+            raise _GaveWay("the write gave way to a newer checkpoint")
         try:
             while not self._hurry:
                 started = time.monotonic()
@@ -333,6 +366,10 @@ class KernelCheckpoints:
                 outputs[str(number)] = {"value": value}
         return {
             "execution_count": int(self.shell.execution_count),
+            # The last cell whose changes this checkpoint holds whole, and the cell it is
+            # taken in the middle of (a notice's, during a cell), if any.
+            "cell": self._last_cell,
+            "during": self._running_cell,
             "inputs": list(manager.input_hist_parsed),
             "raw_inputs": list(manager.input_hist_raw),
             "outputs": outputs,
@@ -352,6 +389,8 @@ class KernelCheckpoints:
             return
         manager.input_hist_parsed[:] = inputs
         manager.input_hist_raw[:] = raw
+        cell = history.get("cell")
+        self._last_cell = cell if isinstance(cell, int) and cell >= 0 else max(0, count - 1)
         for number, saved in (history.get("outputs") or {}).items():
             if "variable" in saved and saved["variable"] in self.shell.user_ns:
                 manager.output_hist[int(number)] = self.shell.user_ns[saved["variable"]]
@@ -403,11 +442,21 @@ class KernelCheckpoints:
 
     def _before_cell(self, info: Any = None) -> None:
         self._cell_running = True
+        self._cells_started += 1
+        if getattr(info, "store_history", True):  # (a cell with an execution count)
+            self._running_cell = self._last_cell + 1
+            self._note_last_cell(self._running_cell)
         if not interruption.notice and not self.closing:
             self._writer_may_go.clear()
 
     def _after_cell(self, result: Any = None) -> None:
         self._cell_running = False
+        count = getattr(result, "execution_count", None)
+        if isinstance(count, int):
+            self._last_cell = count
+        elif self._running_cell is not None:
+            self._last_cell = self._running_cell
+        self._running_cell = None
         self._writer_may_go.set()
         self._last_cell_end = time.monotonic()
         if self._loop is None:
@@ -428,6 +477,15 @@ class KernelCheckpoints:
                 self._quietly(self.checkpoint_in_background)
 
     def _at_notice(self, notice: Any) -> None:
+        """The final notice callback (the signal handler, in the main thread): checkpoint
+        the newest state within the notice's seconds.
+
+        A background write of an older state (a cell has started since its snapshot)
+        gives way: it stops at its next piece, what it wrote is deleted, and the newest
+        state is written at once; the checkpoint before the stopped one stays the latest
+        until the newest is complete (if the instance goes first, the resume says which
+        cells were lost). A write of the newest state is finished first (within the
+        notice, less a second), then checkpointed again (cheap: nothing changed)."""
         # Not once the kernel is shutting down (its last checkpoint is taken), and never an
         # empty namespace over the latest checkpoint: a notice that comes while the
         # process exits sees what IPython has emptied, not what the user made. A notice
@@ -438,10 +496,43 @@ class KernelCheckpoints:
             return
         if self.when != "off" and not self.job and not self.closing and self.namespace():
             left = getattr(notice, "seconds_left", None)  # (None: no deadline known)
+            if self.writing is not None and self._newer_than_writing():
+                self._give_way = True
+                # (it stops within a piece of its work: a chunk, 256 variables)
+                self.wait_for_write(left)
+                self._quietly(self.checkpoint)
             # The write in flight first (it holds the lock), within the notice.
-            if self.wait_for_write(None if left is None else max(0.0, left - 1.0)):
+            elif self.wait_for_write(None if left is None else max(0.0, left - 1.0)):
                 self._quietly(self.checkpoint)
         self.notice_handled_at = time.time()
+
+    def _newer_than_writing(self) -> bool:
+        """Has the namespace moved on since the snapshot being written (a cell started
+        since, or a checkpoint left pending)?"""
+        return self._pending or self._cells_started != self._writing_cells
+
+    def _note_last_cell(self, count: int) -> None:
+        """Note, in the checkpoint directory, the cell that starts (a resume compares it
+        with its checkpoint's). One small write in place per cell; never fails a cell."""
+        if self.when == "off" or self.job:
+            return
+        try:
+            if self._last_cell_fd is None:
+                path = self.store.root / LAST_CELL_FILE
+                self._last_cell_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.pwrite(self._last_cell_fd, f"{count:>20}\n".encode(), 0)
+        except OSError:
+            pass
+
+    def last_cell_started(self) -> int | None:
+        """The last cell a kernel of this checkpoint directory started (a resume reads it
+        before its first cell); None if none is noted."""
+        try:
+            text = (self.store.root / LAST_CELL_FILE).read_text()
+            count = int(text.strip())
+        except (OSError, ValueError):
+            return None
+        return count if count >= 0 else None
 
     def _at_shutdown(self) -> None:
         # A move shuts the kernel down gracefully: what it had goes with it. (Not at
@@ -495,7 +586,15 @@ class KernelCheckpoints:
             )
         if self.last_restore is not None:
             r = self.last_restore
-            lines.append(f"Resumed from checkpoint {r.checkpoint_id}: {r.summary()}.")
+            where, lost = resume_point(r.execution_count, r.taken_during, r.last_execution_count)
+            lines.append(
+                f"Resumed from checkpoint {r.checkpoint_id}: {r.summary()}."
+                + (
+                    f" The kernel is back {where}" + (f": {lost}." if lost else ".")
+                    if where
+                    else ""
+                )
+            )
         if self.writing is not None:
             lines.append(
                 "A checkpoint is being written in the background (taken "
@@ -531,7 +630,9 @@ def install(shell: Any) -> KernelCheckpoints | None:
     restore = os.environ.pop(env.RESTORE, "")
     if restore and checkpoints.store.latest():
         try:
+            last_cell = checkpoints.last_cell_started()  # (before this kernel's first cell)
             report = checkpoints.restore(None if restore == "1" else restore)
+            report.last_execution_count = last_cell
             checkpoints.resume_history(report.history)
         except Exception as err:
             print(f"jupyter_lowcost: could not restore the checkpoint: {err}", file=sys.stderr)
