@@ -159,7 +159,7 @@ export class Notifier {
           const restored = this._restoredFor.get(kernelId);
           this._restoredFor.delete(kernelId);
           const what = restored
-            ? `${plural(restored.variables, 'variable')} restored${
+            ? `${cellsToRunAgain(restored)}${plural(restored.variables, 'variable')} restored${
                 restored.not_restored_count ? `, ${restored.not_restored_count} not` : ''
               }`
             : 'its variables were not kept';
@@ -353,6 +353,27 @@ function aboutSpan(seconds: number): string {
 
 function capitalize(text: string): string {
   return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+/**
+ * "run cells [13]–[14] again; ": the cells whose changes the restored checkpoint misses
+ * (it was taken before them, or during the first of them), as the server's report says;
+ * "" when none are, or the kernel could not tell.
+ */
+function cellsToRunAgain(restored: IRestoredEvent): string {
+  const back = restored.execution_count ?? null;
+  const during = restored.taken_during ?? null;
+  const last = restored.last_execution_count ?? null;
+  if (back === null) {
+    return '';
+  }
+  const first = during ?? back + 1;
+  const end = Math.max(first, last ?? 0);
+  if (during === null && (last === null || last <= back)) {
+    return '';
+  }
+  const cells = first === end ? `cell [${first}]` : `cells [${first}]–[${end}]`;
+  return `run ${cells} again; `;
 }
 
 function plural(n: number, word: string): string {

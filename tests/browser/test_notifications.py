@@ -87,6 +87,54 @@ async def test_interruption_notice_counts_down_then_the_kernel_is_relaunched(
     assert not [e for e in browser.errors if "uncaught" in e or "lowcost" in e.lower()]
 
 
+#: A class whose objects take minutes to save once a notice has come (one line: the
+#: editor indents what is typed after a colon): the notice's checkpoint cannot be written.
+SLOW = (
+    "Slow = type('Slow', (), {'__reduce__': lambda self: (__import__('time').sleep("
+    "300 if __import__('jupyter_lowcost').notice else 0), (Slow, ()))[1]})"
+)
+
+
+async def test_a_resume_that_misses_cells_says_which_to_run_again(
+    lab: Lab, browser: Any, screenshot: Any
+) -> None:
+    """The notice came during a cell, and the state it had made could not be written
+    before the instance went: the toast says which cell to run again, and its Details
+    where the kernel is back at."""
+    page, instance_id = await low_cost_notebook(lab, browser)
+    await run_cell(page, "x = 1\nprint('one')", "one")
+    await run_cell(page, SLOW + "\nslow = Slow()\nx = 2\nprint('two')", "two")
+    written = "installed().wait_for_write(60)"
+    await run_cell(
+        page,
+        f"print(__import__('jupyter_lowcost.kernel.checkpointing', fromlist=['_']).{written})",
+        "True",
+    )
+    # Still running when the notice comes.
+    await run_cell(
+        page, "y = 3; print('three', flush=True); __import__('time').sleep(600)", "three"
+    )
+    prompts = [await p.inner_text() for p in await page.locator(".jp-InputPrompt").all()]
+    assert prompts[4] == "[*]:", prompts
+    back = int(re.sub(r"\D", "", prompts[3]))
+    running = back + 1
+    lab.api("POST", f"instances/{instance_id}/interrupt", {"notice_seconds": 2})
+
+    relaunched = toast(page, "relaunched on a new low-cost T4 instance")
+    await expect(relaunched).to_be_visible(timeout=60_000)
+    await expect(relaunched).to_contain_text(f"run cell [{running}] again;")
+    await expect(relaunched).not_to_have_class(re.compile("Toastify--animate"))
+    await screenshot(page, "resumed-cells-lost")
+    await relaunched.get_by_role("button", name="Details").click()
+    details = page.locator(".jp-Dialog")
+    await expect(details).to_contain_text(
+        f"at cell [{back}]: the changes of cell [{running}] are lost"
+    )
+    await details.get_by_role("button", name="Ok").click()
+    await wait_kernel_idle(page)
+    await run_cell(page, "print(x, 'y' in globals())", "2 False")
+
+
 @pytest.mark.lab(config={"LowCostApp": {"recovery_policy": "fallback"}})
 async def test_fallback_turns_the_switch_off(lab: Lab, browser: Any) -> None:
     page, instance_id = await low_cost_notebook(lab, browser)
