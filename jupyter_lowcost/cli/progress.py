@@ -63,10 +63,22 @@ def details(job: dict[str, Any]) -> str:
             f"  interrupted:   cell {item['cell']} on {item['instance_id']} at {item['at']}: "
             f"{item['reason']}"
         )
+        if item.get("note"):
+            lines.append(f"  not restored:  {item['note']}")
     error = job.get("error")
     if error:
         lines.append(f"  error:         cell {error['cell']}: {error['ename']}: {error['evalue']}")
     return "\n".join(lines)
+
+
+def resume_notes(job: dict[str, Any]) -> dict[int, str]:
+    """What the job's resume after each interruption (by number) did not bring back: the
+    variables, and the cells that define them, one line each (``run`` prints them)."""
+    return {
+        n: f"after interruption {n}: {item['note']}"
+        for n, item in enumerate(job.get("interruptions") or [], start=1)
+        if item.get("note")
+    }
 
 
 def table(jobs: list[dict[str, Any]]) -> str:

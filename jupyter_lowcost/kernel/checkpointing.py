@@ -20,7 +20,10 @@ interrupts has no manifest, and the one before it is the latest: never a torn on
 Each checkpoint's history says after which cell it was taken (its execution count), and
 the kernel notes in its checkpoint directory the cell it starts (:data:`LAST_CELL_FILE`):
 a resumed kernel tells which cells' changes the checkpoint it came back from misses. A job's kernel writes
-each cell's checkpoint before the reply: the job marks that cell done by it.
+each cell's checkpoint before the reply: the job marks that cell done by it. A job's
+kernel is asked for exactly the checkpoint after the last cell its runner saw complete
+(never "the latest", see ``server/instances/launches.py``), and tells the runner what
+came back (:func:`job_resume_state`).
 """
 
 from __future__ import annotations
@@ -649,6 +652,33 @@ def install(shell: Any) -> KernelCheckpoints | None:
 
 def installed() -> KernelCheckpoints | None:
     return _installed
+
+
+#: At most this many of the variables that did not come back are named in
+#: :func:`job_resume_state` (its answer goes over the kernel's own connection).
+JOB_RESUME_LISTED = 200
+
+
+def job_resume_state() -> dict[str, Any]:
+    """What this kernel restored at its start, for a job's runner: the checkpoint's id
+    (None: nothing was restored) and the variables that did not come back (name, type,
+    why: the first :data:`JOB_RESUME_LISTED`, and how many in all).
+
+    The runner asks for it after each relaunch, as a ``user_expressions`` of a silent
+    request on the kernel's own connection (``server/jobs/execution.py``): its resume
+    point does not depend on the ``restored`` report, which is bounded and may not
+    arrive. A silent request runs no cell: no checkpoint, no execution count."""
+    report = _installed.last_restore if _installed is not None else None
+    if report is None:
+        return {"checkpoint_id": None, "not_restored": [], "not_restored_count": 0}
+    return {
+        "checkpoint_id": report.checkpoint_id,
+        "not_restored": [
+            {"name": s.name, "type": s.type, "why": s.why}
+            for s in report.not_restored[:JOB_RESUME_LISTED]
+        ],
+        "not_restored_count": len(report.not_restored),
+    }
 
 
 def _tell_server_in_background(report: dict[str, Any]) -> None:

@@ -9,6 +9,9 @@ move puts a kernel back. The policy (``LowCostApp.recovery_policy``):
 - ``fallback``: the same, but on a regular instance once ``fallback_after`` low-cost
   relaunches failed (at once when 0);
 - ``none``: shut the kernel down; its checkpoints stay, for ``%lowcost restore``.
+
+The kernel of a job that has ended or is ending (``KernelEntry.job_ended``, set by the
+job's runner before it shuts the kernel down) is never relaunched: the job's end stops it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ class Recovery:
         policy = self.ctx.settings.recovery_policy
         if entry is None or entry.placement is None or kernel_id not in kernels:
             return
+        if entry.job_ended.is_set():
+            self.ctx.log.info(
+                "jupyter_lowcost | kernel %s is not relaunched: its job has ended", kernel_id
+            )
+            return
         placement = entry.placement
         what = f"{lost.state.value} instance {lost.id}"
         if policy == "none":
@@ -48,6 +56,8 @@ class Recovery:
         if policy == "fallback":
             why = "the policy falls back at once"
             for attempt in range(1, self.ctx.settings.fallback_after + 1):
+                if entry.job_ended.is_set():
+                    return
                 try:
                     self.ctx.backend.check_capacity(True, replacing=None)
                 except BackendError as err:
@@ -65,9 +75,13 @@ class Recovery:
         try:
             attempt, tries = "", 1
             while await self.until_room(kernel_id, placement, lost):
+                if entry.job_ended.is_set():
+                    return
                 failure = await self.relaunch(kernel_id, placement, what, attempt)
                 if failure is None:
                     return
+                if entry.job_ended.is_set():
+                    return  # (its job's end shuts the kernel down)
                 if self.ledger.stopped or kernel_id not in kernels or failure != "preempted":
                     break  # it cannot start (not for lack of room)
                 # Preempted while it started (a regular request took the slot): again.
@@ -92,7 +106,11 @@ class Recovery:
         entry = self.ledger.kernel(kernel_id)
         record: InstanceRecord | None = None
         while not backend.has_room(placement.low_cost):
-            if self.ledger.stopped or kernel_id not in self.ctx.kernel_manager:
+            if (
+                self.ledger.stopped
+                or kernel_id not in self.ctx.kernel_manager
+                or entry.job_ended.is_set()
+            ):
                 return False
             if record is None:
                 itype = self.ctx.catalog[placement.instance_type]
@@ -105,10 +123,18 @@ class Recovery:
                 )
             elif not record.is_live:
                 return False
+            # (a job that ends meanwhile ends the wait at once: its end waits for this)
+            waits = [
+                asyncio.ensure_future(backend.room_changed()),
+                asyncio.ensure_future(entry.job_ended.wait()),
+            ]
             try:
-                await asyncio.wait_for(backend.room_changed(), timeout=30)
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.wait(waits, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        if entry.job_ended.is_set():
+            return False
         if record is None:
             return True
         if not record.is_live or self.ledger.stopped:

@@ -93,6 +93,9 @@ class KernelEntry:
     #: last completed cell) rather than the latest.
     job_id: str | None = None
     restore_checkpoint: str | None = None
+    #: Set by the job's runner once the job has ended or is ending (it then shuts the
+    #: kernel down): no recovery relaunches the kernel from then on.
+    job_ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass

@@ -5,12 +5,16 @@ client for the job's kernel (again after every relaunch: its ports change), and
 :func:`run_cell` sends one ``execute_request`` and gathers its outputs until both the
 reply and the kernel's ``idle`` have come. A cell has no time limit; what ends the wait
 early is the ``lost`` callable saying the kernel's instance is gone (an interruption, the
-cap), which raises :class:`KernelLost`.
+cap), which raises :class:`KernelLost`. After a relaunch, :func:`resume_state` asks the
+kernel itself which checkpoint it restored and what did not come back.
 """
 
 from __future__ import annotations
 
+import ast
+import json
 import queue
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -81,3 +85,46 @@ async def _get(get: Callable[..., Any], timeout: float) -> dict[str, Any] | None
         return await get(timeout=timeout)
     except queue.Empty:
         return None
+
+
+#: What a job's kernel evaluates to say what it restored at its start (a JSON string).
+RESUME_STATE_EXPRESSION = (
+    "__import__('json').dumps(__import__('jupyter_lowcost.kernel.checkpointing', "
+    "fromlist=['_']).job_resume_state())"
+)
+
+
+async def resume_state(
+    client: Any, lost: Callable[[], str | None], timeout: float = 60
+) -> dict[str, Any] | None:
+    """What the kernel restored at its start: ``{"checkpoint_id", "not_restored",
+    "not_restored_count"}`` (``kernel/checkpointing.py``'s ``job_resume_state``).
+
+    Called by the runner after each relaunch of a job's kernel: asked over the kernel's own
+    connection, as the ``user_expressions`` of a silent request (which runs no cell: no
+    execution count, no checkpoint), so that the job's resume point does not depend on the
+    kernel's ``restored`` report reaching the server. None when the kernel cannot say
+    (lost, no answer within ``timeout`` seconds, an answer that is not one)."""
+    msg_id = client.execute(
+        "",
+        silent=True,
+        store_history=False,
+        user_expressions={"state": RESUME_STATE_EXPRESSION},
+        allow_stdin=False,
+    )
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if lost() is not None:
+            return None
+        message = await _get(client.get_shell_msg, POLL_SECONDS)
+        if message is None or message["parent_header"].get("msg_id") != msg_id:
+            continue
+        answer = (message["content"].get("user_expressions") or {}).get("state") or {}
+        if answer.get("status") != "ok":
+            return None
+        try:
+            value = json.loads(ast.literal_eval((answer.get("data") or {})["text/plain"]))
+        except (KeyError, TypeError, ValueError, SyntaxError):
+            return None
+        return value if isinstance(value, dict) else None
+    return None
