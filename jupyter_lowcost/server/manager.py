@@ -135,7 +135,10 @@ class InstanceManager:
         settings = self.settings
         private_dir(settings.data_dir)
         private_dir(settings.checkpoint_dir)
-        records, kernels, orphaned_files = self.ledger.store.adopt_orphans()
+        with self.ledger.store.taking_over():
+            records, kernels, orphaned_files = self.ledger.store.adopt_orphans()
+            # (the jobs of a server that is gone go with its records, to one server)
+            self.jobs.load()
         for record in records:
             self.ledger.add(record)
         # The kernels a previous server ran come back under their ids at once, before
@@ -143,7 +146,6 @@ class InstanceManager:
         # drop its kernel and session). They are pending until their launch has taken the
         # running instance back, or resumed the kernel from its checkpoint on a new one.
         comebacks = await self.comeback.recreate_kernels(kernels)
-        self.jobs.load()
         await self.backend.start()
         self.ctx.catalog = self.backend.offered_types(self.ctx.catalog)
         for record in records:
@@ -221,7 +223,6 @@ class InstanceManager:
             for task in busy:
                 task.cancel()
             await asyncio.gather(*busy, return_exceptions=True)
-            jupyter.cancel_unsettled_start(self.kernel_manager)
         if self._session_watch is not None:
             self._session_watch.cancel()
         if self._started is not None:
@@ -231,6 +232,10 @@ class InstanceManager:
                 await self.backend.terminate(record, now=True)
             await self.backend.stop()
             await self.channel.stop()
+        # A kernel whose start or restart never settled (cancelled, wherever it was) would
+        # make the server's shutdown of it fail (InvalidStateError), and the server would
+        # never exit: nothing settles it any more now.
+        jupyter.cancel_unsettled_start(self.kernel_manager)
         if _current is self:
             _current = None
 

@@ -7,7 +7,14 @@ One folder per job under the server's data directory (``jobs/<id>/``):
   completed cell, instances, interruptions, cost);
 - ``input.ipynb``: the notebook as the job runs it (parameters injected);
 - ``output.ipynb``: the executed notebook so far (replaced atomically after every cell);
-- ``log.txt``: what ``jupyter lowcost logs`` prints (appended).
+- ``log.txt``: what ``jupyter lowcost logs`` prints (appended);
+- ``owner/<server>``: the server the job belongs to (one empty file, named as the server's
+  records file is, ``server-<pid>-<start ticks>``, see ``storage/records.py``).
+
+A job belongs to the server that made it, as its instances do: another server sharing the
+data directory leaves it alone while that server runs, and takes it over (to go on with
+it) only once that server is gone, by renaming the owner file to its own name: of servers
+starting at once, one rename succeeds, and only that server runs the job.
 
 Written by :class:`~jupyter_lowcost.server.jobs.runner.JobRunner`, read back by
 :class:`~jupyter_lowcost.server.jobs.service.Jobs` when the server starts. Stdlib only.
@@ -17,17 +24,23 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import re
+import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .atomic import write_private
 from .private import open_private, private_dir
-from .records import iso, tier_name
+from .records import iso, server_name, server_running, tier_name
 
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")
+
+#: The folder (in a job's folder) whose one file names the server the job belongs to.
+OWNER = "owner"
 
 
 class JobState(str, enum.Enum):
@@ -142,10 +155,14 @@ class JobRecord:
 
 
 class JobStore:
-    """The folder of every job's files (``<data_dir>/jobs``), private to the server's user."""
+    """The folder of every job's files (``<data_dir>/jobs``), private to the server's user.
 
-    def __init__(self, folder: Path) -> None:
+    ``owner``: the server this store writes for (this process, by default; see
+    :func:`~.records.server_name`)."""
+
+    def __init__(self, folder: Path, owner: str | None = None) -> None:
         self.folder = folder
+        self.owner = owner or server_name()
 
     def folder_of(self, job_id: str) -> Path:
         if not JOB_ID.match(job_id):
@@ -153,8 +170,12 @@ class JobStore:
         return self.folder / job_id
 
     def create(self, job: JobRecord, notebook: dict[str, Any]) -> None:
+        """A new job of this server (``job.json`` comes last: a server that lists the jobs
+        meanwhile sees the job whole, with its owner, or not at all)."""
         private_dir(self.folder)
         private_dir(self.folder_of(job.id))
+        if not self._give_owner(job.id):
+            raise FileExistsError(f"job {job.id} exists already")
         write_private(self.folder_of(job.id) / "input.ipynb", json.dumps(notebook))
         self.save_output(job.id, notebook)
         self.save(job)
@@ -188,13 +209,88 @@ class JobStore:
         return data.decode(errors="replace"), max(0, offset) + len(data)
 
     def load_all(self) -> list[JobRecord]:
-        """Every job a previous server left, oldest first (unreadable ones are skipped)."""
-        jobs = []
+        """This server's jobs, oldest first: those it made, and those it takes over now
+        from servers that are gone (see :meth:`claim`); the jobs of servers still running
+        stay theirs. Unreadable ones are skipped. Called once, by a server that starts."""
+        return [job for job, mine in self._read_all(claim=True) if mine]
+
+    def kernels_elsewhere(self) -> set[str]:
+        """The kernels of the unfinished jobs of servers still running (their checkpoints
+        must stay). Called at start, after :meth:`load_all`."""
+        return {
+            job.kernel_id
+            for job, mine in self._read_all(claim=False)
+            if not mine and job.kernel_id and not job.state.is_final
+        }
+
+    def _read_all(self, claim: bool) -> list[tuple[JobRecord, bool]]:
+        """Every readable job, oldest first, and whether it is this server's (``claim``:
+        taken over from a server that is gone; else only read)."""
+        found = []
         if not self.folder.is_dir():
-            return jobs
+            return found
         for path in self.folder.glob("*/job.json"):
             try:
-                jobs.append(JobRecord.from_json(json.loads(path.read_text())))
+                job = JobRecord.from_json(json.loads(path.read_text()))
+                if job.id != path.parent.name:
+                    continue
+                mine = self.claim(job.id) if claim else self.owner_of(job.id) == self.owner
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-        return sorted(jobs, key=lambda job: job.created)
+            found.append((job, mine))
+        return sorted(found, key=lambda item: item[0].created)
+
+    def owner_of(self, job_id: str) -> str | None:
+        """The server the job belongs to (None: a job from before jobs had owners)."""
+        names = self._owner_names(job_id)
+        if names is None:
+            return None
+        live = [name for name in names if server_running(name)]
+        return (live or names or [None])[0]
+
+    def claim(self, job_id: str) -> bool:
+        """True when the job is this server's: made by it, or taken over now from a server
+        that is gone (its owner file renamed to this server's name: atomic, so of servers
+        starting at once exactly one takes it). False while a running server holds it."""
+        owners = self.folder_of(job_id) / OWNER
+        for _ in range(100):
+            names = self._owner_names(job_id)
+            if names is None:  # a job from before owners: given one, as a new job is
+                if self._give_owner(job_id):
+                    return True
+                continue  # (another server gave it one first: read it)
+            if self.owner in names:
+                return True
+            if any(server_running(name) for name in names):
+                return False
+            if not names:
+                continue  # (read while another server renamed it: read again)
+            try:
+                os.rename(owners / names[0], owners / self.owner)
+            except FileNotFoundError:
+                continue  # another server took it first: read who
+            return True
+        return False
+
+    def _owner_names(self, job_id: str) -> list[str] | None:
+        try:
+            return os.listdir(self.folder_of(job_id) / OWNER)
+        except FileNotFoundError:
+            return None
+
+    def _give_owner(self, job_id: str) -> bool:
+        """Make this server the owner of a job that has none; False if it has one (the
+        owner folder is made whole beside, then renamed into place: a folder of that name
+        already there, never empty, refuses the rename)."""
+        folder = self.folder_of(job_id)
+        making = private_dir(folder / f".{OWNER}-{uuid.uuid4().hex[:12]}")
+        try:
+            with open_private(making / self.owner, "wb"):
+                pass
+            os.rename(making, folder / OWNER)
+        except OSError:
+            shutil.rmtree(making, ignore_errors=True)
+            if self._owner_names(job_id) is None:
+                raise
+            return False
+        return True

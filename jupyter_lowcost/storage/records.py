@@ -10,17 +10,20 @@ find the instances a previous run left behind.
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
 from .atomic import write_private
-from .private import private_dir
+from .private import open_private, private_dir
 
 
 class PricedType(Protocol):
@@ -235,6 +238,22 @@ def process_start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def server_name(pid: int | None = None) -> str:
+    """``server-<pid>-<start ticks>``: a server process, named for good (the owner of its
+    records file, see :class:`RecordStore`, and of its jobs, see ``storage/jobs.py``)."""
+    pid = os.getpid() if pid is None else pid
+    return f"server-{pid}-{process_start_ticks(pid)}"
+
+
+def server_running(name: str) -> bool:
+    """True while the server process ``name`` (see :func:`server_name`) runs."""
+    try:
+        _, pid, ticks = name.split("-")
+        return str(process_start_ticks(int(pid))) == ticks
+    except ValueError:
+        return False
+
+
 class RecordStore:
     """The records of one server, in a JSON file of its own, rewritten whole and atomically.
 
@@ -251,8 +270,7 @@ class RecordStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        pid = os.getpid()
-        self.path = folder / f"server-{pid}-{process_start_ticks(pid)}.json"
+        self.path = folder / f"{server_name()}.json"
 
     @staticmethod
     def _owner(path: Path) -> str:
@@ -262,11 +280,7 @@ class RecordStore:
 
     @classmethod
     def _owner_alive(cls, path: Path) -> bool:
-        try:
-            _, pid, ticks = cls._owner(path).split("-")
-            return str(process_start_ticks(int(pid))) == ticks
-        except ValueError:
-            return False
+        return server_running(cls._owner(path))
 
     @classmethod
     def _read(cls, path: Path) -> tuple[list[InstanceRecord], dict[str, dict[str, Any]]]:
@@ -284,6 +298,21 @@ class RecordStore:
         records = [InstanceRecord.from_json(item) for item in raw.get("instances", [])]
         kernels = raw.get("kernels")
         return records, kernels if isinstance(kernels, dict) else {}
+
+    @contextmanager
+    def taking_over(self) -> Iterator[None]:
+        """Held by a starting server while it takes over what servers that are gone left
+        (their records, :meth:`adopt_orphans`, and their jobs, ``storage/jobs.py``):
+        servers starting at once on one data directory take over one after the other, so
+        that a gone server's records and its jobs go to the same server. Called by the
+        manager; what it holds it for is quick, and never awaits."""
+        private_dir(self.folder)
+        with open_private(self.folder / "takeover.lock", "ab") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def adopt_orphans(
         self,
