@@ -21,6 +21,8 @@ import requests
 from job_notebooks import appending_cell, code_cells, notebook_of, outputs_text, wait_for_file
 from jupyter_process import LowCostServer
 
+from jupyter_lowcost.server.rest_schemas import MAX_JOB_BYTES
+
 TOKEN = "cli-test-token"
 BIN = str(Path(sys.executable).parent)
 
@@ -117,6 +119,14 @@ def test_a_failing_cell_exits_1_with_its_traceback(server: LowCostServer, tmp_pa
         (["run"], "expected NOTEBOOK, got nothing"),
         (["run", "ok.ipynb", "--output", "no/dir/x.ipynb"], "no folder no/dir"),
         (["show", "0123456789ab"], "no job with id '0123456789ab'"),
+        (["show", "nope"], "'nope' is not a job id (12 hex digits"),
+        (["logs", "../jobs"], "'../jobs' is not a job id"),
+        (["cancel", "0123456789ab\n"], "is not a job id"),
+        (["cancel", "0123456789AB/../x"], "is not a job id"),
+        (["run", "fifo.ipynb"], "fifo.ipynb is not a regular file (a FIFO, a device or a socket)"),
+        (["run", "/dev/zero"], "/dev/zero is not a regular file"),
+        (["run", "huge.ipynb"], "huge.ipynb is 67108865 bytes: a job's notebook is at most 64 MiB"),
+        (["run", "ok.ipynb", "-o", "folder.ipynb"], "--output folder.ipynb is not a regular file"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ],
 )
@@ -125,6 +135,10 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(
 ) -> None:
     write(tmp_path / "ok.ipynb", notebook_of(["print(1)"]))
     (tmp_path / "text.ipynb").write_text("hello")
+    os.mkfifo(tmp_path / "fifo.ipynb")  # (reading it would wait for a writer for ever)
+    with open(tmp_path / "huge.ipynb", "wb") as huge:  # (sparse: no disk used)
+        huge.truncate(MAX_JOB_BYTES + 1)
+    (tmp_path / "folder.ipynb").mkdir()
     if arguments[0] != "frobnicate":
         extra = ["--url", server.base] + ([] if "--token" in arguments else ["--token", TOKEN])
         arguments = [*arguments, *extra]
@@ -273,3 +287,43 @@ def test_the_server_a_command_starts_shows_other_users_no_token_and_no_job_outpu
         for info in runtime.glob("jpserver-*.json"):
             os.kill(json.loads(info.read_text())["pid"], signal.SIGTERM)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_job_id_that_is_a_path_reaches_no_other_route(
+    server: LowCostServer, tmp_path: Path
+) -> None:
+    """``cancel ../instances/<id>`` once stopped that instance's kernel (and then crashed):
+    an id that is no job id goes in no URL."""
+    started = server.post("kernels", {"instance_type": "T4", "low_cost": True})
+    assert started.status_code == 201, started.text
+    instance_id = started.json()["instance"]["id"]
+    for command in ("cancel", "show", "logs"):
+        done = jupyter_lowcost(command, f"../instances/{instance_id}", *on(server), cwd=tmp_path)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert done.stderr.strip() == (
+            f"jupyter lowcost {command}: '../instances/{instance_id}' is not a job id "
+            "(12 hex digits, as jupyter lowcost jobs lists them)"
+        )
+    assert server.get(f"instances/{instance_id}").json()["state"] == "running"
+
+
+def test_parameters_as_papermill_reads_them_nan_and_infinities_included(
+    server: LowCostServer, tmp_path: Path
+) -> None:
+    write(
+        tmp_path / "p.ipynb",
+        notebook_of(["print(x != x, y, z, -w, repr(t), repr(f), repr(n), T, N)"], markdown_at=None),
+    )
+    done = jupyter_lowcost(
+        "run", "p.ipynb", "-p", "x=nan", "-p", "y=inf", "-p", "z=1e400", "-p", "w=-inf",
+        "-p", "t=true", "-p", "f=false", "-p", "n=none", "-p", "T=True", "-p", "N=None",
+        *on(server), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    output = read(tmp_path / "p.output.ipynb")
+    injected = "".join(code_cells(output)[0]["source"])
+    expected = "x = float('nan')\ny = float('inf')\nz = float('inf')\nw = float('-inf')\n"
+    assert expected in injected
+    assert outputs_text(code_cells(output)[1]) == (
+        "True inf inf inf 'true' 'false' 'none' True None\n"
+    )

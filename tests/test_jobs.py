@@ -4,10 +4,15 @@ its variables, no completed cell running twice."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 from conftest import EventRecorder, manager_of, wait_until
 from job_notebooks import (
@@ -240,7 +245,9 @@ async def test_more_jobs_than_slots_wait_queued_then_run(api: Any, tmp_path: Pat
     await until_running_cell(api, first, 1)
     second = (await post_job(api, notebook_of(["print('two')"])))["id"]
     queued = await until_state(api, second, "queued")
-    assert "slot" in queued["reason"] or "room" in queued["reason"], queued
+    assert queued["reason"] == (
+        "waiting for a free slot: all 1 are in use (the job starts when one frees)"
+    ), queued  # (its kernel has not started: nothing to resume)
     go.touch()
     assert (await until_state(api, first, "succeeded", "failed"))["state"] == "succeeded"
     assert (await until_state(api, second, "succeeded", "failed"))["state"] == "succeeded"
@@ -264,7 +271,8 @@ async def test_a_cell_that_kills_its_kernel_fails_the_job(api: Any, tmp_path: Pa
     job_id = (await post_job(api, notebook_of(["x = 1", "import os; os._exit(3)", "x"])))["id"]
     model = await until_state(api, job_id, "succeeded", "failed", "cancelled")
     assert model["state"] == "failed", model
-    assert model["reason"].startswith("the kernel died while running cell 2"), model
+    assert model["reason"].startswith("the kernel crashed while running cell 2"), model
+    assert model["interruptions"] == [], model
     assert model["cells_done"] == 1
 
 
@@ -337,3 +345,255 @@ async def test_a_notice_that_lets_the_cell_finish_moves_the_next_cell_to_the_nex
     where = [c["metadata"]["lowcost"]["instance_id"] for c in code_cells(output)]
     assert where == [first] * 3 + [model["instance_id"]] * 7
     assert "secret 42001" in outputs_text(code_cells(output)[8])
+
+
+# -- bad input and messages (issue 28, items 8-13) ---------------------------------------
+
+
+#: A code cell as nbformat 4.5 has it.
+CELL = {"id": "c1", "cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None}
+
+
+def nested_metadata(depth: int) -> str:
+    """A POST jobs body whose notebook's metadata nests ``depth`` objects (as text: the
+    json module refuses to write it)."""
+    notebook = notebook_of(["print(1)"])
+    notebook["metadata"]["deep"] = "HOLE"
+    text = json.dumps({"notebook": notebook})
+    return text.replace('"HOLE"', '{"a": ' * depth + "1" + "}" * depth)
+
+
+def saved_notebook(path: Path) -> bool:
+    try:
+        return "cells" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+async def finished_job(api: Any) -> str:
+    job_id = (await post_job(api, notebook_of(["print('done')"])))["id"]
+    assert (await until_state(api, job_id, "succeeded", "failed"))["state"] == "succeeded"
+    return job_id
+
+
+async def test_log_offsets_no_file_has_are_refused_with_a_4xx(api: Any) -> None:
+    job_id = await finished_job(api)
+    for offset in (2**63 - 1, 2**63, 2**64, 10**30, 2**53 + 1):
+        status, body = await api("GET", f"jobs/{job_id}/log?offset={offset}")
+        assert status == 400, (offset, body)
+        assert body["message"].startswith(f"offset must be between 0 and {2**53} (a byte offset)")
+    status, body = await api("GET", f"jobs/{job_id}/log?offset=-{10**40}")
+    assert status == 400 and body["message"].endswith("not a negative number of 41 digits"), body
+    for offset in (2**53, 2**50):  # (past what the file system allows: no 500)
+        status, body = await api("GET", f"jobs/{job_id}/log?offset={offset}")
+        assert status in (200, 400), body
+    status, body = await api("GET", f"jobs/{job_id}/log?offset={10**6}")  # past the end
+    assert status == 200 and body == {"text": "", "offset": 10**6, "state": "succeeded"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"name": "a\ud800b"}, "name is not text: it holds a lone surrogate (\\ud800)"),
+        (
+            {"notebook": notebook_of(["print('\udc00')"], markdown_at=None)},
+            "notebook.cells.0.source is not text: it holds a lone surrogate (\\udc00)",
+        ),
+        ({"parameters": {"x": "\udfff"}}, "parameters.x is not text"),
+        ({"parameters": {"x\n": 1}}, 'parameter name "x\\n" is not a Python variable name'),
+        ({"parameters": {"__builtins__": {}}}, "'__builtins__' is one of Python's own names"),
+        ({"parameters": {"__debug__": 0}}, "'__debug__' is one of Python's own names"),
+        ({"parameters": {"None": 0}}, "'None' is a Python keyword"),
+        ({"path": "nb.ipynb", "output_path": "./nb.ipynb"}, "it would be overwritten"),
+        ({"path": "nb.ipynb", "output_path": "sub/../nb.ipynb"}, "it would be overwritten"),
+        ({"path": "./a/nb.ipynb", "output_path": "a//nb.ipynb"}, "it would be overwritten"),
+        ({"path": "a\x00b.ipynb"}, "path 'a\\x00b.ipynb' holds a control character"),
+        ({"output_path": "out\x00.ipynb"}, "output_path 'out\\x00.ipynb' holds a control"),
+        ({"notebook": {"cells": []}}, 'not a notebook: it has no "nbformat" field'),
+        ({"notebook": {"nbformat": None, "cells": []}}, "nbformat None (this server reads"),
+        ({"notebook": {"nbformat": 4, "metadata": {}}}, "its 'cells' is missing"),
+        (
+            {"notebook": {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [1]}},
+            "not a valid notebook: cell 0 is not a JSON object",
+        ),
+        (
+            {"notebook": {"nbformat": 4, "metadata": {}, "cells": [{"cell_type": 1}]}},
+            "not a valid notebook: cell 0's cell_type is 1, not code, markdown or raw",
+        ),
+        (
+            {
+                "notebook": {
+                    **notebook_of(["1"], markdown_at=None),
+                    "cells": [{**CELL, "source": 3}],
+                }
+            },
+            "not a valid notebook: cells[0].source: 3 is not valid under any of the given",
+        ),
+    ],
+)
+async def test_bad_text_names_and_paths_are_refused_at_post(
+    api: Any, jp_serverapp: Any, body: dict[str, Any], message: str
+) -> None:
+    status, answer = await api("POST", "jobs", {"notebook": notebook_of(["print(1)"]), **body})
+    assert status == 400, answer
+    assert message in answer["message"], answer["message"]
+    assert "(None, None)" not in answer["message"]
+    assert (await api("GET", "jobs"))[1] == []
+    assert jp_serverapp.kernel_manager.list_kernel_ids() == []
+
+
+async def test_a_notebook_nested_too_deeply_is_refused_in_plain_words(api: Any) -> None:
+    for depth in (150, 400, 700, 5000):
+        status, answer = await api("POST", "jobs", nested_metadata(depth))
+        assert status == 400, (depth, answer)
+        assert "nested too deeply" in answer["message"], (depth, answer["message"])
+        assert "recursion" not in answer["message"]
+    assert (await api("GET", "jobs"))[1] == []
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+async def test_an_output_path_that_is_no_regular_file_is_refused_at_post(
+    api: Any, jp_root_dir: Path, kind: str
+) -> None:
+    target = jp_root_dir / "out.ipynb"
+    if kind == "folder":
+        target.mkdir()
+    else:
+        os.mkfifo(target)
+    status, answer = await api(
+        "POST", "jobs", {"notebook": notebook_of(["print(1)"]), "output_path": "out.ipynb"}
+    )
+    assert status == 400, answer
+    expected = "is a folder" if kind == "folder" else "is a FIFO (a named pipe)"
+    assert f"output_path 'out.ipynb' {expected}" in answer["message"], answer
+    assert (await api("GET", "jobs"))[1] == []
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+async def test_an_output_path_that_becomes_no_file_fails_the_job_and_the_server_goes_on(
+    api: Any, jp_root_dir: Path, tmp_path: Path, kind: str
+) -> None:
+    """Checked again at each save: a FIFO put there meanwhile would block the server's
+    event loop at the first save (opening it waits for a reader); the job says its
+    output could not be written instead of "succeeded"."""
+    go = tmp_path / "go"
+    notebook = notebook_of([wait_for_file(go), "print('the result')"])
+    job = await post_job(api, notebook, output_path="out.ipynb")
+    await until_running_cell(api, job["id"], 1)
+    target = jp_root_dir / "out.ipynb"
+    await wait_until(lambda: saved_notebook(target))  # (the first save is over)
+    target.unlink()
+    if kind == "folder":
+        target.mkdir()
+    else:
+        os.mkfifo(target)
+    go.touch()
+    model = await until_state(api, job["id"], "succeeded", "failed", "cancelled")
+    assert model["state"] == "failed", model
+    expected = "is a folder" if kind == "folder" else "is a FIFO (a named pipe)"
+    assert model["reason"].startswith(
+        "all 2 cells ran, but the output notebook could not be written at out.ipynb: "
+        f"out.ipynb {expected}"
+    ), model["reason"]
+    assert f"jupyter lowcost show {job['id']} --output FILE" in model["reason"]
+    output = (await api("GET", f"jobs/{job['id']}/output"))[1]  # (the server keeps it)
+    assert outputs_text(code_cells(output)[1]) == "the result\n"
+    assert target.is_dir() if kind == "folder" else stat.S_ISFIFO(target.stat().st_mode)
+
+
+async def test_hidden_paths_are_refused_as_jupyters_own_save_refuses_them(
+    api: Any, jp_root_dir: Path
+) -> None:
+    (jp_root_dir / ".secret").mkdir()
+    for field, value in (
+        ("output_path", ".secret/out.ipynb"),
+        ("output_path", ".out.ipynb"),
+        ("path", ".secret/nb.ipynb"),
+    ):
+        status, answer = await api(
+            "POST", "jobs", {"notebook": notebook_of(["print(1)"]), field: value}
+        )
+        assert status == 400, (field, value, answer)
+        assert f"{field} {value!r} is hidden" in answer["message"], answer
+        assert "allow_hidden" in answer["message"]
+    assert (await api("GET", "jobs"))[1] == []
+    assert list((jp_root_dir / ".secret").iterdir()) == []
+
+
+@pytest.mark.lowcost(ContentsManager={"allow_hidden": True})
+async def test_hidden_paths_are_accepted_when_the_contents_manager_allows_them(
+    api: Any, jp_root_dir: Path
+) -> None:
+    (jp_root_dir / ".secret").mkdir()
+    job = await post_job(api, notebook_of(["print(1)"]), output_path=".secret/out.ipynb")
+    model = await until_state(api, job["id"], "succeeded", "failed")
+    assert model["state"] == "succeeded", model
+    assert (jp_root_dir / ".secret" / "out.ipynb").is_file()
+
+
+async def test_nan_and_infinite_parameters_are_injected_as_papermill_writes_them(
+    api: Any,
+) -> None:
+    notebook = notebook_of(["print(a != a, b, c, d[0] != d[0], d[1], e)"])
+    body = json.dumps({"notebook": notebook, "instance_type": "T4", "name": "t.ipynb"})
+    body = body[:-1] + (
+        ', "parameters": {"a": NaN, "b": Infinity, "c": -Infinity, "d": [NaN, 1.5], "e": 1}}'
+    )
+    status, job = await api("POST", "jobs", body)
+    assert status == 201, job
+    model = await until_state(api, job["id"], "succeeded", "failed")
+    assert model["state"] == "succeeded", model
+    output = (await api("GET", f"jobs/{job['id']}/output"))[1]
+    injected = "".join(code_cells(output)[0]["source"])
+    assert "a = float('nan')\nb = float('inf')\nc = float('-inf')\n" in injected
+    assert "d = [float('nan'), 1.5]\n" in injected
+    assert outputs_text(code_cells(output)[1]) == "True inf -inf True 1.5 1\n"
+
+
+async def test_parameters_in_a_notebook_older_than_4_5_keep_it_valid(api: Any) -> None:
+    """nbformat 4.4 has no cell ids: the injected cell gets none (papermill runs such
+    notebooks), and the output notebook is valid, as its input was."""
+    notebook = notebook_of(["print(alpha)"], markdown_at=None)
+    notebook["nbformat_minor"] = 4
+    for cell in notebook["cells"]:
+        del cell["id"]
+    nbformat.validate(nbformat.from_dict(notebook))
+    job = await post_job(api, notebook, parameters={"alpha": 7})
+    model = await until_state(api, job["id"], "succeeded", "failed")
+    assert model["state"] == "succeeded", model
+    output = (await api("GET", f"jobs/{job['id']}/output"))[1]
+    assert "id" not in code_cells(output)[0]
+    nbformat.validate(nbformat.from_dict(output))
+    status, again = await api("POST", "jobs", {"notebook": output, "name": "again.ipynb"})
+    assert status == 201, again
+
+
+async def test_concurrent_cancels_one_answers_200_the_others_409(api: Any, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    job_id = (await post_job(api, notebook_of([wait_for_file(go), "print(2)"])))["id"]
+    await until_running_cell(api, job_id, 1)
+    answers = await asyncio.gather(*(api("DELETE", f"jobs/{job_id}") for _ in range(6)))
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [200] + [409] * 5, answers
+    for status, body in answers:
+        if status == 409:
+            assert body["message"] in (
+                f"job {job_id} is already being cancelled",
+                f"job {job_id} has already ended (cancelled)",
+            ), body
+        else:
+            assert body["state"] == "cancelled"
+    go.touch()
+    assert (await job_model(api, job_id))["state"] == "cancelled"
+
+
+async def test_a_kernel_that_crashes_on_a_regular_instance_is_no_interruption(
+    api: Any, tmp_path: Path
+) -> None:
+    notebook = notebook_of(["x = 1", "import os; os._exit(3)", "x"])
+    job_id = (await post_job(api, notebook, low_cost=False))["id"]
+    model = await until_state(api, job_id, "succeeded", "failed", "cancelled")
+    assert model["state"] == "failed", model
+    assert model["reason"].startswith("the kernel crashed while running cell 2"), model
+    assert model["interruptions"] == [], model
+    assert model["cells_done"] == 1

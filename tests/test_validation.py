@@ -10,9 +10,10 @@ import asyncio
 import json
 import math
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
-from conftest import start_lowcost_kernel
+import nbformat
+from conftest import start_lowcost_kernel, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,8 +31,10 @@ BODY_ROUTES = [
 
 
 async def snapshot(api: Any, serverapp: Any) -> Any:
-    """What a refused request must not change: instances, kernels, placements, events."""
+    """What a refused request must not change: instances, kernels, placements, events,
+    jobs."""
     _, instances = await api("GET", "instances")
+    _, jobs = await api("GET", "jobs")
     kernels = sorted(serverapp.kernel_manager.list_kernel_ids())
     models = []
     for kernel_id in kernels:
@@ -43,6 +46,7 @@ async def snapshot(api: Any, serverapp: Any) -> Any:
         [(i["id"], i["state"], i["tier"], i["instance_type"]) for i in instances],
         kernels,
         models,
+        [(j["id"], j["state"], j["reason"], j["cells_done"]) for j in jobs],
     )
 
 
@@ -132,10 +136,15 @@ async def test_wrong_types_in_every_field_of_restored_are_refused(
 
 
 def _mutating(method: str, route: str, body: Any) -> bool:
-    """A well-formed request that would start, move, interrupt or stop a real kernel: not
-    what this test is about (the other tests do those), and slow."""
+    """A well-formed request that would start, move, interrupt or stop a real kernel, or
+    run a job: not what this test is about (the other tests do those), and slow."""
     if not isinstance(body, dict) or route.endswith(("restored", "checkpoint")):
         return False
+    if route == "jobs" and method == "POST":
+        # (a notebook that may be one: without "nbformat" and "cells", none is; garbage
+        # or not, as a job's parameters may be NaN)
+        notebook = body.get("notebook")
+        return isinstance(notebook, dict) and {"nbformat", "cells"} <= set(notebook)
     if _garbage(body):
         return False  # (must be refused: sent)
     known = {"T4", "A100-80G", "L4", "H100-80G", "A10G"}
@@ -150,6 +159,12 @@ def _mutating(method: str, route: str, body: Any) -> bool:
         value = body.get("notice_seconds")
         return set(body) == {"notice_seconds"} and isinstance(value, (int, float))
     return False
+
+
+def unquote_query(query: str) -> tuple[str, str]:
+    """``offset=%2D1`` as (name, value): jp_fetch quotes the parameters it is given."""
+    name, value = query.split("=", 1)
+    return name, unquote(value)
 
 
 def _garbage(value: Any) -> bool:
@@ -190,7 +205,18 @@ FIELDS = st.sampled_from(
         "not_restored",
         "ok",
         "error",
+        "notebook",
+        "parameters",
+        "output_path",
+        "kernel_name",
     ]
+)
+#: A notebook's keys, some of which a generated one has (with both "nbformat" and
+#: "cells" it is not sent: it could be a notebook, and run).
+NOTEBOOK_KEYS = ["nbformat", "nbformat_minor", "metadata", "worksheets", "cells"]
+#: Paths a careless or hostile client gives a job.
+PATHS = st.sampled_from(
+    ["../x.ipynb", "a\x00.ipynb", ".hidden/x.ipynb", "x\n.ipynb", "/", "", "nb.ipynb", "."]
 )
 #: What a careless or hostile client puts in a field: NaN and the infinities (which
 #: JSON.parse never makes, but Python's json reads), numbers past any float, lone
@@ -208,6 +234,16 @@ BODIES = st.one_of(
     st.binary(max_size=64).map(lambda b: b.decode("latin-1")),
     st.integers(1, 3000).map(lambda n: "[" * n + "]" * n),
     st.integers(300, 5000).map(lambda n: '{"notice_seconds": 1' + "0" * n + "}"),
+    # (POST jobs: notebooks that are not quite one, names, parameters and paths)
+    st.fixed_dictionaries(
+        {"notebook": st.dictionaries(st.sampled_from(NOTEBOOK_KEYS), JSON, max_size=4)},
+        optional={
+            "name": JSON | GARBAGE,
+            "parameters": st.dictionaries(st.text(max_size=12), JSON | GARBAGE, max_size=3),
+            "path": JSON | GARBAGE | PATHS,
+            "output_path": JSON | GARBAGE | PATHS,
+        },
+    ).map(json.dumps),
 )
 ROUTES = st.sampled_from(
     [
@@ -227,7 +263,23 @@ ROUTES = st.sampled_from(
         ("DELETE", "instances/{instance}"),
         ("POST", "instances/{instance}/interrupt"),
         ("PUT", "instances/{instance}/interrupt"),
+        ("GET", "jobs"),
+        ("POST", "jobs"),
+        ("PUT", "jobs"),
+        ("GET", "jobs/{job}"),
+        ("DELETE", "jobs/{job}"),
+        ("POST", "jobs/{job}"),
+        ("GET", "jobs/{job}/output"),
+        ("GET", "jobs/{job}/log"),
+        ("GET", "jobs/{job}/log?offset={offset}"),
     ]
+)
+#: What ``GET jobs/<id>/log?offset=`` gets: past any file, negative, not a number.
+OFFSETS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([2**63 - 1, 2**63, 2**64, 10**400, -1, 0]),
+    st.text(max_size=20),
+    st.sampled_from(["1e3", "0x10", " 1", "1.5", "NaN", "inf", "\u0661", "9" * 5000]),
 )
 IDS = st.one_of(
     st.just("real"),
@@ -236,10 +288,24 @@ IDS = st.one_of(
 )
 
 
+async def one_finished_job(api: Any) -> str:
+    """A job that ran (one cell) and ended: its id."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
+    status, job = await api("POST", "jobs", {"notebook": notebook, "instance_type": "T4"})
+    assert status == 201, job
+
+    async def ended() -> bool:
+        return (await api("GET", f"jobs/{job['id']}"))[1]["state"] == "succeeded"
+
+    await wait_until(ended, timeout=120)
+    return str(job["id"])
+
+
 async def test_generated_requests_never_get_a_5xx_and_refusals_change_nothing(
     api: Any, jp_fetch: Any, jp_serverapp: Any
 ) -> None:
     one_kernel = await start_one_kernel(api)
+    job_id = await one_finished_job(api)
     loop = asyncio.get_running_loop()
     state = {"last": await snapshot(api, jp_serverapp), "sent": 0, "refused": 0}
 
@@ -255,7 +321,7 @@ async def test_generated_requests_never_get_a_5xx_and_refusals_change_nothing(
             *path.split("/"),
             method=method,
             body=body if body is not None or method not in ("POST", "PUT") else "",
-            params=dict([query.split("=", 1)]) if query else None,
+            params=dict([unquote_query(query)]) if query else None,
             raise_error=False,
             allow_nonstandard_methods=True,
         )
@@ -270,12 +336,21 @@ async def test_generated_requests_never_get_a_5xx_and_refusals_change_nothing(
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(route=ROUTES, body=BODIES, kernel=IDS, instance=IDS)
-    def one_request(route: tuple[str, str], body: str | None, kernel: str, instance: str) -> None:
+    @given(route=ROUTES, body=BODIES, kernel=IDS, instance=IDS, job=IDS, offset=OFFSETS)
+    def one_request(
+        route: tuple[str, str],
+        body: str | None,
+        kernel: str,
+        instance: str,
+        job: str,
+        offset: Any,
+    ) -> None:
         method, template = route
         ids = {
             "kernel": one_kernel["kernel"] if kernel == "real" else quote(kernel, safe=""),
             "instance": one_kernel["instance"] if instance == "real" else quote(instance, safe=""),
+            "job": job_id if job == "real" else quote(job, safe=""),
+            "offset": quote(str(offset), safe=""),
         }
         if method == "DELETE" and template.startswith("instances/") and instance == "real":
             return  # would stop the kernel: not a malformed request

@@ -172,8 +172,11 @@ class Backend(LoggingConfigurable):
         (Slurm) always have room: their queue waits."""
         return True
 
-    def room_message(self, low_cost: bool) -> str:
-        """What a recovery that waits for :meth:`has_room` says it waits for."""
+    def room_message(self, low_cost: bool, queued_job: bool = False) -> str:
+        """What a recovery that waits for :meth:`has_room` says it waits for; with
+        ``queued_job``, what a queued job (whose kernel has not started yet) says."""
+        if queued_job:
+            return "waiting for capacity: the job starts when there is room for its kernel"
         return "waiting for capacity to resume the kernel"
 
     async def room_changed(self) -> None:

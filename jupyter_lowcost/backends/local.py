@@ -240,15 +240,14 @@ class LocalBackend(Backend):
             return True
         return not low_cost and bool(self._preemptible() or self._preempting)
 
-    def room_message(self, low_cost: bool) -> str:
-        if low_cost:
-            return (
-                f"waiting for a slot to resume the kernel: all {len(self._slots)} are in use "
-                "(it resumes from its checkpoint when one frees)"
-            )
+    def room_message(self, low_cost: bool, queued_job: bool = False) -> str:
+        slots = len(self._slots)
+        full = f"all {slots} are in use" if low_cost else f"all {slots} hold regular instances"
+        if queued_job:
+            return f"waiting for a free slot: {full} (the job starts when one frees)"
         return (
-            f"waiting for a slot to resume the kernel: all {len(self._slots)} hold regular "
-            "instances (it resumes from its checkpoint when one frees)"
+            f"waiting for a slot to resume the kernel: {full} "
+            "(it resumes from its checkpoint when one frees)"
         )
 
     async def room_changed(self) -> None:

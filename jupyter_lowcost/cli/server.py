@@ -9,6 +9,7 @@ server's own message.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -50,6 +51,11 @@ class Server:
         """``method`` on ``lowcost/api/<path>``: the decoded answer, or CommandError."""
         url = f"{self.url}lowcost/api/{path}"
         headers = {"Authorization": f"token {self.token}"} if self.token else {}
+        if "json" in kwargs:
+            # (as Python's json writes it: requests refuses NaN and the infinities, which
+            # a job's parameters may be, as papermill's are; the server reads them)
+            kwargs["data"] = json.dumps(kwargs.pop("json")).encode("utf-8")
+            headers["Content-Type"] = "application/json"
         try:
             response = requests.request(method, url, headers=headers, timeout=60, **kwargs)
         except requests.RequestException as err:

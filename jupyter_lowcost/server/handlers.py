@@ -11,8 +11,8 @@ manager validates the rest before it changes anything. The shapes of the answers
 
 from __future__ import annotations
 
+import errno
 import json
-import keyword
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,11 +28,15 @@ from tornado import web
 from ..backends import BackendError
 from . import rest_schemas
 from .instances.rest_models import check_launchable
+from .jobs import contents as jobs_contents
 from .jobs import notebook as jobs_notebook
 from .manager import InstanceManager
 
 AUTH_RESOURCE = "lowcost"
 API = r"/lowcost/api"
+#: The largest byte offset ``GET jobs/<id>/log`` takes (2**53: an integer every JSON
+#: client reads exactly).
+MAX_LOG_OFFSET = 2**53
 
 
 @contextmanager
@@ -204,8 +208,9 @@ class JobsHandler(LowCostHandler):
             raise web.HTTPError(400, str(err)) from err
         parameters = body.get("parameters") or {}
         for name in parameters:
-            if keyword.iskeyword(name):
-                raise web.HTTPError(400, f"parameter name {name!r} is a Python keyword")
+            problem = jobs_notebook.check_parameter_name(name)
+            if problem is not None:
+                raise web.HTTPError(400, problem)
         kernel_name = (
             body.get("kernel_name")
             or notebook.get("metadata", {}).get("kernelspec", {}).get("name")
@@ -222,19 +227,7 @@ class JobsHandler(LowCostHandler):
         placement = self.manager.rest.parse_placement(body, None)
         path = body.get("path") or None
         output_path = body.get("output_path") or None
-        if output_path is not None and not output_path.endswith(".ipynb"):
-            raise web.HTTPError(400, f"output_path {output_path!r} must end with .ipynb")
-        if (
-            output_path is not None
-            and path is not None
-            and output_path.strip("/") == path.strip("/")
-        ):
-            raise web.HTTPError(
-                400, "output_path is the notebook's own path: it would be overwritten"
-            )
-        for what, value in (("path", path), ("output_path", output_path)):
-            if value is not None:
-                await self._check_contents_path(what, value)
+        await self._check_job_paths(path, output_path)
         job = await self.manager.jobs.create(
             notebook,
             body.get("name") or (path.rsplit("/", 1)[-1] if path else "notebook.ipynb"),
@@ -247,17 +240,60 @@ class JobsHandler(LowCostHandler):
         self.set_header("Location", url_path_join(self.base_url, "lowcost/api/jobs", job.id))
         self.write_json(job.to_model(), 201)
 
+    async def _check_job_paths(self, path: str | None, output_path: str | None) -> None:
+        """A job's ``path`` and ``output_path``: paths of this server's contents, in a
+        folder that exists, not hidden (unless the contents manager allows it, as Jupyter's
+        own save does); the output a notebook other than the job's own, where nothing
+        but a regular file is (a FIFO would block the server at the first save)."""
+        for what, value in (("path", path), ("output_path", output_path)):
+            if value is None:
+                continue
+            problem = jobs_contents.path_problem(value)
+            if problem is not None:
+                raise web.HTTPError(400, f"{what} {value!r} {problem}")
+        cm = self.contents_manager
+        if output_path is not None:
+            if not output_path.endswith(".ipynb"):
+                raise web.HTTPError(400, f"output_path {output_path!r} must end with .ipynb")
+            if path is not None and jobs_contents.same_path(cm, output_path, path):
+                raise web.HTTPError(
+                    400, "output_path is the notebook's own path: it would be overwritten"
+                )
+        for what, value in (("path", path), ("output_path", output_path)):
+            if value is not None:
+                await self._check_contents_path(what, value)
+        if output_path is None:
+            return
+        try:
+            problem = jobs_contents.file_problem(cm, output_path)
+        except (OSError, ValueError, web.HTTPError) as err:
+            raise web.HTTPError(
+                400, f"output_path {output_path!r} is not a path of this server: {err}"
+            ) from err
+        if problem is not None:
+            raise web.HTTPError(
+                400, f"output_path {output_path!r} {problem}: a notebook cannot be written there"
+            )
+
     async def _check_contents_path(self, what: str, path: str) -> None:
-        """A path of this server's contents whose folder exists."""
+        """A path of this server's contents whose folder exists, and that Jupyter's own
+        contents API does not refuse as hidden."""
         folder = path.strip("/").rsplit("/", 1)[0] if "/" in path.strip("/") else ""
         try:
             exists = await ensure_async(self.contents_manager.dir_exists(folder))
+            hidden = exists and await jobs_contents.hidden(self.contents_manager, path)
         except (OSError, ValueError, web.HTTPError) as err:
             raise web.HTTPError(
                 400, f"{what} {path!r} is not a path of this server: {err}"
             ) from err
         if not exists:
             raise web.HTTPError(400, f"{what} {path!r}: no folder {folder!r} on this server")
+        if hidden:
+            raise web.HTTPError(
+                400,
+                f"{what} {path!r} is hidden (a name in it starts with a dot): this server's "
+                "contents manager does not allow hidden files (ContentsManager.allow_hidden)",
+            )
 
 
 class JobHandler(LowCostHandler):
@@ -291,9 +327,20 @@ class JobLogHandler(LowCostHandler):
             offset = int(self.get_argument("offset", "0"))
         except ValueError as err:
             raise web.HTTPError(400, "offset must be an integer (a byte offset)") from err
-        if offset < 0:
-            raise web.HTTPError(400, f"offset must be 0 or more, not {offset}")
-        self.write_json(self.manager.jobs.log(job_id, offset))
+        if not 0 <= offset <= MAX_LOG_OFFSET:  # (no log is longer; a seek would overflow)
+            digits = len(str(abs(offset)))
+            sign = "negative " if offset < 0 else ""
+            shown = str(offset) if digits <= 24 else f"a {sign}number of {digits} digits"
+            raise web.HTTPError(
+                400, f"offset must be between 0 and {MAX_LOG_OFFSET} (a byte offset), not {shown}"
+            )
+        try:
+            answer = self.manager.jobs.log(job_id, offset)
+        except OSError as err:  # (a seek further than this file system's largest file)
+            if err.errno not in (errno.EINVAL, errno.EOVERFLOW, errno.EFBIG):
+                raise
+            raise web.HTTPError(400, f"offset {offset} is past the end of the job's log") from err
+        self.write_json(answer)
 
 
 default_handlers = [

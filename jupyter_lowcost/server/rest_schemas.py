@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -122,7 +123,9 @@ START_JOB = {
         "parameters": {
             "type": "object",
             "maxProperties": 1000,
-            "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 256},
+            # ((?![\s\S]) is the end of the name: "$" also matches before a final
+            # newline in Python's re, which jsonschema uses, so "x\n" would pass)
+            "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*(?![\s\S])", "maxLength": 256},
         },
         "path": {"type": ["string", "null"], "maxLength": 4096},
         "output_path": {"type": ["string", "null"], "maxLength": 4096},
@@ -162,39 +165,57 @@ def parse_body(body: bytes, schema: dict[str, Any]) -> dict[str, Any]:
         raise web.HTTPError(400, f"{_describe(error, schema)} ({schema['title']})")
     # (after the schema: a field that should not be there is the first thing to say)
     try:
-        where = _non_finite(value, allowed=schema.get("x-non-finite", []))
+        where = _not_json_text_or_number(value, allowed=schema.get("x-non-finite", []))
     except RecursionError:
         raise web.HTTPError(400, "the request body is JSON nested too deeply") from None
     if where is not None:
-        path, number = where
-        raise web.HTTPError(
-            400,
-            f"{path or 'the request body'} must be a finite number, not {number} "
-            f"({schema['title']})",
-        )
+        path, problem = where
+        raise web.HTTPError(400, f"{path or 'the request body'} {problem} ({schema['title']})")
     return value
 
 
-def _non_finite(value: Any, allowed: list[str], path: str = "") -> tuple[str, str] | None:
-    """Where ``value`` holds NaN or an infinity (which Python's JSON parser accepts, and
-    which no range in a schema refuses: NaN compares false with every bound), as
-    (``taken_at``, ``NaN``); None when nowhere, or only under a top-level field in
-    ``allowed``."""
+def _not_json_text_or_number(
+    value: Any, allowed: list[str], path: str = ""
+) -> tuple[str, str] | None:
+    """Where ``value`` holds what Python's JSON parser accepts but no field may, and
+    what: NaN or an infinity (which no range in a schema refuses: NaN compares false with
+    every bound), allowed only under a top-level field in ``allowed``; a lone surrogate
+    (``"\\ud800"``), in a value or a key, which is no text (it cannot be written as
+    UTF-8: to a log, a file, a notebook). As (``taken_at``, ``must be a finite number,
+    not NaN``); None when there is none."""
     if isinstance(value, float) and not math.isfinite(value):
-        return path, "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        if path.split(".", 1)[0] in allowed:
+            return None
+        number = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        return path, f"must be a finite number, not {number}"
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        if found is None:
+            return None
+        return path, (
+            f"is not text: it holds a lone surrogate (\\u{ord(found.group()):04x}), which "
+            "has no UTF-8 form"
+        )
     if isinstance(value, dict):
-        items: Any = ((str(key), child) for key, child in value.items())
+        for key, child in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if _SURROGATE.search(str(key)):
+                return _not_json_text_or_number(str(key), allowed, f"a name in {path or 'it'}")
+            found = _not_json_text_or_number(child, allowed, where)
+            if found is not None:
+                return found
     elif isinstance(value, list):
-        items = ((str(index), child) for index, child in enumerate(value))
-    else:
-        return None
-    for key, child in items:
-        if not path and key in allowed:
-            continue
-        found = _non_finite(child, allowed, f"{path}.{key}" if path else key)
-        if found is not None:
-            return found
+        for index, child in enumerate(value):
+            found = _not_json_text_or_number(
+                child, allowed, f"{path}.{index}" if path else str(index)
+            )
+            if found is not None:
+                return found
     return None
+
+
+#: A UTF-16 surrogate on its own (JSON's "\ud800" escape decodes to one).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 _TYPE_WORDS = {

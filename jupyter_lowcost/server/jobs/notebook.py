@@ -1,34 +1,147 @@
 """A job's notebook: its parameters, its outputs as they come, and what its metadata says.
 
-Called by :class:`~.runner.JobRunner`: :func:`prepare` once when the job is made,
-:class:`CellOutputs` for every cell it runs, :func:`mark_cell` and :func:`job_metadata`
-each time it saves the output notebook. Pure data (nbformat dicts); no I/O.
+Called by the ``POST jobs`` handler (:func:`read`, :func:`check_parameter_name`), by
+:class:`~.service.Jobs` (:func:`prepare` once when the job is made) and by
+:class:`~.runner.JobRunner`: :class:`CellOutputs` for every cell it runs,
+:func:`mark_cell` and :func:`job_metadata` each time it saves the output notebook. Pure
+data (nbformat dicts); no I/O.
 """
 
 from __future__ import annotations
 
 import copy
+import keyword
+import math
 from typing import Any
 
 import nbformat
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
+#: How deep a job's notebook may nest (lists and objects): far more than notebooks
+#: have, far less than Python's recursion limit, which nbformat and copies hit.
+MAX_DEPTH = 100
+
+
+class NotANotebook(ValueError):
+    """What :func:`read` says of what is not a notebook, in plain words."""
 
 
 def read(content: Any) -> dict[str, Any]:
-    """A notebook given as JSON (a dict), as nbformat 4, checked; ``ValueError`` says why
-    it is not one."""
+    """A notebook given as JSON (a dict), as nbformat 4, checked; :class:`NotANotebook`
+    (a ``ValueError``) says in plain words why it is not one (called by the ``POST jobs``
+    handler)."""
     if not isinstance(content, dict):
-        raise ValueError("the notebook must be a JSON object (an .ipynb file's content)")
+        raise NotANotebook("the notebook must be a JSON object (an .ipynb file's content)")
+    if _depth(content) > MAX_DEPTH:
+        raise NotANotebook(
+            f"not a notebook Jupyter can read: it is nested too deeply (more than {MAX_DEPTH} "
+            "levels of lists and objects)"
+        )
+    _check_shape(content)
     try:
         notebook = nbformat.from_dict(copy.deepcopy(content))
-        if notebook.get("nbformat", 4) < 4:
+        if notebook["nbformat"] < 4:
             notebook = nbformat.convert(notebook, 4)
         nbformat.validate(notebook)
-    except Exception as err:  # nbformat's ValidationError, or a KeyError on a bad shape
-        raise ValueError(f"not a notebook: {_first_line(err)}") from err
+    except RecursionError:
+        raise NotANotebook("not a notebook Jupyter can read: it is nested too deeply") from None
+    except nbformat.ValidationError as err:
+        where = _json_path(getattr(err, "absolute_path", ()))
+        what = _first_line(getattr(err, "message", None) or err)
+        raise NotANotebook(
+            f"not a valid notebook: {where + ': ' if where else ''}{_shorten(what)}"
+        ) from err
+    except Exception as err:  # (nbformat's conversions raise KeyError, TypeError...)
+        raise NotANotebook(
+            f"not a notebook Jupyter can read: {_shorten(_first_line(err))}"
+        ) from err
     return notebook
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in ``value`` (without recursion: nbformat, copies
+    and saves recurse, and would fail later, far from the request)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        deepest = max(deepest, depth)
+        if depth <= MAX_DEPTH:
+            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
+
+def _check_shape(content: dict[str, Any]) -> None:
+    """What nbformat assumes before it validates (its own errors on these are raw: a
+    ``KeyError: 'cells'``, ``(None, None)``): a version, and the fields of that version."""
+    version = content.get("nbformat")
+    if "nbformat" not in content:
+        raise NotANotebook(
+            'not a notebook: it has no "nbformat" field (an .ipynb file has "nbformat": 4)'
+        )
+    if not isinstance(version, int) or isinstance(version, bool) or version not in (3, 4):
+        raise NotANotebook(
+            f"not a notebook Jupyter can read: nbformat {_shorten(repr(version))} "
+            "(this server reads versions 4 and 3)"
+        )
+    minor = content.get("nbformat_minor", 0)
+    if not isinstance(minor, int) or isinstance(minor, bool) or minor < 0:
+        raise NotANotebook(
+            f"not a valid notebook: nbformat_minor must be a whole number, "
+            f"not {_shorten(repr(minor))}"
+        )
+    if version == 4:
+        fields = {"cells": list, "metadata": dict}
+    else:
+        fields = {"worksheets": list, "metadata": dict}
+    for name, kind in fields.items():
+        if not isinstance(content.get(name), kind):
+            wanted = "a list" if kind is list else "a JSON object"
+            found = "missing" if name not in content else f"not {wanted}"
+            raise NotANotebook(
+                f"not a valid notebook: its {name!r} is {found} (it must be {wanted})"
+            )
+    items = content["cells"] if version == 4 else content["worksheets"]
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            kind = "cell" if version == 4 else "worksheet"
+            raise NotANotebook(f"not a valid notebook: {kind} {index} is not a JSON object")
+        if version == 4 and item.get("cell_type") not in ("code", "markdown", "raw"):
+            raise NotANotebook(
+                f"not a valid notebook: cell {index}'s cell_type is "
+                f"{_shorten(repr(item.get('cell_type')), 40)}, not code, markdown or raw"
+            )
+
+
+def check_parameter_name(name: str) -> str | None:
+    """Why ``name`` cannot be a job's parameter (None: it can). Called by the ``POST
+    jobs`` handler; the schema already holds names to ``[A-Za-z_][A-Za-z0-9_]*``.
+
+    Refused: Python's keywords (``class = 1`` is a syntax error), and Python's own
+    dunder names (``__debug__ = 1`` is a syntax error; ``__builtins__ = 1`` takes every
+    builtin away from the notebook)."""
+    if keyword.iskeyword(name):
+        return f"parameter name {name!r} is a Python keyword"
+    if len(name) > 4 and name.startswith("__") and name.endswith("__"):
+        return f"parameter name {name!r} is one of Python's own names (a __dunder__ name)"
+    return None
+
+
+def python_literal(value: Any) -> str:
+    """A JSON value as Python source that makes it again, as papermill writes it: NaN and
+    the infinities as ``float('nan')``, ``float('inf')``, ``float('-inf')`` (their repr,
+    ``nan``, is a NameError)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isnan(value):
+            return "float('nan')"
+        return "float('inf')" if value > 0 else "float('-inf')"
+    if isinstance(value, dict):
+        items = ", ".join(f"{python_literal(k)}: {python_literal(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(python_literal(v) for v in value) + "]"
+    return repr(value)
 
 
 def prepare(notebook: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
@@ -44,9 +157,11 @@ def prepare(notebook: dict[str, Any], parameters: dict[str, Any]) -> dict[str, A
             cell.get("metadata", {}).pop("lowcost", None)
     if parameters:
         source = "# Parameters\n" + "".join(
-            f"{name} = {value!r}\n" for name, value in parameters.items()
+            f"{name} = {python_literal(value)}\n" for name, value in parameters.items()
         )
         injected = nbformat.v4.new_code_cell(source, metadata={"tags": [INJECTED_TAG]})
+        if (notebook.get("nbformat", 4), notebook.get("nbformat_minor", 0)) < (4, 5):
+            del injected["id"]  # (cell ids came with nbformat 4.5: older ones refuse them)
         where = next((i + 1 for i, cell in enumerate(cells) if PARAMETERS_TAG in _tags(cell)), 0)
         cells.insert(where, injected)
     notebook["cells"] = cells
@@ -163,6 +278,18 @@ def _source(cell: dict[str, Any]) -> str:
     return "".join(text) if isinstance(text, list) else str(text)
 
 
-def _first_line(err: BaseException) -> str:
+def _json_path(parts: Any) -> str:
+    """``cells[0].source``: where in the notebook (nbformat's error path)."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _shorten(text: str, width: int = 200) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _first_line(err: BaseException | str) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
