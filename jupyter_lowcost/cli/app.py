@@ -14,18 +14,22 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import stat
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jupyter_core.application import JupyterApp
 from traitlets import Bool, List, Unicode
 
 from .._version import __version__
+from ..server.rest_schemas import MAX_JOB_BYTES
 from ..storage.atomic import replacing
+from ..storage.jobs import JOB_ID
 from ..storage.private import open_private
 from . import progress
 from .server import CommandError, Server, connect
@@ -146,6 +150,11 @@ class RunCommand(Command):
         output = Path(self.output).expanduser() if self.output else default_output(path)
         if not output.parent.is_dir():
             raise CommandError(f"--output {output}: no folder {output.parent}")
+        if output.exists() and not output.is_file():
+            raise CommandError(
+                f"--output {output} is not a regular file (a folder, a FIFO, a device): "
+                "a notebook cannot be written there"
+            )
         if output.resolve() == path.resolve():
             raise CommandError("--output would overwrite the notebook itself; choose another")
         server = self.server()
@@ -206,6 +215,7 @@ class ShowCommand(Command):
     aliases = {**Command.aliases, "output": "ShowCommand.output", "o": "ShowCommand.output"}
 
     def run(self, job_id: str) -> int:
+        job_id = job_id_argument(job_id)
         server = self.server()
         job = server.call("GET", f"jobs/{job_id}")
         print(progress.details(job))
@@ -228,6 +238,7 @@ class LogsCommand(Command):
     }
 
     def run(self, job_id: str) -> int:
+        job_id = job_id_argument(job_id)
         server = self.server()
         offset = 0
         while True:
@@ -249,7 +260,7 @@ class CancelCommand(Command):
     arguments = ("job",)
 
     def run(self, job_id: str) -> int:
-        job = self.server().call("DELETE", f"jobs/{job_id}")
+        job = self.server().call("DELETE", f"jobs/{job_id_argument(job_id)}")
         print(f"job {job['id']} cancelled after {job['cells_done']}/{job['cells_total']} cells")
         return 0
 
@@ -335,14 +346,41 @@ class LowCostCommand(JupyterApp):
 
 
 def read_notebook(path: Path) -> dict[str, Any]:
-    """The notebook at ``path`` (JSON), or a CommandError that says why it is not one."""
-    if not path.exists():
-        raise CommandError(f"no such file: {path}")
-    if path.is_dir():
-        raise CommandError(f"{path} is a folder, not a notebook")
+    """The notebook at ``path`` (JSON), or a CommandError that says why it is not one.
+    Regular files only, of at most :data:`MAX_JOB_BYTES` (what ``POST jobs`` takes): a
+    FIFO would wait for a writer, ``/dev/zero`` would fill the memory. Opened without
+    blocking, then looked at (``fstat``) before anything is read."""
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise CommandError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise CommandError(f"{path} is a folder, not a notebook") from None
+    except OSError as err:
+        raise CommandError(f"{path} cannot be read: {err.strerror or err}") from err
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise CommandError(f"{path} is a folder, not a notebook")
+        raise CommandError(
+            f"{path} is not a regular file (a FIFO, a device or a socket): not a notebook"
+        )
+    with os.fdopen(fd, "rb") as file:
+        if info.st_size > MAX_JOB_BYTES:
+            raise CommandError(
+                f"{path} is {info.st_size} bytes: a job's notebook is at most "
+                f"{MAX_JOB_BYTES // 2**20} MiB"
+            )
+        try:
+            data = file.read(MAX_JOB_BYTES + 1)
+        except OSError as err:
+            raise CommandError(f"{path} cannot be read: {err.strerror or err}") from err
+    if len(data) > MAX_JOB_BYTES:  # (it grew meanwhile)
+        raise CommandError(f"{path}: a job's notebook is at most {MAX_JOB_BYTES // 2**20} MiB")
+    try:
+        content = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise CommandError(f"{path} is not a notebook (not JSON: {err})") from err
     if not isinstance(content, dict) or "cells" not in content:
         raise CommandError(f"{path} is not a notebook (no cells)")
@@ -362,11 +400,14 @@ def parse_parameters(items: list[str]) -> dict[str, Any]:
 
 
 def parse_value(value: str) -> Any:
-    if value in ("True", "true"):
+    """A ``-p`` value as papermill reads it: ``True``, ``False`` and ``None`` as Python
+    spells them (``true`` is text), an int, a float (``nan``, ``inf`` and ``1e400``, an
+    infinity, included), else the text."""
+    if value == "True":
         return True
-    if value in ("False", "false"):
+    if value == "False":
         return False
-    if value in ("None", "none"):
+    if value == "None":
         return None
     for kind in (int, float):
         try:
@@ -374,6 +415,18 @@ def parse_value(value: str) -> Any:
         except ValueError:
             pass
     return value
+
+
+def job_id_argument(job_id: str) -> str:
+    """``job_id`` checked against the form of job ids (12 hex digits) before it goes in a
+    URL (called by ``show``, ``logs`` and ``cancel``): ``../instances/<id>`` would be
+    another route."""
+    if not JOB_ID.fullmatch(job_id):
+        shown = job_id if len(job_id) <= 40 else job_id[:37] + "..."
+        raise CommandError(
+            f"{shown!r} is not a job id (12 hex digits, as jupyter lowcost jobs lists them)"
+        )
+    return quote(job_id, safe="")
 
 
 def default_output(path: Path) -> Path:
@@ -401,7 +454,14 @@ def follow(server: Server, job: dict[str, Any], output: Path | None) -> dict[str
     (None: the server writes it)."""
     tty = sys.stderr.isatty()
     shown, written = "", -1
+    noted: set[int] = set()
     while True:
+        # (what a resume did not bring back: said once each, above the progress)
+        for number, note in progress.resume_notes(job).items():
+            if number not in noted:
+                noted.add(number)
+                sys.stderr.write(("\r\x1b[K" if tty else "") + note + "\n")
+                shown = "" if tty else shown  # (the bar it erased is drawn again)
         line = progress.progress_line(job)
         key = line if tty else (job["cells_done"], job["state"], len(job["interruptions"]))
         if str(key) != shown:
@@ -429,8 +489,9 @@ def report_end(job: dict[str, Any], output: Path) -> int:
         f"{job['cells_done']}/{job['cells_total']} cells, "
         f"{len(job['interruptions'])} interruption(s), {progress.money(job)}"
     )
+    written = f"output {output}" if output.is_file() else f"no output notebook at {output}"
     if job["state"] == "succeeded":
-        print(f"job {job['id']} succeeded: {summary}; output {output}", file=sys.stderr)
+        print(f"job {job['id']} succeeded: {summary}; {written}", file=sys.stderr)
         return 0
     error = job.get("error")
     if error:
@@ -438,7 +499,7 @@ def report_end(job: dict[str, Any], output: Path) -> int:
         if traceback:
             print(traceback, file=sys.stderr)
     print(
-        f"job {job['id']} {job['state']}: {job['reason']}; {summary}; output {output}",
+        f"job {job['id']} {job['state']}: {job['reason']}; {summary}; {written}",
         file=sys.stderr,
     )
     return EXIT_FAILED

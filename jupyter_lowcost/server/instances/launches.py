@@ -29,6 +29,7 @@ from .comeback import Comeback
 from .ledger import Context
 from .notices import Notices
 from .rest_models import check_launchable
+from .state import KernelEntry
 
 
 class Launches:
@@ -62,7 +63,9 @@ class Launches:
                 env[names.JOB] = entry.job_id
             if entry is not None and entry.resume:
                 entry.resume = False
-                env[names.RESTORE] = entry.restore_checkpoint or "1"
+                restore = _checkpoint_to_restore(entry)
+                if restore is not None:
+                    env[names.RESTORE] = restore
         return env
 
     async def start_kernel(
@@ -124,7 +127,10 @@ class Launches:
             taken_back = await self.comeback.take_back(kernel_id, adopting)
             if taken_back is not None:
                 return taken_back
-            env = {**env, names.RESTORE: "1"}  # resumed from its checkpoint
+            env = {k: v for k, v in env.items() if k != names.RESTORE}
+            restore = _checkpoint_to_restore(entry)
+            if restore is not None:  # resumed from its checkpoint
+                env[names.RESTORE] = restore
         if entry.restart_info is None:
             entry.restart_info = {}
         entry.restart_info["cwd"] = cwd
@@ -143,7 +149,9 @@ class Launches:
         self.ledger.transition(record, InstanceState.PENDING, reason)
         log_path = settings.logs_dir / f"{record.id}.log"
         try:
-            await backend.reserve(record, wait=entry.recovering)
+            # A recovery, and a job's kernel (its job waited its turn for room, see
+            # jobs/admission.py), wait for room rather than fail when another kernel took it.
+            await backend.reserve(record, wait=entry.recovering or entry.job_id is not None)
             if not record.is_live:  # stopped (or preempted) while it waited for room
                 raise BackendError(
                     f"the instance was stopped before it started: {record.reason}", status=503
@@ -281,6 +289,16 @@ class Launches:
             return
         # Shut down for good by its user: its checkpoints have no one left to resume.
         shutil.rmtree(self.ctx.settings.checkpoint_dir / kernel_id, ignore_errors=True)
+
+
+def _checkpoint_to_restore(entry: KernelEntry) -> str | None:
+    """What a resumed kernel restores (the ``RESTORE`` variable): a job's kernel exactly
+    the checkpoint its runner noted after the job's last completed cell, and nothing when
+    the runner noted none (the latest may hold a cell the runner did not see complete:
+    it would run again on top of itself); any other kernel its latest (``"1"``)."""
+    if entry.job_id is not None:
+        return entry.restore_checkpoint
+    return entry.restore_checkpoint or "1"
 
 
 def _tail(path: Path, lines: int = 15) -> str:

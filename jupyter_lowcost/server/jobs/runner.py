@@ -6,10 +6,15 @@ previous server left unfinished. After each completed cell the runner notes the
 checkpoint the kernel took after it (a job's kernel checkpoints after every cell and only
 there, see ``kernel/checkpointing.py``), and tells the kernel's entry to restore that one
 at its next start. When the kernel's instance is lost (an interruption, the cap) the
-manager's recovery relaunches the kernel under the same id; the runner waits for it,
-reads which checkpoint came back, and goes on at the cell after it: no completed cell
-runs twice. The executed notebook so far is saved (atomically) after every cell, with the
-job's metadata.
+manager's recovery relaunches the kernel under the same id, and the kernel restores
+exactly the checkpoint the runner noted (nothing when it noted none); the runner waits
+for it, asks the kernel which checkpoint came back (``execution.resume_state``; the
+kernel's ``restored`` report only when it cannot say), and goes on at the cell after the
+one it noted that checkpoint for: no completed cell runs twice, and the cell the job goes
+on at always matches the state restored. What did not come back is said in the job's log,
+its interruption and a note on the cell it resumed at (``resume.py``). The executed
+notebook so far is saved (atomically) after every cell, with the job's metadata. The job's
+end shuts its kernel down, and stops whatever a relaunch started meanwhile.
 """
 
 from __future__ import annotations
@@ -30,11 +35,23 @@ from ...storage.jobs import JobRecord, JobState, JobStore
 from ...storage.records import InstanceState, Placement, iso
 from ..instances.launches import Launches
 from ..instances.ledger import Context
+from . import contents as job_contents
 from . import notebook as nb
-from .execution import KernelLost, connect, run_cell
+from .admission import Admission
+from .execution import KernelLost, connect, resume_state, run_cell
+from .resume import LISTED, describe_missing
 
 #: How often the runner looks at the manager's ledger while it waits for its kernel.
 WAIT_SECONDS = 0.1
+
+
+def _refused_for_room(start: asyncio.Future[str]) -> bool:
+    """The kernel's start was refused at once for want of room (another kernel took it
+    between the check and the start): nothing started, the job waits again."""
+    if not start.done() or start.cancelled():
+        return False
+    error = start.exception()
+    return isinstance(error, BackendError) and error.reason == "no-capacity"
 
 
 class JobFailed(Exception):
@@ -52,8 +69,11 @@ class JobRunner:
         contents_manager: Any,
         job: JobRecord,
         emit: Callable[[JobRecord], None],
+        admission: Admission,
     ) -> None:
         self.ctx = ctx
+        #: The line of jobs waiting for room (the server's, see ``admission.py``).
+        self.admission = admission
         self.launches = launches
         self.store = store
         self.contents_manager = contents_manager
@@ -68,10 +88,14 @@ class JobRunner:
         self._connected_instance: str | None = None
         #: How many times each cell (by number) started, while this runner ran.
         self._attempts: dict[int, int] = {}
+        #: The note the cell the job resumed at gets (by number): what did not come back.
+        self._resume_note: tuple[int, str, list[dict[str, Any]]] | None = None
         #: Writes of the output notebook at its output path: one at a time, the latest.
         self._contents_lock = asyncio.Lock()
         self._contents_dirty = False
         self._contents_writer: asyncio.Task[None] | None = None
+        #: Why the last write at the output path failed (None: it worked).
+        self._contents_error: str | None = None
 
     # -- the job's life ------------------------------------------------------------------
 
@@ -149,6 +173,9 @@ class JobRunner:
         job = self.job
         count = reply.get("execution_count") or outputs.execution_count
         nb.set_outputs(self.notebook, position, outputs, count)
+        note = self._resume_note
+        if note is not None and note[0] == number:
+            self.notebook["cells"][position]["outputs"].insert(0, nb.note_output(note[1]))
         record = self.ctx.ledger.record(instance_id)
         attempts = self._attempts.get(number, 1)
         cell_meta: dict[str, Any] = {
@@ -159,6 +186,8 @@ class JobRunner:
             "finished": iso(time.time()),
             "attempts": attempts,
         }
+        if note is not None and note[0] == number:
+            cell_meta["not_restored"] = note[2]
         if reply.get("status") == "error":
             nb.mark_cell(self.notebook, position, cell_meta)
             job.error = {
@@ -173,9 +202,7 @@ class JobRunner:
         if checkpoint is not None:
             job.checkpoints[checkpoint] = number
             cell_meta["checkpoint"] = checkpoint
-            entry = self.ctx.ledger.kernels.get(job.kernel_id or "")
-            if entry is not None:
-                entry.restore_checkpoint = checkpoint
+            self._restore_next(checkpoint)
         nb.mark_cell(self.notebook, position, cell_meta)
         job.cells_done = number
         self._log(f"cell {number}/{job.cells_total} done in {time.time() - started:.1f} s")
@@ -195,47 +222,87 @@ class JobRunner:
             await self._settle_after_server_restart()
             return
         restore = None
-        if job.kernel_id is not None:
+        resuming = job.kernel_id is not None
+        if resuming:
             restore = self._restore_point_checkpoint()
             job.state = JobState.RESUMING
         placement = Placement(job.instance_type, job.low_cost)
         backend = self.ctx.backend
-        while True:
-            while not backend.has_room(job.low_cost):
-                if job.state != JobState.RESUMING:
-                    self._set(JobState.QUEUED, backend.room_message(job.low_cost))
-                try:
-                    await asyncio.wait_for(backend.room_changed(), timeout=30)
-                except asyncio.TimeoutError:
-                    pass
-            job.kernel_id = job.kernel_id or str(uuid.uuid4())
-            start = asyncio.ensure_future(
-                self.launches.start_kernel(
-                    job.kernel_name,
-                    placement,
-                    await self._kernel_cwd(),
-                    job.name,
-                    job_id=job.id,
-                    kernel_id=job.kernel_id,
-                    restore_checkpoint=restore,
-                )
-            )
-            try:
-                # (A cancel waits for the start to settle: the kernel is then shut down
-                # whole, not left half started.)
-                await asyncio.shield(start)
-            except asyncio.CancelledError:
-                await asyncio.gather(start, return_exceptions=True)
-                raise
-            except BackendError as err:
-                if err.status in (409, 503) and not backend.has_room(job.low_cost):
-                    continue  # the room went to another launch meanwhile: wait again
-                raise JobFailed(f"the kernel could not start: {err.message}") from err
-            break
+        cwd = await self._kernel_cwd()
+        ahead = self.admission.waiting()
+        if ahead and job.state != JobState.RESUMING:
+            self._set(JobState.QUEUED, f"queued: {ahead} job(s) before it start first")
+        start: asyncio.Future[str] | None = None
+
+        def say_waiting() -> None:
+            if job.state != JobState.RESUMING:
+                self._set(JobState.QUEUED, backend.room_message(job.low_cost, queued_job=True))
+
+        try:
+            # One job at a time, in the order they came, asks for room, and only when
+            # there is some: a full backend makes jobs wait, never fail.
+            async with self.admission.turn(job.id):
+                while True:
+                    await self.admission.until_room(job.low_cost, say_waiting)
+                    if job.state != JobState.RESUMING:
+                        self._set(JobState.QUEUED, f"starting on {placement.describe()}")
+                    job.kernel_id = job.kernel_id or str(uuid.uuid4())
+                    start = asyncio.ensure_future(
+                        self.launches.start_kernel(
+                            job.kernel_name,
+                            placement,
+                            cwd,
+                            job.name,
+                            job_id=job.id,
+                            kernel_id=job.kernel_id,
+                            restore_checkpoint=restore,
+                        )
+                    )
+                    await self.admission.until_holding_room(start, job.kernel_id)
+                    if not _refused_for_room(start):
+                        break
+                    # (another kernel took the room first, before anything started)
+            assert start is not None
+            await self._start_settled(start)
+        except asyncio.CancelledError:
+            if start is not None:
+                await self._start_settled(start, cancelled=True)
+            raise
+        except BackendError as err:
+            raise JobFailed(f"the kernel could not start: {err.message}") from err
         self._track_instances()
         await self._connect()
-        if restore is not None:
-            self._resume_point(f"the server restarted; checkpoint {restore}")
+        if resuming:
+            await self._resume_point("after the server restarted", "before the server restarted")
+
+    async def _start_settled(self, start: asyncio.Future[str], cancelled: bool = False) -> None:
+        """Wait for the kernel's start to end, through any cancel of the job (``cancelled``:
+        one came already): :meth:`run` then shuts the kernel down whole, never half
+        started. A cancelled job's instance that still waits for room stops waiting. The
+        cancel is raised once the start has ended; else the start's error, if any."""
+        while not start.done():
+            if cancelled:
+                self._stop_waiting_for_room()
+            try:
+                # (leaves ``start`` alone when cancelled; looks again soon once cancelled:
+                # its instance may come to wait for room only later)
+                await asyncio.wait([start], timeout=WAIT_SECONDS if cancelled else None)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            if not start.cancelled():
+                start.exception()  # (retrieved: the job was cancelled anyway)
+            raise asyncio.CancelledError
+        start.result()
+
+    def _stop_waiting_for_room(self) -> None:
+        """The job was cancelled while its kernel's instance waits for room: that wait
+        ends (the start fails; nothing of it is left)."""
+        record = self.ctx.ledger.current(self.job.kernel_id or "")
+        if record is None or record.state != InstanceState.PENDING or record.backend_state:
+            return
+        self.ctx.ledger.end(record, InstanceState.TERMINATED, "its job was cancelled")
+        self.ctx.ledger.spawn(self.ctx.backend.terminate(record, now=True))
 
     async def _come_back(self, number: int, instance_id: str | None, why: str) -> None:
         """The kernel's instance was lost during cell ``number``: wait for the recovery's
@@ -243,6 +310,9 @@ class JobRunner:
         job = self.job
         self._disconnect()
         record = self.ctx.ledger.record(instance_id)
+        if record is not None and record.state == InstanceState.FAILED:  # (no interruption)
+            self._track_instances()
+            raise JobFailed(f"the kernel crashed while running cell {number}: {record.reason}")
         job.interruptions.append(
             {
                 "cell": number,
@@ -254,8 +324,6 @@ class JobRunner:
         )
         job.current_cell = None
         self._track_instances()
-        if record is not None and record.state == InstanceState.FAILED:
-            raise JobFailed(f"the kernel died while running cell {number}: {record.reason}")
         taken = record is not None and record.state in (
             InstanceState.INTERRUPTED,
             InstanceState.EXPIRED,
@@ -270,7 +338,9 @@ class JobRunner:
         await self._until_relaunched(instance_id)
         self._track_instances()
         await self._connect()
-        self._resume_point(f"after the interruption in cell {number}")
+        await self._resume_point(
+            f"after the interruption in cell {number}", "before the interruption", True
+        )
 
     async def _until_relaunched(self, lost: str | None) -> None:
         """Wait until the manager has the kernel running on another instance."""
@@ -338,7 +408,7 @@ class JobRunner:
             await asyncio.sleep(WAIT_SECONDS)
         if lost is not None and not lost.is_live:
             if lost.state == InstanceState.FAILED:
-                raise JobFailed(f"the kernel died between cells: {lost.reason}")
+                raise JobFailed(f"the kernel crashed between cells: {lost.reason}")
             self.job.interruptions.append(
                 {
                     "cell": self.job.cells_done + 1,
@@ -352,26 +422,109 @@ class JobRunner:
         await self._until_relaunched(connected)
         self._track_instances()
         await self._connect()
-        self._resume_point("after losing the instance between cells")
+        await self._resume_point(
+            "after losing the instance between cells", "before the interruption", True
+        )
 
-    def _resume_point(self, when: str) -> None:
-        """Go on after the cell whose checkpoint the kernel restored (from the first cell
-        when nothing was restored)."""
+    async def _resume_point(self, when: str, before: str, interrupted: bool = False) -> None:
+        """Go on after the cell whose checkpoint the relaunched kernel restored (from the
+        first cell when it restored none), and say what did not come back.
+
+        The kernel restores exactly the checkpoint this runner noted after the job's last
+        completed cell (``restore_checkpoint``, see ``launches.py``); it says itself which
+        one came back, over its connection (``resume_state``). Only when it cannot say:
+        its ``restored`` report, then the checkpoint asked for. ``before``: what the cells
+        that ran ran before ("the interruption"); ``interrupted``: the job's last
+        interruption is the one this resume follows (it gets what did not come back)."""
         job = self.job
         entry = self.ctx.ledger.kernels.get(job.kernel_id or "")
-        restored = (entry.restored if entry is not None else None) or {}
-        checkpoint = restored.get("checkpoint_id")
-        done = job.checkpoints.get(str(checkpoint), 0) if checkpoint else 0
+        asked = entry.restore_checkpoint if entry is not None else None
+        instance_id = self._instance_id()
+        state = None
+        if self._client is not None:
+            state = await resume_state(self._client, lambda: self._lost(instance_id))
+        if state is None and entry is not None and entry.restored is not None:
+            state = entry.restored  # (the report: its list of variables is bounded)
+        if state is None:
+            self._log("the kernel did not say which checkpoint it restored: the one asked for")
+            state = {"checkpoint_id": asked}
+        checkpoint = str(state.get("checkpoint_id") or "") or None
+        done = job.checkpoints.get(checkpoint, 0) if checkpoint else 0
         if done:
             self._log(f"resumed {when} from checkpoint {checkpoint}: cells 1-{done} are done")
+        elif checkpoint:
+            self._log(
+                f"{when}: the kernel restored checkpoint {checkpoint}, which this job did not "
+                "note after any cell; the job starts again at cell 1"
+            )
         else:
             self._log(f"{when}: no checkpoint to resume from; the job starts again at cell 1")
         job.cells_done = done
+        # (the next relaunch restores the same state, until the next cell completes)
+        self._restore_next(checkpoint if done else None)
+        self._say_what_did_not_come_back(state, checkpoint if done else None, before, interrupted)
+
+    def _say_what_did_not_come_back(
+        self,
+        state: dict[str, Any],
+        checkpoint: str | None,
+        before: str,
+        interrupted: bool,
+    ) -> None:
+        """The variables the resume did not bring back, with the cell that defines each:
+        in the job's log, its last interruption (the CLI prints it) and, once that cell
+        has run, a note on the cell the job resumed at."""
+        job = self.job
+        self._resume_note = None
+        missing = [m for m in state.get("not_restored") or [] if isinstance(m, dict)]
+        count = state.get("not_restored_count")
+        count = count if isinstance(count, int) and count >= len(missing) else len(missing)
+        if checkpoint is None or not count:
+            return
+        done = job.cells_done
+        sources = [nb.source(self.notebook, position) for position in self.positions]
+        lines = describe_missing(missing, count, sources, done, before)
+        head = (
+            f"{count:,} variable{'s' if count != 1 else ''} did not come back from checkpoint "
+            f"{checkpoint} (after cell {done})"
+        )
+        self._log(f"{head}:")
+        for line in lines:
+            self._log(f"  {line}")
+        note = f"jupyter-lowcost: the job resumed here; {head}:\n" + "".join(
+            f"  {line}\n" for line in lines
+        )
+        listed = [
+            {"name": str(m.get("name")), "type": str(m.get("type")), "why": str(m.get("why"))}
+            for m in missing[:LISTED]
+        ]
+        self._resume_note = (done + 1, note, listed)
+        if interrupted and job.interruptions:
+            job.interruptions[-1].update(
+                {
+                    "resumed_from": checkpoint,
+                    "not_restored": listed,
+                    "not_restored_count": count,
+                    "note": f"{head}: " + "; ".join(lines),
+                }
+            )
+        self._save()
+
+    def _restore_next(self, checkpoint: str | None) -> None:
+        """The checkpoint the kernel's next start restores (None: none): the one after the
+        job's last completed cell. Saved with the manager's records at once: a server
+        killed now puts the kernel back with it (``comeback.py``), and a kernel that
+        cannot be re-attached then resumes from the state the job's record says."""
+        entry = self.ctx.ledger.kernels.get(self.job.kernel_id or "")
+        if entry is not None and entry.restore_checkpoint != checkpoint:
+            entry.restore_checkpoint = checkpoint
+            self.ctx.ledger.save()
 
     def _restore_point_checkpoint(self) -> str | None:
-        """The checkpoint after the job's last completed cell (None: none was taken)."""
-        done = {n: c for c, n in self.job.checkpoints.items()}
-        return done.get(self.job.cells_done) or (max(done.items())[1] if done else None)
+        """The checkpoint after the job's last completed cell, else after the latest
+        cell before it that has one (None: none was taken)."""
+        noted = [(n, c) for c, n in self.job.checkpoints.items() if n <= self.job.cells_done]
+        return max(noted)[1] if noted else None
 
     async def _settle_after_server_restart(self) -> None:
         """A kernel re-attached after a server restart may have finished the cell that
@@ -403,6 +556,7 @@ class JobRunner:
             self.notebook["cells"][position]["execution_count"] = expected
             if checkpoint is not None:
                 job.checkpoints[checkpoint] = job.cells_done + 1
+                self._restore_next(checkpoint)
             job.cells_done += 1
             self._log(f"cell {job.cells_done} completed while the server restarted")
             self._save()
@@ -462,21 +616,25 @@ class JobRunner:
             self._client = None
 
     async def _release_kernel(self) -> None:
-        """The job has ended: shut its kernel down; its checkpoints go with it."""
+        """The job has ended: shut its kernel down, and stop whatever a relaunch started
+        meanwhile; its checkpoints go with it. Called by :meth:`run`, before the job says
+        it has ended.
+
+        From here on no recovery relaunches the kernel (``job_ended``); one under way
+        (it holds the kernel's lock) finishes first, and what it started is then shut
+        down with the kernel. A job that has ended owns no kernel and no instance."""
         kernel_id = self.job.kernel_id
         if kernel_id is None:
             return
-        kernels = self.ctx.kernel_manager
         entry = self.ctx.ledger.kernels.get(kernel_id)
         if entry is not None:
             entry.keep_checkpoints = False
-        if kernel_id in kernels:
-            try:
-                await ensure_async(kernels.shutdown_kernel(kernel_id, now=True))
-            except Exception as err:
-                self.ctx.log.warning(
-                    "jupyter_lowcost | job %s: kernel shutdown: %s", self.job.id, err
-                )
+            entry.job_ended.set()
+            async with entry.lock:
+                await self._shut_down_kernel(kernel_id)
+        else:
+            await self._shut_down_kernel(kernel_id)
+        await self._stop_live_instances(kernel_id)
         shutil.rmtree(self.ctx.settings.checkpoint_dir / kernel_id, ignore_errors=True)
         current = self.ctx.ledger.current(kernel_id)
         instance = self.ctx.ledger.instances.get(current.id) if current is not None else None
@@ -485,6 +643,31 @@ class JobRunner:
                 await asyncio.wait_for(instance.ended.wait(), timeout=10)
             except asyncio.TimeoutError:
                 pass
+
+    async def _shut_down_kernel(self, kernel_id: str) -> None:
+        kernels = self.ctx.kernel_manager
+        if kernel_id not in kernels:
+            return
+        try:
+            await ensure_async(kernels.shutdown_kernel(kernel_id, now=True))
+        except Exception as err:  # noqa: BLE001 (whatever it is, the job still ends)
+            self.ctx.log.warning("jupyter_lowcost | job %s: kernel shutdown: %s", self.job.id, err)
+
+    async def _stop_live_instances(self, kernel_id: str) -> None:
+        """Stop any instance of the job's kernel still live after its shutdown (one a
+        relaunch started as the job ended): it would run, cost and hold a slot."""
+        for record in self.ctx.ledger.records():
+            if record.kernel_id != kernel_id or not record.is_live:
+                continue
+            self._log(f"stopping instance {record.id}: the job has ended")
+            try:
+                await self.ctx.backend.terminate(record, now=True)
+            except Exception as err:  # noqa: BLE001 (the next one is stopped all the same)
+                self.ctx.log.warning(
+                    "jupyter_lowcost | job %s: stopping %s: %s", self.job.id, record.id, err
+                )
+            if record.is_live:
+                self.ctx.ledger.end(record, InstanceState.TERMINATED, "its job has ended")
 
     async def _kernel_cwd(self) -> str:
         """The kernel's working directory: the notebook's folder (as for a notebook
@@ -529,12 +712,21 @@ class JobRunner:
         job.finished = time.time()
         job.current_cell = None if state == JobState.SUCCEEDED else job.current_cell
         job.state, job.reason = state, reason
-        self._log(f"{state.value}: {reason}")
         self._track_instances()
         nb.job_metadata(self.notebook, self._metadata())
         if job.output_path:
             self._contents_dirty = True
             await self._save_to_contents()
+            if self._contents_error is not None and state == JobState.SUCCEEDED:
+                # (its cells ran, but what the user asked for is not there)
+                job.state = JobState.FAILED
+                job.reason = (
+                    f"all {job.cells_total} cells ran, but the output notebook could not be "
+                    f"written at {job.output_path}: {self._contents_error} (the server keeps "
+                    f"it: jupyter lowcost show {job.id} --output FILE)"
+                )
+                nb.job_metadata(self.notebook, self._metadata())
+        self._log(f"{job.state.value}: {job.reason}")
         self._save(contents=False)
 
     def _save(self, contents: bool = True) -> None:
@@ -560,14 +752,12 @@ class JobRunner:
         async with self._contents_lock:
             while self._contents_dirty:
                 self._contents_dirty = False
-                model = {
-                    "type": "notebook",
-                    "format": "json",
-                    "content": copy.deepcopy(self.notebook),
-                }
                 try:
-                    await ensure_async(self.contents_manager.save(model, job.output_path))
+                    notebook = copy.deepcopy(self.notebook)
+                    await job_contents.save(self.contents_manager, notebook, job.output_path)
+                    self._contents_error = None
                 except Exception as err:
+                    self._contents_error = str(err) or type(err).__name__
                     self.ctx.log.error(
                         "jupyter_lowcost | job %s: could not save %s: %s",
                         job.id,

@@ -5,6 +5,10 @@ Who calls it: the handlers (``POST/GET jobs``, ``GET/DELETE jobs/<id>``,
 previous server left once it has started (they go on where they were) and stops the
 runners before it stops the instances (the jobs are left as they are, to go on after the
 restart). Every change of a job is saved and emitted as a job event.
+
+A job belongs to its server (``storage/jobs.py``): a server sharing the data directory with
+another that runs leaves that server's jobs alone; it takes over only the jobs of servers
+that are gone, as it does their instances.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .. import events
 from ..instances.launches import Launches
 from ..instances.ledger import Context
 from . import notebook as nb
+from .admission import Admission
 from .runner import JobRunner
 
 
@@ -36,32 +41,48 @@ class Jobs:
         self.jobs: dict[str, JobRecord] = {}
         self.runners: dict[str, JobRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        #: The line in which jobs wait for room for their kernels.
+        self.admission = Admission(ctx)
+        #: The kernels of the unfinished jobs of other servers running on the same data
+        #: directory (their checkpoints stay; this server never runs those jobs).
+        self.kernels_elsewhere: set[str] = set()
+        #: The jobs a ``DELETE jobs/<id>`` is cancelling now.
+        self.cancelling: set[str] = set()
 
     # -- the server's start and stop -----------------------------------------------------
 
     def load(self) -> None:
-        """Read the jobs a previous server left (before anything prunes checkpoints)."""
+        """Read the jobs this server runs: those of servers that are gone become its own
+        (called by the manager at start, as it adopts their records, before anything
+        prunes checkpoints). Jobs of servers still running stay theirs."""
         for job in self.store.load_all():
             self.jobs[job.id] = job
+        self.kernels_elsewhere = self.store.kernels_elsewhere()
 
     def kernel_ids(self) -> set[str]:
-        """The kernels of unfinished jobs (their checkpoints must stay)."""
-        return {j.kernel_id for j in self.jobs.values() if j.kernel_id and not j.state.is_final}
+        """The kernels of unfinished jobs, this server's and other running servers' (their
+        checkpoints must stay)."""
+        mine = {j.kernel_id for j in self.jobs.values() if j.kernel_id and not j.state.is_final}
+        return mine | self.kernels_elsewhere
 
     def resume_unfinished(self) -> None:
-        """Run on every job that had not ended when the previous server stopped."""
+        """Run on every job of this server that had not ended when its previous server
+        stopped (called by the manager once it has started)."""
         for job in self.jobs.values():
             if not job.state.is_final and job.id not in self.tasks:
                 self.store.append_log(job.id, "the Jupyter server started again; going on")
                 self._run(job)
 
     async def stop(self) -> None:
-        """The server stops: runners stop, jobs stay as they are (they go on later)."""
-        for runner in self.runners.values():
-            runner.server_stopping = True
+        """The server stops (called by the manager first): runners stop, jobs stay as they
+        are (they go on later). A job its user is cancelling ends cancelled first, its
+        kernel shut down (a next server must not bring that kernel back)."""
+        stopping = {job_id for job_id in self.tasks if job_id not in self.cancelling}
+        for job_id in stopping:
+            self.runners[job_id].server_stopping = True
+        for job_id in stopping:
+            self.tasks[job_id].cancel()
         tasks = [t for t in self.tasks.values() if not t.done()]
-        for task in tasks:
-            task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -128,11 +149,17 @@ class Jobs:
         job = self.job(job_id)
         if job.state.is_final:
             raise web.HTTPError(409, f"job {job_id} has already ended ({job.state.value})")
+        if job_id in self.cancelling:  # (one cancel answers 200; the others 409, as after)
+            raise web.HTTPError(409, f"job {job_id} is already being cancelled")
+        self.cancelling.add(job_id)
         job.reason = "cancelled by its user"
         task = self.tasks.get(job_id)
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        try:
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        finally:
+            self.cancelling.discard(job_id)
         if not job.state.is_final:  # (no runner: a job loaded in a final race)
             job.state, job.finished = JobState.CANCELLED, time.time()
             self.store.save(job)
@@ -143,7 +170,13 @@ class Jobs:
 
     def _run(self, job: JobRecord) -> None:
         runner = JobRunner(
-            self.ctx, self.launches, self.store, self.contents_manager, job, self.emit
+            self.ctx,
+            self.launches,
+            self.store,
+            self.contents_manager,
+            job,
+            self.emit,
+            self.admission,
         )
         self.runners[job.id] = runner
         task = asyncio.ensure_future(runner.run())
