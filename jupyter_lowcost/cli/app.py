@@ -27,9 +27,8 @@ from jupyter_core.application import JupyterApp
 from traitlets import Bool, List, Unicode
 
 from .._version import __version__
-from ..server.rest_schemas import MAX_JOB_BYTES
 from ..storage.atomic import replacing
-from ..storage.jobs import JOB_ID
+from ..storage.jobs import JOB_ID, MAX_JOB_BYTES
 from ..storage.private import open_private
 from . import progress
 from .server import CommandError, Server, connect

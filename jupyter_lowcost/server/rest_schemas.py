@@ -19,6 +19,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from tornado import web
 
+from ..storage.jobs import MAX_JOB_BYTES
+
 #: Bodies larger than this are refused (413): every body of this API is a few hundred bytes.
 MAX_BODY_BYTES = 64 * 1024
 
@@ -105,8 +107,7 @@ CHECKPOINT_STATUS = {
     },
 }
 
-#: A job's notebook can be large (its outputs are cleared, but not its attachments).
-MAX_JOB_BYTES = 64 * 1024 * 1024
+# (MAX_JOB_BYTES lives with the jobs' storage: the CLI, a layer below, checks it too)
 
 START_JOB = {
     "title": "POST jobs",

@@ -39,6 +39,10 @@ from .records import iso, server_name, server_running, tier_name
 
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")
 
+#: The largest notebook a job takes, in bytes (``POST jobs`` and the CLI refuse more); a
+#: job's notebook can be large (its outputs are cleared, but not its attachments).
+MAX_JOB_BYTES = 64 * 1024 * 1024
+
 #: The folder (in a job's folder) whose one file names the server the job belongs to.
 OWNER = "owner"
 
