@@ -153,6 +153,24 @@ def launchers_of(data_dir: Path) -> list[int]:
     return found
 
 
+def stopped_by_sigterm(server: Any) -> None:
+    """SIGTERM to the server's process, which must exit within a minute."""
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the server did not stop:\n{server.log()[-3000:]}") from None
+
+
+def no_launcher_left(data_dir: Path) -> None:
+    """Wait (30 s at most) until no launcher of the server's data folder runs."""
+    deadline = time.monotonic() + 30
+    while launchers_of(data_dir):
+        assert time.monotonic() < deadline, launchers_of(data_dir)
+        time.sleep(0.1)
+
+
 def load_cell(out: Path, number: int, last: bool = False) -> str:
     """Cell ``number`` of a load test job: a short wait, then it notes itself in the
     kernel (``ran``, restored with the checkpoints) and in the job's file (appended)."""
@@ -269,16 +287,8 @@ def test_many_jobs_on_few_slots_with_a_storm_of_cancels_and_interruptions(
         instances = call("GET", "instances").json()
         assert [i for i in instances if i["state"] in LIVE + ("failed",)] == []
         # The server stops on SIGTERM, and no launcher or kernel of it is left.
-        assert server.process is not None
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the server did not stop:\n{server.log()[-3000:]}") from None
-        deadline = time.monotonic() + 30
-        while launchers_of(tmp_path / "data"):
-            assert time.monotonic() < deadline, launchers_of(tmp_path / "data")
-            time.sleep(0.1)
+        stopped_by_sigterm(server)
+        no_launcher_left(tmp_path / "data")
     finally:
         session.close()
         server.stop()
@@ -312,20 +322,12 @@ def test_a_server_stopped_as_a_job_is_cancelled_while_its_kernel_starts_stops_cl
             url = f"{server.url}jobs/{job_id}"
             cancel = pool.submit(requests.delete, url, headers=server.headers, timeout=60)
             time.sleep(0.2)  # (the cancel is under way)
-            assert server.process is not None
-            server.process.send_signal(signal.SIGTERM)
-            try:
-                server.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                raise AssertionError(f"the server did not stop:\n{server.log()[-3000:]}") from None
+            stopped_by_sigterm(server)
             try:
                 cancel.result()
             except requests.RequestException:
                 pass  # (the server stopped before it answered)
-        deadline = time.monotonic() + 30
-        while launchers_of(tmp_path / "data"):
-            assert time.monotonic() < deadline, launchers_of(tmp_path / "data")
-            time.sleep(0.1)
+        no_launcher_left(tmp_path / "data")
         server.start()
         model = server.get(f"jobs/{job_id}").json()
         assert model["state"] == "cancelled", model
