@@ -321,7 +321,10 @@ def test_a_server_stopped_as_a_job_is_cancelled_while_its_kernel_starts_stops_cl
         with ThreadPoolExecutor(1) as pool:
             url = f"{server.url}jobs/{job_id}"
             cancel = pool.submit(requests.delete, url, headers=server.headers, timeout=60)
-            time.sleep(0.2)  # (the cancel is under way)
+            deadline = time.monotonic() + 30
+            while server.get(f"jobs/{job_id}").json()["reason"] != "cancelled by its user":
+                assert time.monotonic() < deadline, server.log()[-3000:]  # (under way)
+                time.sleep(0.02)
             stopped_by_sigterm(server)
             try:
                 cancel.result()
