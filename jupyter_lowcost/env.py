@@ -33,8 +33,9 @@ CHECKPOINTS = "JUPYTER_LOWCOST_CHECKPOINTS"
 #: "1": this start resumes the kernel from its latest checkpoint; a checkpoint id: from
 #: that one (a job resumes from the checkpoint after its last completed cell).
 RESTORE = "JUPYTER_LOWCOST_RESTORE"
-#: The job the kernel runs cells for (``jupyter lowcost run``): checkpoints are taken
-#: after every cell and only there, so that each is the state after a completed cell.
+#: The job the kernel runs cells for (``jupyter lowcost run``): its IPython history stays
+#: in memory, and its checkpoints (when on) are taken after every cell and only there, so
+#: that each is the state after a completed cell.
 JOB = "JUPYTER_LOWCOST_JOB"
 #: The notebook the kernel runs for (named in checkpoints).
 NOTEBOOK = "JUPYTER_LOWCOST_NOTEBOOK"

@@ -447,6 +447,16 @@ def remove_stale_workdirs() -> None:
             continue
 
 
+def kernel_arguments(connection_file: str) -> list[str]:
+    """ipykernel's command line on the instance: our extension in every kernel; a job's
+    kernel (``JUPYTER_LOWCOST_JOB``) keeps IPython's history in memory, as nbclient and
+    papermill run kernels, instead of writing the profile's SQLite history file."""
+    arguments = ["-f", connection_file, "--IPKernelApp.extra_extensions=jupyter_lowcost"]
+    if os.environ.get(env.JOB):
+        arguments.append("--HistoryManager.hist_file=:memory:")
+    return arguments
+
+
 def main() -> None:
     """Entry point of ``python -m jupyter_lowcost.launcher``."""
     global _log
@@ -507,7 +517,7 @@ def main() -> None:
         if sigterm_notice:
             _report_sigterm(channel, float(sigterm_notice))
         app = IPKernelApp.instance()
-        app.initialize(["-f", connection_file, "--IPKernelApp.extra_extensions=jupyter_lowcost"])
+        app.initialize(kernel_arguments(connection_file))
         _watch_cloud(channel, config)
         ports = {name: getattr(app, name) for name in PORT_NAMES}
     except Exception:

@@ -211,10 +211,11 @@ class JobsHandler(LowCostHandler):
             problem = jobs_notebook.check_parameter_name(name)
             if problem is not None:
                 raise web.HTTPError(400, problem)
-        kernel_name = (
-            body.get("kernel_name")
-            or notebook.get("metadata", {}).get("kernelspec", {}).get("name")
-            or self.kernel_manager.default_kernel_name
+        kernel_name = jobs_notebook.kernel_name(
+            body.get("kernel_name"),
+            notebook,
+            self.kernel_manager.default_kernel_name,
+            self.kernel_spec_manager.find_kernel_specs(),
         )
         try:
             spec = await ensure_async(self.kernel_spec_manager.get_kernel_spec(kernel_name))

@@ -53,14 +53,14 @@ class Launches:
         entry = self.ledger.kernels.get(kernel_id)
         if entry is not None and entry.notebook is not None:
             env[names.NOTEBOOK] = entry.notebook
+        if entry is not None and entry.job_id is not None:
+            env[names.JOB] = entry.job_id
         if settings.checkpoints != "off":
             env[names.CHECKPOINT_DIR] = str(settings.checkpoint_dir / kernel_id)
             env[names.CHECKPOINTS] = settings.checkpoints
             status = entry.checkpoint_status if entry is not None else None
             if status is not None and not status["ok"]:
                 env[names.CHECKPOINTS_FAILING] = status["error"] or "unknown error"
-            if entry is not None and entry.job_id is not None:
-                env[names.JOB] = entry.job_id
             if entry is not None and entry.resume:
                 entry.resume = False
                 restore = _checkpoint_to_restore(entry)

@@ -1,16 +1,21 @@
 """Running one cell of a job on its kernel, and noticing when the kernel's instance is lost.
 
-Called by :class:`~.runner.JobRunner` for each code cell: :func:`connect` makes a kernel
-client for the job's kernel (again after every relaunch: its ports change), and
-:func:`run_cell` sends one ``execute_request`` and gathers its outputs until both the
-reply and the kernel's ``idle`` have come. A cell has no time limit; what ends the wait
-early is the ``lost`` callable saying the kernel's instance is gone (an interruption, the
-cap), which raises :class:`KernelLost`. After a relaunch, :func:`resume_state` asks the
-kernel itself which checkpoint it restored and what did not come back.
+Called by :class:`~.runner.JobRunner`: :func:`connect` makes a kernel client for the
+job's kernel (again after every relaunch: its ports change), :func:`language_info` asks
+it what it runs, and :class:`CellExecutor` runs each code cell with nbclient's own
+per-cell execution (``NotebookClient.async_execute_cell``), so that a job's outputs are
+what nbclient and papermill give: display ids updated across cells, ipywidgets'
+``Output`` capture and widget state, the ``skip-execution`` and ``raises-exception``
+tags, one output per stream message. The job's own logic (resume, checkpoints) stays in
+the runner, around it. A cell has no time limit; what ends the wait early is the ``lost``
+callable saying the kernel's instance is gone (an interruption, the cap), which raises
+:class:`KernelLost`. After a relaunch, :func:`resume_state` asks the kernel itself which
+checkpoint it restored and what did not come back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ast
 import json
 import queue
@@ -18,14 +23,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .notebook import CellOutputs
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, DeadKernelError
 
-#: How often the wait for a cell's messages looks whether the instance is lost.
+#: How often a running cell's wait looks whether the kernel's instance is lost.
 POLL_SECONDS = 0.1
 
 
 class KernelLost(Exception):
     """The kernel's instance went away while a cell ran (the message says how)."""
+
+
+class CellFailed(Exception):
+    """A cell raised, and neither its ``raises-exception`` tag nor the job allows it: the
+    ``execute_reply`` content is in :attr:`reply`."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        super().__init__(f"{reply.get('ename', '')}: {reply.get('evalue', '')}")
+        self.reply = reply
 
 
 async def connect(kernel_manager: Any, kernel_id: str, timeout: float) -> Any:
@@ -45,39 +60,149 @@ async def connect(kernel_manager: Any, kernel_id: str, timeout: float) -> Any:
     return client
 
 
-async def run_cell(
-    client: Any,
-    code: str,
-    outputs: CellOutputs,
-    lost: Callable[[], str | None],
-    on_message: Callable[[str, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Execute ``code`` (in the kernel's history, as a notebook's cell is); return the
-    ``execute_reply`` content once the kernel is idle again, with its outputs in
-    ``outputs``. Raises :class:`KernelLost` when ``lost()`` says why the kernel is gone."""
-    msg_id = client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
-    reply: dict[str, Any] | None = None
-    idle = False
-    while reply is None or not idle:
+class CellExecutor(NotebookClient):
+    """nbclient's executor of the job's notebook, on a kernel the job's server started.
+
+    Made once per runner (display ids and widget state then span the cells it runs,
+    across interruptions); :meth:`use` gives it the client of the kernel's current
+    instance. nbclient polls ``kc.is_alive()`` once a second to notice a dead kernel;
+    here the job's ``lost`` callable says it, every :data:`POLL_SECONDS`, by replacing
+    ``_async_poll_kernel_alive`` (there is no public hook for it; nbclient pinned below
+    0.12 in ``pyproject.toml``, and the interruption tests fail if it changes)."""
+
+    def __init__(self, notebook: Any, kernel_name: str, **kw: Any) -> None:
+        super().__init__(
+            notebook,
+            kernel_name=kernel_name,
+            timeout=None,  # (a cell runs as long as it needs)
+            allow_errors=False,
+            **kw,
+        )
+        self._lost: Callable[[], str | None] = lambda: None
+        self._lost_why: str | None = None
+        self._reply: dict[str, Any] | None = None
+        #: Cells whose outputs changed since :meth:`changed_cells` was last asked.
+        self._changed: set[int] = set()
+        #: Called with each output message (msg_type, content) of the running cell.
+        self.on_message: Callable[[str, dict[str, Any]], None] | None = None
+        self.on_cell_executed = self._keep_reply
+
+    def use(self, client: Any) -> None:
+        """Run the next cells on ``client`` (the kernel's new instance). The comms of the
+        previous kernel (its Output widgets) are gone with it."""
+        self.kc = client
+        self.comm_objects = {}
+
+    async def run_cell(self, index: int, lost: Callable[[], str | None]) -> dict[str, Any]:
+        """Execute cell ``index`` (its outputs go into the notebook as nbclient puts them);
+        return its ``execute_reply`` content. Raises :class:`KernelLost` when ``lost()``
+        says why the kernel is gone, :class:`CellFailed` when the cell raised and may not."""
+        self._lost, self._lost_why, self._reply = lost, None, None
+        cell = self.nb.cells[index]
+        self._changed.add(index)
+        execution = asyncio.ensure_future(self.async_execute_cell(cell, index, store_history=True))
+        try:
+            await _through_cancel(execution, self._stop_waiting)
+        except DeadKernelError:
+            raise KernelLost(self._lost_why or "the kernel died") from None
+        except CellExecutionError:
+            raise CellFailed(self._reply or {}) from None
+        finally:
+            self._lost = lambda: None
+        return self._reply or {}
+
+    def _stop_waiting(self) -> None:
+        """The job was cancelled while its cell ran: nbclient's wait for the cell ends at
+        the next poll (nbclient takes a cancel of its wait for a dead kernel; its tasks
+        end, none is left polling)."""
+        self._lost = lambda: "the job was cancelled"
+
+    def put_first(self, index: int, output: Any) -> None:
+        """Put ``output`` (a note of the job's) before cell ``index``'s own outputs; a
+        later update of one of its displays still finds it (nbclient's
+        ``_display_id_map`` counts their places)."""
+        self.nb.cells[index].outputs.insert(0, output)
+        for cells in self._display_id_map.values():
+            if index in cells:
+                cells[index] = [place + 1 for place in cells[index]]
+        self._changed.add(index)
+
+    def changed_cells(self) -> set[int]:
+        """The cells whose outputs changed since the last call: the cells run, and earlier
+        ones whose display a later cell updated (a reused display id)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
+        content = msg.get("content") or {}
+        transient = content.get("transient") or {}
+        display_id = transient.get("display_id") if isinstance(transient, dict) else None
+        if display_id:
+            # (``_display_id_map``: nbclient's own record of which cells show that id)
+            self._changed.update(self._display_id_map.get(display_id, {}).keys())
+        if self.on_message is not None:
+            self.on_message(msg["msg_type"], content)
+        return super().process_message(msg, cell, cell_index)
+
+    async def _async_poll_kernel_alive(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            why = self._lost()
+            if why is not None:
+                self._lost_why = why
+                assert self.task_poll_for_reply is not None
+                self.task_poll_for_reply.cancel()
+                return
+
+    def _keep_reply(self, cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
+        self._reply = dict(execute_reply.get("content") or {})
+
+
+async def _through_cancel(task: asyncio.Future[Any], on_cancel: Callable[[], None]) -> None:
+    """Wait for ``task``; a cancel of this wait calls ``on_cancel`` (which makes the task
+    end soon), waits for the task to end all the same, then is raised."""
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            if not cancelled:
+                cancelled = True
+                on_cancel()
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # (retrieved: the cancel is what counts)
+        raise asyncio.CancelledError
+    task.result()
+
+
+async def wait_until_idle(client: Any, lost: Callable[[], str | None]) -> dict[str, Any]:
+    """Send an empty cell and return its ``execute_reply`` content: it waits for a cell
+    still running, and answers the number of the last cell that ran, without taking a
+    number of its own. Raises :class:`KernelLost` when ``lost()`` says why."""
+    msg_id = client.execute("", store_history=True, allow_stdin=False, stop_on_error=False)
+    while True:
         why = lost()
         if why is not None:
             raise KernelLost(why)
-        if not idle:
-            message = await _get(client.get_iopub_msg, POLL_SECONDS)
-            if message is not None and message["parent_header"].get("msg_id") == msg_id:
-                msg_type = message["header"]["msg_type"]
-                content = message["content"]
-                if msg_type == "status":
-                    idle = content.get("execution_state") == "idle"
-                else:
-                    outputs.add(msg_type, content)
-                    if on_message is not None:
-                        on_message(msg_type, content)
-        if reply is None:
-            message = await _get(client.get_shell_msg, 0 if not idle else POLL_SECONDS)
-            if message is not None and message["parent_header"].get("msg_id") == msg_id:
-                reply = message["content"]
-    return reply
+        message = await _get(client.get_shell_msg, POLL_SECONDS)
+        if message is not None and message["parent_header"].get("msg_id") == msg_id:
+            return dict(message["content"])
+
+
+async def language_info(
+    client: Any, lost: Callable[[], str | None], timeout: float = 60
+) -> dict[str, Any] | None:
+    """The kernel's ``language_info`` (from its ``kernel_info_reply``), for the notebook's
+    metadata as nbclient writes it; None when the kernel does not say in time."""
+    msg_id = client.kernel_info()
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and lost() is None:
+        message = await _get(client.get_shell_msg, POLL_SECONDS)
+        if message is not None and message["parent_header"].get("msg_id") == msg_id:
+            info = message["content"].get("language_info")
+            return dict(info) if isinstance(info, dict) else None
+    return None
 
 
 async def _get(get: Callable[..., Any], timeout: float) -> dict[str, Any] | None:

@@ -2,9 +2,9 @@
 
 Called by the ``POST jobs`` handler (:func:`read`, :func:`check_parameter_name`), by
 :class:`~.service.Jobs` (:func:`prepare` once when the job is made) and by
-:class:`~.runner.JobRunner`: :class:`CellOutputs` for every cell it runs,
-:func:`mark_cell` and :func:`job_metadata` each time it saves the output notebook. Pure
-data (nbformat dicts); no I/O.
+:class:`~.runner.JobRunner`: :func:`code_cells` to know what it runs, :func:`mark_cell`
+and :func:`job_metadata` each time it saves the output notebook (the cells' outputs are
+nbclient's, see ``execution.py``). Pure data (nbformat dicts); no I/O.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import nbformat
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
@@ -43,7 +44,7 @@ def read(content: Any) -> dict[str, Any]:
         notebook = nbformat.from_dict(copy.deepcopy(content))
         if notebook["nbformat"] < 4:
             notebook = nbformat.convert(notebook, 4)
-        nbformat.validate(notebook)
+        _validate(notebook)
     except RecursionError:
         raise NotANotebook("not a notebook Jupyter can read: it is nested too deeply") from None
     except nbformat.ValidationError as err:
@@ -57,6 +58,19 @@ def read(content: Any) -> dict[str, Any]:
             f"not a notebook Jupyter can read: {_shorten(_first_line(err))}"
         ) from err
     return notebook
+
+
+def _validate(notebook: Any) -> None:
+    """nbformat's validation, but for the notebook's ``kernelspec``: one without a
+    ``name`` or ``display_name`` is run, as nbclient and papermill run it (the job's
+    handler picks the kernel), and kept as it is."""
+    spec = notebook.get("metadata", {}).get("kernelspec")
+    if spec is None:
+        nbformat.validate(notebook)
+        return
+    checked = copy.copy(notebook)
+    checked["metadata"] = {k: v for k, v in notebook["metadata"].items() if k != "kernelspec"}
+    nbformat.validate(checked)
 
 
 def _depth(value: Any) -> int:
@@ -114,6 +128,20 @@ def _check_shape(content: dict[str, Any]) -> None:
             )
 
 
+def kernel_name(asked: str | None, notebook: Any, default: str, installed: Any) -> str:
+    """The kernelspec a job runs on: the one asked for, else the notebook's, else the
+    server's default, as nbclient picks it: a kernelspec without a ``name`` (or not an
+    object) gets the default, and ``python`` (jupyter_client's own alias) is the Python
+    kernel when no kernelspec has that name."""
+    spec = (notebook.get("metadata") or {}).get("kernelspec")
+    name = asked or (spec.get("name") if isinstance(spec, dict) else None)
+    if not isinstance(name, str) or not name:
+        return default
+    if name == "python" and name not in installed:
+        return NATIVE_KERNEL_NAME
+    return name
+
+
 def check_parameter_name(name: str) -> str | None:
     """Why ``name`` cannot be a job's parameter (None: it can). Called by the ``POST
     jobs`` handler; the schema already holds names to ``[A-Za-z_][A-Za-z0-9_]*``.
@@ -168,12 +196,17 @@ def prepare(notebook: dict[str, Any], parameters: dict[str, Any]) -> dict[str, A
     return notebook
 
 
+#: The tag of cells a job does not run (nbclient's and papermill's ``skip-execution``).
+SKIP_TAG = "skip-execution"
+
+
 def code_cells(notebook: dict[str, Any]) -> list[int]:
-    """The positions of the code cells a job runs, in order (empty ones are skipped)."""
+    """The positions of the code cells a job runs, in order: not the empty ones, nor the
+    ones tagged ``skip-execution`` (as nbclient skips them)."""
     return [
         i
         for i, cell in enumerate(notebook["cells"])
-        if cell["cell_type"] == "code" and _source(cell).strip()
+        if cell["cell_type"] == "code" and _source(cell).strip() and SKIP_TAG not in _tags(cell)
     ]
 
 
@@ -187,72 +220,6 @@ def first_line(source: str, width: int = 80) -> str:
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
-class CellOutputs:
-    """The outputs of one cell as its messages come, as JupyterLab would show them:
-    consecutive streams of one name joined, ``clear_output`` (also ``wait=True``), and
-    ``update_display_data`` on the outputs with that display id."""
-
-    def __init__(self) -> None:
-        self.outputs: list[dict[str, Any]] = []
-        self._clear_on_next = False
-        self._displays: dict[str, list[int]] = {}
-        self.execution_count: int | None = None
-
-    def add(self, msg_type: str, content: dict[str, Any]) -> None:
-        if msg_type == "execute_input":
-            self.execution_count = content.get("execution_count")
-            return
-        if msg_type == "clear_output":
-            if content.get("wait"):
-                self._clear_on_next = True
-            else:
-                self._clear()
-            return
-        if msg_type == "update_display_data":
-            display_id = (content.get("transient") or {}).get("display_id")
-            for index in self._displays.get(display_id, []):
-                self.outputs[index]["data"] = content.get("data", {})
-                self.outputs[index]["metadata"] = content.get("metadata", {})
-            return
-        if msg_type not in ("stream", "display_data", "execute_result", "error"):
-            return
-        if self._clear_on_next:
-            self._clear()
-        try:
-            output = nbformat.v4.output_from_msg(
-                {"header": {"msg_type": msg_type}, "content": content}
-            )
-        except (KeyError, ValueError):
-            return
-        last = self.outputs[-1] if self.outputs else None
-        if (
-            msg_type == "stream"
-            and last is not None
-            and last["output_type"] == "stream"
-            and last["name"] == output["name"]
-        ):
-            last["text"] += output["text"]
-            return
-        display_id = (content.get("transient") or {}).get("display_id")
-        if display_id:
-            self._displays.setdefault(display_id, []).append(len(self.outputs))
-        self.outputs.append(dict(output))
-
-    def _clear(self) -> None:
-        self.outputs = []
-        self._displays = {}
-        self._clear_on_next = False
-
-
-def set_outputs(
-    notebook: dict[str, Any], position: int, outputs: CellOutputs, execution_count: int | None
-) -> None:
-    """Put a cell's outputs (and its execution count) into the output notebook."""
-    cell = notebook["cells"][position]
-    cell["outputs"] = copy.deepcopy(outputs.outputs)
-    cell["execution_count"] = execution_count
-
-
 def mark_cell(notebook: dict[str, Any], position: int, metadata: dict[str, Any]) -> None:
     """Say in a cell's metadata (``lowcost``) where and when it ran."""
     notebook["cells"][position].setdefault("metadata", {})["lowcost"] = copy.deepcopy(metadata)
@@ -260,7 +227,7 @@ def mark_cell(notebook: dict[str, Any], position: int, metadata: dict[str, Any])
 
 def note_output(text: str) -> dict[str, Any]:
     """A stderr output the job adds to a cell (a cell whose outputs were lost)."""
-    return dict(nbformat.v4.new_output("stream", name="stderr", text=text))
+    return nbformat.v4.new_output("stream", name="stderr", text=text)
 
 
 def job_metadata(notebook: dict[str, Any], metadata: dict[str, Any]) -> None:

@@ -27,7 +27,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import nbformat
 from jupyter_core.utils import ensure_async
+from nbformat.v4.rwbase import rejoin_lines
 
 from ...backends import BackendError
 from ...storage import checkpoint_dirs
@@ -38,7 +40,15 @@ from ..instances.ledger import Context
 from . import contents as job_contents
 from . import notebook as nb
 from .admission import Admission
-from .execution import KernelLost, connect, resume_state, run_cell
+from .execution import (
+    CellExecutor,
+    CellFailed,
+    KernelLost,
+    connect,
+    language_info,
+    resume_state,
+    wait_until_idle,
+)
 from .resume import LISTED, describe_missing
 
 #: How often the runner looks at the manager's ledger while it waits for its kernel.
@@ -81,8 +91,12 @@ class JobRunner:
         self.emit = emit
         #: The server is stopping: the job stays as it is, to go on after the restart.
         self.server_stopping = False
-        self.notebook: dict[str, Any] = store.output(job.id)
+        # (sources and texts as strings, as ``nbformat.read`` gives them to nbclient)
+        self.notebook: Any = rejoin_lines(nbformat.from_dict(store.output(job.id)))
         self.positions = nb.code_cells(self.notebook)
+        #: nbclient's executor of the notebook's cells (its outputs, as nbclient's).
+        self.executor = CellExecutor(self.notebook, job.kernel_name)
+        self.executor.on_message = self._log_output
         self._client: Any = None
         #: The instance the client is connected to.
         self._connected_instance: str | None = None
@@ -144,20 +158,16 @@ class JobRunner:
             self._attempts[number] = self._attempts.get(number, 0) + 1
             self._set(JobState.RUNNING, f"running cell {number} of {job.cells_total}")
             started = time.time()
-            outputs = nb.CellOutputs()
             self._log(f"cell {number}/{job.cells_total} started on instance {instance_id}")
+            failed = None
             try:
-                reply = await run_cell(
-                    self._client,
-                    nb.source(self.notebook, position),
-                    outputs,
-                    lambda: self._lost(instance_id),
-                    self._log_output,
-                )
+                reply = await self.executor.run_cell(position, lambda: self._lost(instance_id))
             except KernelLost as lost:
                 await self._come_back(number, instance_id, str(lost))
                 continue
-            self._cell_done(number, position, outputs, reply, started, instance_id)
+            except CellFailed as error:
+                reply, failed = error.reply, error
+            self._cell_done(number, position, reply, failed is not None, started, instance_id)
         job.current_cell = None
         return f"all {job.cells_total} cells ran"
 
@@ -165,17 +175,18 @@ class JobRunner:
         self,
         number: int,
         position: int,
-        outputs: nb.CellOutputs,
         reply: dict[str, Any],
+        failed: bool,
         started: float,
         instance_id: str | None,
     ) -> None:
+        """Cell ``number`` ended (its outputs are in the notebook, as nbclient put them):
+        note its checkpoint and where it ran, or fail the job (``failed``: it raised, and
+        its ``raises-exception`` tag does not allow it)."""
         job = self.job
-        count = reply.get("execution_count") or outputs.execution_count
-        nb.set_outputs(self.notebook, position, outputs, count)
         note = self._resume_note
         if note is not None and note[0] == number:
-            self.notebook["cells"][position]["outputs"].insert(0, nb.note_output(note[1]))
+            self.executor.put_first(position, nb.note_output(note[1]))
         record = self.ctx.ledger.record(instance_id)
         attempts = self._attempts.get(number, 1)
         cell_meta: dict[str, Any] = {
@@ -188,7 +199,7 @@ class JobRunner:
         }
         if note is not None and note[0] == number:
             cell_meta["not_restored"] = note[2]
-        if reply.get("status") == "error":
+        if failed:
             nb.mark_cell(self.notebook, position, cell_meta)
             job.error = {
                 "cell": number,
@@ -534,9 +545,7 @@ class JobRunner:
         try:
             # (An empty cell: it waits for the one still running, and answers the number
             # of the last cell that ran, without taking a number of its own.)
-            reply = await run_cell(
-                self._client, "", nb.CellOutputs(), lambda: self._lost(instance_id)
-            )
+            reply = await wait_until_idle(self._client, lambda: self._lost(instance_id))
         except KernelLost as lost:
             await self._come_back(job.cells_done + 1, instance_id, str(lost))
             return
@@ -609,6 +618,12 @@ class JobRunner:
                 raise JobFailed(f"the job's kernel does not answer: {err}") from err
             # Lost while it started: the next cell's check waits for its next instance.
         self._connected_instance = instance_id
+        if self._client is not None:
+            self.executor.use(self._client)
+            # (what the kernel runs, in the notebook's metadata, as nbclient writes it)
+            info = await language_info(self._client, lambda: self._lost(instance_id))
+            if info is not None:
+                self.notebook.metadata["language_info"] = nbformat.from_dict(info)
 
     def _disconnect(self) -> None:
         if self._client is not None:
@@ -733,6 +748,7 @@ class JobRunner:
         """The job's record, its output notebook (also at its output path), its event."""
         job = self.job
         self._track_instances()
+        self.executor.set_widgets_metadata()  # (the widgets' state, as nbclient saves it)
         nb.job_metadata(self.notebook, self._metadata())
         try:
             self.store.save_output(job.id, self.notebook)
