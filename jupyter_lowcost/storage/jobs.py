@@ -6,7 +6,12 @@ One folder per job under the server's data directory (``jobs/<id>/``):
 - ``job.json``: the :class:`JobRecord` (state, cells done, the checkpoint after each
   completed cell, instances, interruptions, cost);
 - ``input.ipynb``: the notebook as the job runs it (parameters injected);
-- ``output.ipynb``: the executed notebook so far (replaced atomically after every cell);
+- ``output.ipynb``: the executed notebook as of its last full write (replaced atomically,
+  off the server's event loop, at most about once a second);
+- ``cells.jsonl``: what changed since (appended as each cell ends: the cells whose outputs
+  changed and the notebook's metadata, one JSON line each), so that a completed cell is
+  on disk at once at a cost that does not grow with the notebook; :meth:`JobStore.output`
+  applies it to ``output.ipynb``;
 - ``log.txt``: what ``jupyter lowcost logs`` prints (appended);
 - ``owner/<server>``: the server the job belongs to (one empty file, named as the server's
   records file is, ``server-<pid>-<start ticks>``, see ``storage/records.py``).
@@ -158,6 +163,24 @@ class JobRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+#: The journal of a job's output notebook (in its folder).
+JOURNAL = "cells.jsonl"
+
+
+def apply_change(notebook: dict[str, Any], change: Any) -> None:
+    """Apply one journal line (``{"cells": {position: cell}, "metadata": ...}``) to the
+    notebook; what does not fit it (a position out of range, not a dict) is ignored."""
+    if not isinstance(change, dict):
+        return
+    cells = notebook.get("cells")
+    for key, cell in (change.get("cells") or {}).items():
+        if isinstance(cells, list) and str(key).isdigit() and int(key) < len(cells):
+            if isinstance(cell, dict):
+                cells[int(key)] = cell
+    if isinstance(change.get("metadata"), dict):
+        notebook["metadata"] = change["metadata"]
+
+
 class JobStore:
     """The folder of every job's files (``<data_dir>/jobs``), private to the server's user.
 
@@ -187,14 +210,55 @@ class JobStore:
     def save(self, job: JobRecord) -> None:
         write_private(self.folder_of(job.id) / "job.json", json.dumps(job.to_json()))
 
-    def save_output(self, job_id: str, notebook: dict[str, Any]) -> None:
-        write_private(self.folder_of(job_id) / "output.ipynb", json.dumps(notebook, indent=1))
+    def save_output(self, job_id: str, notebook: dict[str, Any]) -> bytes:
+        """Write the whole output notebook (what :meth:`output` reads back, with the
+        changes journalled after this write); returns the bytes written. Called when the
+        job is made, and from the runner's writer thread (``server/jobs/output.py``)."""
+        data = json.dumps(notebook, indent=1, ensure_ascii=False).encode()
+        write_private(self.folder_of(job_id) / "output.ipynb", data)
+        return data
 
     def input(self, job_id: str) -> dict[str, Any]:
         return json.loads((self.folder_of(job_id) / "input.ipynb").read_text())
 
     def output(self, job_id: str) -> dict[str, Any]:
-        return json.loads((self.folder_of(job_id) / "output.ipynb").read_text())
+        """The output notebook as the job left it: its last full write, with the changes
+        journalled since applied in order (a line cut short by a crash is skipped)."""
+        folder = self.folder_of(job_id)
+        notebook = json.loads((folder / "output.ipynb").read_text())
+        try:
+            with open(folder / JOURNAL, "rb") as journal:
+                lines = journal.read().splitlines()
+        except FileNotFoundError:
+            return notebook
+        for line in lines:
+            try:
+                change = json.loads(line)
+            except ValueError:
+                continue
+            apply_change(notebook, change)
+        return notebook
+
+    @staticmethod
+    def change_line(cells: dict[int, Any], metadata: dict[str, Any] | None) -> bytes:
+        """One journal line: cells (by position) and the notebook's metadata."""
+        change = {"cells": {str(k): v for k, v in cells.items()}, "metadata": metadata}
+        return json.dumps(change, ensure_ascii=False).encode() + b"\n"
+
+    def append_change(self, job_id: str, line: bytes) -> None:
+        """Journal one change (a :meth:`change_line`) after the last full write."""
+        with open_private(self.folder_of(job_id) / JOURNAL, "ab") as journal:
+            journal.write(line)
+
+    def rewrite_changes(self, job_id: str, lines: list[bytes]) -> None:
+        """The journal holds only ``lines`` now (the changes the last full write did
+        not include); replaced atomically: a crash meanwhile leaves the old one, whose
+        changes apply again over the full write, in the same order, to the same end."""
+        path = self.folder_of(job_id) / JOURNAL
+        if lines:
+            write_private(path, b"".join(lines))
+        else:
+            path.unlink(missing_ok=True)
 
     def append_log(self, job_id: str, line: str) -> None:
         stamp = time.strftime("%H:%M:%S")

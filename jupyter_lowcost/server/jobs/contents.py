@@ -2,12 +2,13 @@
 output notebook there.
 
 Called by the ``POST jobs`` handler before the job is made (:func:`path_problem`,
-:func:`same_path`, :func:`hidden`, :func:`file_problem`) and by
-:class:`~.runner.JobRunner` (:func:`save`, at each save of the output notebook at its
-output path). Jupyter's own rules apply: no hidden file or folder
-unless the contents manager's ``allow_hidden`` says so (as jupyter_server's contents
-handlers refuse them), and a notebook is written only over a regular file: writing over
-a FIFO would wait for a reader for ever, in the server's event loop.
+:func:`same_path`, :func:`hidden`, :func:`file_problem`) and by the job's
+:class:`~.output.OutputWriter` at each write of the output notebook at its output path
+(:func:`save` through a contents manager; :func:`file_problem_at` before it writes a
+file itself). Jupyter's own rules apply: no hidden file or folder unless the contents
+manager's ``allow_hidden`` says so (as jupyter_server's contents handlers refuse them),
+and a notebook is written only over a regular file: writing over a FIFO would wait for a
+reader for ever.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def file_problem(contents_manager: Any, path: str) -> str | None:
     where = os_path(contents_manager, path)
     if where is None:
         return None
+    return file_problem_at(where)
+
+
+def file_problem_at(where: str) -> str | None:
+    """Why a notebook cannot be written at the file ``where`` (None: nothing there yet,
+    or a regular file); see :func:`file_problem`. Also called from a worker thread."""
     try:
         mode = os.stat(where).st_mode
     except FileNotFoundError:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from jupyter_client.channels import AsyncZMQSocketChannel
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 
@@ -43,6 +44,24 @@ class CellFailed(Exception):
         self.reply = reply
 
 
+class ShellChannel(AsyncZMQSocketChannel):
+    """The shell channel of a job's kernel client: a wait without a timeout is a series
+    of short ones. nbclient waits for a cell's reply with no timeout while its Output
+    widgets send on the same socket; a send can take the socket's wake-up for a reply
+    that is already there (zmq's descriptor is edge-triggered), and the wait would never
+    end (seen in about one run in four). A short wait starts with a poll that looks at
+    what is there, so the reply is found at the next one."""
+
+    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        if timeout is not None:
+            return await super().get_msg(timeout)
+        while True:
+            try:
+                return await super().get_msg(POLL_SECONDS)
+            except queue.Empty:
+                continue
+
+
 async def connect(kernel_manager: Any, kernel_id: str, timeout: float) -> Any:
     """A started client of the server's kernel ``kernel_id``, once the kernel answers."""
     kernel = kernel_manager.get_kernel(kernel_id)
@@ -50,6 +69,7 @@ async def connect(kernel_manager: Any, kernel_id: str, timeout: float) -> Any:
     if ready is not None:
         await ready  # (its connection info: a kernel put back by a restart has none before)
     client = kernel.client()
+    client.shell_channel_class = ShellChannel
     client.allow_stdin = False
     client.start_channels()
     try:

@@ -13,14 +13,15 @@ kernel's ``restored`` report only when it cannot say), and goes on at the cell a
 one it noted that checkpoint for: no completed cell runs twice, and the cell the job goes
 on at always matches the state restored. What did not come back is said in the job's log,
 its interruption and a note on the cell it resumed at (``resume.py``). The executed
-notebook so far is saved (atomically) after every cell, with the job's metadata. The job's
+notebook so far is on disk after every cell, with the job's metadata, at a cost that
+does not grow with the notebook (``output.py``: the changed cells journalled at once, the
+whole notebook written off the event loop). The job's
 end shuts its kernel down, and stops whatever a relaunch started meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import shutil
 import time
 import uuid
@@ -37,7 +38,6 @@ from ...storage.jobs import JobRecord, JobState, JobStore
 from ...storage.records import InstanceState, Placement, iso
 from ..instances.launches import Launches
 from ..instances.ledger import Context
-from . import contents as job_contents
 from . import notebook as nb
 from .admission import Admission
 from .execution import (
@@ -49,10 +49,13 @@ from .execution import (
     resume_state,
     wait_until_idle,
 )
+from .output import OutputWriter
 from .resume import LISTED, describe_missing
 
 #: How often the runner looks at the manager's ledger while it waits for its kernel.
 WAIT_SECONDS = 0.1
+#: How many of the checkpoints taken after its cells a job's record keeps (the latest).
+CHECKPOINTS_NOTED = 16
 
 
 def _refused_for_room(start: asyncio.Future[str]) -> bool:
@@ -104,12 +107,12 @@ class JobRunner:
         self._attempts: dict[int, int] = {}
         #: The note the cell the job resumed at gets (by number): what did not come back.
         self._resume_note: tuple[int, str, list[dict[str, Any]]] | None = None
-        #: Writes of the output notebook at its output path: one at a time, the latest.
-        self._contents_lock = asyncio.Lock()
-        self._contents_dirty = False
-        self._contents_writer: asyncio.Task[None] | None = None
-        #: Why the last write at the output path failed (None: it worked).
-        self._contents_error: str | None = None
+        #: The output notebook's writer (journal at once, full writes off the event loop).
+        self.output = OutputWriter(
+            store, job.id, contents_manager, job.output_path, self._output_path_failed
+        )
+        #: Cells whose outputs or metadata the runner changed since the last save.
+        self._changed: set[int] = set()
 
     # -- the job's life ------------------------------------------------------------------
 
@@ -124,7 +127,8 @@ class JobRunner:
             self._disconnect()
             if self.server_stopping:
                 self._log("the Jupyter server stops; the job goes on when it starts again")
-                self._save()
+                self._save()  # (journalled: the next server reads it back)
+                self.output.stop()
                 raise
             end = (JobState.CANCELLED, job.reason or "cancelled")
         except JobFailed as err:
@@ -184,6 +188,7 @@ class JobRunner:
         note its checkpoint and where it ran, or fail the job (``failed``: it raised, and
         its ``raises-exception`` tag does not allow it)."""
         job = self.job
+        self._changed.add(position)
         note = self._resume_note
         if note is not None and note[0] == number:
             self.executor.put_first(position, nb.note_output(note[1]))
@@ -211,7 +216,7 @@ class JobRunner:
             raise JobFailed(f"cell {number} raised {job.error['ename']}: {job.error['evalue']}")
         checkpoint = self._new_checkpoint()
         if checkpoint is not None:
-            job.checkpoints[checkpoint] = number
+            self._note_checkpoint(checkpoint, number)
             cell_meta["checkpoint"] = checkpoint
             self._restore_next(checkpoint)
         nb.mark_cell(self.notebook, position, cell_meta)
@@ -531,6 +536,15 @@ class JobRunner:
             entry.restore_checkpoint = checkpoint
             self.ctx.ledger.save()
 
+    def _note_checkpoint(self, checkpoint: str, cells_done: int) -> None:
+        """Note the checkpoint taken once ``cells_done`` cells had completed. The record
+        keeps the last :data:`CHECKPOINTS_NOTED` (the kernel keeps fewer on disk), so that
+        it stays small however many cells the job has: it is saved at every cell."""
+        checkpoints = self.job.checkpoints
+        checkpoints[checkpoint] = cells_done
+        while len(checkpoints) > CHECKPOINTS_NOTED:
+            del checkpoints[next(iter(checkpoints))]
+
     def _restore_point_checkpoint(self) -> str | None:
         """The checkpoint after the job's last completed cell, else after the latest
         cell before it that has one (None: none was taken)."""
@@ -563,8 +577,9 @@ class JobRunner:
                 )
             ]
             self.notebook["cells"][position]["execution_count"] = expected
+            self._changed.add(position)
             if checkpoint is not None:
-                job.checkpoints[checkpoint] = job.cells_done + 1
+                self._note_checkpoint(checkpoint, job.cells_done + 1)
                 self._restore_next(checkpoint)
             job.cells_done += 1
             self._log(f"cell {job.cells_done} completed while the server restarted")
@@ -719,67 +734,55 @@ class JobRunner:
             self._save()
 
     async def _end(self, state: JobState, reason: str) -> None:
-        """The job's end: its output notebook at its output path is written (with the
-        final state) before the job says it has ended."""
+        """The job's end: its output notebook (at its output path too) is written whole,
+        with the final state, before the job says it has ended."""
         job = self.job
         if job.state.is_final:
             return
         job.finished = time.time()
         job.current_cell = None if state == JobState.SUCCEEDED else job.current_cell
         job.state, job.reason = state, reason
-        self._track_instances()
-        nb.job_metadata(self.notebook, self._metadata())
-        if job.output_path:
-            self._contents_dirty = True
-            await self._save_to_contents()
-            if self._contents_error is not None and state == JobState.SUCCEEDED:
-                # (its cells ran, but what the user asked for is not there)
-                job.state = JobState.FAILED
-                job.reason = (
-                    f"all {job.cells_total} cells ran, but the output notebook could not be "
-                    f"written at {job.output_path}: {self._contents_error} (the server keeps "
-                    f"it: jupyter lowcost show {job.id} --output FILE)"
-                )
-                nb.job_metadata(self.notebook, self._metadata())
+        self._save(emit=False)
+        await self.output.flush()
+        error = self.output.contents_error
+        if job.output_path and error is not None and state == JobState.SUCCEEDED:
+            # (its cells ran, but what the user asked for is not there)
+            job.state = JobState.FAILED
+            job.reason = (
+                f"all {job.cells_total} cells ran, but the output notebook could not be "
+                f"written at {job.output_path}: {error} (the server keeps it: jupyter "
+                f"lowcost show {job.id} --output FILE)"
+            )
+            self._save(emit=False)
+            await self.output.flush()
+        self.output.stop()
         self._log(f"{job.state.value}: {job.reason}")
-        self._save(contents=False)
+        self.emit(job)
 
-    def _save(self, contents: bool = True) -> None:
-        """The job's record, its output notebook (also at its output path), its event."""
+    def _save(self, emit: bool = True) -> None:
+        """The job's record, the changes to its output notebook (journalled at once,
+        written whole soon, off the event loop: ``output.py``), and its event. Costs what
+        changed, whatever the notebook's size."""
         job = self.job
         self._track_instances()
         self.executor.set_widgets_metadata()  # (the widgets' state, as nbclient saves it)
         nb.job_metadata(self.notebook, self._metadata())
+        changed, self._changed = self._changed | self.executor.changed_cells(), set()
         try:
-            self.store.save_output(job.id, self.notebook)
+            self.output.note(self.notebook, changed)
             self.store.save(job)
         except OSError as err:
             self.ctx.log.error("jupyter_lowcost | job %s could not be saved: %s", job.id, err)
-        if job.output_path and contents:
-            self._contents_dirty = True
-            if self._contents_writer is None or self._contents_writer.done():
-                self._contents_writer = self.ctx.ledger.spawn(self._save_to_contents())
-        self.emit(job)
+        if emit:
+            self.emit(job)
 
-    async def _save_to_contents(self) -> None:
-        """Write the notebook at its output path (through the server's contents manager),
-        one write at a time, the latest notebook each time."""
-        job = self.job
-        async with self._contents_lock:
-            while self._contents_dirty:
-                self._contents_dirty = False
-                try:
-                    notebook = copy.deepcopy(self.notebook)
-                    await job_contents.save(self.contents_manager, notebook, job.output_path)
-                    self._contents_error = None
-                except Exception as err:
-                    self._contents_error = str(err) or type(err).__name__
-                    self.ctx.log.error(
-                        "jupyter_lowcost | job %s: could not save %s: %s",
-                        job.id,
-                        job.output_path,
-                        err,
-                    )
+    def _output_path_failed(self, error: str) -> None:
+        self.ctx.log.error(
+            "jupyter_lowcost | job %s: could not save %s: %s",
+            self.job.id,
+            self.job.output_path,
+            error,
+        )
 
     def _metadata(self) -> dict[str, Any]:
         model = self.job.to_model()
