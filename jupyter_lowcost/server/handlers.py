@@ -11,6 +11,8 @@ manager validates the rest before it changes anything. The shapes of the answers
 
 from __future__ import annotations
 
+import asyncio
+
 import errno
 import json
 from collections.abc import Iterator
@@ -203,7 +205,8 @@ class JobsHandler(LowCostHandler):
     async def post(self) -> None:
         body = self.json_body(rest_schemas.START_JOB)
         try:
-            notebook = jobs_notebook.read(body["notebook"])
+            # (in a worker thread: validating a large notebook takes a while)
+            notebook = await asyncio.to_thread(jobs_notebook.read, body["notebook"])
         except ValueError as err:
             raise web.HTTPError(400, str(err)) from err
         parameters = body.get("parameters") or {}

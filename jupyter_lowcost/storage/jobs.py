@@ -213,10 +213,15 @@ class JobStore:
     def save_output(self, job_id: str, notebook: dict[str, Any]) -> bytes:
         """Write the whole output notebook (what :meth:`output` reads back, with the
         changes journalled after this write); returns the bytes written. Called when the
-        job is made, and from the runner's writer thread (``server/jobs/output.py``)."""
+        job is made; the runner's writer thread (``server/jobs/output.py``) encodes it
+        itself, a cell at a time, and calls :meth:`write_output`."""
         data = json.dumps(notebook, indent=1, ensure_ascii=False).encode()
-        write_private(self.folder_of(job_id) / "output.ipynb", data)
+        self.write_output(job_id, data)
         return data
+
+    def write_output(self, job_id: str, data: bytes) -> None:
+        """Replace the whole output notebook with ``data`` (its JSON), atomically."""
+        write_private(self.folder_of(job_id) / "output.ipynb", data)
 
     def input(self, job_id: str) -> dict[str, Any]:
         return json.loads((self.folder_of(job_id) / "input.ipynb").read_text())

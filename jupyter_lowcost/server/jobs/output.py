@@ -7,10 +7,11 @@ earlier one whose display a later cell updated): copies of those cells and of th
 notebook's metadata are appended to the job's journal (``storage/jobs.py``) at once, so a
 completed cell is on disk before the job counts it, at the cost of that cell alone. A
 background task then writes the whole notebook (``output.ipynb``, and the copy at the
-job's ``output_path``) in a worker thread, from a copy of the notebook of its own to which
-the changes are applied there, at most once a second and no more than a fifth of the
-time (a write that took 0.3 s waits 1.2 s before the next), so a long notebook's writes
-take a bounded share of the machine however many cells end meanwhile.
+job's ``output_path``) in a worker thread, from a copy of its own kept as each cell's JSON
+text (a write serializes the changed cells, then joins: the bytes are what
+``nbformat.write`` gives), at most once a second and no more than a fifth of the time (a
+write that took 0.3 s waits 1.2 s before the next), so a long notebook's writes take a
+bounded share of the machine however many cells end meanwhile.
 :meth:`OutputWriter.flush` writes everything at the job's end.
 
 The copy at the output path goes through the server's contents manager when it keeps no
@@ -28,6 +29,7 @@ import json
 import os
 import stat
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -39,9 +41,11 @@ from jupyter_server.services.contents.largefilemanager import (
     AsyncLargeFileManager,
     LargeFileManager,
 )
+from nbformat import from_dict
+from nbformat.v4.rwbase import split_lines
 
 from ...storage.atomic import replacing
-from ...storage.jobs import JobStore, apply_change
+from ...storage.jobs import JobStore
 from . import contents as job_contents
 
 #: The least time between two full writes of a running job's notebook, in seconds.
@@ -86,8 +90,9 @@ class OutputWriter:
         self._metadata: Any = None
         #: The journal's lines since the last full write began.
         self._lines: list[bytes] = []
-        #: The worker thread's own notebook (read from disk by its first write).
-        self._notebook: dict[str, Any] | None = None
+        #: The worker thread's own notebook, as JSON: each cell's text, and the rest
+        #: (read from disk by its first write; a write serializes the changed cells only).
+        self._document: _Document | None = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -145,10 +150,15 @@ class OutputWriter:
 
     def _write_full(self, cells: dict[int, Any], metadata: Any) -> bytes:
         """(worker thread) Apply the changes to the thread's notebook and write it."""
-        if self._notebook is None:
-            self._notebook = self.store.output(self.job_id)  # (journal applied)
-        apply_change(self._notebook, {"cells": cells, "metadata": metadata})
-        return self.store.save_output(self.job_id, self._notebook)
+        if self._document is None:
+            self._document = _Document(self.store.output(self.job_id))  # (journal applied)
+        for position, cell in cells.items():
+            self._document.set_cell(position, cell)
+        if metadata is not None:
+            self._document.rest["metadata"] = metadata
+        data = self._document.encode()
+        self.store.write_output(self.job_id, data)
+        return data
 
     async def _write_contents(self, data: bytes) -> None:
         """The copy at the output path; a failure is noted (the job's end says it)."""
@@ -164,6 +174,37 @@ class OutputWriter:
         except Exception as err:  # noqa: BLE001 (any failure: the job says it)
             self.contents_error = str(err) or type(err).__name__
             self.on_error(self.contents_error)
+
+
+class _Document:
+    """A notebook kept as the text of each of its cells, in nbformat's own layout (keys
+    sorted, one-space indents, multi-line strings as lists of lines: what
+    ``nbformat.write`` gives), so that writing it again costs the changed cells'
+    serialization and a join, not the whole notebook's serialization."""
+
+    def __init__(self, notebook: dict[str, Any]) -> None:
+        self.rest = {k: v for k, v in notebook.items() if k != "cells"}
+        self.cells = [_cell_text(cell) for cell in notebook.get("cells") or []]
+
+    def set_cell(self, position: int, cell: Any) -> None:
+        if 0 <= position < len(self.cells):
+            self.cells[position] = _cell_text(cell)
+
+    def encode(self) -> bytes:
+        marker = f"cells-{uuid.uuid4().hex}"
+        text = _dumps({**self.rest, "cells": marker})
+        cells = "[\n" + ",\n".join(self.cells) + "\n ]" if self.cells else "[]"
+        return (text.replace(json.dumps(marker), cells, 1) + "\n").encode()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, indent=1, ensure_ascii=False)
+
+
+def _cell_text(cell: Any) -> str:
+    """A cell's JSON as it stands in a notebook written by nbformat (two levels in)."""
+    (cell,) = split_lines(from_dict({"cells": [cell]})).cells  # (from_dict copies)
+    return "\n".join("  " + line for line in _dumps(cell).splitlines())
 
 
 def _plain_file_saves(manager: Any) -> bool:

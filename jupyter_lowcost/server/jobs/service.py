@@ -98,8 +98,9 @@ class Jobs:
         path: str | None,
         output_path: str | None,
     ) -> JobRecord:
-        """``POST jobs``: a new job, queued; its runner starts at once."""
-        prepared = nb.prepare(notebook, parameters)
+        """``POST jobs``: a new job, queued; its runner starts at once. The notebook is
+        prepared and written in a worker thread (a large one takes a while)."""
+        prepared = await asyncio.to_thread(nb.prepare, notebook, parameters)
         job = JobRecord(
             id=uuid.uuid4().hex[:12],
             name=name,
@@ -113,7 +114,7 @@ class Jobs:
             cells_total=len(nb.code_cells(prepared)),
         )
         try:
-            self.store.create(job, prepared)
+            await asyncio.to_thread(self.store.create, job, prepared)
         except OSError as err:
             raise web.HTTPError(507, f"the job could not be saved: {err}") from err
         self.jobs[job.id] = job
