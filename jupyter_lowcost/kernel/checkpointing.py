@@ -367,14 +367,18 @@ class KernelCheckpoints:
                 outputs[str(number)] = {"variable": names[id(value)]}
             elif value is None or isinstance(value, (bool, int, float, str)):
                 outputs[str(number)] = {"value": value}
+        inputs = list(manager.input_hist_parsed)
+        raw = list(manager.input_hist_raw)
         return {
             "execution_count": int(self.shell.execution_count),
             # The last cell whose changes this checkpoint holds whole, and the cell it is
             # taken in the middle of (a notice's, during a cell), if any.
             "cell": self._last_cell,
             "during": self._running_cell,
-            "inputs": list(manager.input_hist_parsed),
-            "raw_inputs": list(manager.input_hist_raw),
+            "inputs": inputs,
+            # (only when they differ: the resume takes the inputs for them otherwise, and
+            # a long job's checkpoints then carry its inputs once)
+            **({"raw_inputs": raw} if raw != inputs else {}),
             "outputs": outputs,
         }
 
