@@ -74,6 +74,15 @@ def code_cells(notebook: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in notebook["cells"] if c["cell_type"] == "code"]
 
 
+async def post_job(api: Any, notebook: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """``POST jobs`` (named ``test.ipynb``, on a T4, unless ``fields`` say otherwise): the
+    new job's model."""
+    body = {"notebook": notebook, "name": "test.ipynb", "instance_type": "T4", **fields}
+    status, job = await api("POST", "jobs", body)
+    assert status == 201, f"the job was refused: {status} {job}"
+    return dict(job)
+
+
 async def job_model(api: Any, job_id: str) -> dict[str, Any]:
     status, model = await api("GET", f"jobs/{job_id}")
     assert status == 200, model
@@ -88,6 +97,15 @@ async def until_state(api: Any, job_id: str, *states: str, timeout: float = 120)
 
     await wait_until(reached, timeout=timeout)
     return await job_model(api, job_id)
+
+
+#: The states a job ends in.
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+async def until_ended(api: Any, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    """The job's model once it has ended (succeeded, failed or cancelled)."""
+    return await until_state(api, job_id, *FINAL, timeout=timeout)
 
 
 async def until_running_cell(

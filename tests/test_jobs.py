@@ -16,6 +16,7 @@ import nbformat
 import pytest
 from conftest import EventRecorder, manager_of, wait_until
 from job_notebooks import (
+    post_job,
     appending_cell,
     code_cells,
     job_model,
@@ -35,13 +36,6 @@ def job_events(jp_serverapp: Any) -> EventRecorder:
     recorder = EventRecorder()
     jp_serverapp.event_logger.add_listener(schema_id=JOB_SCHEMA_ID, listener=recorder.listener)
     return recorder
-
-
-async def post_job(api: Any, notebook: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    body = {"notebook": notebook, "name": "test.ipynb", "instance_type": "T4", **fields}
-    status, job = await api("POST", "jobs", body)
-    assert status == 201, job
-    return job
 
 
 async def test_an_interrupted_job_resumes_at_the_cell_that_did_not_complete(

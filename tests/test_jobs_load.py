@@ -20,6 +20,8 @@ import pytest
 import requests
 from conftest import wait_until
 from job_notebooks import (
+    post_job,
+    until_ended,
     appending_cell,
     code_cells,
     job_model,
@@ -36,21 +38,6 @@ LOAD_JOBS = int(os.environ.get("JUPYTER_LOWCOST_LOAD_JOBS", "50"))
 LOAD_SLOTS = int(os.environ.get("JUPYTER_LOWCOST_LOAD_SLOTS", "4"))
 
 LIVE = ("pending", "running", "notice")
-
-
-async def post_job(api: Any, notebook: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    body = {"notebook": notebook, "name": "test.ipynb", "instance_type": "T4", **fields}
-    status, job = await api("POST", "jobs", body)
-    assert status == 201, job
-    return job
-
-
-async def until_ended(api: Any, job_id: str, timeout: float = 300) -> dict[str, Any]:
-    async def ended() -> bool:
-        return (await job_model(api, job_id))["state"] in ("succeeded", "failed", "cancelled")
-
-    await wait_until(ended, timeout=timeout)
-    return await job_model(api, job_id)
 
 
 async def nothing_left(api: Any, jp_fetch: Any, jp_serverapp: Any) -> None:
@@ -76,7 +63,7 @@ async def test_jobs_beyond_the_slots_wait_in_order_and_none_fails(
     for n in range(8):
         cell = appending_cell(log, n, before="import time; time.sleep(0.3)\n")
         ids.append((await post_job(api, notebook_of([cell], markdown_at=None)))["id"])
-    models = [await until_ended(api, job_id) for job_id in ids]
+    models = [await until_ended(api, job_id, timeout=300) for job_id in ids]
     assert [m["state"] for m in models] == ["succeeded"] * 8, [m["reason"] for m in models]
     assert sorted(log.read_text().split()) == [str(n) for n in range(8)]
     instances = (await api("GET", "instances"))[1]

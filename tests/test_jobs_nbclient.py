@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_until
-from job_notebooks import job_model
+from job_notebooks import FINAL, job_model, post_job, until_ended
 from nbclient_notebooks import (
     CASES,
     CASES_BY_NAME,
@@ -34,7 +34,6 @@ from nbclient_notebooks import (
     run_with_nbclient,
 )
 
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 class References:
@@ -83,21 +82,6 @@ def assert_same_as_nbclient(job: dict[str, Any], reference: dict[str, Any]) -> N
     assert got["language_info"] == want["language_info"], "language_info is not the kernel's"
 
 
-async def post_job(api: Any, notebook: dict[str, Any], name: str) -> dict[str, Any]:
-    body = {"notebook": notebook, "name": f"{name}.ipynb", "instance_type": "T4"}
-    status, job = await api("POST", "jobs", body)
-    assert status == 201, f"the job was refused: {status} {job}"
-    return job
-
-
-async def until_ended(api: Any, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    async def ended() -> bool:
-        return (await job_model(api, job_id))["state"] in FINAL
-
-    await wait_until(ended, timeout=timeout)
-    return await job_model(api, job_id)
-
-
 async def end(api: Any, job_id: str | None) -> None:
     """Cancel the job if it still runs (a test that failed midway leaves no job running
     into the server's stop)."""
@@ -114,7 +98,7 @@ async def test_a_job_gives_the_outputs_nbclient_gives(
     case = CASES_BY_NAME[name]
     go = tmp_path / "go"
     go.touch()  # (no interruption: the waiting cell ends at once)
-    job = await post_job(api, case.notebook(go), name)
+    job = await post_job(api, case.notebook(go), name=f"{name}.ipynb")
     try:
         reference = await references.of(case)  # (nbclient runs while the job does)
         model = await until_ended(api, job["id"])

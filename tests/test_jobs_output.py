@@ -13,15 +13,9 @@ from typing import Any
 
 import pytest
 from conftest import wait_until
-from job_notebooks import code_cells, notebook_of, outputs_text, until_state
+from job_notebooks import code_cells, notebook_of, outputs_text, post_job, until_state
 
 from jupyter_lowcost.storage.jobs import JOURNAL, JobRecord, JobStore
-
-
-async def post_job(api: Any, notebook: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    status, job = await api("POST", "jobs", {"notebook": notebook, **fields})
-    assert status == 201, job
-    return dict(job)
 
 
 async def test_a_held_write_of_the_whole_notebook_stops_neither_the_cells_nor_the_server(

@@ -17,6 +17,7 @@ import nbformat
 import requests
 from conftest import manager_of, process_alive, wait_until
 from job_notebooks import (
+    post_job,
     appending_cell,
     code_cells,
     job_model,
@@ -33,13 +34,6 @@ from tornado import web
 from jupyter_lowcost.server.jobs.resume import defined_names, describe_missing
 
 LIVE = ("pending", "running", "notice")
-
-
-async def post_job(api: Any, notebook: dict[str, Any]) -> dict[str, Any]:
-    body = {"notebook": notebook, "name": "test.ipynb", "instance_type": "T4"}
-    status, job = await api("POST", "jobs", body)
-    assert status == 201, job
-    return job
 
 
 def held_after_its_checkpoint(go: Path) -> str:

@@ -201,13 +201,10 @@ async def wait_until_idle(client: Any, lost: Callable[[], str | None]) -> dict[s
     still running, and answers the number of the last cell that ran, without taking a
     number of its own. Raises :class:`KernelLost` when ``lost()`` says why."""
     msg_id = client.execute("", store_history=True, allow_stdin=False, stop_on_error=False)
-    while True:
-        why = lost()
-        if why is not None:
-            raise KernelLost(why)
-        message = await _get(client.get_shell_msg, POLL_SECONDS)
-        if message is not None and message["parent_header"].get("msg_id") == msg_id:
-            return dict(message["content"])
+    reply = await _shell_reply(client, msg_id, lost)
+    if reply is None:
+        raise KernelLost(lost() or "the kernel was lost")
+    return reply
 
 
 async def language_info(
@@ -215,21 +212,25 @@ async def language_info(
 ) -> dict[str, Any] | None:
     """The kernel's ``language_info`` (from its ``kernel_info_reply``), for the notebook's
     metadata as nbclient writes it; None when the kernel does not say in time."""
-    msg_id = client.kernel_info()
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and lost() is None:
-        message = await _get(client.get_shell_msg, POLL_SECONDS)
-        if message is not None and message["parent_header"].get("msg_id") == msg_id:
-            info = message["content"].get("language_info")
-            return dict(info) if isinstance(info, dict) else None
+    reply = await _shell_reply(client, client.kernel_info(), lost, timeout)
+    info = (reply or {}).get("language_info")
+    return dict(info) if isinstance(info, dict) else None
+
+
+async def _shell_reply(
+    client: Any, msg_id: str, lost: Callable[[], str | None], timeout: float | None = None
+) -> dict[str, Any] | None:
+    """The content of the kernel's reply to request ``msg_id``; None once ``lost()`` says
+    the kernel is gone, or after ``timeout`` seconds (None: no limit)."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while (end is None or time.monotonic() < end) and lost() is None:
+        try:
+            message = await client.get_shell_msg(timeout=POLL_SECONDS)
+        except queue.Empty:
+            continue
+        if message["parent_header"].get("msg_id") == msg_id:
+            return dict(message["content"])
     return None
-
-
-async def _get(get: Callable[..., Any], timeout: float) -> dict[str, Any] | None:
-    try:
-        return await get(timeout=timeout)
-    except queue.Empty:
-        return None
 
 
 #: What a job's kernel evaluates to say what it restored at its start (a JSON string).
@@ -257,19 +258,12 @@ async def resume_state(
         user_expressions={"state": RESUME_STATE_EXPRESSION},
         allow_stdin=False,
     )
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if lost() is not None:
-            return None
-        message = await _get(client.get_shell_msg, POLL_SECONDS)
-        if message is None or message["parent_header"].get("msg_id") != msg_id:
-            continue
-        answer = (message["content"].get("user_expressions") or {}).get("state") or {}
-        if answer.get("status") != "ok":
-            return None
-        try:
-            value = json.loads(ast.literal_eval((answer.get("data") or {})["text/plain"]))
-        except (KeyError, TypeError, ValueError, SyntaxError):
-            return None
-        return value if isinstance(value, dict) else None
-    return None
+    reply = await _shell_reply(client, msg_id, lost, timeout)
+    answer = ((reply or {}).get("user_expressions") or {}).get("state") or {}
+    if answer.get("status") != "ok":
+        return None
+    try:
+        value = json.loads(ast.literal_eval((answer.get("data") or {})["text/plain"]))
+    except (KeyError, TypeError, ValueError, SyntaxError):
+        return None
+    return value if isinstance(value, dict) else None
