@@ -417,7 +417,9 @@ class KernelCheckpoints:
         kernel's own checkpoints are untouched until its next one)."""
         self._finish_write_first()
         with self._lock:
-            report = (store or self.store).load(checkpoint_id, into=self.shell.user_ns)
+            report = (store or self.store).load(
+                checkpoint_id, into=self.shell.user_ns, adopt=store is None
+            )
             self._unhide({name: self.shell.user_ns[name] for name in report.variables})
             self.last_restore = report
             return report

@@ -5,6 +5,11 @@ Everything that replaces a file that someone reads back goes through here: the r
 (``storage/checkpoints.py``), the launch channel's address file (the server's restart
 support) and ``save_on_notice`` (kernel side). A failure removes the temporary file and
 re-raises. Stdlib only.
+
+``sync=True`` makes a write durable before its rename (the data reach the disk, not only
+the page cache, which a machine that dies takes with it); :func:`sync_directory` then
+makes the renames in a folder durable. The checkpoint store uses both: a checkpoint
+counts only once its files and their folder entries are on the disk.
 """
 
 from __future__ import annotations
@@ -38,8 +43,30 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def write_private(path: str | os.PathLike[str], data: bytes | str) -> None:
-    """Replace ``path`` with ``data``, atomically, as a file only its owner can read."""
+def write_private(
+    path: str | os.PathLike[str], data: bytes | str | memoryview, sync: bool = False
+) -> None:
+    """Replace ``path`` with ``data``, atomically, as a file only its owner can read;
+    with ``sync``, the data are on the disk before the rename."""
     with replacing(path) as temporary:
         with open_private(temporary, "wb", exclusive=True) as file:
             file.write(data.encode() if isinstance(data, str) else data)
+            if sync:
+                file.flush()
+                datasync(file.fileno())
+
+
+def datasync(fd: int) -> None:
+    """The file's data (and what reading them needs: its size) on the disk:
+    ``fdatasync``, or ``fsync`` where there is none (macOS)."""
+    sync = getattr(os, "fdatasync", None) or os.fsync
+    sync(fd)
+
+
+def sync_directory(path: str | os.PathLike[str]) -> None:
+    """The entries of a folder (files created, renamed, deleted in it) on the disk."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -65,7 +65,7 @@ def read(directory: Path) -> CheckpointDirectory:
             latest=path.stem,
             notebook=manifest.get("notebook") or None,
             taken_at=float(manifest.get("taken_at") or 0) or None,
-            variables=len(manifest.get("variables") or {}),
+            variables=manifest.get("count", len(manifest.get("variables") or {})),
         )
     return CheckpointDirectory(directory.name, directory, None, None, None, 0)
 

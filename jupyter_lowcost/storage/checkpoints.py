@@ -52,8 +52,20 @@ from typing import Any
 
 from ..words import human_bytes, listed
 from . import write_watch
-from .atomic import write_private
+from .atomic import sync_directory, write_private
 from .open_files import FILE_TYPES, noting_reopened, reduce_file
+from .packs import (
+    PACK_MAX,
+    Pack,
+    PackBuilder,
+    PackSlice,
+    digest,
+    is_pack_slice,
+    pack_of,
+    packs_to_fold,
+    read_pack,
+    slice_name,
+)
 from .private import private_dir
 from .shared_memo import Redirect, SharedMemo
 from .shared_memo import error_text as _why
@@ -75,7 +87,7 @@ _SMALL_LENGTH = 64
 _BATCH_MIN = 64
 #: Immutable values pickled to at most this many bytes are kept (by reference) from one
 #: checkpoint to the next: the same object again is not pickled again.
-_UNCHANGED_MAX_BYTES = 64 * 1024
+_UNCHANGED_MAX_BYTES = PACK_MAX
 
 
 class CheckpointWriteFailed(OSError):
@@ -315,10 +327,9 @@ class _Unchanged:
     """An immutable variable as the last checkpoint saved it."""
 
     value: Any
+    #: Its entry in the pack that holds it (:attr:`jupyter_lowcost.storage.packs.Pack.index`).
     entry: dict[str, Any]
     size: int
-    #: ``"name": entry`` as the manifest's JSON has it (written once).
-    text: str = ""
 
 
 @dataclass
@@ -392,6 +403,15 @@ class CheckpointStore:
         #: (what a killed writer left), then among the dropped manifests' chunks.
         self._swept = False
         self._pause: Callable[[], None] = _no_pause
+        #: The packs the kept checkpoints name (read or written), and where the small
+        #: streams in them are, by digest: a stream whose bytes are there is not written
+        #: again (:mod:`jupyter_lowcost.storage.packs`).
+        self._packs: dict[str, Pack] = {}
+        self._slices: dict[bytes, str] = {}
+        #: Pack files read by the load under way (each is read once).
+        self._pack_bytes: dict[str, bytes] | None = None
+        #: The load under way is into the namespace this store checkpoints (``adopt``).
+        self._adopting = False
 
     # -- writing -------------------------------------------------------------------------
 
@@ -554,19 +574,24 @@ class CheckpointStore:
 
     def _write(self, snapshot: Snapshot) -> SaveReport:
         started = time.perf_counter()
+        pack = PackBuilder()
+        reuse = self._pickle_immutables(snapshot)
         written = 0
-        self._pickle_immutables(snapshot)
         entries = snapshot.entries
         batch = None
         if snapshot.batch is not None:
-            stream_id, new = self._put_stream(snapshot.batch)
+            stream_id, new = self._put_stream(snapshot.batch, pack, reuse)
             batch = {"stream": stream_id, "size": len(snapshot.batch)}
             written += new
         for number, (name, (data, buffers)) in enumerate(snapshot.pending.items()):
             if number % 256 == 0:
                 self._pause()
             entry = entries[name]
-            entry["stream"], new = self._put_stream(data)
+            if name in snapshot.immutable and len(data) <= PACK_MAX:
+                pack.add(data, name, entry)  # (named in the pack: see _packs_named)
+                written += len(data)
+                continue
+            entry["stream"], new = self._put_stream(data, pack, reuse)
             written += new
             saved_buffers = []
             for index, (view, owner, stable) in enumerate(buffers):
@@ -574,20 +599,34 @@ class CheckpointStore:
                 saved_buffers.append({"size": view.nbytes, "chunks": chunks})
                 written += new
             entry["buffers"] = saved_buffers
+        if pack:
+            self._write_atomically(self.chunks / pack.id, pack.content())
+        # Durable before the manifest names them: the files (each synced as written),
+        # then their names in the folder.
+        if self._new_files:
+            self._sync_directory(self.chunks)
         seq = self._next_seq()
         checkpoint_id = f"{seq:08d}"
+        packs, named = self._packs_named(entries, pack)
         manifest = {
             "id": checkpoint_id,
             **snapshot.manifest,
             "bytes": snapshot.total,
+            "count": len(entries),
             "skipped": [asdict(s) for s in snapshot.skipped],
             "batch": batch,
+            "packs": packs,
         }
         self._write_atomically(
-            self.manifests / f"{checkpoint_id}.json", _manifest_text(manifest, snapshot)
+            self.manifests / f"{checkpoint_id}.json", _manifest_text(manifest, entries, named)
         )
+        # The checkpoint counts from here: its manifest's name is on the disk too.
+        self._sync_directory(self.manifests)
         manifest["variables"] = entries
         self._manifest_cache[checkpoint_id] = manifest
+        if pack:
+            self._packs[pack.id] = pack.pack
+        self._slices.update(reuse)
         self._finish_watched_save()
         self._unchanged = snapshot.unchanged
         self._collect_garbage()
@@ -603,18 +642,30 @@ class CheckpointStore:
             snapshot_seconds=snapshot.seconds,
         )
 
-    def _pickle_immutables(self, snapshot: Snapshot) -> None:
+    def _pickle_immutables(self, snapshot: Snapshot) -> dict[bytes, str]:
         """The snapshot's immutable variables: each one that is the same object as at the
         last checkpoint keeps its entry (its stream is on disk); the others are pickled,
         each on its own (not in the shared memo, so that the next checkpoint can keep
-        them while the variables around them change). Then every entry, in the
-        namespace's order."""
+        them while the variables around them change). Then every entry, in the namespace's order.
+
+        Returns the small streams of the other variables that packs hold already (digest
+        -> slice), less those of the packs the new one takes over
+        (:func:`~jupyter_lowcost.storage.packs.packs_to_fold`)."""
         previous = self._unchanged
         same = {
             name: kept
             for name, value in snapshot.immutable.items()
             if (kept := previous.get(name)) is not None and kept.value is value
         }
+        _yield_interpreter()
+        reuse, used = self._small_streams_kept(snapshot)
+        for kept in same.values():
+            kept_pack = pack_of(kept.entry["stream"])
+            used[kept_pack] = used.get(kept_pack, 0) + kept.size
+        fold = packs_to_fold(used, {p: known.size for p, known in self._packs.items()})
+        if fold:
+            same = {n: k for n, k in same.items() if pack_of(k.entry["stream"]) not in fold}
+            reuse = {key: s for key, s in reuse.items() if pack_of(s) not in fold}
         _yield_interpreter()
         snapshot.unchanged.update(same)
         snapshot.total += sum(kept.size for kept in same.values())
@@ -637,6 +688,49 @@ class CheckpointStore:
             if name in plain or name in pickled
         }
         _yield_interpreter()
+        return reuse
+
+    def _small_streams_kept(self, snapshot: Snapshot) -> tuple[dict[bytes, str], dict[str, int]]:
+        """Of the snapshot's small streams still to write (the batch, the variables'),
+        those a kept pack holds (digest -> slice), and how many bytes of each pack that
+        makes."""
+        reuse: dict[bytes, str] = {}
+        used: dict[str, int] = {}
+        streams = [data for data, _ in snapshot.pending.values()]
+        if snapshot.batch is not None:
+            streams.append(snapshot.batch)
+        for data in streams:
+            if len(data) > PACK_MAX:
+                continue
+            key = digest(data)
+            found = self._slices.get(key)
+            if found is not None and key not in reuse:
+                reuse[key] = found
+                used[pack_of(found)] = used.get(pack_of(found), 0) + len(data)
+        return reuse, used
+
+    def _packs_named(
+        self, entries: dict[str, Any], pack: PackBuilder
+    ) -> tuple[list[list[Any]], set[str]]:
+        """How the manifest names its plain variables that are in packs: per pack, the
+        names in it that the checkpoint does not take from it ([pack, [names]]); and the
+        names so named (the manifest's ``variables`` leave them out)."""
+        named: set[str] = set()
+        packs: dict[str, Pack] = {}
+        for name, entry in entries.items():
+            stream = entry.get("stream")
+            if stream is None or entry.get("pickler") != "plain" or not is_pack_slice(stream):
+                continue
+            pack_id = pack_of(stream)
+            known = pack.pack if pack_id == pack.id else self._packs.get(pack_id)
+            if known is not None and known.index.get(name) is entry:
+                named.add(name)
+                packs[pack_id] = known
+        _yield_interpreter()
+        return [
+            [pack_id, [n for n, e in known.index.items() if entries.get(n) is not e]]
+            for pack_id, known in packs.items()
+        ], named
 
     def _stage(
         self, key: tuple[str, int], view: memoryview, staged: set[tuple[str, int]]
@@ -928,9 +1022,20 @@ class CheckpointStore:
                 except OSError:
                     return  # collected meanwhile: the next checkpoint rewrites it
 
-    def _put_stream(self, data: bytes) -> tuple[str, int]:
+    def _put_stream(
+        self, data: bytes, pack: PackBuilder, reuse: dict[bytes, str]
+    ) -> tuple[str, int]:
         """Store a pickle stream; an identical one already stored is reused (not rewritten).
+        A small one goes into ``pack`` unless ``reuse`` (digest -> slice) has its bytes.
         Returns its id and the bytes written."""
+        if len(data) <= PACK_MAX:
+            key = digest(data)
+            found = reuse.get(key)
+            if found is not None:
+                return found, 0
+            stream = reuse[key] = pack.add(data)
+            pack.pack.digests.append(key)
+            return stream, len(data)
         stream_id = f"s{zlib.crc32(data):08x}{len(data):x}"
         path = self.chunks / stream_id
         if path.exists():
@@ -942,15 +1047,27 @@ class CheckpointStore:
         return stream_id, len(data)
 
     def _write_atomically(self, path: Path, data: Any) -> None:
-        """Write to a temporary name beside ``path`` and rename: never a half file. A
-        failure leaves nothing behind and raises :class:`CheckpointWriteFailed`."""
+        """Write to a temporary name beside ``path``, sync it to the disk, and rename:
+        never a half file. A failure leaves nothing behind and raises
+        :class:`CheckpointWriteFailed`."""
         try:
-            write_private(path, data)
+            write_private(path, data, sync=True)
         except OSError as err:
-            raise CheckpointWriteFailed(
-                err.errno, f"could not write the checkpoint in {self.root}: {err.strerror or err}"
-            ) from err
+            raise self._failed_write(err) from err
         self._new_files.append(path)
+
+    def _sync_directory(self, path: Path) -> None:
+        """The names of the files written in ``path`` on the disk
+        (:class:`CheckpointWriteFailed` if they cannot be)."""
+        try:
+            sync_directory(path)
+        except OSError as err:
+            raise self._failed_write(err) from err
+
+    def _failed_write(self, err: OSError) -> CheckpointWriteFailed:
+        return CheckpointWriteFailed(
+            err.errno, f"could not write the checkpoint in {self.root}: {err.strerror or err}"
+        )
 
     def _next_seq(self) -> int:
         ids = self.checkpoint_ids()
@@ -975,6 +1092,11 @@ class CheckpointStore:
         self, manifests: dict[str, dict[str, Any]], keep: set[str], dropped: set[str]
     ) -> None:
         referenced = set().union(*(self._chunks_named(i, manifests[i]) for i in keep))
+        gone = [p for p in self._packs if p not in referenced]
+        if gone:
+            for pack_id in gone:
+                del self._packs[pack_id]
+            self._slices = {k: s for k, s in self._slices.items() if pack_of(s) in self._packs}
         if self._swept:
             candidates = set().union(*(self._chunks_named(i, manifests[i]) for i in dropped))
             for name in candidates - referenced:
@@ -1009,12 +1131,57 @@ class CheckpointStore:
         cached = self._manifest_cache.get(checkpoint_id)
         if cached is not None:
             return cached
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
+        self._expand(manifest)
+        self._manifest_cache[checkpoint_id] = manifest
+        return manifest
+
+    def _expand(self, manifest: dict[str, Any]) -> None:
+        """Add to a manifest read from disk the entries its packs hold (``packs``: what
+        it takes of each). A pack that cannot be read is noted in ``unreadable``."""
+        variables = manifest["variables"]
+        for pack_id, skip in manifest.get("packs") or ():
+            try:
+                known = self._pack(pack_id)
+            except (OSError, ValueError) as err:
+                manifest.setdefault("unreadable", []).append(
+                    f"pack {pack_id} cannot be read: {_why(err)}"
+                )
+                continue
+            skipped = set(skip)
+            for name, entry in known.index.items():
+                if name not in skipped:
+                    variables[name] = entry
+
+    def _pack(self, pack_id: str) -> Pack:
+        """A pack of this store, read the first time it is needed."""
+        known = self._packs.get(pack_id)
+        if known is None:
+            if not pack_id.startswith("p") or "/" in pack_id:
+                raise ValueError(f"{pack_id!r} is not a pack")
+            data, known = read_pack(self.chunks / pack_id)
+            self._packs[pack_id] = known
+            if self._pack_bytes is not None:
+                self._pack_bytes[pack_id] = data
+        return known
+
+    def _source(self, stream: str) -> Path | PackSlice:
+        """Where a stream is: its file, or its slice of a pack."""
+        if is_pack_slice(stream):
+            return PackSlice(self.chunks, stream, self._pack_bytes)
+        return self.chunks / stream
 
     def load(
-        self, checkpoint_id: str | None = None, into: dict[str, Any] | None = None
+        self,
+        checkpoint_id: str | None = None,
+        into: dict[str, Any] | None = None,
+        adopt: bool = False,
     ) -> RestoreReport:
         """Restore a checkpoint (the latest by default) into ``into`` (a new dict if None).
+
+        ``adopt``: ``into`` is the namespace this store checkpoints next (a kernel's
+        restore, a resume): the next checkpoint reuses the files restored from for what
+        did not change since, instead of writing everything again.
 
         The folders the notebook had added to ``sys.path`` (``save``'s ``sys_path``) are
         put back first, so that its modules import. Each variable comes back on its own:
@@ -1024,17 +1191,21 @@ class CheckpointStore:
         checkpoint_id = checkpoint_id or self.latest()
         if checkpoint_id is None:
             raise FileNotFoundError(f"no checkpoint in {self.root}")
-        manifest = self.manifest(checkpoint_id)
-        entries: dict[str, Any] = manifest["variables"]
-        namespace = {} if into is None else into
-        _put_back_sys_path(manifest.get("sys_path"))
         global _function_globals
-        _function_globals = into
+        self._pack_bytes = {}  # (each pack is read once, for the manifest and the load)
         try:
+            manifest = self.manifest(checkpoint_id)
+            entries: dict[str, Any] = manifest["variables"]
+            namespace = {} if into is None else into
+            _put_back_sys_path(manifest.get("sys_path"))
+            _function_globals = into
+            self._adopting = adopt
             with noting_reopened() as reopened:
                 return self._load(checkpoint_id, manifest, entries, namespace, started, reopened)
         finally:
             _function_globals = None
+            self._pack_bytes = None
+            self._adopting = False
 
     def _load(
         self,
@@ -1047,6 +1218,8 @@ class CheckpointStore:
     ) -> RestoreReport:
         loaded: dict[str, Any] = {}
         failed: dict[str, Skipped] = {s["name"]: Skipped(**s) for s in manifest.get("skipped", [])}
+        for why in manifest.get("unreadable", []):
+            failed[why] = Skipped("(small variables)", "?", why)
         total = 0
         # In saved order: the shared memo of the pickler is rebuilt as it was.
         memo = SharedMemo()
@@ -1056,8 +1229,10 @@ class CheckpointStore:
         batch_error = "not in the checkpoint's small variables"
         if manifest.get("batch"):
             try:
-                batch, batch_failed = memo.load_batch(self.chunks / manifest["batch"]["stream"])
+                source = self._source(manifest["batch"]["stream"])
+                batch, batch_failed = memo.load_batch(source)
                 total += manifest["batch"]["size"]
+                self._note_restored_stream(source)
             except Exception as err:
                 batch_error = _why(err)
         for name, entry in entries.items():
@@ -1075,25 +1250,36 @@ class CheckpointStore:
                         raise pickle.UnpicklingError(batch_failed.get(name, batch_error))
                     value = batch[name]
                 else:
-                    path = self.chunks / entry["stream"]
+                    source = self._source(entry["stream"])
                     shared = entry["pickler"] == "pickle"
                     if shared and entry.get("memo_reset"):  # the pickler started afresh here
                         memo.reset()
                     try:
-                        stream = path.read_bytes()
+                        stream = source.read_bytes()
                     except Exception:
                         if shared:
                             memo.unreadable(name)
                         raise
+                    restored: list[list[list[Any]]] = []
 
-                    def read_buffers(saved: list[dict[str, Any]] = entry["buffers"]) -> list[Any]:
-                        return [self._read_buffer(b) for b in saved]
+                    def read_buffers(
+                        saved: list[dict[str, Any]] = entry["buffers"],
+                        restored: list[list[list[Any]]] = restored,
+                    ) -> list[Any]:
+                        restored.clear()
+                        views = []
+                        for b in saved:
+                            view, chunks = self._read_buffer(b)
+                            views.append(view)
+                            restored.append(chunks)
+                        return views
 
                     if shared:
-                        value = memo.load(name, path, stream, read_buffers)
+                        value = memo.load(name, source, stream, read_buffers)
                     else:
                         value = pickle.loads(stream, buffers=read_buffers())
                     total += len(stream) + sum(b["size"] for b in entry["buffers"])
+                    self._note_restored(name, entry, value, source, stream, restored)
             except Exception as err:
                 failed.setdefault(name, Skipped(name, entry.get("type", "?"), _why(err)))
                 continue
@@ -1119,9 +1305,47 @@ class CheckpointStore:
             history=manifest.get("history"),
         )
 
-    def _read_buffer(self, saved: dict[str, Any]) -> memoryview:
+    def _note_restored(
+        self,
+        name: str,
+        entry: dict[str, Any],
+        value: Any,
+        source: Path | PackSlice,
+        stream: bytes,
+        buffers: list[list[list[Any]]],
+    ) -> None:
+        """Remember what a restored variable's files hold, so that the next checkpoint
+        writes only what changes after the restore (a resume costs no full rewrite): its
+        buffers' chunks and their CRC32s, its small stream's digest, and, for an
+        immutable value kept in a pack, the value itself."""
+        if not self._adopting:
+            return
+        for index, chunks in enumerate(buffers):
+            old = self._previous.get((name, index))
+            if old is not None:
+                self._unwatch(old)
+            self._previous[(name, index)] = _SavedBuffer(chunks=chunks)
+        if not isinstance(source, PackSlice):
+            return
+        known = self._packs.get(source.pack_id)
+        if known is not None and known.index.get(name) is entry:
+            if _immutable(value):
+                self._unchanged[name] = _Unchanged(value, entry, len(stream))
+        else:
+            self._slices[digest(stream)] = entry["stream"]
+
+    def _note_restored_stream(self, source: Path | PackSlice) -> None:
+        """The batch's stream, as :meth:`_note_restored` notes a variable's."""
+        if self._adopting and isinstance(source, PackSlice):
+            self._slices[digest(source.read_bytes())] = slice_name(
+                source.pack_id, source.offset, source.length
+            )
+
+    def _read_buffer(self, saved: dict[str, Any]) -> tuple[memoryview, list[list[Any]]]:
         """A buffer read back from its chunks, in parallel, into memory that is not
-        zero-filled first (the arrays of the restored objects live in it)."""
+        zero-filled first (the arrays of the restored objects live in it); and its
+        chunks as the next checkpoint compares them ([id, CRC32, length], the CRC32 of
+        the bytes just read)."""
         size = saved["size"]
         view = _uninitialized(size)
         offsets = []
@@ -1133,7 +1357,7 @@ class CheckpointStore:
         if offset != size:
             raise OSError(f"a buffer's chunks hold {offset} bytes instead of {size}")
 
-        def read(job: tuple[str, int, int]) -> None:
+        def read(job: tuple[str, int, int]) -> list[Any]:
             chunk_id, start, length = job
             with open(self.chunks / chunk_id, "rb", buffering=0) as file:
                 done = 0
@@ -1142,9 +1366,9 @@ class CheckpointStore:
                     if not n:
                         raise OSError(f"chunk {chunk_id} is shorter than {length} bytes")
                     done += n
+            return [chunk_id, zlib.crc32(view[start : start + length]), length]
 
-        list(self._pool.map(read, offsets))
-        return view
+        return view, list(self._pool.map(read, offsets))
 
     def settle(self) -> float:
         """Wait for the background fingerprints of the last checkpoints; the seconds it
@@ -1298,20 +1522,13 @@ def _no_pause() -> None:
     pass
 
 
-def _manifest_text(fields: dict[str, Any], snapshot: Snapshot) -> str:
-    """The manifest's JSON: ``fields`` and the snapshot's variables, each unchanged one's
-    entry encoded once (20,000 of them would take the writer tens of milliseconds of the
-    interpreter each time, which the user's cells wait for)."""
-    unchanged = snapshot.unchanged
-    for name, kept in unchanged.items():
-        if not kept.text:
-            kept.text = f"{json.dumps(name)}: {json.dumps(kept.entry)}"
-    _yield_interpreter()
+def _manifest_text(fields: dict[str, Any], entries: dict[str, Any], named: set[str]) -> str:
+    """The manifest's JSON: ``fields`` and the variables' entries, but for the ``named``
+    ones (their packs' indexes hold their entries, ``fields["packs"]`` says which)."""
     parts = [
-        kept.text
-        if (kept := unchanged.get(name)) is not None and kept.entry is entry
-        else f"{json.dumps(name)}: {json.dumps(entry)}"
-        for name, entry in snapshot.entries.items()
+        f"{json.dumps(name)}: {json.dumps(entry)}"
+        for name, entry in entries.items()
+        if name not in named
     ]
     _yield_interpreter()
     head = json.dumps(fields)
@@ -1319,11 +1536,12 @@ def _manifest_text(fields: dict[str, Any], snapshot: Snapshot) -> str:
 
 
 def _chunks_of(manifest: dict[str, Any]) -> set[str]:
-    """The files of ``chunks/`` a manifest names (streams and buffer chunks)."""
+    """The files of ``chunks/`` a manifest names (stream files, packs, buffer chunks)."""
     variables = manifest["variables"].values()
-    names = {entry["stream"] for entry in variables if "stream" in entry}
+    names = {pack_of(entry["stream"]) for entry in variables if "stream" in entry}
+    names.update(pack_id for pack_id, _ in manifest.get("packs") or ())
     if manifest.get("batch"):
-        names.add(manifest["batch"]["stream"])
+        names.add(pack_of(manifest["batch"]["stream"]))
     for entry in variables:
         for buffer in entry.get("buffers") or ():
             names.update(buffer["chunks"])
