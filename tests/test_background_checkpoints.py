@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from jupyter_client.manager import KernelManager
+from extension_kernel import ExtensionKernel
 
 from jupyter_lowcost.kernel import checkpointing, interruption
 from jupyter_lowcost.kernel.checkpointing import KernelCheckpoints
@@ -472,45 +471,6 @@ def test_a_copy_too_large_for_memory_is_written_before_the_cell_ends(
 # -- a real kernel -------------------------------------------------------------------------
 
 
-class _Kernel:
-    def __init__(self, directory: Path) -> None:
-        self.manager = KernelManager(kernel_name="python3")
-        env = {
-            **os.environ,
-            "JUPYTER_LOWCOST_CHECKPOINT_DIR": str(directory),
-            "JUPYTER_LOWCOST_CHECKPOINTS": "cell",
-        }
-        self.manager.start_kernel(
-            extra_arguments=["--IPKernelApp.extra_extensions=jupyter_lowcost"], env=env
-        )
-        self.client = self.manager.client()
-        self.client.start_channels()
-        self.client.wait_for_ready(120)
-
-    def run(self, code: str) -> str:
-        out: list[str] = []
-
-        def hook(message: dict[str, Any]) -> None:
-            if message["msg_type"] == "stream":
-                out.append(message["content"]["text"])
-            elif message["msg_type"] == "error":
-                out.append("\n".join(message["content"]["traceback"]))
-
-        reply = self.client.execute_interactive(code, timeout=120, output_hook=hook)
-        assert reply["content"]["status"] == "ok", "".join(out)
-        return "".join(out)
-
-    def send(self, code: str) -> None:
-        self.client.execute(code)
-
-    def stop(self, kill: bool = False) -> None:
-        self.client.stop_channels()
-        if kill:
-            os.kill(self.manager.provisioner.process.pid, signal.SIGKILL)
-            self.manager.provisioner.process.wait()
-        self.manager.shutdown_kernel(now=True)
-
-
 def _manifest_count(directory: Path) -> int:
     return len(list((directory / "manifests").glob("*.json")))
 
@@ -518,7 +478,7 @@ def _manifest_count(directory: Path) -> int:
 def test_a_kernel_killed_during_a_background_write_resumes_from_the_one_before(
     tmp_path: Path,
 ) -> None:
-    kernel = _Kernel(tmp_path)
+    kernel = ExtensionKernel(tmp_path)
     try:
         kernel.run("x = 1")
         deadline = time.monotonic() + 60

@@ -1624,9 +1624,7 @@ def user_variables(user_ns: Mapping[str, Any], hidden: Mapping[str, Any]) -> dic
     return {
         name: value
         for name, value in user_ns.items()
-        if name[:1] != "_"
-        and name not in _IPYTHON_NAMES
-        and hidden.get(name, absent) is not value
+        if name[:1] != "_" and name not in _IPYTHON_NAMES and hidden.get(name, absent) is not value
     }
 
 

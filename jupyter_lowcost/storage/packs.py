@@ -96,9 +96,7 @@ class PackBuilder:
     def __bool__(self) -> bool:
         return bool(self._parts)
 
-    def add(
-        self, data: bytes, name: str | None = None, entry: dict[str, Any] | None = None
-    ) -> str:
+    def add(self, data: bytes, name: str | None = None, entry: dict[str, Any] | None = None) -> str:
         """Add a stream; returns its slice name. ``name``: a named stream (a plain
         variable), whose manifest ``entry`` gets the slice's name and goes in the index."""
         stream = slice_name(self.id, self.size, len(data))
@@ -112,7 +110,10 @@ class PackBuilder:
     def content(self) -> bytes:
         """The pack file's bytes: the streams, the index, the index's length."""
         index = json.dumps(
-            [[name, e["type"], *parse_slice(e["stream"])[1:]] for name, e in self.pack.index.items()]
+            [
+                [name, e["type"], *parse_slice(e["stream"])[1:]]
+                for name, e in self.pack.index.items()
+            ]
         ).encode()
         self.pack.size = self.size
         return b"".join([*self._parts, index, _TRAILER.pack(len(index))])
@@ -164,9 +165,7 @@ def packs_to_fold(used: dict[str, int], sizes: dict[str, int]) -> set[str]:
     (pack -> bytes of it the checkpoint uses), those it uses less than half of, then the
     ones it uses least while more than :data:`MAX_PACKS` remain."""
     fold = {
-        p
-        for p, n in used.items()
-        if 2 * n < sizes.get(p, 0) and sizes.get(p, 0) - n > FOLD_WASTE
+        p for p, n in used.items() if 2 * n < sizes.get(p, 0) and sizes.get(p, 0) - n > FOLD_WASTE
     }
     rest = sorted((n, p) for p, n in used.items() if p not in fold)
     while len(rest) > MAX_PACKS:
