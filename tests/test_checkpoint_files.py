@@ -242,3 +242,41 @@ def test_a_resume_then_one_cell_writes_only_what_that_cell_changed(tmp_path: Pat
     expected[5] = -1.0
     assert np.array_equal(restored["big"], expected) and restored["table"]["big"] is restored["big"]
     assert restored["v7"] == "seven" and restored["v8"] == 8
+
+
+def test_save_on_notice_writes_a_file_on_the_disk_before_its_rename(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from jupyter_lowcost.kernel import interruption
+    from jupyter_lowcost.kernel.training import load_saved, save_on_notice
+
+    events: list[tuple[str, str]] = []
+    fdatasync, replace, fsync = os.fdatasync, os.replace, os.fsync
+
+    def traced_datasync(fd: int) -> None:
+        events.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        fdatasync(fd)
+
+    def traced_fsync(fd: int) -> None:
+        events.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def traced_replace(source: Any, target: Any) -> None:
+        replace(source, target)
+        events.append(("rename", os.fspath(source)))
+        events.append(("renamed", os.fspath(target)))
+
+    monkeypatch.setattr(os, "fdatasync", traced_datasync)
+    monkeypatch.setattr(os, "fsync", traced_fsync)
+    monkeypatch.setattr(os, "replace", traced_replace)
+    target = tmp_path / "state.pkl"
+    callback = save_on_notice(target, step=7)
+    try:
+        callback(interruption.Notice())
+    finally:
+        interruption.remove_notice_callback(callback)
+    renamed = events.index(("renamed", str(target)))
+    temporary = events[renamed - 1][1]
+    assert ("sync", temporary) in events[: renamed - 1], events
+    assert ("sync", str(tmp_path)) in events[renamed:], events
+    assert load_saved(target) == {"step": 7}

@@ -270,6 +270,31 @@ async def test_a_cell_that_kills_its_kernel_fails_the_job(api: Any, tmp_path: Pa
     assert model["cells_done"] == 1
 
 
+async def test_a_killed_instance_is_resumed_and_a_cell_killed_three_times_fails_the_job(
+    api: Any, tmp_path: Path
+) -> None:
+    # SIGKILL of the kernel's instance (its launcher): an instance lost, not a crash. The
+    # first time the job resumes; a cell killed 3 times in a row (as a kernel that runs
+    # out of memory is) fails the job instead of running again for ever.
+    marker = tmp_path / "killed-once"
+    once = f"import os, pathlib, signal\nif not pathlib.Path({str(marker)!r}).exists():\n"
+    once += f"    pathlib.Path({str(marker)!r}).touch(); os.kill(os.getpid(), signal.SIGKILL)"
+    job_id = (await post_job(api, notebook_of(["x = 1", once, "x + 1"])))["id"]
+    model = await until_state(api, job_id, "succeeded", "failed", "cancelled")
+    assert model["state"] == "succeeded", model
+    assert [i["cell"] for i in model["interruptions"]] == [2], model
+    assert model["interruptions"][0]["state"] == "interrupted"
+    always = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    job_id = (await post_job(api, notebook_of(["x = 1", always, "x"])))["id"]
+    model = await until_state(api, job_id, "succeeded", "failed", "cancelled")
+    assert model["state"] == "failed", model
+    assert model["reason"].startswith(
+        "the kernel's instance was killed 3 times in a row while running cell 2"
+    ), model
+    assert [i["cell"] for i in model["interruptions"]] == [2, 2], model
+    assert model["cells_done"] == 1
+
+
 async def test_a_job_whose_kernel_is_shut_down_from_outside_fails_and_says_so(
     api: Any, jp_fetch: Any, tmp_path: Path
 ) -> None:

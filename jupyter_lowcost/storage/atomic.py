@@ -30,14 +30,23 @@ def temporary_beside(path: str | os.PathLike[str]) -> Path:
 
 
 @contextmanager
-def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
+def replacing(path: str | os.PathLike[str], sync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for the caller to write (with whatever
     writes files: ``torch.save``, ``open``); when the block ends without an error, rename
-    it over ``path``; otherwise remove it."""
+    it over ``path``; otherwise remove it. ``sync``: the file is on the disk before the
+    rename, and the rename after it."""
     temporary = temporary_beside(path)
     try:
         yield temporary
+        if sync:
+            fd = os.open(temporary, os.O_RDONLY)
+            try:
+                datasync(fd)
+            finally:
+                os.close(fd)
         os.replace(temporary, path)
+        if sync:
+            sync_directory(Path(path).parent)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

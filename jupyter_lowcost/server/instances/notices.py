@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 import time
 from typing import Any
 
@@ -28,6 +29,8 @@ from .recovery import Recovery
 #: (or at the deadline, if later): a deadline already past (AWS's hibernate, a late read)
 #: must leave the kernel time for its notice checkpoint.
 PROVIDER_GRACE = 10.0
+#: Why an instance whose launcher was killed (SIGKILL) ended: it was lost, not crashed.
+INSTANCE_KILLED = "the instance was lost without a notice: its processes were killed"
 
 
 class Notices:
@@ -86,6 +89,11 @@ class Notices:
         elif record.state == InstanceState.NOTICE and returncode != 0:
             # Gone during its notice: taken (the provider did not wait for the server).
             self.instance_taken(instance_id, False, record.reason)
+        elif returncode == -signal.SIGKILL:
+            # Killed whole, without a word from it: what a machine that goes looks like
+            # from here (a VM taken with no notice, a node that dies). A kernel that
+            # crashes exits by itself, with a status of its own: that one has failed.
+            self.instance_taken(instance_id, False, f"{INSTANCE_KILLED} ({detail})")
         elif returncode == 0:
             self.ledger.end(record, InstanceState.TERMINATED, "the kernel exited")
         else:

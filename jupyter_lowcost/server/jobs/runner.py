@@ -38,6 +38,7 @@ from ...storage.jobs import JobRecord, JobState, JobStore
 from ...storage.records import InstanceState, Placement, iso
 from ..instances.launches import Launches
 from ..instances.ledger import Context
+from ..instances.notices import INSTANCE_KILLED
 from . import notebook as nb
 from .admission import Admission
 from .execution import (
@@ -56,6 +57,9 @@ from .resume import LISTED, describe_missing
 WAIT_SECONDS = 0.1
 #: How many of the checkpoints taken after its cells a job's record keeps (the latest).
 CHECKPOINTS_NOTED = 16
+#: A cell whose kernel's instance is killed (SIGKILL: an instance lost, or a kernel that
+#: ran out of memory) this many times in a row fails the job rather than run again.
+KILLED_IN_A_ROW = 3
 
 
 def _refused_for_room(start: asyncio.Future[str]) -> bool:
@@ -105,6 +109,8 @@ class JobRunner:
         self._connected_instance: str | None = None
         #: How many times each cell (by number) started, while this runner ran.
         self._attempts: dict[int, int] = {}
+        #: The cell whose kernel was last killed (SIGKILL), and how many times in a row.
+        self._killed: tuple[int, int] = (0, 0)
         #: The note the cell the job resumed at gets (by number): what did not come back.
         self._resume_note: tuple[int, str, list[dict[str, Any]]] | None = None
         #: The output notebook's writer (journal at once, full writes off the event loop).
@@ -329,6 +335,17 @@ class JobRunner:
         if record is not None and record.state == InstanceState.FAILED:  # (no interruption)
             self._track_instances()
             raise JobFailed(f"the kernel crashed while running cell {number}: {record.reason}")
+        if record is not None and record.reason.startswith(INSTANCE_KILLED):
+            cell, killed = self._killed
+            killed = killed + 1 if cell == number else 1
+            self._killed = (number, killed)
+            if killed >= KILLED_IN_A_ROW:
+                self._track_instances()
+                raise JobFailed(
+                    f"the kernel's instance was killed {killed} times in a row while running "
+                    f"cell {number} (the system kills a kernel that runs out of memory so): "
+                    f"{record.reason}"
+                )
         job.interruptions.append(
             {
                 "cell": number,
