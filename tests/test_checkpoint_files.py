@@ -8,6 +8,7 @@ what changed, not the whole state again.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -16,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from extension_kernel import ExtensionKernel
 
+from jupyter_lowcost.kernel import interruption
+from jupyter_lowcost.kernel.training import load_saved, save_on_notice
 from jupyter_lowcost.storage import checkpoints as store_module
-from jupyter_lowcost.storage.checkpoints import CheckpointStore
+from jupyter_lowcost.storage.checkpoints import CheckpointStore, CheckpointWriteFailed
 
 MiB = 1024 * 1024
 
@@ -56,9 +60,10 @@ def _files_of(directory: Path, checkpoint_id: str) -> set[Path]:
 def _assert_durable_before_counted(
     trace: list[list[str]], directory: Path, checkpoint_id: str
 ) -> None:
-    """Every file the checkpoint needs was synced before it was renamed into place, the
-    chunks folder after the last of those renames and before the manifest's rename, the
-    manifest before its rename, and the manifests folder after it."""
+    """Every file the checkpoint needs was synced after it was written, then the chunks
+    folder, then the manifest was synced and renamed into place, then the manifests folder
+    was synced: a machine that goes at any point leaves no manifest that names a file, or
+    a file's content, that only its page cache had."""
     renamed_to = {
         Path(event[2]): number for number, event in enumerate(trace) if event[0] == "rename"
     }
@@ -67,28 +72,31 @@ def _assert_durable_before_counted(
         if event[0] == "sync":
             synced.setdefault(event[1], []).append(number)
 
-    def synced_between(path: Path | str, after: int, before: int) -> bool:
-        return any(after < n < before for n in synced.get(str(path), []))
+    def first_sync(path: Path | str, after: int, before: int) -> int | None:
+        return next((n for n in synced.get(str(path), []) if after < n < before), None)
 
     manifest = directory / "manifests" / f"{checkpoint_id}.json"
     assert manifest in renamed_to, "the manifest was not written by a rename"
     counted = renamed_to[manifest]
-    temporary = trace[counted][1]
-    assert synced_between(temporary, -1, counted), "the manifest was renamed before it was synced"
-    assert synced_between(directory / "manifests", counted, len(trace)), (
+    assert first_sync(trace[counted][1], -1, counted) is not None, (
+        "the manifest was renamed before it was synced"
+    )
+    assert first_sync(directory / "manifests", counted, len(trace)) is not None, (
         "the manifests folder was not synced after the manifest's rename"
     )
     files = _files_of(directory, checkpoint_id)
     assert files, "the checkpoint names no file"
-    last_in_place = 0
+    last_synced = 0
     for path in files:
         assert path in renamed_to, f"{path.name} was not written by a rename"
         placed = renamed_to[path]
         assert placed < counted, f"{path.name} was renamed after the manifest"
-        assert synced_between(trace[placed][1], -1, placed), f"{path.name} renamed unsynced"
-        last_in_place = max(last_in_place, placed)
-    assert synced_between(directory / "chunks", last_in_place, counted), (
-        "the chunks folder was not synced between its files' renames and the manifest's"
+        # Synced under its temporary name before the rename, or under its name after it.
+        when = first_sync(trace[placed][1], -1, placed) or first_sync(path, placed, counted)
+        assert when is not None, f"{path.name} was not synced before the manifest's rename"
+        last_synced = max(last_synced, when, placed)
+    assert first_sync(directory / "chunks", last_synced, counted) is not None, (
+        "the chunks folder was not synced between its files' syncs and the manifest's rename"
     )
 
 
@@ -167,9 +175,10 @@ def test_twenty_thousand_small_variables_take_a_few_files(tmp_path: Path) -> Non
 
 
 def test_packed_checkpoints_keep_every_value_and_shared_reference(tmp_path: Path) -> None:
-    """Forty checkpoints of a namespace of small values that changes at random: each kept
-    checkpoint restores the namespace exactly as it was, objects shared between
-    variables stay shared, and the files stay few (packs used little are folded)."""
+    """Forty checkpoints of a namespace of small values that changes at random, with a
+    resume every ten: each kept checkpoint restores the namespace exactly as it was,
+    objects shared between variables stay shared, and the files stay few (packs used
+    little are folded)."""
     rng = random.Random(33)
     store = CheckpointStore(tmp_path)
     namespace: dict[str, Any] = {f"n{i}": i for i in range(3000)}
@@ -179,6 +188,11 @@ def test_packed_checkpoints_keep_every_value_and_shared_reference(tmp_path: Path
     namespace["other"] = {"same": namespace["holder"]}
     states: dict[str, dict[str, Any]] = {}
     for round_ in range(40):
+        if round_ % 10 == 9:  # a resume: a new kernel's store, the namespace restored
+            store.close()
+            store = CheckpointStore(tmp_path)
+            namespace = {}
+            store.load(into=namespace, adopt=True)
         for _ in range(rng.choice([1, 5, 200, 2000])):
             name = rng.choice(list(namespace))
             if name in ("holder", "other"):
@@ -247,9 +261,6 @@ def test_a_resume_then_one_cell_writes_only_what_that_cell_changed(tmp_path: Pat
 def test_save_on_notice_writes_a_file_on_the_disk_before_its_rename(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from jupyter_lowcost.kernel import interruption
-    from jupyter_lowcost.kernel.training import load_saved, save_on_notice
-
     events: list[tuple[str, str]] = []
     fdatasync, replace, fsync = os.fdatasync, os.replace, os.fsync
 
@@ -280,3 +291,26 @@ def test_save_on_notice_writes_a_file_on_the_disk_before_its_rename(
     assert ("sync", temporary) in events[: renamed - 1], events
     assert ("sync", str(tmp_path)) in events[renamed:], events
     assert load_saved(target) == {"step": 7}
+
+
+def test_a_checkpoint_whose_files_cannot_be_synced_does_not_count(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save({"big": np.zeros(3 * MiB), "x": 1})
+    kept = sorted(p.name for p in (tmp_path / "chunks").iterdir())
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(CheckpointWriteFailed, match="Input/output error"):
+        store.save({"big": np.ones(3 * MiB), "x": 2})
+    monkeypatch.undo()
+    # Not counted: the checkpoint before is the latest, and what the failed one wrote is gone.
+    assert store.checkpoint_ids() == ["00000001"]
+    assert sorted(p.name for p in (tmp_path / "chunks").iterdir()) == kept
+    restored: dict[str, Any] = {}
+    store.load(into=restored)
+    assert restored["x"] == 1 and not restored["big"].any()
+    store.close()

@@ -18,11 +18,17 @@ as their path, mode and position (:mod:`jupyter_lowcost.storage.open_files`).
 
 A checkpoint directory holds::
 
-    chunks/<id>           immutable blobs: pickle streams and buffer chunks
+    chunks/<id>           immutable blobs: buffer chunks, large pickle streams
+    chunks/p<id>          packs: the small pickle streams (:mod:`jupyter_lowcost.storage.packs`)
     manifests/<seq>.json  one per checkpoint, written last, by an atomic rename
 
 A process killed while writing leaves, at worst, chunk files that no manifest names; the
-previous manifest and every chunk it names are untouched, so it loads whole. A write that
+previous manifest and every chunk it names are untouched, so it loads whole. A machine
+that goes (its page cache with it) cannot leave a manifest naming chunks that are not on
+the disk either: every file is synced (``fdatasync``, by a syncer thread while the writer
+goes on), then the chunks folder, before the manifest is written; the manifest is synced
+before its rename, and the manifests folder after it. Only then does the write return:
+the checkpoint counts (``%lowcost checkpoint``, the kernel's writer, a job's cell). A write that
 fails (a full disk) fails the whole checkpoint with :class:`CheckpointWriteFailed`: the
 files it wrote are deleted again and the previous checkpoint stays the latest. Every file
 and directory is its owner's only (0600, 0700).
@@ -52,7 +58,7 @@ from typing import Any
 
 from ..words import human_bytes, listed
 from . import write_watch
-from .atomic import sync_directory, write_private
+from .atomic import datasync, sync_directory, write_private
 from .open_files import FILE_TYPES, noting_reopened, reduce_file
 from .packs import (
     PACK_MAX,
@@ -390,6 +396,9 @@ class CheckpointStore:
         self._compared = 0
         self._background: list[Any] = []
         self._fingerprinter = ThreadPoolExecutor(max_workers=1)
+        #: Syncs the files a write adds to the disk, while the writer goes on.
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lowcost-sync")
+        self._syncs: list[Any] = []
         self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
         self._memo_reset_pending = False
         #: Immutable variables of the last checkpoint written (see ``snapshot``).
@@ -561,15 +570,18 @@ class CheckpointStore:
         the previous checkpoint stays the latest. ``pause`` is called between two pieces
         of the work (a kernel's writer waits there while a cell runs)."""
         self._new_files = []
+        self._syncs = []
         self._pause = pause or _no_pause
         try:
             return self._write(snapshot)
         except CheckpointWriteFailed:
+            futures_wait(self._syncs)
             for path in self._new_files:
                 path.unlink(missing_ok=True)
             raise
         finally:
             self._new_files = []
+            self._syncs = []
             self._pause = _no_pause
 
     def _write(self, snapshot: Snapshot) -> SaveReport:
@@ -601,8 +613,8 @@ class CheckpointStore:
             entry["buffers"] = saved_buffers
         if pack:
             self._write_atomically(self.chunks / pack.id, pack.content())
-        # Durable before the manifest names them: the files (each synced as written),
-        # then their names in the folder.
+        # Durable before the manifest names them: the files, then their names.
+        self._wait_for_syncs()
         if self._new_files:
             self._sync_directory(self.chunks)
         seq = self._next_seq()
@@ -618,7 +630,9 @@ class CheckpointStore:
             "packs": packs,
         }
         self._write_atomically(
-            self.manifests / f"{checkpoint_id}.json", _manifest_text(manifest, entries, named)
+            self.manifests / f"{checkpoint_id}.json",
+            _manifest_text(manifest, entries, named),
+            sync_first=True,
         )
         # The checkpoint counts from here: its manifest's name is on the disk too.
         self._sync_directory(self.manifests)
@@ -1046,15 +1060,32 @@ class CheckpointStore:
         self._write_atomically(path, data)
         return stream_id, len(data)
 
-    def _write_atomically(self, path: Path, data: Any) -> None:
-        """Write to a temporary name beside ``path``, sync it to the disk, and rename:
-        never a half file. A failure leaves nothing behind and raises
-        :class:`CheckpointWriteFailed`."""
+    def _write_atomically(self, path: Path, data: Any, sync_first: bool = False) -> None:
+        """Write to a temporary name beside ``path`` and rename: never a half file. A
+        failure leaves nothing behind and raises :class:`CheckpointWriteFailed`.
+
+        The file is synced to the disk by the syncer thread meanwhile (the next files are
+        written while this one goes to the disk; :meth:`_wait_for_syncs` waits for them),
+        or, with ``sync_first``, before its rename (the manifest: once it is in place,
+        the checkpoint counts)."""
         try:
-            write_private(path, data, sync=True)
+            write_private(path, data, sync=sync_first)
         except OSError as err:
             raise self._failed_write(err) from err
         self._new_files.append(path)
+        if not sync_first:
+            self._syncs.append(self._syncer.submit(_sync_file, path))
+
+    def _wait_for_syncs(self) -> None:
+        """Every file written so far is on the disk (:class:`CheckpointWriteFailed` if
+        one cannot be)."""
+        futures_wait(self._syncs)
+        for job in self._syncs:
+            error = job.exception()
+            if isinstance(error, OSError):
+                raise self._failed_write(error) from error
+            if error is not None:
+                raise error
 
     def _sync_directory(self, path: Path) -> None:
         """The names of the files written in ``path`` on the disk
@@ -1092,11 +1123,10 @@ class CheckpointStore:
         self, manifests: dict[str, dict[str, Any]], keep: set[str], dropped: set[str]
     ) -> None:
         referenced = set().union(*(self._chunks_named(i, manifests[i]) for i in keep))
-        gone = [p for p in self._packs if p not in referenced]
-        if gone:
-            for pack_id in gone:
-                del self._packs[pack_id]
-            self._slices = {k: s for k, s in self._slices.items() if pack_of(s) in self._packs}
+        # (A stream is reused only from a pack a kept checkpoint names.)
+        for pack_id in [p for p in self._packs if p not in referenced]:
+            del self._packs[pack_id]
+        self._slices = {k: s for k, s in self._slices.items() if pack_of(s) in referenced}
         if self._swept:
             candidates = set().union(*(self._chunks_named(i, manifests[i]) for i in dropped))
             for name in candidates - referenced:
@@ -1159,7 +1189,7 @@ class CheckpointStore:
         if known is None:
             if not pack_id.startswith("p") or "/" in pack_id:
                 raise ValueError(f"{pack_id!r} is not a pack")
-            data, known = read_pack(self.chunks / pack_id)
+            data, known = read_pack(self.chunks / pack_id, (self._pack_bytes or {}).get(pack_id))
             self._packs[pack_id] = known
             if self._pack_bytes is not None:
                 self._pack_bytes[pack_id] = data
@@ -1327,8 +1357,8 @@ class CheckpointStore:
             self._previous[(name, index)] = _SavedBuffer(chunks=chunks)
         if not isinstance(source, PackSlice):
             return
-        known = self._packs.get(source.pack_id)
-        if known is not None and known.index.get(name) is entry:
+        known = self._pack(source.pack_id)
+        if known.index.get(name) is entry:
             if _immutable(value):
                 self._unchanged[name] = _Unchanged(value, entry, len(stream))
         else:
@@ -1385,6 +1415,7 @@ class CheckpointStore:
         self._staging.clear()
         self._pool.shutdown(wait=False)
         self._fingerprinter.shutdown(wait=False)
+        self._syncer.shutdown(wait=False)
 
 
 def _restore_tensor(
@@ -1520,6 +1551,15 @@ def _restore_notebook_function(
 
 def _no_pause() -> None:
     pass
+
+
+def _sync_file(path: Path) -> None:
+    """A file just written (and renamed) on the disk (the syncer thread)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        datasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _manifest_text(fields: dict[str, Any], entries: dict[str, Any], named: set[str]) -> str:
