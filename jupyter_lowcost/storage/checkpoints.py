@@ -43,6 +43,7 @@ import marshal
 import os
 import pickle
 import sys
+import threading
 import time
 import types
 import uuid
@@ -419,8 +420,10 @@ class CheckpointStore:
         self._slices: dict[bytes, str] = {}
         #: Pack files read by the load under way (each is read once).
         self._pack_bytes: dict[str, bytes] | None = None
-        #: The load under way is into the namespace this store checkpoints (``adopt``).
+        #: The load under way is into the namespace this store checkpoints (``adopt``),
+        #: and the chunks of the buffers it restored.
         self._adopting = False
+        self._to_fingerprint: list[list[list[Any]]] = []
 
     # -- writing -------------------------------------------------------------------------
 
@@ -1027,8 +1030,11 @@ class CheckpointStore:
             changed.update(range(min(tail, view.nbytes - 1) // step, last + 1))
         return changed
 
-    def _fingerprint_files(self, chunks: list[list[Any]]) -> None:
-        """CRC32 of written chunk files (a background job of ``_save_buffer``)."""
+    def _fingerprint_files(self, chunks: list[list[Any]], gently: bool = False) -> None:
+        """CRC32 of written chunk files (a background job of ``_save_buffer``, and of a
+        restore: ``gently``, below the kernel's other threads)."""
+        if gently:
+            _lower_priority()
         for entry in chunks:
             if entry[1] is None:
                 try:
@@ -1236,6 +1242,13 @@ class CheckpointStore:
             _function_globals = None
             self._pack_bytes = None
             self._adopting = False
+            # The CRC32s of the chunks restored from, from the files, once the restore is
+            # done (it does not wait for them; the next checkpoint compares with them).
+            for chunks in self._to_fingerprint:
+                self._background.append(
+                    self._fingerprinter.submit(self._fingerprint_files, chunks, True)
+                )
+            self._to_fingerprint = []
 
     def _load(
         self,
@@ -1346,7 +1359,8 @@ class CheckpointStore:
     ) -> None:
         """Remember what a restored variable's files hold, so that the next checkpoint
         writes only what changes after the restore (a resume costs no full rewrite): its
-        buffers' chunks and their CRC32s, its small stream's digest, and, for an
+        buffers' chunks (their CRC32s are computed from the files in the background),
+        its small stream's digest, and, for an
         immutable value kept in a pack, the value itself."""
         if not self._adopting:
             return
@@ -1355,6 +1369,7 @@ class CheckpointStore:
             if old is not None:
                 self._unwatch(old)
             self._previous[(name, index)] = _SavedBuffer(chunks=chunks)
+            self._to_fingerprint.append(chunks)
         if not isinstance(source, PackSlice):
             return
         known = self._pack(source.pack_id)
@@ -1374,8 +1389,8 @@ class CheckpointStore:
     def _read_buffer(self, saved: dict[str, Any]) -> tuple[memoryview, list[list[Any]]]:
         """A buffer read back from its chunks, in parallel, into memory that is not
         zero-filled first (the arrays of the restored objects live in it); and its
-        chunks as the next checkpoint compares them ([id, CRC32, length], the CRC32 of
-        the bytes just read)."""
+        chunks as the next checkpoint compares them ([id, CRC32 (None: not computed
+        yet), length])."""
         size = saved["size"]
         view = _uninitialized(size)
         offsets = []
@@ -1396,7 +1411,7 @@ class CheckpointStore:
                     if not n:
                         raise OSError(f"chunk {chunk_id} is shorter than {length} bytes")
                     done += n
-            return [chunk_id, zlib.crc32(view[start : start + length]), length]
+            return [chunk_id, None, length]
 
         return view, list(self._pool.map(read, offsets))
 
@@ -1551,6 +1566,14 @@ def _restore_notebook_function(
 
 def _no_pause() -> None:
     pass
+
+
+def _lower_priority() -> None:
+    """This thread yields the processor to the process's others (Linux: per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 def _sync_file(path: Path) -> None:
