@@ -337,6 +337,8 @@ class _Unchanged:
     #: Its entry in the pack that holds it (:attr:`jupyter_lowcost.storage.packs.Pack.index`).
     entry: dict[str, Any]
     size: int
+    #: That pack (set once the variable is written into it).
+    pack: str = ""
 
 
 @dataclass
@@ -356,6 +358,8 @@ class Snapshot:
     )
     #: Immutable variables whose entries the next snapshot may keep.
     unchanged: dict[str, _Unchanged] = field(default_factory=dict)
+    #: Of those, the ones the last checkpoint wrote that this one keeps, by pack.
+    kept_in: dict[str, list[str]] = field(default_factory=dict)
     #: The variables' names in the namespace's order, and the immutable ones (held: that
     #: is their snapshot; the write pickles them).
     order: list[str] = field(default_factory=list)
@@ -604,6 +608,8 @@ class CheckpointStore:
             entry = entries[name]
             if name in snapshot.immutable and len(data) <= PACK_MAX:
                 pack.add(data, name, entry)  # (named in the pack: see _packs_named)
+                if (kept := snapshot.unchanged.get(name)) is not None:
+                    kept.pack = pack.id
                 written += len(data)
                 continue
             entry["stream"], new = self._put_stream(data, pack, reuse)
@@ -622,7 +628,7 @@ class CheckpointStore:
             self._sync_directory(self.chunks)
         seq = self._next_seq()
         checkpoint_id = f"{seq:08d}"
-        packs, named = self._packs_named(entries, pack)
+        packs, named = self._packs_named(snapshot, pack)
         manifest = {
             "id": checkpoint_id,
             **snapshot.manifest,
@@ -641,6 +647,7 @@ class CheckpointStore:
         self._sync_directory(self.manifests)
         manifest["variables"] = entries
         self._manifest_cache[checkpoint_id] = manifest
+        self._chunk_sets[checkpoint_id] = _files_written(snapshot, packs, named, batch)
         if pack:
             self._packs[pack.id] = pack.pack
         self._slices.update(reuse)
@@ -676,16 +683,25 @@ class CheckpointStore:
         }
         _yield_interpreter()
         reuse, used = self._small_streams_kept(snapshot)
-        for kept in same.values():
-            kept_pack = pack_of(kept.entry["stream"])
-            used[kept_pack] = used.get(kept_pack, 0) + kept.size
+        # The unchanged ones, by the pack that holds them.
+        kept_in = snapshot.kept_in
+        kept_bytes: dict[str, int] = {}
+        for name, kept in same.items():
+            kept_in.setdefault(kept.pack, []).append(name)
+            kept_bytes[kept.pack] = kept_bytes.get(kept.pack, 0) + kept.size
+        for pack_id, size in kept_bytes.items():
+            used[pack_id] = used.get(pack_id, 0) + size
+        _yield_interpreter()
         fold = packs_to_fold(used, {p: known.size for p, known in self._packs.items()})
+        for pack_id in fold:
+            kept_bytes.pop(pack_id, None)
+            for name in kept_in.pop(pack_id, ()):
+                del same[name]
         if fold:
-            same = {n: k for n, k in same.items() if pack_of(k.entry["stream"]) not in fold}
             reuse = {key: s for key, s in reuse.items() if pack_of(s) not in fold}
         _yield_interpreter()
         snapshot.unchanged.update(same)
-        snapshot.total += sum(kept.size for kept in same.values())
+        snapshot.total += sum(kept_bytes.values())
         plain = {name: kept.entry for name, kept in same.items()}
         for name, value in snapshot.immutable.items():
             if name in same:
@@ -727,27 +743,23 @@ class CheckpointStore:
         return reuse, used
 
     def _packs_named(
-        self, entries: dict[str, Any], pack: PackBuilder
+        self, snapshot: Snapshot, pack: PackBuilder
     ) -> tuple[list[list[Any]], set[str]]:
         """How the manifest names its plain variables that are in packs: per pack, the
         names in it that the checkpoint does not take from it ([pack, [names]]); and the
-        names so named (the manifest's ``variables`` leave them out)."""
-        named: set[str] = set()
-        packs: dict[str, Pack] = {}
-        for name, entry in entries.items():
-            stream = entry.get("stream")
-            if stream is None or entry.get("pickler") != "plain" or not is_pack_slice(stream):
-                continue
-            pack_id = pack_of(stream)
-            known = pack.pack if pack_id == pack.id else self._packs.get(pack_id)
-            if known is not None and known.index.get(name) is entry:
-                named.add(name)
-                packs[pack_id] = known
+        names so named (the manifest's ``variables`` leave them out). They are the
+        unchanged ones, by their packs (``snapshot.kept_in``), and the new pack's."""
+        named: set[str] = set(pack.pack.index)
+        packs: list[list[Any]] = [[pack.id, []]] if pack.pack.index else []
+        for pack_id, names in snapshot.kept_in.items():
+            known = self._packs.get(pack_id)
+            if known is None:
+                continue  # (not a pack of this store: their entries go in ``variables``)
+            named.update(names)
+            skip = [] if len(names) == len(known.index) else sorted(known.index.keys() - names)
+            packs.append([pack_id, skip])
         _yield_interpreter()
-        return [
-            [pack_id, [n for n, e in known.index.items() if entries.get(n) is not e]]
-            for pack_id, known in packs.items()
-        ], named
+        return packs, named
 
     def _stage(
         self, key: tuple[str, int], view: memoryview, staged: set[tuple[str, int]]
@@ -1375,7 +1387,7 @@ class CheckpointStore:
         known = self._pack(source.pack_id)
         if known.index.get(name) is entry:
             if _immutable(value):
-                self._unchanged[name] = _Unchanged(value, entry, len(stream))
+                self._unchanged[name] = _Unchanged(value, entry, len(stream), source.pack_id)
         else:
             self._slices[digest(stream)] = entry["stream"]
 
@@ -1596,6 +1608,27 @@ def _manifest_text(fields: dict[str, Any], entries: dict[str, Any], named: set[s
     _yield_interpreter()
     head = json.dumps(fields)
     return f'{head[:-1]}, "variables": {{{", ".join(parts)}}}}}'
+
+
+def _files_written(
+    snapshot: Snapshot, packs: list[list[Any]], named: set[str], batch: dict[str, Any] | None
+) -> set[str]:
+    """The files of ``chunks/`` a checkpoint just written names (what :func:`_chunks_of`
+    reads from its manifest, without going through the variables it keeps by pack)."""
+    files = {pack_id for pack_id, _ in packs}
+    files.update(snapshot.kept_in)
+    if batch is not None:
+        files.add(pack_of(batch["stream"]))
+    entries = snapshot.entries
+    for name in snapshot.pending:
+        entry = entries.get(name)
+        if entry is None or name in named:
+            continue
+        if "stream" in entry:
+            files.add(pack_of(entry["stream"]))
+        for buffer in entry.get("buffers") or ():
+            files.update(buffer["chunks"])
+    return files
 
 
 def _chunks_of(manifest: dict[str, Any]) -> set[str]:

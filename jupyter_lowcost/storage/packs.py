@@ -119,10 +119,10 @@ class PackBuilder:
         return b"".join([*self._parts, index, _TRAILER.pack(len(index))])
 
 
-def read_pack(path: Path) -> tuple[bytes, Pack]:
-    """A pack file's bytes and what it holds (its named entries); ``ValueError`` if it is
-    not a whole pack."""
-    data = path.read_bytes()
+def read_pack(path: Path, data: bytes | None = None) -> tuple[bytes, Pack]:
+    """A pack file's bytes (``data`` when they were read already) and what it holds (its
+    named entries); ``ValueError`` if it is not a whole pack."""
+    data = path.read_bytes() if data is None else data
     if len(data) < _TRAILER.size:
         raise ValueError(f"{path.name} is not a whole pack")
     (length,) = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
