@@ -259,6 +259,14 @@ async def test_a_job_lost_with_its_node_is_interrupted_and_relaunched(
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     job = job_of(slurm, first)["id"]
     await execute(jp_serverapp, kernel_id, "weights = [0.5, 0.25]")
+    # The cell's checkpoint is on the disk (a reclaim with no notice at all just after a
+    # cell resumes one checkpoint back: see the README), as %lowcost would say.
+    await execute(
+        jp_serverapp,
+        kernel_id,
+        "from jupyter_lowcost.kernel.checkpointing import installed\n"
+        "assert installed().wait_for_write(30)",
+    )
     # (The test node comes back by itself at once: ReturnToService=2.)
     slurm.command("scontrol", "update", "nodename=localhost", "state=down", "reason=reclaimed")
     interrupted = await instance_events.wait_for(instance_id=first, state="interrupted")
