@@ -39,11 +39,7 @@ def replacing(path: str | os.PathLike[str], sync: bool = False) -> Iterator[Path
     try:
         yield temporary
         if sync:
-            fd = os.open(temporary, os.O_RDONLY)
-            try:
-                datasync(fd)
-            finally:
-                os.close(fd)
+            sync_file(temporary)
         os.replace(temporary, path)
         if sync:
             sync_directory(Path(path).parent)
@@ -70,6 +66,15 @@ def datasync(fd: int) -> None:
     ``fdatasync``, or ``fsync`` where there is none (macOS)."""
     sync = getattr(os, "fdatasync", None) or os.fsync
     sync(fd)
+
+
+def sync_file(path: str | os.PathLike[str]) -> None:
+    """A file written and closed (by whatever wrote it) on the disk."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        datasync(fd)
+    finally:
+        os.close(fd)
 
 
 def sync_directory(path: str | os.PathLike[str]) -> None:

@@ -59,7 +59,7 @@ from typing import Any
 
 from ..words import human_bytes, listed
 from . import write_watch
-from .atomic import datasync, sync_directory, write_private
+from .atomic import sync_directory, sync_file, write_private
 from .open_files import FILE_TYPES, noting_reopened, reduce_file
 from .packs import (
     PACK_MAX,
@@ -92,9 +92,6 @@ _FROZEN = frozenset((tuple, frozenset))
 _SMALL_CONTAINERS = frozenset((list, dict, set))
 _SMALL_LENGTH = 64
 _BATCH_MIN = 64
-#: Immutable values pickled to at most this many bytes are kept (by reference) from one
-#: checkpoint to the next: the same object again is not pickled again.
-_UNCHANGED_MAX_BYTES = PACK_MAX
 
 
 class CheckpointWriteFailed(OSError):
@@ -711,7 +708,8 @@ class CheckpointStore:
             snapshot.pending[name] = (data, [])
             plain[name] = entry
             snapshot.total += len(data)
-            if len(data) <= _UNCHANGED_MAX_BYTES:
+            # (kept by reference, in its pack: the same object again is not pickled again)
+            if len(data) <= PACK_MAX:
                 snapshot.unchanged[name] = _Unchanged(value, entry, len(data))
         _yield_interpreter()
         pickled = snapshot.entries
@@ -1066,7 +1064,6 @@ class CheckpointStore:
             if found is not None:
                 return found, 0
             stream = reuse[key] = pack.add(data)
-            pack.pack.digests.append(key)
             return stream, len(data)
         stream_id = f"s{zlib.crc32(data):08x}{len(data):x}"
         path = self.chunks / stream_id
@@ -1092,7 +1089,7 @@ class CheckpointStore:
             raise self._failed_write(err) from err
         self._new_files.append(path)
         if not sync_first:
-            self._syncs.append(self._syncer.submit(_sync_file, path))
+            self._syncs.append(self._syncer.submit(sync_file, path))
 
     def _wait_for_syncs(self) -> None:
         """Every file written so far is on the disk (:class:`CheckpointWriteFailed` if
@@ -1586,15 +1583,6 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):
         pass
-
-
-def _sync_file(path: Path) -> None:
-    """A file just written (and renamed) on the disk (the syncer thread)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        datasync(fd)
-    finally:
-        os.close(fd)
 
 
 def _manifest_text(fields: dict[str, Any], entries: dict[str, Any], named: set[str]) -> str:

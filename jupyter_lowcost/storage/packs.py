@@ -80,8 +80,6 @@ class Pack:
 
     size: int
     index: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: The digests of its unnamed streams (forgotten with the pack).
-    digests: list[bytes] = field(default_factory=list)
 
 
 class PackBuilder:

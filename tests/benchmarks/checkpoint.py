@@ -417,31 +417,16 @@ def full(
         f"  the last checkpoint said: {last['text'].strip()} (timed in the cell: {last['seconds']:.2f} s)"
     )
     ours = [r["seconds"] for r in results["checkpoint"]]
-    plain = [r["seconds"] for r in results["np.save"]]
-    durable = [r["seconds"] for r in results["np.save+fsync"]]
-    vs_save = [p / o for p, o in zip(plain, ours)]
-    ratio_line(
-        "checkpoint throughput / np.save's",
-        vs_save,
-        "target >= 0.8x",
-        statistics.median(vs_save) >= 0.8,
-    )
-    vs_durable = [p / o for p, o in zip(durable, ours)]
-    ratio_line(
-        "checkpoint throughput / np.save+fsync's (same durability)",
-        vs_durable,
-        "target >= 0.8x",
-        statistics.median(vs_durable) >= 0.8,
-    )
-    if "dill" in sides:
-        dill_times = [r["seconds"] for r in results["dill"]]
-        vs_dill = [d / o for d, o in zip(dill_times, ours)]
-        ratio_line(
-            "checkpoint speed / dill.dump_module's",
-            vs_dill,
-            "target >= 2.5x",
-            statistics.median(vs_dill) >= 2.5,
-        )
+    compared = [
+        ("np.save", "checkpoint throughput / np.save's", 0.8),
+        ("np.save+fsync", "checkpoint throughput / np.save+fsync's (same durability)", 0.8),
+        ("dill", "checkpoint speed / dill.dump_module's", 2.5),
+    ]
+    for side, what, target in compared:
+        if side not in sides:
+            continue
+        ratios = [r["seconds"] / o for r, o in zip(results[side], ours)]
+        ratio_line(what, ratios, f"target >= {target:g}x", statistics.median(ratios) >= target)
     sys.stdout.flush()
     return gen
 
