@@ -42,7 +42,7 @@ from datetime import datetime
 from typing import Any
 
 from traitlets import Any as AnyTrait
-from traitlets import Bool, Dict, Float, Int, List, Unicode, validate
+from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, validate
 
 from .. import env as names
 from ..storage.private import open_private, private_dir
@@ -276,20 +276,22 @@ class KubernetesBackend(Backend):
     def _check_preset(self, proposal: dict[str, Any]) -> str:
         value = proposal["value"]
         if value and value not in PRESETS:
-            raise ValueError(f"unknown preset {value!r} (known: {', '.join(sorted(PRESETS))})")
+            raise TraitError(
+                f"KubernetesBackend.preset: unknown preset {value!r} (known: {', '.join(sorted(PRESETS))})"
+            )
         return value
 
     @validate("instance_types")
     def _check_types(self, proposal: dict[str, Any]) -> dict[str, Any]:
         for name, shape in proposal["value"].items():
             if not isinstance(shape, dict):
-                raise ValueError(
-                    f"instance_types[{name!r}] must be a dict, not {type(shape).__name__}"
+                raise TraitError(
+                    f"KubernetesBackend.instance_types[{name!r}] must be a dict, not {type(shape).__name__}"
                 )
             unknown = sorted(set(shape) - TYPE_KEYS)
             if unknown:
-                raise ValueError(
-                    f"instance_types[{name!r}] has unknown key(s) {', '.join(unknown)} "
+                raise TraitError(
+                    f"KubernetesBackend.instance_types[{name!r}] has unknown key(s) {', '.join(unknown)} "
                     f"(known: {', '.join(sorted(TYPE_KEYS))})"
                 )
         return proposal["value"]
@@ -298,15 +300,16 @@ class KubernetesBackend(Backend):
     def _check_placement(self, proposal: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(proposal["value"]) - PLACEMENT_KEYS)
         if unknown:
-            raise ValueError(
-                f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(PLACEMENT_KEYS))})"
+            raise TraitError(
+                f"KubernetesBackend.{proposal['trait'].name}: unknown key(s) {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(PLACEMENT_KEYS))})"
             )
         return proposal["value"]
 
     @validate("modify_pod_hook")
     def _check_hook(self, proposal: dict[str, Any]) -> Any:
         if proposal["value"] is not None and not callable(proposal["value"]):
-            raise ValueError("modify_pod_hook must be callable")
+            raise TraitError("KubernetesBackend.modify_pod_hook must be callable")
         return proposal["value"]
 
     def __init__(self, listener: Any, **kwargs: Any) -> None:
