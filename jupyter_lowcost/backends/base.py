@@ -124,6 +124,9 @@ class Backend(LoggingConfigurable):
     name = "base"
     #: The address kernels on this backend's instances bind and the server dials.
     kernel_ip = "127.0.0.1"
+    #: The manager forwards signals (an interrupt) over the launch channel, not through
+    #: :meth:`send_signal`: for backends that cannot reach the instance's processes.
+    signals_over_channel = False
 
     def __init__(self, listener: BackendListener, **kwargs: Any) -> None:
         super().__init__(**kwargs)

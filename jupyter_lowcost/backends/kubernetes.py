@@ -185,6 +185,8 @@ class KubernetesBackend(Backend):
     name = "kubernetes"
     #: The launcher binds the address it reaches the server from (the pod's).
     kernel_ip = "auto"
+    #: A kernel's interrupt (SIGINT) reaches its pod over the launch channel.
+    signals_over_channel = True
 
     namespace = Unicode("default", config=True, help="""The namespace of the kernels' pods.""")
     kubeconfig = Unicode(
@@ -595,11 +597,7 @@ class KubernetesBackend(Backend):
                     )
 
     async def send_signal(self, record: InstanceRecord, signum: int) -> None:
-        raise BackendError(
-            "the kubernetes backend cannot signal a kernel in its pod (interrupt it from its "
-            "kernel menu: the kernel's interrupt goes over its control channel)",
-            status=409,
-        )
+        """Not called: signals go over the launch channel (``signals_over_channel``)."""
 
     async def terminate(self, record: InstanceRecord, now: bool = False) -> None:
         if record.id not in self._pods:
