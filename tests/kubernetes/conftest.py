@@ -1,0 +1,76 @@
+"""Fixtures: the real two-node Kubernetes of ``tests/kubernetes_cluster.py`` (once per run),
+a namespace per test, and servers whose backend runs kernels as pods in it.
+
+The spot node carries GKE's spot label and taint: the ``gke`` preset sends low-cost pods
+there and regular ones to the on-demand node. Pods run this machine's Python through
+hostPath mounts (no image registry here), in the node's network (no CNI).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BASE_CONFIG, _merge
+from kubernetes_cluster import EMPTY_IMAGE, KubernetesCluster, _python_mounts
+from kubernetes_fixture import kube_namespace, kubernetes_cluster  # noqa: F401 (fixtures)
+from traitlets.config import Config
+
+#: Where this checkout is (pods import jupyter_lowcost from it when it is not installed).
+CHECKOUT = str(Path(__file__).resolve().parents[2])
+
+#: The Kubernetes side of the server configuration of every test here.
+KUBERNETES_CONFIG: dict[str, Any] = {
+    "LowCostApp": {"backend": "kubernetes"},
+    "KubernetesBackend": {
+        "preset": "gke",
+        "image": EMPTY_IMAGE,
+        "image_pull_policy": "Never",
+        "host_network": True,
+        "termination_grace_seconds": 10,
+        "pending_timeout": 15.0,
+        # Small requests: the nodes are this machine (2 cores); each has 4 fake GPUs.
+        "instance_types": {
+            "T4": {"cpu": "10m", "memory": "32Mi"},
+            "A100-80G": {"cpu": "10m", "memory": "32Mi"},
+        },
+    },
+}
+
+
+@pytest.fixture
+def jp_server_config(
+    request: pytest.FixtureRequest,
+    kubernetes_cluster: KubernetesCluster,  # noqa: F811
+    kube_namespace: str,  # noqa: F811
+    jp_root_dir: Path,
+    jp_data_dir: Path,
+) -> Config:
+    marker = request.node.get_closest_marker("lowcost")
+    host_paths = sorted(
+        {*_python_mounts(), CHECKOUT, str(jp_root_dir), str(jp_data_dir)}, key=len
+    )
+    config = _merge(
+        _merge(BASE_CONFIG, KUBERNETES_CONFIG),
+        {
+            "KubernetesBackend": {
+                "namespace": kube_namespace,
+                "kubeconfig": kubernetes_cluster.env["KUBECONFIG"],
+                "host_paths": host_paths,
+            }
+        },
+    )
+    return Config(_merge(config, marker.kwargs if marker else {}))
+
+
+@pytest.fixture(autouse=True)
+def pods_import_this_checkout(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The kernels' environment (which the pods get) finds jupyter_lowcost in this checkout."""
+    paths = [CHECKOUT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(dict.fromkeys(paths)))
+    assert sys.executable
+    yield

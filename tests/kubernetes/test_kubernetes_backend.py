@@ -1,0 +1,93 @@
+"""The kubernetes backend against a real cluster: kernels as pods on the spot node or the
+on-demand node, their reclaims as notices, and kernels resumed on new pods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
+from kubernetes_cluster import KubernetesCluster
+
+
+def pods_of(cluster: KubernetesCluster, namespace: str) -> list[dict[str, Any]]:
+    return cluster.api("GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
+
+
+def pod_of(cluster: KubernetesCluster, namespace: str, instance_id: str) -> dict[str, Any]:
+    [pod] = [
+        p
+        for p in pods_of(cluster, namespace)
+        if p["metadata"]["labels"].get("jupyter-lowcost/instance") == instance_id
+    ]
+    return pod
+
+
+async def test_low_cost_kernels_run_in_pods_on_the_spot_node_and_regular_ones_on_demand(
+    api: Any, jp_serverapp: Any, kubernetes_cluster: KubernetesCluster, kube_namespace: str
+) -> None:
+    cluster = kubernetes_cluster
+    low = await start_lowcost_kernel(api, "T4")
+    regular = await start_lowcost_kernel(api, "T4", low_cost=False)
+    spot_pod = pod_of(cluster, kube_namespace, low["instance"]["id"])
+    demand_pod = pod_of(cluster, kube_namespace, regular["instance"]["id"])
+    assert spot_pod["spec"]["nodeName"] == cluster.spot_node
+    assert demand_pod["spec"]["nodeName"] == cluster.on_demand_node
+    [container] = spot_pod["spec"]["containers"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert spot_pod["spec"]["restartPolicy"] == "Never"
+    assert spot_pod["spec"]["activeDeadlineSeconds"] == 86400  # the lifetime cap
+    assert "activeDeadlineSeconds" not in demand_pod["spec"]
+    labels = spot_pod["metadata"]["labels"]
+    assert labels["jupyter-lowcost/kernel"] == low["kernel"]["id"]
+    # The kernel answers from its pod; the launch secret is in a Secret, not in the pod.
+    out = await execute(jp_serverapp, low["kernel"]["id"], "import os; print(6 * 7, os.getpid())")
+    assert out.split()[0] == "42"
+    assert "LAUNCH_SECRET" not in str([e.get("value") for e in container["env"]]) or all(
+        "valueFrom" in e for e in container["env"] if e["name"].endswith("LAUNCH_SECRET")
+    )
+    secrets = cluster.api("GET", f"/api/v1/namespaces/{kube_namespace}/secrets")["items"]
+    assert {s["metadata"]["name"] for s in secrets} >= {spot_pod["metadata"]["name"]}
+    # Shut down: no pod and no Secret of ours left.
+    for body in (low, regular):
+        status, _ = await api("DELETE", f"kernels/{body['kernel']['id']}")
+        assert status == 204
+
+    def nothing_left() -> bool:
+        ours = "app.kubernetes.io/managed-by=jupyter-lowcost"
+        pods = cluster.api("GET", f"/api/v1/namespaces/{kube_namespace}/pods?labelSelector={ours}")
+        secrets = cluster.api(
+            "GET", f"/api/v1/namespaces/{kube_namespace}/secrets?labelSelector={ours}"
+        )
+        return not pods["items"] and not secrets["items"]
+
+    await wait_until(nothing_left, timeout=60)
+
+
+async def test_an_eviction_is_a_notice_then_the_kernel_resumes_on_a_new_pod(
+    api: Any,
+    jp_serverapp: Any,
+    instance_events: EventRecorder,
+    kubernetes_cluster: KubernetesCluster,
+    kube_namespace: str,
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    status, answer = await api(
+        "POST", f"instances/{first}/interrupt", {"notice_seconds": 8}
+    )
+    assert status in (200, 202), answer
+    noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
+    assert "pod jupyter-lowcost-" in noticed["reason"]
+    interrupted = await instance_events.wait_for(
+        instance_id=first, state="interrupted", timeout=60
+    )
+    assert interrupted["recovery"] == "relaunch"
+    running = await instance_events.wait_for(
+        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first, timeout=90
+    )
+    await wait_until(lambda: moved(api, kernel_id), timeout=60)
+    out = await execute(jp_serverapp, kernel_id, "print(kept)")
+    assert out.strip() == "{'epoch': 7}"
+    pod = pod_of(kubernetes_cluster, kube_namespace, running["instance_id"])
+    assert pod["spec"]["nodeName"] == kubernetes_cluster.spot_node
