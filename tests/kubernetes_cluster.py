@@ -140,14 +140,6 @@ class KubernetesCluster:
         self._control: list[subprocess.Popen[bytes]] = []
         self._images = root / "images"
         self._started = False
-        #: The ancestors of :attr:`cgroup` that were missing in some hierarchy (runc and
-        #: this module make them): removed by :meth:`stop` when empty.
-        self._missing_ancestors = [
-            path
-            for hierarchy in os.listdir("/sys/fs/cgroup")
-            for path in self._ancestors(hierarchy)
-            if not path.exists()
-        ]
 
     # -- paths, processes, cgroups -------------------------------------------------------
 
@@ -219,11 +211,19 @@ class KubernetesCluster:
                     os.rmdir(directory)
                 except OSError:
                     pass
-        for path in self._missing_ancestors:  # deepest first
-            try:
-                os.rmdir(path)
-            except OSError:
-                pass
+        # The ancestors runc and this module made in the hierarchies where this process is
+        # elsewhere (where it is in them, they are its own cgroup's: left alone). rmdir
+        # removes only what is empty: those of another cluster in use stay.
+        parent = str(Path(self.cgroup).parent)
+        for hierarchy in os.listdir("/sys/fs/cgroup"):
+            own = _own_cgroup(hierarchy)
+            if own == parent or own.startswith(parent.rstrip("/") + "/"):
+                continue
+            for path in self._ancestors(hierarchy):  # deepest first
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    break
 
     # -- certificates and configuration --------------------------------------------------
 
@@ -647,6 +647,7 @@ class KubernetesCluster:
         missing = missing_programs()
         if missing:
             raise RuntimeError(f"{INSTALL_HINT}; missing: {', '.join(missing)}")
+        self.reap_stale()
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", API_PORT)) == 0:
                 raise RuntimeError(
@@ -681,6 +682,27 @@ class KubernetesCluster:
             return bool(account.get("secrets"))
 
         self._wait(service_account, 30, "the default ServiceAccount", "kube-controller-manager.log")
+
+    def reap_stale(self) -> list[str]:
+        """Kill what is left of clusters whose test process died without stopping them
+        (SIGKILLed pytest): the cgroups ``jupyter-lowcost-kubernetes-<pid>-*`` beside
+        :attr:`cgroup` whose pid is gone, and their etcd data. Their names."""
+        parent = self._cgroup_dir().parent
+        reaped = []
+        for directory in parent.glob("jupyter-lowcost-kubernetes-*-*") if parent.is_dir() else []:
+            try:
+                pid = int(directory.name.split("-")[3])
+            except (IndexError, ValueError):
+                continue
+            if directory.name == Path(self.cgroup).name or Path(f"/proc/{pid}").exists():
+                continue
+            stale = KubernetesCluster.__new__(KubernetesCluster)
+            stale.cgroup = str(Path(self.cgroup).parent / directory.name)
+            stale._kill_cgroup()
+            stale._remove_cgroups()
+            shutil.rmtree(Path("/dev/shm") / directory.name, ignore_errors=True)
+            reaped.append(directory.name)
+        return reaped
 
     @property
     def spot_node(self) -> str:

@@ -101,7 +101,7 @@ WORK="${JUPYTER_LOWCOST_KUBERNETES_BUILD:-/var/tmp/jupyter-lowcost-kubernetes-bu
 # A tree fetched and changed by an interrupted run is built on (make and Go's cache resume
 # where it stopped); anything else is started afresh.
 PATCHED=.jupyter-lowcost-patched
-TREE="$(find "$WORK" -mindepth 2 -maxdepth 2 -name "$PATCHED" -printf '%h\n' 2>/dev/null | head -n 1)"
+TREE="$(find "$WORK" -mindepth 2 -maxdepth 2 -name "$PATCHED" -printf '%h\n' 2>/dev/null | head -n 1 || true)"
 if [ -n "$TREE" ]; then
     log "resuming the build in $TREE"
 else
