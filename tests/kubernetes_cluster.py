@@ -901,14 +901,16 @@ def python_pod(
     env: dict[str, str] | None = None,
     grace: int = 30,
     node: str | None = None,
+    mounts: Iterable[str] = (),
 ) -> dict[str, Any]:
     """A pod that runs ``python -c code`` with this very interpreter: the empty image plus
     read-only hostPath mounts of /usr, the interpreter's prefix (where libpython is) and
     the virtual environment / site-packages; host network (no CNI here), the node's DNS.
     ``spot`` selects the spot node (with the toleration for its taint) or the on-demand
     one (``node``: that node by name, bypassing the scheduler); ``gpus``, a limit of
-    ``nvidia.com/gpu``. The pod's environment has ``NODE_NAME``."""
-    mounts = _python_mounts()
+    ``nvidia.com/gpu``; ``mounts``, more host folders mounted read-only (a source checkout
+    an editable install points at, say). The pod's environment has ``NODE_NAME``."""
+    mounts = _python_mounts(mounts)
     container: dict[str, Any] = {
         "name": "python",
         "image": EMPTY_IMAGE,
@@ -957,15 +959,15 @@ def python_pod(
     }
 
 
-def _python_mounts() -> list[str]:
+def _python_mounts(extra: Iterable[str] = ()) -> list[str]:
     """/usr, realpath(sys.base_prefix), and the folder of this Python's environment (the
-    venv, or the site-packages outside both), without duplicates or nested paths."""
+    venv, or the site-packages outside both), as named and as resolved; ``extra``; without
+    duplicates or nested paths."""
     import sysconfig
 
-    candidates = ["/usr", os.path.realpath(sys.base_prefix)]
-    if sys.prefix != sys.base_prefix:
-        candidates.append(os.path.realpath(sys.prefix))
-    candidates.append(os.path.realpath(sysconfig.get_paths()["purelib"]))
+    candidates = ["/usr", *extra]
+    for path in (sys.base_prefix, sys.prefix, sysconfig.get_paths()["purelib"]):
+        candidates += [os.path.abspath(path), os.path.realpath(path)]
     # The interpreter itself may be a link out of the venv (to the prefix's bin): covered.
     mounts: list[str] = []
     for path in sorted(set(candidates), key=len):
