@@ -74,3 +74,15 @@ def pods_import_this_checkout(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(dict.fromkeys(paths)))
     assert sys.executable
     yield
+
+
+@pytest.fixture(autouse=True)
+def kernels_shut_down_before_the_namespace_goes(
+    kube_namespace: str,  # noqa: F811
+    jp_serverapp: Any,
+    jp_asyncio_loop: Any,
+) -> Iterator[None]:
+    """The server's kernels are shut down while their namespace still exists: deleting
+    its pods first would be a reclaim of each (a relaunch at the server's cleanup)."""
+    yield
+    jp_asyncio_loop.run_until_complete(jp_serverapp.kernel_manager.shutdown_all())
