@@ -330,6 +330,10 @@ class KubernetesBackend(Backend):
         self._nodes: dict[str, Any] = {}
         self._watchers: list[asyncio.Task[None]] = []
         self._pending_since: dict[str, float] = {}
+        #: what the scheduler last said of a pod it cannot place, and the timers that end
+        #: the wait (``pending_timeout``)
+        self._pending_words: dict[str, str] = {}
+        self._pending_timers: dict[str, asyncio.TimerHandle] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -568,6 +572,9 @@ class KubernetesBackend(Backend):
             self.log.warning("jupyter_lowcost | kubernetes: secret %s: %s", name, _api_error(err))
         record.backend_state["uid"] = created.metadata.uid
         self._pending_since[record.id] = time.monotonic()
+        self._pending_timers[record.id] = asyncio.get_running_loop().call_later(
+            self.pending_timeout, self._pending_too_long, record
+        )
         self.listener.instance_progress(
             record.id, f"pod {name} created in namespace {self.namespace}"
         )
@@ -579,6 +586,10 @@ class KubernetesBackend(Backend):
     def _forget(self, instance_id: str) -> None:
         self._pods.pop(instance_id, None)
         self._pending_since.pop(instance_id, None)
+        self._pending_words.pop(instance_id, None)
+        timer = self._pending_timers.pop(instance_id, None)
+        if timer is not None:
+            timer.cancel()
         self._noticed.pop(instance_id, None)
         gone = self._gone.pop(instance_id, None)
         if gone is not None:
@@ -730,6 +741,9 @@ class KubernetesBackend(Backend):
         elif status.phase == "Running" and record.backend_state.get("node") != pod.spec.node_name:
             record.backend_state["node"] = pod.spec.node_name
             self._pending_since.pop(record.id, None)
+            timer = self._pending_timers.pop(record.id, None)
+            if timer is not None:
+                timer.cancel()
             self.listener.instance_progress(
                 record.id,
                 f"pod {pod.metadata.name} runs on node {pod.spec.node_name}: starting the kernel",
@@ -740,23 +754,33 @@ class KubernetesBackend(Backend):
             self._announce(record, time.time() + self.termination_grace_seconds, why)
 
     def _pending(self, record: InstanceRecord, pod: Any) -> None:
+        """A pod the scheduler has not placed: say why (its words), as pending."""
         scheduled = _condition(pod, "PodScheduled")
         if scheduled is None or scheduled.status == "True":
             return
         words = scheduled.message or scheduled.reason or "waiting to be scheduled"
-        since = self._pending_since.setdefault(record.id, time.monotonic())
-        waited = time.monotonic() - since
-        if waited > self.pending_timeout:
-            self._deleting.add(record.id)
-            asyncio.ensure_future(self._delete(record.id))
-            self._forget(record.id)
-            self.listener.instance_exited(
-                record.id,
-                None,
-                f"pod {pod.metadata.name} could not be scheduled in {self.pending_timeout:g} s: {words}",
+        if self._pending_words.get(record.id) != words:
+            self._pending_words[record.id] = words
+            self.listener.instance_progress(
+                record.id, f"pod {pod.metadata.name} is pending: {words}"
             )
+
+    def _pending_too_long(self, record: InstanceRecord) -> None:
+        """``pending_timeout`` after the pod was created: if it is still not placed, its
+        launch fails with the scheduler's words (the recovery policy falls back)."""
+        self._pending_timers.pop(record.id, None)
+        if record.id not in self._pods or record.backend_state.get("node"):
             return
-        self.listener.instance_progress(record.id, f"pod {pod.metadata.name} is pending: {words}")
+        words = self._pending_words.get(record.id, "it was not scheduled")
+        name = self.pod_name(record.id)
+        self._deleting.add(record.id)
+        self._forget(record.id)
+        asyncio.ensure_future(self._delete(record.id))
+        self.listener.instance_exited(
+            record.id,
+            None,
+            f"pod {name} could not be scheduled in {self.pending_timeout:g} s: {words}",
+        )
 
     def _reclaimed(self, record: InstanceRecord, pod: Any) -> None:
         """The pod is being deleted: a notice, unless this server deletes it."""

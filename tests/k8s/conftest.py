@@ -32,7 +32,7 @@ KUBERNETES_CONFIG: dict[str, Any] = {
         "image_pull_policy": "Never",
         "host_network": True,
         "termination_grace_seconds": 10,
-        "pending_timeout": 15.0,
+        "pending_timeout": 8.0,
         # Small requests: the nodes are this machine (2 cores); each has 4 fake GPUs.
         "instance_types": {
             "T4": {"cpu": "10m", "memory": "32Mi"},
@@ -51,9 +51,7 @@ def jp_server_config(
     jp_data_dir: Path,
 ) -> Config:
     marker = request.node.get_closest_marker("lowcost")
-    host_paths = sorted(
-        {*_python_mounts(), CHECKOUT, str(jp_root_dir), str(jp_data_dir)}, key=len
-    )
+    host_paths = sorted({*_python_mounts(), CHECKOUT, str(jp_root_dir), str(jp_data_dir)}, key=len)
     config = _merge(
         _merge(BASE_CONFIG, KUBERNETES_CONFIG),
         {

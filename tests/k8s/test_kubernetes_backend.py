@@ -75,15 +75,11 @@ async def test_an_eviction_is_a_notice_then_the_kernel_resumes_on_a_new_pod(
     body = await start_lowcost_kernel(api, "T4")
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
-    status, answer = await api(
-        "POST", f"instances/{first}/interrupt", {"notice_seconds": 8}
-    )
+    status, answer = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 8})
     assert status in (200, 202), answer
     noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
     assert "pod jupyter-lowcost-" in noticed["reason"]
-    interrupted = await instance_events.wait_for(
-        instance_id=first, state="interrupted", timeout=60
-    )
+    interrupted = await instance_events.wait_for(instance_id=first, state="interrupted", timeout=60)
     assert interrupted["recovery"] == "relaunch"
     running = await instance_events.wait_for(
         kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first, timeout=90
@@ -93,3 +89,130 @@ async def test_an_eviction_is_a_notice_then_the_kernel_resumes_on_a_new_pod(
     assert out.strip() == "{'epoch': 7}"
     pod = pod_of(kubernetes_cluster, kube_namespace, running["instance_id"])
     assert pod["spec"]["nodeName"] == kubernetes_cluster.spot_node
+
+
+async def resumed_on_a_new_pod(
+    api: Any, jp_serverapp: Any, events: EventRecorder, kernel_id: str, first: str
+) -> dict[str, Any]:
+    """Wait for the kernel to run on an instance other than ``first``; its running event."""
+    interrupted = await events.wait_for(instance_id=first, state="interrupted", timeout=60)
+    assert interrupted["recovery"] == "relaunch"
+    running = await events.wait_for(
+        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first, timeout=90
+    )
+    await wait_until(lambda: moved(api, kernel_id), timeout=60)
+    out = await execute(jp_serverapp, kernel_id, "print(kept)")
+    assert out.strip() == "{'epoch': 7}"
+    return running
+
+
+async def test_gpu_limits_hold_and_a_pod_with_no_room_says_the_schedulers_words(
+    api: Any,
+    instance_events: EventRecorder,
+    kubernetes_cluster: KubernetesCluster,
+    kube_namespace: str,
+) -> None:
+    # The spot node has 4 GPUs: four one-GPU low-cost kernels take them.
+    for _ in range(4):
+        await start_lowcost_kernel(api, "T4")
+    status, body = await api("POST", "kernels", {"instance_type": "T4", "low_cost": True})
+    assert status >= 500, body
+    assert "could not be scheduled in 8 s" in body["message"], body
+    assert "Insufficient nvidia.com/gpu" in body["message"], body
+    # Meanwhile the instance said what it waited for.
+    pending = [
+        e
+        for e in instance_events.events
+        if e["state"] == "pending" and "Insufficient nvidia.com/gpu" in e["reason"]
+    ]
+    assert pending, instance_events.events
+    # The pod that could not be placed is gone.
+    pending_pods = [
+        p for p in pods_of(kubernetes_cluster, kube_namespace) if p["status"]["phase"] == "Pending"
+    ]
+    await wait_until(
+        lambda: (
+            not [
+                p
+                for p in pods_of(kubernetes_cluster, kube_namespace)
+                if p["status"]["phase"] == "Pending"
+            ]
+        ),
+        timeout=30,
+    )
+    assert len(pending_pods) <= 1
+
+
+async def test_a_termination_taint_on_the_spot_node_is_a_notice_then_a_resume(
+    api: Any,
+    jp_serverapp: Any,
+    instance_events: EventRecorder,
+    kubernetes_cluster: KubernetesCluster,
+) -> None:
+    cluster = kubernetes_cluster
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    # What AWS's node termination handler does on a spot interruption notice.
+    key = "aws-node-termination-handler/spot-itn"
+    cluster.taint(cluster.spot_node, key, "true", "NoExecute")
+    try:
+        noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
+        assert "AWS is taking the spot node back" in noticed["reason"], noticed
+        await instance_events.wait_for(instance_id=first, state="interrupted", timeout=60)
+    finally:
+        cluster.untaint(cluster.spot_node, key, "NoExecute")
+    running = await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
+    assert running["instance_id"] != first
+
+
+async def test_a_pod_deleted_outside_jupyter_is_a_notice_then_a_resume(
+    api: Any,
+    jp_serverapp: Any,
+    instance_events: EventRecorder,
+    kubernetes_cluster: KubernetesCluster,
+    kube_namespace: str,
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    pod = pod_of(kubernetes_cluster, kube_namespace, first)["metadata"]["name"]
+    kubernetes_cluster.kubectl(
+        "-n", kube_namespace, "delete", "pod", pod, "--grace-period=8", "--wait=false"
+    )
+    noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
+    assert "the pod is being deleted" in noticed["reason"], noticed
+    await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
+
+
+async def test_a_disruption_target_condition_says_why_the_pod_goes(
+    api: Any,
+    jp_serverapp: Any,
+    instance_events: EventRecorder,
+    kubernetes_cluster: KubernetesCluster,
+    kube_namespace: str,
+) -> None:
+    # 1.26+ sets DisruptionTarget before it deletes a pod; 1.20 keeps one patched in.
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    pod = pod_of(kubernetes_cluster, kube_namespace, first)["metadata"]["name"]
+    condition = {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "PreemptionByScheduler",
+        "message": "preempted",
+        "lastTransitionTime": "2026-12-05T00:00:00Z",
+    }
+    kubernetes_cluster.api(
+        "PATCH",
+        f"/api/v1/namespaces/{kube_namespace}/pods/{pod}/status",
+        [{"op": "add", "path": "/status/conditions/-", "value": condition}],
+        content_type="application/json-patch+json",
+    )
+    kubernetes_cluster.kubectl(
+        "-n", kube_namespace, "delete", "pod", pod, "--grace-period=8", "--wait=false"
+    )
+    noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
+    assert "the scheduler preempted the pod" in noticed["reason"], noticed
+    await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
