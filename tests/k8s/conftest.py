@@ -49,9 +49,13 @@ def jp_server_config(
     kube_namespace: str,  # noqa: F811
     jp_root_dir: Path,
     jp_data_dir: Path,
+    tmp_path: Path,
 ) -> Config:
     marker = request.node.get_closest_marker("lowcost")
-    host_paths = sorted({*_python_mounts(), CHECKOUT, str(jp_root_dir), str(jp_data_dir)}, key=len)
+    # The test's folder holds the server's root and data folders (checkpoints) and what
+    # the kernels write: the pods see it where the server does.
+    assert jp_root_dir.is_relative_to(tmp_path) and jp_data_dir.is_relative_to(tmp_path)
+    host_paths = sorted({*_python_mounts(), CHECKOUT, str(tmp_path)}, key=len)
     config = _merge(
         _merge(BASE_CONFIG, KUBERNETES_CONFIG),
         {
