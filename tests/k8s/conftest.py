@@ -79,12 +79,15 @@ def pods_import_this_checkout(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
 
 
 @pytest.fixture(autouse=True)
-def kernels_shut_down_before_the_namespace_goes(
-    kube_namespace: str,  # noqa: F811
-    jp_serverapp: Any,
-    jp_asyncio_loop: Any,
-) -> Iterator[None]:
-    """The server's kernels are shut down while their namespace still exists: deleting
-    its pods first would be a reclaim of each (a relaunch at the server's cleanup)."""
+def kernels_shut_down_before_the_namespace_goes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The in-process server's kernels (for a test that has one) are shut down while their
+    namespace still exists: deleting its pods first would be a reclaim of each (a
+    relaunch during the server's cleanup)."""
+    if "jp_serverapp" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("kube_namespace")
+    app = request.getfixturevalue("jp_serverapp")
+    loop = request.getfixturevalue("jp_asyncio_loop")
     yield
-    jp_asyncio_loop.run_until_complete(jp_serverapp.kernel_manager.shutdown_all())
+    loop.run_until_complete(app.kernel_manager.shutdown_all())
