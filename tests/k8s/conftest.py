@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from conftest import BASE_CONFIG, _merge
 from kubernetes_cluster import EMPTY_IMAGE, KubernetesCluster, _python_mounts
 from kubernetes_fixture import kube_namespace, kubernetes_cluster  # noqa: F401 (fixtures)
 from traitlets.config import Config
+
+from jupyter_lowcost.backends.kubernetes import MANAGED_BY, MANAGER
 
 #: Where this checkout is (pods import jupyter_lowcost from it when it is not installed).
 CHECKOUT = str(Path(__file__).resolve().parents[2])
@@ -86,8 +89,22 @@ def kernels_shut_down_before_the_namespace_goes(request: pytest.FixtureRequest) 
     if "jp_serverapp" not in request.fixturenames:
         yield
         return
-    request.getfixturevalue("kube_namespace")
+    namespace = request.getfixturevalue("kube_namespace")
+    cluster = request.getfixturevalue("kubernetes_cluster")
     app = request.getfixturevalue("jp_serverapp")
     loop = request.getfixturevalue("jp_asyncio_loop")
     yield
     loop.run_until_complete(app.kernel_manager.shutdown_all())
+    # No pod and no Secret of ours is left once the kernels are shut down.
+    ours = f"labelSelector={MANAGED_BY}%3D{MANAGER}"
+    end = time.monotonic() + 30
+    while True:
+        left = [
+            f"{kind} {item['metadata']['name']}"
+            for kind in ("pods", "secrets")
+            for item in cluster.api("GET", f"/api/v1/namespaces/{namespace}/{kind}?{ours}")["items"]
+        ]
+        if not left:
+            break
+        assert time.monotonic() < end, f"left after the kernels were shut down: {left}"
+        time.sleep(0.2)

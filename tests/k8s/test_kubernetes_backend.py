@@ -216,3 +216,46 @@ async def test_a_disruption_target_condition_says_why_the_pod_goes(
     noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
     assert "the scheduler preempted the pod" in noticed["reason"], noticed
     await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
+
+
+def put_back(cluster: KubernetesCluster, lost: str, replacement: str) -> None:
+    """The cluster as the other tests know it: the replacement gone, the lost spot node
+    back under its name (its old pods were deleted with its Node object)."""
+    import urllib.error
+
+    for name in (replacement, lost):
+        if name in cluster.nodes and not cluster.nodes[name].killed:
+            cluster.kill_node(name)
+        try:
+            cluster.delete_node(name)
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise
+        cluster.nodes.pop(name, None)
+    cluster.add_node(lost, spot=True)
+
+
+async def test_a_spot_node_lost_with_its_pods_ends_in_a_resumed_kernel(
+    api: Any,
+    jp_serverapp: Any,
+    instance_events: EventRecorder,
+    kubernetes_cluster: KubernetesCluster,
+    kube_namespace: str,
+) -> None:
+    cluster = kubernetes_cluster
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    lost, replacement = cluster.spot_node, "127.0.0.5"
+    # A replacement spot node (a new name: a node back under its old name runs its pods).
+    cluster.add_node(replacement, spot=True)
+    try:
+        cluster.kill_node(lost)  # its kubelet, dockerd and the pod's processes SIGKILLed
+        noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=40)
+        assert f"node {lost}" in noticed["reason"], noticed
+        cluster.delete_node(lost)  # what the cloud's node controller does
+        running = await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
+        node = pod_of(cluster, kube_namespace, running["instance_id"])["spec"]["nodeName"]
+        assert node == replacement
+    finally:
+        put_back(cluster, lost, replacement)
