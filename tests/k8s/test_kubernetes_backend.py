@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
 from kubernetes_cluster import KubernetesCluster
 
@@ -259,3 +260,28 @@ async def test_a_spot_node_lost_with_its_pods_ends_in_a_resumed_kernel(
         assert node == replacement
     finally:
         put_back(cluster, lost, replacement)
+
+
+@pytest.mark.lowcost(LowCostApp={"lifetime_cap": 20.0, "cap_notice": 5.0})
+@pytest.mark.timeout(180)
+async def test_the_lifetime_cap_is_the_pods_active_deadline(
+    api: Any,
+    jp_serverapp: Any,
+    instance_events: EventRecorder,
+    kubernetes_cluster: KubernetesCluster,
+    kube_namespace: str,
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    pod = pod_of(kubernetes_cluster, kube_namespace, first)
+    assert pod["spec"]["activeDeadlineSeconds"] == 20  # Kubernetes ends it at the cap
+    await execute(jp_serverapp, kernel_id, "progress = 'kept across the cap'")
+    await instance_events.wait_for(instance_id=first, state="expired", timeout=60)
+    running = await instance_events.wait_for(
+        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first, timeout=90
+    )
+    await wait_until(lambda: moved(api, kernel_id), timeout=60)
+    out = await execute(jp_serverapp, kernel_id, "print(progress)")
+    assert out.strip() == "kept across the cap"
+    second = pod_of(kubernetes_cluster, kube_namespace, running["instance_id"])
+    assert second["spec"].get("activeDeadlineSeconds") in (None, 20)
