@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import random
 import time
 from datetime import datetime
 from typing import Any
@@ -270,6 +271,15 @@ class KubernetesBackend(Backend):
         help="""A callable (backend, record, pod) -> pod, called on every pod before it is
         created (as kubespawner's modify_pod_hook).""",
     )
+    random_interruption_rate = Float(
+        0.0,
+        config=True,
+        help="""Random interruptions of low-cost pods, per pod and per hour (0: none), for
+        demos: each is an eviction through the Eviction API, the path a real reclaim takes.""",
+    )
+    random_interruption_notice = Float(
+        30.0, config=True, help="""The grace period of a random interruption's eviction."""
+    )
     pod_name_prefix = Unicode(
         "jupyter-lowcost", config=True, help="""Pods are ``<prefix>-<instance id>``."""
     )
@@ -334,6 +344,7 @@ class KubernetesBackend(Backend):
         #: the wait (``pending_timeout``)
         self._pending_words: dict[str, str] = {}
         self._pending_timers: dict[str, asyncio.TimerHandle] = {}
+        self._random_timers: dict[str, asyncio.TimerHandle] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -382,6 +393,38 @@ class KubernetesBackend(Backend):
         if not self.instance_types:
             return dict(catalog)
         return {name: t for name, t in catalog.items() if name in self.instance_types}
+
+    def random_interruptions(self) -> str:
+        if self.random_interruption_rate <= 0:
+            return ""
+        minutes = 60 / self.random_interruption_rate
+        return (
+            f"are evicted at random, about every {minutes:.3g} minutes on average, "
+            f"with {self.random_interruption_notice:g} s notice"
+        )
+
+    def _schedule_random_interruption(self, record: InstanceRecord) -> None:
+        delay = random.expovariate(self.random_interruption_rate / 3600)
+        self._random_timers[record.id] = asyncio.get_running_loop().call_later(
+            delay, lambda: asyncio.ensure_future(self._random_interruption(record))
+        )
+
+    async def _random_interruption(self, record: InstanceRecord) -> None:
+        self._random_timers.pop(record.id, None)
+        if record.id not in self._pods:
+            return
+        if record.state != InstanceState.RUNNING:  # (not yet: its kernel cannot hear it)
+            self._schedule_random_interruption(record)
+            return
+        try:
+            await self.interrupt(
+                record,
+                self.random_interruption_notice,
+                "a random interruption, as when a provider takes a spot node back "
+                "(demo setting KubernetesBackend.random_interruption_rate)",
+            )
+        except BackendError as err:
+            self.log.warning("jupyter_lowcost | kubernetes: random interruption: %s", err.message)
 
     def capacity(self) -> dict[str, Any]:
         return {"namespace": self.namespace, "preset": self.preset, "pods": len(self._pods)}
@@ -575,6 +618,8 @@ class KubernetesBackend(Backend):
         self._pending_timers[record.id] = asyncio.get_running_loop().call_later(
             self.pending_timeout, self._pending_too_long, record
         )
+        if record.low_cost and self.random_interruption_rate > 0:
+            self._schedule_random_interruption(record)
         self.listener.instance_progress(
             record.id, f"pod {name} created in namespace {self.namespace}"
         )
@@ -587,9 +632,10 @@ class KubernetesBackend(Backend):
         self._pods.pop(instance_id, None)
         self._pending_since.pop(instance_id, None)
         self._pending_words.pop(instance_id, None)
-        timer = self._pending_timers.pop(instance_id, None)
-        if timer is not None:
-            timer.cancel()
+        for timers in (self._pending_timers, self._random_timers):
+            timer = timers.pop(instance_id, None)
+            if timer is not None:
+                timer.cancel()
         self._noticed.pop(instance_id, None)
         gone = self._gone.pop(instance_id, None)
         if gone is not None:
@@ -671,8 +717,12 @@ class KubernetesBackend(Backend):
             if pod is not None:
                 await self._delete(record.id)
             return False
-        record.backend_state.update(pod=pod.metadata.name, namespace=self.namespace)
+        record.backend_state.update(
+            pod=pod.metadata.name, namespace=self.namespace, node=pod.spec.node_name
+        )
         self._follow(record)
+        if record.low_cost and self.random_interruption_rate > 0:
+            self._schedule_random_interruption(record)
         return True
 
     async def forget_orphan(self, record: InstanceRecord) -> bool:

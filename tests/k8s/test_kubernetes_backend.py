@@ -6,7 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import EventRecorder, execute, moved, start_lowcost_kernel, wait_until
+from conftest import (
+    EventRecorder,
+    execute,
+    manager_of,
+    moved,
+    start_lowcost_kernel,
+    wait_until,
+)
 from kubernetes_cluster import KubernetesCluster
 
 
@@ -285,3 +292,21 @@ async def test_the_lifetime_cap_is_the_pods_active_deadline(
     assert out.strip() == "kept across the cap"
     second = pod_of(kubernetes_cluster, kube_namespace, running["instance_id"])
     assert second["spec"].get("activeDeadlineSeconds") in (None, 20)
+
+
+@pytest.mark.lowcost(
+    KubernetesBackend={"random_interruption_rate": 1800.0, "random_interruption_notice": 5.0}
+)
+async def test_a_demos_random_interruption_is_an_eviction_and_a_resume(
+    api: Any,
+    jp_serverapp: Any,
+    instance_events: EventRecorder,
+) -> None:
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=60)
+    # (the next pods of the test are left alone)
+    manager_of(jp_serverapp).backend.random_interruption_rate = 0.0
+    assert "a random interruption" in noticed["reason"], noticed
+    await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
