@@ -310,3 +310,26 @@ async def test_a_demos_random_interruption_is_an_eviction_and_a_resume(
     manager_of(jp_serverapp).backend.random_interruption_rate = 0.0
     assert "a random interruption" in noticed["reason"], noticed
     await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
+
+
+async def test_an_interrupt_reaches_the_kernel_in_its_pod(
+    api: Any, jp_fetch: Any, jp_serverapp: Any, tmp_path: Any
+) -> None:
+    import asyncio
+
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id = body["kernel"]["id"]
+    started = tmp_path / "started"
+    cell = asyncio.ensure_future(
+        execute(
+            jp_serverapp,
+            kernel_id,
+            f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
+            "try:\n    time.sleep(120)\nexcept KeyboardInterrupt:\n    print('interrupted')",
+            timeout=60,
+        )
+    )
+    await wait_until(started.exists, timeout=30)  # (the cell is in its sleep)
+    await jp_fetch("api", "kernels", kernel_id, "interrupt", method="POST", body="")
+    out = await asyncio.wait_for(cell, 30)
+    assert out.strip() == "interrupted"
