@@ -24,8 +24,6 @@ from kubernetes_cluster import (
     python_pod,
 )
 
-#: The session's cluster and the per-test namespace (tests/kubernetes_fixture.py).
-pytest_plugins = ["kubernetes_fixture"]
 
 
 async def api_client(cluster: KubernetesCluster) -> client.ApiClient:

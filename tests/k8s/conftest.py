@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from conftest import BASE_CONFIG, _merge
 from kubernetes_cluster import EMPTY_IMAGE, KubernetesCluster, _python_mounts
-from kubernetes_fixture import kube_namespace, kubernetes_cluster  # noqa: F401 (fixtures)
 from traitlets.config import Config
 
 from jupyter_lowcost.backends.kubernetes import MANAGED_BY, MANAGER
@@ -48,8 +47,8 @@ KUBERNETES_CONFIG: dict[str, Any] = {
 @pytest.fixture
 def jp_server_config(
     request: pytest.FixtureRequest,
-    kubernetes_cluster: KubernetesCluster,  # noqa: F811
-    kube_namespace: str,  # noqa: F811
+    kubernetes_cluster: KubernetesCluster,
+    kube_namespace: str,
     jp_root_dir: Path,
     jp_data_dir: Path,
     tmp_path: Path,

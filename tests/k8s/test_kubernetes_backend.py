@@ -245,6 +245,7 @@ def put_back(cluster: KubernetesCluster, lost: str, replacement: str) -> None:
 
 async def test_a_spot_node_lost_with_its_pods_ends_in_a_resumed_kernel(
     api: Any,
+    jp_fetch: Any,
     jp_serverapp: Any,
     instance_events: EventRecorder,
     kubernetes_cluster: KubernetesCluster,
@@ -266,6 +267,8 @@ async def test_a_spot_node_lost_with_its_pods_ends_in_a_resumed_kernel(
         node = pod_of(cluster, kube_namespace, running["instance_id"])["spec"]["nodeName"]
         assert node == replacement
     finally:
+        # (shut down first: the replacement's end would be another reclaim of its pod)
+        await jp_fetch("api", "kernels", kernel_id, method="DELETE", raise_error=False)
         put_back(cluster, lost, replacement)
 
 
