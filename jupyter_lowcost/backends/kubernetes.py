@@ -345,6 +345,8 @@ class KubernetesBackend(Backend):
         self._pending_words: dict[str, str] = {}
         self._pending_timers: dict[str, asyncio.TimerHandle] = {}
         self._random_timers: dict[str, asyncio.TimerHandle] = {}
+        #: deletes and evictions under way (held: the loop keeps only weak references)
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -380,7 +382,15 @@ class KubernetesBackend(Backend):
             asyncio.ensure_future(self._watch_forever("nodes")),
         ]
 
+    def _spawn(self, work: Any) -> None:
+        """Run ``work`` in the background, held until it is done."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
+        # The deletes under way finish before the client closes.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for task in self._watchers:
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
@@ -406,7 +416,7 @@ class KubernetesBackend(Backend):
     def _schedule_random_interruption(self, record: InstanceRecord) -> None:
         delay = random.expovariate(self.random_interruption_rate / 3600)
         self._random_timers[record.id] = asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(self._random_interruption(record))
+            delay, lambda: self._spawn(self._random_interruption(record))
         )
 
     async def _random_interruption(self, record: InstanceRecord) -> None:
@@ -825,7 +835,7 @@ class KubernetesBackend(Backend):
         name = self.pod_name(record.id)
         self._deleting.add(record.id)
         self._forget(record.id)
-        asyncio.ensure_future(self._delete(record.id))
+        self._spawn(self._delete(record.id))
         self.listener.instance_exited(
             record.id,
             None,
@@ -867,7 +877,7 @@ class KubernetesBackend(Backend):
         noticed = self._noticed.get(instance_id)
         self._forget(instance_id)
         if not deleted:
-            asyncio.ensure_future(self._delete(instance_id))  # (and its Secret)
+            self._spawn(self._delete(instance_id))  # (and its Secret)
         name = pod.metadata.name
         if ours:
             self.listener.instance_exited(instance_id, 0, f"pod {name} deleted")
