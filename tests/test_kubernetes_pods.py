@@ -154,3 +154,130 @@ def test_placement_and_resources_can_be_set_per_tier_and_per_type() -> None:
 def test_wrong_settings_are_refused_naming_the_problem(settings: dict, words: str) -> None:
     with pytest.raises(TraitError, match=words.replace("(", r"\(").replace(")", r"\)")):
         KubernetesBackend(None, **settings)
+
+
+# -- what the watches make of pods and nodes (fake objects: the client's models' shape) ----
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def instance_noticed(self, instance_id: str, deadline: float, reason: str) -> None:
+        self.calls.append(("noticed", instance_id, reason))
+
+    def instance_exited(self, instance_id: str, returncode: Any, detail: str) -> None:
+        self.calls.append(("exited", instance_id, returncode, detail))
+
+    def instance_taken(self, instance_id: str, expired: bool, reason: str) -> None:
+        self.calls.append(("taken", instance_id, expired, reason))
+
+    def instance_progress(self, instance_id: str, message: str) -> None:
+        self.calls.append(("progress", instance_id, message))
+
+
+def _node(
+    name: str, taints: list[tuple[str, str]] = (), ready: str = "True", cordoned: bool = False
+) -> Any:
+    from types import SimpleNamespace as NS
+
+    return NS(
+        metadata=NS(name=name),
+        spec=NS(taints=[NS(key=k, effect=e) for k, e in taints], unschedulable=cordoned),
+        status=NS(conditions=[NS(type="Ready", status=ready, reason="NodeStatusUnknown")]),
+    )
+
+
+def _pod(
+    instance_id: str, phase: str, node: str = "n1", exit_code: int | None = None, reason: str = ""
+) -> Any:
+    from types import SimpleNamespace as NS
+
+    terminated = NS(exit_code=exit_code) if exit_code is not None else None
+    return NS(
+        metadata=NS(
+            name=f"jupyter-lowcost-{instance_id}",
+            labels={"jupyter-lowcost/instance": instance_id},
+            deletion_timestamp=None,
+        ),
+        spec=NS(node_name=node),
+        status=NS(
+            phase=phase,
+            reason=reason,
+            message="",
+            conditions=[],
+            container_statuses=[NS(state=NS(terminated=terminated))],
+        ),
+    )
+
+
+def _followed(backend: KubernetesBackend, state: Any = None) -> InstanceRecord:
+    from jupyter_lowcost.storage.records import InstanceState
+
+    record = InstanceRecord("k1", "T4", True, "kubernetes", 0.16, 0.53)
+    record.state = state or InstanceState.RUNNING
+    record.backend_state["node"] = "n1"
+    backend._pods[record.id] = record
+    return record
+
+
+@pytest.mark.parametrize(
+    "node, words",
+    [
+        (
+            _node("n1", [("aws-node-termination-handler/spot-itn", "NoExecute")]),
+            "AWS is taking the spot node back",
+        ),
+        (_node("n1", [("karpenter.sh/disrupted", "NoSchedule")]), "Karpenter is removing the node"),
+        (
+            _node("n1", [("cloud.google.com/impending-node-termination", "NoSchedule")]),
+            "GKE is taking",
+        ),
+        (_node("n1", [("ToBeDeletedByClusterAutoscaler", "NoSchedule")]), "cluster autoscaler"),
+        (_node("n1", cordoned=True), "cordoned"),
+        (_node("n1", ready="Unknown"), "not ready"),
+    ],
+)
+def test_a_node_going_is_a_notice_for_its_pods_with_why(node: Any, words: str) -> None:
+    listener = Listener()
+    backend = KubernetesBackend(listener)
+    record = _followed(backend)
+    backend._node_event("MODIFIED", _node("n2", [("aws-node-termination-handler/x", "NoExecute")]))
+    assert listener.calls == []  # (another node: not this pod's)
+    backend._node_event("MODIFIED", node)
+    [(kind, instance_id, reason)] = listener.calls
+    assert (kind, instance_id) == ("noticed", record.id) and words in reason, reason
+
+
+def test_a_healthy_node_with_other_taints_is_no_notice() -> None:
+    listener = Listener()
+    backend = KubernetesBackend(listener)
+    _followed(backend)
+    backend._node_event("MODIFIED", _node("n1", [("cloud.google.com/gke-spot", "NoSchedule")]))
+    assert listener.calls == []
+
+
+@pytest.mark.parametrize(
+    "pod, expected",
+    [
+        # The kernel exited by itself: its end, not an interruption.
+        (_pod("i1", "Succeeded", exit_code=0), ("exited", 0)),
+        # Killed (137 = 128 + SIGKILL): reported as the process's -9 (an instance lost).
+        (_pod("i1", "Failed", exit_code=137), ("exited", -9)),
+        (_pod("i1", "Failed", exit_code=3), ("exited", 3)),
+        # The cap: Kubernetes ended it at activeDeadlineSeconds.
+        (_pod("i1", "Failed", reason="DeadlineExceeded"), ("taken", True)),
+        (_pod("i1", "Failed", reason="Evicted"), ("taken", False)),
+    ],
+)
+def test_how_a_pod_ends_is_how_its_instance_ends(pod: Any, expected: tuple[Any, Any]) -> None:
+    listener = Listener()
+    backend = KubernetesBackend(listener)
+    record = _followed(backend)
+    record.id = "i1"
+    backend._pods = {"i1": record}
+    backend._spawn = lambda work: work.close()  # (no cluster: no delete)
+    backend._pod_event("MODIFIED", pod)
+    [call] = listener.calls
+    assert (call[0], call[2]) == expected, call
+    assert "i1" not in backend._pods
