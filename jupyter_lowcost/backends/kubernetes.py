@@ -836,10 +836,8 @@ class KubernetesBackend(Backend):
         self._deleting.add(record.id)
         self._forget(record.id)
         self._spawn(self._delete(record.id))
-        self.listener.instance_exited(
-            record.id,
-            None,
-            f"pod {name} could not be scheduled in {self.pending_timeout:g} s: {words}",
+        self.listener.instance_unplaceable(
+            record.id, f"pod {name} could not be scheduled in {self.pending_timeout:g} s: {words}"
         )
 
     def _reclaimed(self, record: InstanceRecord, pod: Any) -> None:

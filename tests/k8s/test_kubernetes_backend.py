@@ -124,7 +124,8 @@ async def test_gpu_limits_hold_and_a_pod_with_no_room_says_the_schedulers_words(
     for _ in range(4):
         await start_lowcost_kernel(api, "T4")
     status, body = await api("POST", "kernels", {"instance_type": "T4", "low_cost": True})
-    assert status >= 500, body
+    assert status == 503, body
+    assert "no capacity: pod" in body["message"], body
     assert "could not be scheduled in 8 s" in body["message"], body
     assert "Insufficient nvidia.com/gpu" in body["message"], body
     # Meanwhile the instance said what it waited for.
@@ -336,3 +337,47 @@ async def test_an_interrupt_reaches_the_kernel_in_its_pod(
     await jp_fetch("api", "kernels", kernel_id, "interrupt", method="POST", body="")
     out = await asyncio.wait_for(cell, 30)
     assert out.strip() == "interrupted"
+
+
+@pytest.mark.lowcost(LowCostApp={"recovery_policy": "fallback", "fallback_after": 1})
+async def test_a_cordoned_spot_node_is_a_notice_and_with_no_spot_room_the_kernel_falls_back(
+    api: Any,
+    jp_fetch: Any,
+    jp_serverapp: Any,
+    instance_events: EventRecorder,
+    kubernetes_cluster: KubernetesCluster,
+    kube_namespace: str,
+) -> None:
+    cluster = kubernetes_cluster
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    cluster.kubectl("cordon", cluster.spot_node)  # a drain begins: no new pod lands there
+    try:
+        noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
+        assert "cordoned" in noticed["reason"], noticed
+        await instance_events.wait_for(instance_id=first, state="interrupted", timeout=60)
+        # The low-cost relaunch finds no spot node to run on: it says the scheduler's words,
+        # gives up after pending_timeout, and the policy falls back to a regular pod.
+        unplaced = await instance_events.wait_for(
+            kernel_id=kernel_id,
+            state="failed",
+            where=lambda e: e["instance_id"] != first and "no capacity" in e["reason"],
+            timeout=60,
+        )
+        assert "could not be scheduled" in unplaced["reason"], unplaced
+        running = await instance_events.wait_for(
+            kernel_id=kernel_id,
+            state="running",
+            where=lambda e: e["instance_id"] not in (first, unplaced["instance_id"]),
+            timeout=90,
+        )
+        await wait_until(lambda: moved(api, kernel_id), timeout=60)
+        out = await execute(jp_serverapp, kernel_id, "print(kept)")
+        assert out.strip() == "{'epoch': 7}"
+        pod = pod_of(cluster, kube_namespace, running["instance_id"])
+        assert pod["spec"]["nodeName"] == cluster.on_demand_node
+        assert pod["metadata"]["labels"]["jupyter-lowcost/tier"] == "regular"
+    finally:
+        await jp_fetch("api", "kernels", kernel_id, method="DELETE", raise_error=False)
+        cluster.kubectl("uncordon", cluster.spot_node)
