@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +48,25 @@ def lab(
 
 
 @pytest.fixture
-async def page(jp_asyncio_loop: asyncio.AbstractEventLoop, lab: Lab) -> AsyncIterator[Any]:
+def page(jp_asyncio_loop: asyncio.AbstractEventLoop, lab: Lab) -> Iterator[Any]:
     """A Chromium page on ``lab`` once JupyterLab has loaded (an AssertionError saying how
-    to install Chromium when there is none)."""
+    to install Chromium when there is none); ``page.errors``: its uncaught errors."""
     from playwright.async_api import async_playwright
 
     executable = find_chromium()
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    run = jp_asyncio_loop.run_until_complete
+    playwright = run(async_playwright().start())
+    try:
+        browser = run(playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS))
         try:
-            made = await open_lab(browser, lab)
+            made = run(open_lab(browser, lab))
             made.errors = []
             made.on("pageerror", lambda error: made.errors.append(f"uncaught: {error}"))
             yield made
         finally:
-            await browser.close()
+            run(browser.close())
+    finally:
+        run(playwright.stop())
 
 
 @pytest.fixture
@@ -110,10 +114,22 @@ def the_running_pod(cluster: KubernetesCluster, namespace: str, kernel_id: str) 
     """The kernel's one pod when it is the only one (no other one still being deleted) and
     it runs; None otherwise."""
     pods = kernel_pods(cluster, namespace, kernel_id)
-    if len(pods) == 1 and pods[0]["status"].get("phase") == "Running":
-        if not pods[0]["metadata"].get("deletionTimestamp"):
-            return pods[0]
-    return None
+    if len(pods) != 1 or pods[0]["metadata"].get("deletionTimestamp"):
+        return None
+    return pods[0] if pods[0]["status"].get("phase") == "Running" else None
+
+
+def in_pod(text: str, pod: dict[str, Any]) -> str:
+    """A cell that prints ``text``, x, ``in pod`` and whether the kernel's process is in
+    ``pod``'s container (its id, which the node's dockerd names the container's cgroup
+    after, is in the process's cgroup paths)."""
+    [container] = pod["status"]["containerStatuses"]
+    container_id = container["containerID"].split("://")[-1]
+    assert container_id, pod["status"]
+    return (
+        f"container = '{container_id}'\n"
+        f"print('{text}', x, 'in pod', container in open('/proc/self/cgroup').read())"
+    )
 
 
 @pytest.mark.timeout(300)
@@ -146,9 +162,15 @@ async def test_the_switch_moves_the_kernel_to_a_spot_pod_and_back_to_an_on_deman
     await screenshot(dialog.locator(".jp-Dialog-content"), "2-dialog-on")
     await dialog.get_by_role("button", name="Switch to low-cost").click()
 
+    # The switch flips with the first event of the new instance and says "T4 moving…" (and
+    # is disabled) until the page has reconnected to the kernel in its new pod. A cell run
+    # in that window stays at [*] with no output (seen here), so this waits for the end of
+    # the move, as the notification tells a person to.
     await expect(switch(page)).to_have_attribute("aria-checked", "true", timeout=120_000)
-    await expect(page.locator(".jp-LowCost-type")).to_have_text("T4")
+    await expect(page.locator(".jp-LowCost-type")).to_have_text("T4", timeout=60_000)
+    await expect(switch(page)).to_be_enabled()
     await expect(status_item(page)).to_contain_text("Low-cost T4", timeout=30_000)
+    await expect(status_item(page)).not_to_contain_text("moving")
     await expect(
         page.locator(".Toastify__toast").filter(has_text="now runs on a low-cost T4")
     ).to_be_visible()
@@ -164,11 +186,10 @@ async def test_the_switch_moves_the_kernel_to_a_spot_pod_and_back_to_an_on_deman
     assert model["instance"]["state"] == "running"
     assert lab.only_kernel() == kernel_id  # the same kernel, moved
 
-    # x came along; the cell runs in the pod (its NODE_NAME-less environment: check the host
-    # name the kubelet gives it instead: hostNetwork pods share the node's, so ask the API).
+    # x came along, and the cell ran in that pod's container.
     await wait_kernel_idle(page)
-    output = await run_cell(page, "print('x is', x)", "x is 42")
-    assert "x is 42" in output
+    output = await run_cell(page, in_pod("x is", pod), "x is 42 in pod")
+    assert "x is 42 in pod True" in output, output
     await expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=30_000)
     await screenshot(page, "3-notebook-on-spot-pod")
     await screenshot(page.locator("#jp-main-statusbar"), "4-statusbar-low-cost")
@@ -181,7 +202,13 @@ async def test_the_switch_moves_the_kernel_to_a_spot_pod_and_back_to_an_on_deman
     await screenshot(dialog.locator(".jp-Dialog-content"), "5-dialog-off")
     await dialog.get_by_role("button", name="Move to regular").click()
     await expect(switch(page)).to_have_attribute("aria-checked", "false", timeout=120_000)
+    await expect(page.locator(".jp-LowCost-type")).to_have_text("T4", timeout=60_000)
+    await expect(switch(page)).to_be_enabled()
     await expect(status_item(page)).to_contain_text("Regular T4", timeout=30_000)
+    await expect(status_item(page)).not_to_contain_text("moving")
+    await expect(
+        page.locator(".Toastify__toast").filter(has_text="now runs on a regular T4")
+    ).to_be_visible()
 
     pod = await wait_for(
         lambda: the_running_pod(cluster, kube_namespace, kernel_id),
@@ -196,7 +223,8 @@ async def test_the_switch_moves_the_kernel_to_a_spot_pod_and_back_to_an_on_deman
     assert lab.only_kernel() == kernel_id
 
     await wait_kernel_idle(page)
-    await run_cell(page, "print('x is still', x)", "x is still 42")
+    output = await run_cell(page, in_pod("x is still", pod), "x is still 42 in pod")
+    assert "x is still 42 in pod True" in output, output
     await expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=30_000)
     await screenshot(page, "6-notebook-on-demand-pod")
     await screenshot(page.locator("#jp-main-statusbar"), "7-statusbar-regular")
@@ -205,9 +233,11 @@ async def test_the_switch_moves_the_kernel_to_a_spot_pod_and_back_to_an_on_deman
     # Shut down from the server: no pod of ours is left.
     lab.api("DELETE", f"/api/kernels/{kernel_id}")
     await wait_for(
-        lambda: not cluster.api(
-            "GET", f"/api/v1/namespaces/{kube_namespace}/pods?labelSelector={OURS}"
-        )["items"],
+        lambda: (
+            not cluster.api(
+                "GET", f"/api/v1/namespaces/{kube_namespace}/pods?labelSelector={OURS}"
+            )["items"]
+        ),
         60,
         "no pod of ours left after the kernel's shutdown",
     )
