@@ -29,7 +29,9 @@ from traitlets.config import Config
 
 from jupyter_lowcost.server.events import SCHEMA_ID
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+#: (kubernetes_fixture: the Kubernetes cluster of tests/k8s/ and tests/test_kubernetes_cluster.py,
+#: started only by the tests that ask for it)
+pytest_plugins = ["pytest_jupyter.jupyter_server", "kubernetes_fixture"]
 
 BASE_CONFIG: dict[str, Any] = {
     "ServerApp": {"jpserver_extensions": {"jupyter_lowcost": True}},

@@ -116,6 +116,11 @@ class BackendListener(Protocol):
         """The instance was taken away without (or past) its notice: preempted, its node
         lost, or its time limit reached (``expired``). The recovery policy applies."""
 
+    def instance_unplaceable(self, instance_id: str, reason: str) -> None:
+        """A pending instance found no capacity and the backend gave up on it (a pod the
+        scheduler could not place in time): its launch fails for lack of room, as a
+        preempted start does (a recovery tries again, or falls back, as its policy says)."""
+
 
 class Backend(LoggingConfigurable):
     """Base class of backends. Subclasses override every method that raises here."""
@@ -124,6 +129,9 @@ class Backend(LoggingConfigurable):
     name = "base"
     #: The address kernels on this backend's instances bind and the server dials.
     kernel_ip = "127.0.0.1"
+    #: The manager forwards signals (an interrupt) over the launch channel, not through
+    #: :meth:`send_signal`: for backends that cannot reach the instance's processes.
+    signals_over_channel = False
 
     def __init__(self, listener: BackendListener, **kwargs: Any) -> None:
         super().__init__(**kwargs)

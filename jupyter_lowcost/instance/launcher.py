@@ -72,6 +72,8 @@ RECONNECT_INTERVAL = 0.5
 #: Seconds before asking again a server that refused to take the instance back.
 REFUSED_INTERVAL = 5.0
 
+#: Signals the server may forward over the channel (``{"type": "signal"}``): an interrupt.
+FORWARDED_SIGNALS = (int(signal.SIGINT),)
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 #: A launcher's own directory in the temporary directory (its kernel's connection file):
 #: this, its process id, "-", a random part.
@@ -272,6 +274,9 @@ def _listen(channel: Channel, reattach: Reattach) -> None:
                 break
             if message.get("type") == "notice":
                 interruption.deliver(float(message["deadline"]), str(message.get("reason", "")))
+            elif message.get("type") == "signal" and message.get("signal") in FORWARDED_SIGNALS:
+                # (a backend that cannot signal the instance's processes itself: a pod)
+                os.kill(os.getpid(), int(message["signal"]))
             elif message.get("type") == "ended":
                 print("jupyter_lowcost launcher: the server ended this instance", file=_log)
                 os._exit(0)

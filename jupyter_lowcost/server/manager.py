@@ -285,3 +285,6 @@ class InstanceManager:
 
     def instance_taken(self, instance_id: str, expired: bool, reason: str) -> None:
         self.notices.instance_taken(instance_id, expired, reason)
+
+    def instance_unplaceable(self, instance_id: str, reason: str) -> None:
+        self.notices.instance_unplaceable(instance_id, reason)

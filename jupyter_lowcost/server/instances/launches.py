@@ -234,7 +234,11 @@ class Launches:
     async def send_signal(self, kernel_id: str, signum: int) -> None:
         """Forward a signal (an interrupt) to the kernel on its instance."""
         record = self.ledger.current(kernel_id)
-        if record is not None and record.is_live:
+        if record is None or not record.is_live:
+            return
+        if self.ctx.backend.signals_over_channel:
+            await self.ctx.channel.send(record.id, {"type": "signal", "signal": int(signum)})
+        else:
             await self.ctx.backend.send_signal(record, signum)
 
     def shutdown_requested(self, kernel_id: str, restart: bool) -> None:

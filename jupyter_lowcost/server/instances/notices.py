@@ -99,6 +99,15 @@ class Notices:
         else:
             self.ledger.end(record, InstanceState.FAILED, f"the kernel died: {detail}")
 
+    def instance_unplaceable(self, instance_id: str, reason: str) -> None:
+        """A pending instance found no capacity: it ends, and its launch fails for lack of
+        room (``Launches.launch`` answers 503; a recovery tries again or falls back)."""
+        entry = self.ledger.instances.get(instance_id)
+        if entry is None or entry.record.state != InstanceState.PENDING:
+            return
+        self.ledger.end(entry.record, InstanceState.FAILED, f"no capacity: {reason}")
+        self.ctx.channel.fail(instance_id, f"no capacity: {reason}")
+
     def instance_progress(self, instance_id: str, message: str) -> None:
         """A pending instance waits: say so with a new ``pending`` event (long work shows)."""
         record = self.ledger.record(instance_id)

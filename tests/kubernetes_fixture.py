@@ -1,0 +1,64 @@
+"""Fixtures: one real Kubernetes cluster for the whole session (tests/kubernetes_cluster.py:
+etcd, the control plane, a spot node and an on-demand node with 4 fake GPUs each), and a
+fresh namespace per test.
+
+A test module that uses them names this module as a plugin::
+
+    pytest_plugins = ["kubernetes_fixture"]
+
+The cluster needs the binaries tests/kubernetes/build.sh builds (once, then cached): when
+they are missing the fixture fails, saying so (it does not skip).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+from collections.abc import Iterator
+from itertools import count
+
+import pytest
+from kubernetes_cluster import INSTALL_HINT, KubernetesCluster, missing_programs
+
+_namespaces = count(1)
+
+
+@pytest.fixture(scope="session")
+def kubernetes_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubernetesCluster]:
+    missing = missing_programs()
+    if missing:
+        pytest.fail(f"{INSTALL_HINT}; missing: {', '.join(missing)}", pytrace=False)
+    cluster = KubernetesCluster(tmp_path_factory.mktemp("kubernetes"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def kube_namespace(
+    kubernetes_cluster: KubernetesCluster, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A new namespace (its ``default`` ServiceAccount ready, so that it takes pods), with
+    KUBECONFIG set for this test; deleted afterwards with its pods (no grace)."""
+    cluster = kubernetes_cluster
+    for key, value in cluster.env.items():
+        monkeypatch.setenv(key, value)
+    name = f"test-{next(_namespaces)}-{int(time.time()) % 100000}"
+    cluster.api("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    end = time.monotonic() + 30
+    while True:
+        try:
+            account = cluster.api("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")
+            if account.get("secrets"):
+                break
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise
+        if time.monotonic() > end:
+            raise RuntimeError(f"namespace {name}: no default ServiceAccount after 30 s")
+        time.sleep(0.05)
+    yield name
+    cluster.api("DELETE", f"/api/v1/namespaces/{name}/pods?gracePeriodSeconds=0")
+    cluster.api("DELETE", f"/api/v1/namespaces/{name}")
