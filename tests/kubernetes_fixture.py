@@ -12,6 +12,9 @@ they are missing the fixture fails, saying so (it does not skip).
 
 from __future__ import annotations
 
+import fcntl
+import os
+import sys
 import time
 import urllib.error
 from collections.abc import Iterator
@@ -22,18 +25,33 @@ from kubernetes_cluster import INSTALL_HINT, KubernetesCluster, missing_programs
 
 _namespaces = count(1)
 
+#: Held by the test run whose cluster is up: the cluster's ports and node addresses are
+#: fixed, so a second run on this machine waits for the first instead of breaking both.
+LOCK_FILE = "/run/lock/jupyter-lowcost-kubernetes.lock"
+
 
 @pytest.fixture(scope="session")
 def kubernetes_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubernetesCluster]:
     missing = missing_programs()
     if missing:
         pytest.fail(f"{INSTALL_HINT}; missing: {', '.join(missing)}", pytrace=False)
-    cluster = KubernetesCluster(tmp_path_factory.mktemp("kubernetes"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    os.makedirs(os.path.dirname(LOCK_FILE), exist_ok=True)
+    with open(LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"\nkubernetes_cluster: another test run has the cluster ({LOCK_FILE}); "
+                "waiting for it to finish",
+                file=sys.stderr,
+            )
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        cluster = KubernetesCluster(tmp_path_factory.mktemp("kubernetes"))
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 @pytest.fixture
