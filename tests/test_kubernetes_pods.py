@@ -33,6 +33,7 @@ def pod_of(
         cwd=spec.get("cwd"),
         log_path="/tmp/x.log",
         time_limit=spec.get("time_limit"),
+        owner=spec.get("owner", ""),
     )
     return backend.pod_manifest(record, launch, "the-secret")
 
@@ -71,7 +72,9 @@ def test_each_preset_sends_each_tier_to_its_nodes(
 
 
 def test_a_pod_asks_for_its_type_and_carries_what_finds_it_again() -> None:
-    pod = pod_of(KubernetesBackend(None, preset="gke"), time_limit=86400.0, cwd="/home/me")
+    pod = pod_of(
+        KubernetesBackend(None, preset="gke"), time_limit=86400.0, cwd="/home/me", owner="f00d"
+    )
     spec = pod["spec"]
     [container] = spec["containers"]
     assert container["resources"] == {
@@ -83,6 +86,9 @@ def test_a_pod_asks_for_its_type_and_carries_what_finds_it_again() -> None:
     assert spec["restartPolicy"] == "Never" and spec["activeDeadlineSeconds"] == 86400
     assert pod["metadata"]["labels"]["jupyter-lowcost/instance"]
     assert pod["metadata"]["labels"]["jupyter-lowcost/kernel"] == "k1"
+    # (the server's data folder: a restarted server removes the pods of its folder that no
+    # record names, and no other)
+    assert pod["metadata"]["labels"]["jupyter-lowcost/owner"] == "f00d"
     annotations = pod["metadata"]["annotations"]
     assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
     assert annotations["karpenter.sh/do-not-disrupt"] == "true"

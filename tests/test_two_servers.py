@@ -127,6 +127,20 @@ def test_what_other_servers_hold_is_what_their_records_files_name(
     assert held.kernels == {"kernel-live", "kernel-taken-back", "k-gone"}
 
 
+def test_servers_sharing_a_data_folder_share_its_id_and_other_folders_have_others(
+    tmp_path: Path, stand_ins: list[StandIn]
+) -> None:
+    """The folder's id labels the instances a backend can label (the kubernetes backend's
+    pods): the same for every server of a folder, for good; another folder's differs."""
+    first, second = new(stand_ins), new(stand_ins)
+    folder_id = first.store(tmp_path).folder_id()
+    assert len(folder_id) == 16 and int(folder_id, 16) >= 0
+    first.die()
+    assert second.store(tmp_path).folder_id() == folder_id
+    assert RecordStore(tmp_path / "other").folder_id() != folder_id
+    assert sorted(p.name for p in tmp_path.iterdir() if "folder-id" in p.name) == ["folder-id"]
+
+
 @pytest.mark.lowcost(LowCostApp={"orphaned_checkpoints_days": 1})
 async def test_a_starting_server_prunes_only_what_no_server_holds(
     api: Any, jp_data_dir: Path, stand_ins: list[StandIn]

@@ -26,6 +26,7 @@ async Python; they raise :class:`BackendError` with a message a person understan
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -98,6 +99,9 @@ class LaunchSpec:
     #: Seconds the instance may live (the low-cost lifetime cap), or ``None``: a backend
     #: that can enforce it itself does (Slurm's ``--time``); the manager enforces it anyway.
     time_limit: float | None = None
+    #: The id of the server's records folder (see ``RecordStore.folder_id``): a backend
+    #: that can label instances labels them with it, for :meth:`Backend.sweep_unrecorded`.
+    owner: str = ""
 
 
 class BackendListener(Protocol):
@@ -228,6 +232,14 @@ class Backend(LoggingConfigurable):
         checkpoint) and return False; no need to call ``super()`` otherwise."""
         await self.forget_orphan(record)
         return False
+
+    async def sweep_unrecorded(self, owner: str, is_recorded: Callable[[str], bool]) -> list[str]:
+        """Stop the instances labelled ``owner`` (see :attr:`LaunchSpec.owner`) whose id
+        ``is_recorded`` denies: a server was killed between starting them and saving their
+        records, so no server would ever stop them. Called once by the manager at start,
+        after every record was taken back or forgotten; returns the ids it stopped.
+        Backends that cannot list what they started do nothing."""
+        return []
 
     async def forget_orphan(self, record: InstanceRecord) -> bool:
         """Stop what is left of ``record`` from a previous server run; True if it was alive."""

@@ -56,6 +56,10 @@ MANAGER = "jupyter-lowcost"
 INSTANCE_LABEL = "jupyter-lowcost/instance"
 KERNEL_LABEL = "jupyter-lowcost/kernel"
 TIER_LABEL = "jupyter-lowcost/tier"
+#: The id of the server's records folder (``LaunchSpec.owner``): a restarted server finds
+#: by it the pods and Secrets of its folder that no record names, and removes them;
+#: servers with other folders sharing the namespace leave each other's alone.
+OWNER_LABEL = "jupyter-lowcost/owner"
 
 #: Where low-cost and regular pods go, per cloud: node selectors and tolerations of each
 #: tier (see ``../shared/notes/SPOT-FACTS.md`` and the README's Kubernetes section).
@@ -523,6 +527,7 @@ class KubernetesBackend(Backend):
             INSTANCE_LABEL: record.id,
             KERNEL_LABEL: (record.kernel_id or "none")[:63],
             TIER_LABEL: "low-cost" if record.low_cost else "regular",
+            **_owned(spec),
         }
         container: dict[str, Any] = {
             "name": "kernel",
@@ -585,7 +590,7 @@ class KubernetesBackend(Backend):
             "metadata": {
                 "name": name,
                 "namespace": self.namespace,
-                "labels": {MANAGED_BY: MANAGER, INSTANCE_LABEL: record.id},
+                "labels": {MANAGED_BY: MANAGER, INSTANCE_LABEL: record.id, **_owned(spec)},
             },
             "stringData": {names.LAUNCH_SECRET: spec.env.get(names.LAUNCH_SECRET, "")},
         }
@@ -739,6 +744,30 @@ class KubernetesBackend(Backend):
         pod = await self._read_pod(record.id)
         await self._delete(record.id)
         return pod is not None
+
+    async def sweep_unrecorded(self, owner: str, is_recorded: Any) -> list[str]:
+        """Delete the pods and Secrets labelled ``owner`` whose instance no record names
+        (a server killed between creating them and saving the record)."""
+        if not owner:
+            return []
+        selector = f"{MANAGED_BY}={MANAGER},{OWNER_LABEL}={owner}"
+        found: set[str] = set()
+        for lister in (self._core.list_namespaced_pod, self._core.list_namespaced_secret):
+            try:
+                listed = await lister(self.namespace, label_selector=selector)
+            except Exception as err:
+                raise BackendError(
+                    f"could not list the pods and Secrets of namespace {self.namespace}: "
+                    f"{_api_error(err)}"
+                ) from err
+            found.update(
+                (item.metadata.labels or {}).get(INSTANCE_LABEL, "") for item in listed.items
+            )
+        # (decided after listing: a pod created meanwhile was recorded before it was created)
+        swept = sorted(i for i in found if i and i not in self._pods and not is_recorded(i))
+        for instance_id in swept:
+            await self._delete(instance_id)
+        return swept
 
     async def _read_pod(self, instance_id: str) -> Any:
         try:
@@ -940,6 +969,11 @@ class KubernetesBackend(Backend):
         if ready is not None and ready.status != "True":
             return f"the node is not ready ({ready.reason or ready.status})"
         return ""
+
+
+def _owned(spec: LaunchSpec) -> dict[str, str]:
+    """The owner label of an instance's pod and Secret (none without an owner)."""
+    return {OWNER_LABEL: spec.owner} if spec.owner else {}
 
 
 def _in_cluster() -> bool:

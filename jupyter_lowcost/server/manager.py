@@ -162,6 +162,7 @@ class InstanceManager:
             )
             self.log.warning("jupyter_lowcost | instance %s: %s", record.id, reason)
             self.ledger.transition(record, InstanceState.TERMINATED, reason)
+        await self._sweep_unrecorded()
         await self.channel.start()
         for instance_id in self.comeback.awaited():
             self.comeback.write_channel_file(instance_id)
@@ -171,6 +172,30 @@ class InstanceManager:
         if self.ctx.session_manager is not None:
             self._session_watch = asyncio.ensure_future(self.comeback.watch_sessions())
         self.jobs.resume_unfinished()
+
+    async def _sweep_unrecorded(self) -> None:
+        """Stop the instances of this data directory that no records file names (a server
+        killed between starting one and saving its record): see
+        :meth:`.backends.base.Backend.sweep_unrecorded` (called at start, once every record
+        was taken back or forgotten)."""
+        store = self.ledger.store
+        elsewhere = store.held_elsewhere().instances
+
+        def is_recorded(instance_id: str) -> bool:
+            record = self.ledger.record(instance_id)
+            return (record is not None and record.is_live) or instance_id in elsewhere
+
+        try:
+            swept = await self.backend.sweep_unrecorded(store.folder_id(), is_recorded)
+        except Exception as err:  # (the next start tries again)
+            self.log.warning("jupyter_lowcost | looking for unrecorded instances: %s", err)
+            return
+        for instance_id in swept:
+            self.log.warning(
+                "jupyter_lowcost | instance %s: stopped; no server had a record of it "
+                "(a server stopped between starting it and saving its record)",
+                instance_id,
+            )
 
     def _prune_leftovers(self, comebacks: list[str]) -> None:
         """Delete what belongs to no server any more: launcher logs, channel files, and

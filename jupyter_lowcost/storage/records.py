@@ -271,6 +271,35 @@ class RecordStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.path = folder / f"{server_name()}.json"
+        self._folder_id = ""
+
+    def folder_id(self) -> str:
+        """The id of this records folder, shared by every server that shares it: made once
+        (16 hex digits, kept in ``folder-id``), then read. Backends that can label what
+        they start label it with this id, so that a server finds the instances of its
+        folder that no records file names (a server killed between starting an instance
+        and saving its record). Called by the manager at start."""
+        if not self._folder_id:
+            self._folder_id = self._read_or_make_folder_id()
+        return self._folder_id
+
+    def _read_or_make_folder_id(self) -> str:
+        path = self.folder / "folder-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        private_dir(self.folder)
+        made = self.folder / f"folder-id.{uuid.uuid4().hex}.tmp"
+        with open_private(made, "w", exclusive=True) as out:
+            out.write(uuid.uuid4().hex[:16] + "\n")
+        try:
+            os.link(made, path)  # (two servers starting at once: the first one's id)
+        except FileExistsError:
+            pass
+        finally:
+            made.unlink()
+        return path.read_text().strip()
 
     @staticmethod
     def _owner(path: Path) -> str:

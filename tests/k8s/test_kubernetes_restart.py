@@ -1,5 +1,7 @@
 """A hard-killed server, restarted, takes its pods back (same pods, same kernel processes),
-resumes the kernel whose pod went meanwhile, and leaves no pod it does not account for."""
+resumes the kernel whose pod went meanwhile, and leaves no pod it does not account for:
+not even those no record names (a server killed between creating a pod and recording it),
+while the pods of servers with another data folder in the same namespace stay."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 from jupyter_process import LowCostServer
-from kubernetes_cluster import KubernetesCluster, _python_mounts
+from kubernetes_cluster import KubernetesCluster, _python_mounts, python_pod
 from notebook_runner import NotebookRunner
 
 from .conftest import CHECKOUT, KUBERNETES_CONFIG
@@ -103,3 +105,74 @@ def test_a_restarted_server_takes_its_pods_back_and_resumes_the_lost_one(
     # Every pod of ours is one the server knows is running, and no other.
     running = {i["id"] for i in server.get("instances").json() if i["state"] == "running"}
     assert set(our_pods(cluster, kube_namespace)) == running
+
+
+def test_a_restarted_server_removes_its_folders_pods_that_no_record_names_and_no_other(
+    server: LowCostServer, kubernetes_cluster: KubernetesCluster, kube_namespace: str
+) -> None:
+    cluster = kubernetes_cluster
+    server.start()
+    response = server.post("kernels", {"instance_type": "T4", "low_cost": True})
+    assert response.status_code == 201, response.text
+    kernel_id, instance_id = response.json()["kernel"]["id"], response.json()["instance"]["id"]
+    run(server, kernel_id, "x = 1")
+    pod = cluster.api(
+        "GET", f"/api/v1/namespaces/{kube_namespace}/pods/jupyter-lowcost-{instance_id}"
+    )
+    owner = pod["metadata"]["labels"]["jupyter-lowcost/owner"]
+    # The label is the data folder's id, the same for every server of that folder.
+    assert owner == (server.home / "data" / "lowcost" / "folder-id").read_text().strip()
+    server.kill_hard()
+
+    # What servers killed at the wrong moment leave: a pod and its Secret created, the
+    # record not saved yet; a Secret created, the pod not yet. And a pod and a Secret of a
+    # server with another data folder, sharing the namespace.
+    def ours(instance: str, folder: str) -> dict[str, str]:
+        return {
+            "app.kubernetes.io/managed-by": "jupyter-lowcost",
+            "jupyter-lowcost/instance": instance,
+            "jupyter-lowcost/owner": folder,
+        }
+
+    namespace_path = f"/api/v1/namespaces/{kube_namespace}"
+    for instance, folder, with_pod in (
+        ("i-unrecorded1", owner, True),
+        ("i-unrecorded2", owner, False),
+        ("i-elsewhere", "0123456789abcdef", True),
+    ):
+        name = f"jupyter-lowcost-{instance}"
+        cluster.api(
+            "POST",
+            f"{namespace_path}/secrets",
+            {
+                "metadata": {"name": name, "labels": ours(instance, folder)},
+                "stringData": {"k": "v"},
+            },
+        )
+        if with_pod:
+            made = python_pod(name, "import time; time.sleep(600)", labels=ours(instance, folder))
+            cluster.api("POST", f"{namespace_path}/pods", made)
+
+    def left(kind: str) -> set[str]:
+        items = cluster.api(
+            "GET",
+            f"{namespace_path}/{kind}?labelSelector=app.kubernetes.io/managed-by=jupyter-lowcost",
+        )["items"]
+        return {
+            i["metadata"]["labels"]["jupyter-lowcost/instance"]
+            for i in items
+            if not i["metadata"].get("deletionTimestamp")
+        }
+
+    assert left("pods") == {instance_id, "i-unrecorded1", "i-elsewhere"}
+    server.start()
+    # The kernel is taken back; what no record names is gone, the other folder's stays.
+    assert run(server, kernel_id, "print(x + 1)") == "2\n"
+    end = time.monotonic() + 30
+    while left("pods") != {instance_id, "i-elsewhere"} or left("secrets") != {
+        instance_id,
+        "i-elsewhere",
+    }:
+        assert time.monotonic() < end, (left("pods"), left("secrets"))
+        time.sleep(0.2)
+    assert "i-unrecorded1: stopped; no server had a record of it" in server.log()

@@ -184,7 +184,9 @@ class Launches:
             self.notices.instance_progress(record.id, "starting the kernel on the instance")
             cap = settings.lifetime_cap
             time_limit = cap if record.low_cost and cap > 0 else None
-            spec = LaunchSpec(python, launch_env, cwd, str(log_path), time_limit)
+            spec = LaunchSpec(
+                python, launch_env, cwd, str(log_path), time_limit, self.ledger.store.folder_id()
+            )
             await backend.launch(record, spec)
             self.ledger.save()
             info = await asyncio.wait_for(ready, settings.launch_timeout)
