@@ -3,6 +3,9 @@ on-demand node, their reclaims as notices, and kernels resumed on new pods."""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,12 +86,18 @@ async def test_an_eviction_is_a_notice_then_the_kernel_resumes_on_a_new_pod(
     body = await start_lowcost_kernel(api, "T4")
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
-    status, answer = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 8})
+    # A long grace period, as a drain's or a cloud's (GKE: 30 s): the idle kernel's pod
+    # ends once its notice checkpoint is written, and the kernel resumes long before.
+    status, answer = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 120})
     assert status in (200, 202), answer
     noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
     assert "pod jupyter-lowcost-" in noticed["reason"]
     interrupted = await instance_events.wait_for(instance_id=first, state="interrupted", timeout=60)
     assert interrupted["recovery"] == "relaunch"
+    deadline = datetime.fromisoformat(noticed["deadline"]).timestamp()
+    assert time.time() < deadline - 60, "the idle kernel's pod waited for its whole grace period"
+    log = (Path(jp_serverapp.data_dir) / "lowcost" / "logs" / f"{first}.log").read_text()
+    assert "the notice checkpoint is written and the kernel is idle" in log
     running = await instance_events.wait_for(
         kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first, timeout=90
     )
@@ -97,6 +106,38 @@ async def test_an_eviction_is_a_notice_then_the_kernel_resumes_on_a_new_pod(
     assert out.strip() == "{'epoch': 7}"
     pod = pod_of(kubernetes_cluster, kube_namespace, running["instance_id"])
     assert pod["spec"]["nodeName"] == kubernetes_cluster.spot_node
+
+
+async def test_a_kernel_running_a_cell_keeps_its_pod_until_the_deadline(
+    api: Any,
+    jp_serverapp: Any,
+    instance_events: EventRecorder,
+    kubernetes_cluster: KubernetesCluster,
+    kube_namespace: str,
+) -> None:
+    """A cell that runs at the eviction may end, and its checkpoint be written, within the
+    grace period: the pod is not ended early (only an idle kernel's is)."""
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    client = jp_serverapp.kernel_manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=60)
+        msg_id = client.execute("import time\nprint('started', flush=True)\ntime.sleep(600)")
+        while True:  # the cell is running once it has printed
+            msg = await client.get_iopub_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                break
+        status, answer = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 10})
+        assert status in (200, 202), answer
+        noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
+        deadline = datetime.fromisoformat(noticed["deadline"]).timestamp()
+        await instance_events.wait_for(instance_id=first, state="interrupted", timeout=60)
+        assert time.time() >= deadline - 1.5, "the busy kernel's pod ended before its deadline"
+    finally:
+        client.stop_channels()
+    await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
 
 
 async def resumed_on_a_new_pod(
@@ -152,25 +193,50 @@ async def test_gpu_limits_hold_and_a_pod_with_no_room_says_the_schedulers_words(
     assert len(pending_pods) <= 1
 
 
+def taint_keys(cluster: KubernetesCluster, node: str) -> set[str]:
+    return {t["key"] for t in cluster.api("GET", f"/api/v1/nodes/{node}")["spec"].get("taints", ())}
+
+
+@pytest.mark.parametrize(
+    "key, value, effect, words",
+    [
+        # What AWS's node termination handler does on a spot interruption notice (the
+        # taint manager then evicts the pod: it does not tolerate the taint).
+        (
+            "aws-node-termination-handler/spot-itn",
+            "true",
+            "NoExecute",
+            "AWS is taking the spot node back",
+        ),
+        # What Karpenter v1 does to a node it is about to disrupt, before it drains it
+        # (nothing evicts the pod here: the server ends it at the notice's deadline).
+        ("karpenter.sh/disrupted", "", "NoSchedule", "Karpenter is removing the node"),
+    ],
+    ids=["aws-nth", "karpenter"],
+)
 async def test_a_termination_taint_on_the_spot_node_is_a_notice_then_a_resume(
     api: Any,
     jp_serverapp: Any,
     instance_events: EventRecorder,
     kubernetes_cluster: KubernetesCluster,
+    key: str,
+    value: str,
+    effect: str,
+    words: str,
 ) -> None:
     cluster = kubernetes_cluster
+    assert key not in taint_keys(cluster, cluster.spot_node)  # (no case's taint left behind)
     body = await start_lowcost_kernel(api, "T4")
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
-    # What AWS's node termination handler does on a spot interruption notice.
-    key = "aws-node-termination-handler/spot-itn"
-    cluster.taint(cluster.spot_node, key, "true", "NoExecute")
+    cluster.taint(cluster.spot_node, key, value, effect)
     try:
         noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
-        assert "AWS is taking the spot node back" in noticed["reason"], noticed
+        assert words in noticed["reason"], noticed
         await instance_events.wait_for(instance_id=first, state="interrupted", timeout=60)
     finally:
-        cluster.untaint(cluster.spot_node, key, "NoExecute")
+        cluster.untaint(cluster.spot_node, key, effect)
+    assert key not in taint_keys(cluster, cluster.spot_node)
     running = await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
     assert running["instance_id"] != first
 
