@@ -977,10 +977,14 @@ def _owned(spec: LaunchSpec) -> dict[str, str]:
 
 
 def _in_cluster() -> bool:
+    """In a pod: the service's address in the environment and the service account's token
+    where kubernetes_asyncio's ``load_incluster_config`` reads it (one place names it)."""
     import os
 
+    from kubernetes_asyncio.config import incluster_config
+
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
-        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        incluster_config.SERVICE_TOKEN_FILENAME
     )
 
 
