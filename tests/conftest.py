@@ -13,6 +13,7 @@ the network guard (tests/network_guard) before any fixture starts a process, and
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import tempfile
@@ -58,6 +59,23 @@ def nothing_beyond_loopback() -> Iterator[None]:
     checker.fail_on_new("before this test (a shared fixture's set-up or an earlier process)")
     yield
     checker.fail_on_new("during this test")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary() -> Iterator[None]:
+    """No garbage collection while the summary runs. Plugins import modules there (the
+    hypothesis plugin imports hypothesis when no test did), and pytest parses them: on
+    CPython 3.11 a collection during ``ast.parse`` whose finalizers parse too (or another
+    thread's parse) corrupts the parser's shared recursion counter, and the import fails
+    with "SystemError: AST constructor recursion depth mismatch" after every test passed
+    (CPython gh-106905; 3.12 keeps the counter per call). The session's garbage is
+    collected first."""
+    gc.collect()
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        gc.enable()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
