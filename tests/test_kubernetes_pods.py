@@ -29,7 +29,7 @@ def pod_of(
     record = InstanceRecord("k1", itype, low_cost, "kubernetes", 0.16, 0.53)
     launch = LaunchSpec(
         python="/opt/python/bin/python",
-        env={"A": "1", names.LAUNCH_SECRET: "s3cret", names.CHECKPOINT_DIR: "/data/ckpt"},
+        env={"A": "1", names.LAUNCH_SECRET: "s3cret", names.CHECKPOINT_DIR: "/data/ckpt/k1"},
         cwd=spec.get("cwd"),
         log_path="/tmp/x.log",
         time_limit=spec.get("time_limit"),
@@ -140,6 +140,8 @@ def test_placement_and_resources_can_be_set_per_tier_and_per_type() -> None:
     }
     assert spec["priorityClassName"] == "notebooks" and spec["securityContext"]["runAsUser"] == 1000
     mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    # (the claim holds every kernel's folder: mounted at the server's checkpoint folder,
+    # the parent of this kernel's own)
     assert mounts["checkpoints"] == "/data/ckpt"
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["checkpoints"]["persistentVolumeClaim"] == {"claimName": "checkpoints-rwx"}

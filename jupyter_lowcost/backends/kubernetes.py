@@ -521,7 +521,10 @@ class KubernetesBackend(Backend):
                     "persistentVolumeClaim": {"claimName": self.checkpoint_claim},
                 }
             )
-            mounts.append({"name": "checkpoints", "mountPath": checkpoint_dir})
+            # (the claim holds every kernel's folder, as the server's checkpoint folder does:
+            # mounted there, the parent of this kernel's, not at the kernel's own)
+            root = checkpoint_dir.rstrip("/").rpartition("/")[0] or "/"
+            mounts.append({"name": "checkpoints", "mountPath": root})
         labels = {
             MANAGED_BY: MANAGER,
             INSTANCE_LABEL: record.id,
