@@ -289,3 +289,30 @@ def test_how_a_pod_ends_is_how_its_instance_ends(pod: Any, expected: tuple[Any, 
     [call] = listener.calls
     assert (call[0], call[2]) == expected, call
     assert "i1" not in backend._pods
+
+
+def test_a_pod_whose_first_event_is_its_deletion_is_placed_and_followed_to_its_end() -> None:
+    """The kubelet's status can lag behind the kernel: the watch's first sight of a pod
+    running the kernel may already carry its deletion. The pod counts as placed (no
+    "could not be scheduled" later), and its end is still its instance's."""
+    from datetime import datetime, timezone
+
+    from jupyter_lowcost.storage.records import InstanceState
+
+    listener = Listener()
+    backend = KubernetesBackend(listener, pending_timeout=8.0)
+    record = _followed(backend)
+    record.id = "i1"
+    record.backend_state.pop("node")
+    backend._pods = {"i1": record}
+    backend._spawn = lambda work: work.close()  # (no cluster: no delete)
+    pod = _pod("i1", "Pending", node="spot-1")
+    pod.metadata.deletion_timestamp = datetime.now(timezone.utc)
+    backend._pod_event("MODIFIED", pod)
+    assert record.backend_state["node"] == "spot-1"
+    # pending_timeout after the pod's creation: its kernel runs, nothing is undone.
+    backend._pending_too_long(record)
+    assert "i1" in backend._pods and record.state == InstanceState.RUNNING
+    backend._pod_event("DELETED", pod)
+    assert [c[0] for c in listener.calls if c[0] != "progress"] == ["noticed", "taken"]
+    assert "i1" not in backend._pods

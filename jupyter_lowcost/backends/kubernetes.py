@@ -822,6 +822,10 @@ class KubernetesBackend(Backend):
         if record is None:
             return
         status = pod.status
+        # Placed: whatever else the event says (the first event a watch shows of a pod
+        # may be its deletion already: the kubelet's status lags behind the kernel).
+        if pod.spec.node_name and record.backend_state.get("node") != pod.spec.node_name:
+            self._placed(record, pod)
         if kind == "DELETED" or status.phase in ("Succeeded", "Failed"):
             self._ended(record, pod, deleted=kind == "DELETED")
             return
@@ -830,20 +834,22 @@ class KubernetesBackend(Backend):
             return
         if status.phase == "Pending":
             self._pending(record, pod)
-        elif status.phase == "Running" and record.backend_state.get("node") != pod.spec.node_name:
-            record.backend_state["node"] = pod.spec.node_name
-            self._pending_since.pop(record.id, None)
-            timer = self._pending_timers.pop(record.id, None)
-            if timer is not None:
-                timer.cancel()
-            self.listener.instance_progress(
-                record.id,
-                f"pod {pod.metadata.name} runs on node {pod.spec.node_name}: starting the kernel",
-            )
         disruption = _condition(pod, "DisruptionTarget")
         if disruption is not None and disruption.status == "True":
             why = DISRUPTIONS.get(disruption.reason or "", disruption.reason or "disrupted")
             self._announce(record, time.time() + self.termination_grace_seconds, why)
+
+    def _placed(self, record: InstanceRecord, pod: Any) -> None:
+        """The scheduler put the pod on a node: no more waiting for room."""
+        record.backend_state["node"] = pod.spec.node_name
+        self._pending_since.pop(record.id, None)
+        timer = self._pending_timers.pop(record.id, None)
+        if timer is not None:
+            timer.cancel()
+        self.listener.instance_progress(
+            record.id,
+            f"pod {pod.metadata.name} is on node {pod.spec.node_name}: starting the kernel",
+        )
 
     def _pending(self, record: InstanceRecord, pod: Any) -> None:
         """A pod the scheduler has not placed: say why (its words), as pending."""
@@ -861,7 +867,11 @@ class KubernetesBackend(Backend):
         """``pending_timeout`` after the pod was created: if it is still not placed, its
         launch fails with the scheduler's words (the recovery policy falls back)."""
         self._pending_timers.pop(record.id, None)
-        if record.id not in self._pods or record.backend_state.get("node"):
+        if (
+            record.id not in self._pods
+            or record.backend_state.get("node")
+            or record.state != InstanceState.PENDING  # (its kernel runs: it was placed)
+        ):
             return
         words = self._pending_words.get(record.id, "it was not scheduled")
         name = self.pod_name(record.id)
