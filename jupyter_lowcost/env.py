@@ -21,6 +21,9 @@ LAUNCH_SECRET = "JUPYTER_LOWCOST_LAUNCH_SECRET"
 ORPHAN_TIMEOUT = "JUPYTER_LOWCOST_ORPHAN_TIMEOUT"
 #: "1": a SIGTERM to the launcher is an interruption notice (Slurm's preemption).
 SIGTERM_NOTICE = "JUPYTER_LOWCOST_SIGTERM_NOTICE"
+#: "1": after that SIGTERM, the instance ends as soon as the idle kernel's notice
+#: checkpoint is written (a pod, which its deletion ends anyway).
+SIGTERM_LEAVE_WHEN_SAVED = "JUPYTER_LOWCOST_SIGTERM_LEAVE_WHEN_SAVED"
 
 # -- set by the server for the kernel (kernel side) ------------------------------------
 #: The server's URL, its token, and the kernel's id: what ``%lowcost`` calls back with.

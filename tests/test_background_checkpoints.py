@@ -379,6 +379,38 @@ def test_a_notice_finishes_the_write_of_the_newest_state_then_checkpoints(
     kept.store.close()
 
 
+def test_the_checkpoints_hold_everything_only_once_the_last_ended_cell_is_written(
+    tmp_path: Path,
+) -> None:
+    """What lets the launcher of an instance being taken away end it early (a pod): the
+    latest checkpoint written holds every cell that ended, none runs, none is in flight."""
+    shell = _Shell(x=1)
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
+    held = _HeldWrites(kept.store)
+    assert not kept.holds_everything()  # (nothing written yet)
+    kept._before_cell()
+    kept._after_cell()
+    assert held.started.wait(10)
+    assert not kept.holds_everything()  # (its write is in flight)
+    held.go.set()
+    assert kept.wait_for_write(30)
+    assert kept.holds_everything()
+    # A notice during a cell: its checkpoint holds half of the cell, not the cell.
+    kept._before_cell()
+    shell.user_ns["y"] = 2
+    kept._at_notice(_a_notice(30))
+    assert _restored(tmp_path) == {"x": 1, "y": 2}
+    assert not kept.holds_everything()
+    # The cell ends: its own checkpoint (written during the notice) holds it.
+    kept._after_cell()
+    assert kept.wait_for_write(30)
+    assert kept.holds_everything()
+    # A failed write: the latest checkpoint is older than the namespace.
+    kept.last_failure = (time.time(), "No space left on device")
+    assert not kept.holds_everything()
+    kept.store.close()
+
+
 class _WriteHeldMidway:
     """Holds a store's background write after ``pieces`` pieces of its work (its pauses:
     one before each chunk of a buffer), until the test lets it go."""

@@ -98,6 +98,8 @@ def test_a_pod_asks_for_its_type_and_carries_what_finds_it_again() -> None:
     assert env[names.LAUNCH_SECRET]["valueFrom"]["secretKeyRef"]["name"] == "the-secret"
     assert "s3cret" not in repr(pod)
     assert env[names.SIGTERM_NOTICE]["value"] == "30"
+    # (the pod of an idle kernel ends once its notice checkpoint is written)
+    assert env[names.SIGTERM_LEAVE_WHEN_SAVED]["value"] == "1"
     # A type without GPUs asks for none; a regular pod has no deadline.
     cpu = pod_of(KubernetesBackend(None), low_cost=False, itype="CPU")["spec"]
     assert "limits" not in cpu["containers"][0]["resources"]

@@ -500,7 +500,12 @@ class KubernetesBackend(Backend):
         env = [
             {"name": k, "value": v}
             for k, v in sorted(
-                {**spec.env, names.SIGTERM_NOTICE: f"{self.termination_grace_seconds:g}"}.items()
+                {
+                    **spec.env,
+                    names.SIGTERM_NOTICE: f"{self.termination_grace_seconds:g}",
+                    # (a pod being deleted ends anyway: its idle kernel resumes at once)
+                    names.SIGTERM_LEAVE_WHEN_SAVED: "1",
+                }.items()
             )
             if k not in secret_keys
         ]

@@ -358,25 +358,61 @@ def _reattach_once(channel: Channel, reattach: Reattach) -> bool:
     return True
 
 
-def _report_sigterm(channel: Channel, notice_seconds: float) -> None:
+def _report_sigterm(channel: Channel, notice_seconds: float, leave_when_saved: bool) -> None:
     """Make SIGTERM an interruption notice ``notice_seconds`` long: the kernel sees it at
     once (flag, callbacks), and the server hears of it from a thread (the handler may
-    have interrupted the main thread anywhere)."""
+    have interrupted the main thread anywhere). With ``leave_when_saved`` (a pod: see
+    :func:`_leave_when_saved`), the instance may end before the deadline."""
+    received: list[float] = []
 
     def handle(signum: int, frame: Any) -> None:
-        deadline = time.time() + notice_seconds
+        if received:  # (a second SIGTERM: the first one's notice stands)
+            return
+        received.append(time.time())
+        deadline = received[0] + notice_seconds
         reason = f"the instance received SIGTERM: it stops in {notice_seconds:g} s"
 
         def report() -> None:
+            print(f"jupyter_lowcost launcher: {reason}", file=_log, flush=True)
             try:
                 channel.send({"type": "notice", "deadline": deadline, "reason": reason})
             except OSError:
                 pass
+            if leave_when_saved:
+                _leave_when_saved(deadline)
 
         threading.Thread(target=report, name="lowcost-sigterm", daemon=True).start()
         interruption.deliver(deadline, reason)
 
     signal.signal(signal.SIGTERM, handle)
+
+
+def _leave_when_saved(deadline: float) -> None:
+    """End the instance before its deadline once its latest checkpoint holds the kernel's
+    namespace as it is, with no cell running (:meth:`KernelCheckpoints.holds_everything`):
+    nothing more can be saved, and the recovery resumes the kernel on a new instance at
+    once instead of after the whole grace period (30 s on GKE, say) of a pod that is
+    killed anyway. A cell that runs keeps the instance until it ends and its checkpoint
+    is written, or until the deadline. Called by the SIGTERM handler's thread, once the
+    notice was sent to the server."""
+    while time.time() < deadline:
+        checkpoints = checkpointing.installed()
+        if checkpoints is not None and checkpoints.holds_everything():
+            print(
+                "jupyter_lowcost launcher: the latest checkpoint holds the kernel's variables "
+                "and no cell runs: the instance ends now, before its deadline",
+                file=_log,
+                flush=True,
+            )
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            # As if SIGTERM had ended it (128 + 15): the server sees an instance taken
+            # during its notice, and resumes the kernel.
+            os._exit(128 + signal.SIGTERM)
+        time.sleep(0.05)
 
 
 def _watch_cloud(channel: Channel, config: dict[str, Any]) -> None:
@@ -519,8 +555,9 @@ def main() -> None:
         os.chmod(connection_file, 0o600)
         interruption.install_signal_handler()
         sigterm_notice = os.environ.pop(env.SIGTERM_NOTICE, "")
+        leave_when_saved = os.environ.pop(env.SIGTERM_LEAVE_WHEN_SAVED, "") == "1"
         if sigterm_notice:
-            _report_sigterm(channel, float(sigterm_notice))
+            _report_sigterm(channel, float(sigterm_notice), leave_when_saved)
         app = IPKernelApp.instance()
         app.initialize(kernel_arguments(connection_file))
         _watch_cloud(channel, config)

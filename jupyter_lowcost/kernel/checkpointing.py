@@ -131,6 +131,10 @@ class KernelCheckpoints:
         #: written was taken: a cell since then may have changed the namespace.
         self._cells_started = 0
         self._writing_cells = 0
+        #: How many cells had ended when the namespace of the latest checkpoint written
+        #: was taken (-1: none written yet), and of the snapshot being written.
+        self._saved_cells = -1
+        self._writing_ended_cells = -1
         #: The last cell that ended (its execution count), and the one running (None
         #: between cells): a checkpoint's history says after which cell it was taken.
         self._last_cell = max(0, int(getattr(shell, "execution_count", 1) or 1) - 1)
@@ -152,6 +156,7 @@ class KernelCheckpoints:
         self._finish_write_first()
         with self._lock:  # (a background write in flight holds it until it is written)
             self._pending = False
+            cells = self._ended_cells()
             namespace = self.namespace()
             self._last_time = time.monotonic()
             self._snapshotting = threading.current_thread() is threading.main_thread()
@@ -163,7 +168,28 @@ class KernelCheckpoints:
             finally:
                 self._snapshotting = False
             self._saved(report)
+            self._saved_cells = cells
             return report
+
+    def holds_everything(self) -> bool:
+        """Does the latest checkpoint hold the namespace as it is now? Written (not
+        failed) after the last cell that ended, with no cell running, no write in
+        flight or left pending; a kernel of one's own with checkpoints on (a job's
+        checkpoints are its runner's). Asked by the launcher of an instance being taken
+        away, which then ends at once (``launcher._leave_when_saved``)."""
+        return (
+            self.when != "off"
+            and not self.job
+            and self.last_failure is None
+            and not self._cell_running
+            and not self._pending
+            and self.writing is None
+            and self._saved_cells == self._ended_cells()
+        )
+
+    def _ended_cells(self) -> int:
+        """The cells that have ended (a snapshot during a cell holds half of it)."""
+        return self._cells_started - int(self._cell_running)
 
     def _manifest_fields(self, namespace: dict[str, Any], manual: bool) -> dict[str, Any]:
         return {
@@ -230,6 +256,7 @@ class KernelCheckpoints:
                 self._snapshotting = False
             self.writing = snapshot
             self._writing_cells = self._cells_started
+            self._writing_ended_cells = self._ended_cells()
             self._hurry = False
             self._give_way = False
             self._writer_waited = 0.0
@@ -251,8 +278,10 @@ class KernelCheckpoints:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         except (AttributeError, OSError):
             pass
+        cells = self._writing_ended_cells
         try:
             self._saved(self.store.write(snapshot, pause=self._wait_for_cell))
+            self._saved_cells = cells
         except _GaveWay:
             pass  # (the notice's checkpoint of the newest state follows)
         except CheckpointWriteFailed as err:

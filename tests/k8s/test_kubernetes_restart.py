@@ -176,3 +176,27 @@ def test_a_restarted_server_removes_its_folders_pods_that_no_record_names_and_no
         assert time.monotonic() < end, (left("pods"), left("secrets"))
         time.sleep(0.2)
     assert "i-unrecorded1: stopped; no server had a record of it" in server.log()
+
+
+def test_a_server_that_stops_leaves_no_pod_and_no_secret(
+    server: LowCostServer, kubernetes_cluster: KubernetesCluster, kube_namespace: str
+) -> None:
+    server.start()
+    for low_cost in (True, False):
+        response = server.post("kernels", {"instance_type": "T4", "low_cost": low_cost})
+        assert response.status_code == 201, response.text
+    assert len(our_pods(kubernetes_cluster, kube_namespace)) == 2
+    server.stop()  # (SIGTERM: Jupyter's own shutdown)
+    assert server.process is not None and server.process.returncode is not None
+    ours = "labelSelector=app.kubernetes.io/managed-by=jupyter-lowcost"
+    left = {
+        kind: [
+            item["metadata"]["name"]
+            for item in kubernetes_cluster.api(
+                "GET", f"/api/v1/namespaces/{kube_namespace}/{kind}?{ours}"
+            )["items"]
+            if not item["metadata"].get("deletionTimestamp")
+        ]
+        for kind in ("pods", "secrets")
+    }
+    assert left == {"pods": [], "secrets": []}
