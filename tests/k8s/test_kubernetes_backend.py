@@ -118,15 +118,27 @@ async def test_an_eviction_is_a_notice_then_the_kernel_resumes_on_a_new_pod(
     assert pod["spec"]["nodeName"] == kubernetes_cluster.spot_node
 
 
-async def test_a_kernel_running_a_cell_keeps_its_pod_until_the_deadline(
+@pytest.mark.parametrize(
+    "cell, notice, early",
+    [
+        # A cell that ends within the grace period: its checkpoint is written, then the
+        # pod ends before its deadline, and what the cell made comes along.
+        ("time.sleep(4)\nfinished = 'yes'", 120, True),
+        # A cell that does not: the pod is not ended early; it runs to its deadline.
+        ("time.sleep(600)", 10, False),
+    ],
+    ids=["cell-ends-in-time", "cell-runs-on"],
+)
+async def test_a_cell_running_at_the_eviction_keeps_its_pod_until_it_ends_and_is_saved(
     api: Any,
     jp_serverapp: Any,
     instance_events: EventRecorder,
     kubernetes_cluster: KubernetesCluster,
     kube_namespace: str,
+    cell: str,
+    notice: int,
+    early: bool,
 ) -> None:
-    """A cell that runs at the eviction may end, and its checkpoint be written, within the
-    grace period: the pod is not ended early (only an idle kernel's is)."""
     body = await start_lowcost_kernel(api, "T4")
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
@@ -135,57 +147,27 @@ async def test_a_kernel_running_a_cell_keeps_its_pod_until_the_deadline(
     client.start_channels()
     try:
         await client.wait_for_ready(timeout=60)
-        msg_id = client.execute("import time\nprint('started', flush=True)\ntime.sleep(600)")
+        msg_id = client.execute(f"import time\nprint('started', flush=True)\n{cell}")
         while True:  # the cell is running once it has printed
             msg = await client.get_iopub_msg(timeout=60)
             if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
                 break
-        status, answer = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 10})
-        assert status in (200, 202), answer
-        noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
-        deadline = datetime.fromisoformat(noticed["deadline"]).timestamp()
-        await instance_events.wait_for(instance_id=first, state="interrupted", timeout=60)
-        assert time.time() >= deadline - 1.5, "the busy kernel's pod ended before its deadline"
-    finally:
-        client.stop_channels()
-    await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
-
-
-async def test_a_cell_that_ends_within_the_grace_period_comes_along(
-    api: Any,
-    jp_serverapp: Any,
-    instance_events: EventRecorder,
-    kubernetes_cluster: KubernetesCluster,
-    kube_namespace: str,
-) -> None:
-    """A cell running at the eviction ends within the grace period: its checkpoint is
-    written, then the pod ends (before its deadline) and the kernel resumes with what the
-    cell made."""
-    body = await start_lowcost_kernel(api, "T4")
-    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
-    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
-    await kubelet_reports_running(kubernetes_cluster, kube_namespace, first)
-    client = jp_serverapp.kernel_manager.get_kernel(kernel_id).client()
-    client.start_channels()
-    try:
-        await client.wait_for_ready(timeout=60)
-        msg_id = client.execute(
-            "import time\nprint('started', flush=True)\ntime.sleep(4)\nfinished = 'yes'"
+        status, answer = await api(
+            "POST", f"instances/{first}/interrupt", {"notice_seconds": notice}
         )
-        while True:  # the cell is running once it has printed
-            msg = await client.get_iopub_msg(timeout=60)
-            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
-                break
-        status, answer = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 120})
         assert status in (200, 202), answer
         noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
         deadline = datetime.fromisoformat(noticed["deadline"]).timestamp()
         await instance_events.wait_for(instance_id=first, state="interrupted", timeout=60)
-        assert time.time() < deadline - 60, "the pod waited for its whole grace period"
+        if early:
+            assert time.time() < deadline - 60, "the pod waited for its whole grace period"
+        else:
+            assert time.time() >= deadline - 1.5, "the pod ended before its deadline"
     finally:
         client.stop_channels()
     await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
-    assert await execute(jp_serverapp, kernel_id, "print(finished)") == "yes\n"
+    if early:
+        assert await execute(jp_serverapp, kernel_id, "print(finished)") == "yes\n"
 
 
 async def resumed_on_a_new_pod(
