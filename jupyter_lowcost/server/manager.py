@@ -176,7 +176,7 @@ class InstanceManager:
     async def _sweep_unrecorded(self) -> None:
         """Stop the instances of this data directory that no records file names (a server
         killed between starting one and saving its record): see
-        :meth:`.backends.base.Backend.sweep_unrecorded` (called at start, once every record
+        :meth:`..backends.base.Backend.sweep_unrecorded` (called at start, once every record
         was taken back or forgotten)."""
         store = self.ledger.store
         elsewhere = store.held_elsewhere().instances
@@ -202,7 +202,7 @@ class InstanceManager:
         checkpoints older than ``orphaned_checkpoints_days`` (called at start, once the
         records of servers that are gone are this server's; ``comebacks``: the kernels
         being put back). What another server sharing the data directory holds stays (see
-        :meth:`.storage.records.RecordStore.held_elsewhere`): its kernels go on."""
+        :meth:`..storage.records.RecordStore.held_elsewhere`): its kernels go on."""
         settings, store = self.settings, self.ledger.store
         self.comeback.prune_files(store)
         live = set(self.kernel_manager.list_kernel_ids()) | set(comebacks) | self.jobs.kernel_ids()

@@ -1,7 +1,7 @@
 """Launches: what the kernel provisioner asks of the manager for a kernel with a placement,
 and the REST API's ``POST kernels``.
 
-Who calls it: :class:`~...provisioner.LowCostProvisioner` for every launch (through the
+Who calls it: :class:`~..provisioner.LowCostProvisioner` for every launch (through the
 manager, which first makes sure it has started), poll, wait, signal and stop of a placed
 kernel, and for the environment of every kernel; the handlers for a new low-cost kernel
 and to terminate an instance. A launch makes the instance's record,
