@@ -6,6 +6,7 @@ a pod asks for and carries, and config that is wrong refused with the trait's na
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -307,7 +308,8 @@ def test_a_pod_whose_first_event_is_its_deletion_is_placed_and_followed_to_its_e
     record.id = "i1"
     record.backend_state.pop("node")
     backend._pods = {"i1": record}
-    backend._spawn = lambda work: work.close()  # (no cluster: no delete)
+    backend._core = _NodeReader(_node("spot-1"))
+    backend._spawn = _run_reads_only
     pod = _pod("i1", "Pending", node="spot-1")
     pod.metadata.deletion_timestamp = datetime.now(timezone.utc)
     backend._pod_event("MODIFIED", pod)
@@ -318,3 +320,45 @@ def test_a_pod_whose_first_event_is_its_deletion_is_placed_and_followed_to_its_e
     backend._pod_event("DELETED", pod)
     assert [c[0] for c in listener.calls if c[0] != "progress"] == ["noticed", "taken"]
     assert "i1" not in backend._pods
+
+
+class _NodeReader:
+    """The one API call of the watches' handlers: reading a node."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    async def read_node(self, name: str) -> Any:
+        return self.node
+
+
+def _run_reads_only(work: Any) -> None:
+    """The backend's background work, without a cluster: a node's read runs (on a loop of
+    its own), deletes do not."""
+    if work.__qualname__.endswith("_announce_after_reading_node"):
+        asyncio.run(work)
+    else:
+        work.close()
+
+
+def test_a_pod_deleted_before_the_watch_shows_its_nodes_taint_says_the_nodes_words() -> None:
+    """The taint manager evicts a NoExecute-tainted node's pods at once: the pod's deletion
+    can reach the server before the node's taint does. The notice reads the node first,
+    and says why the node goes."""
+    from datetime import datetime, timezone
+
+    listener = Listener()
+    backend = KubernetesBackend(listener)
+    record = _followed(backend)
+    record.id = "i1"
+    backend._pods = {"i1": record}
+    backend._nodes = {"n1": _node("n1")}  # (as the node watch last showed it: healthy)
+    backend._core = _NodeReader(
+        _node("n1", [("aws-node-termination-handler/spot-itn", "NoExecute")])
+    )
+    backend._spawn = _run_reads_only
+    pod = _pod("i1", "Running")
+    pod.metadata.deletion_timestamp = datetime.now(timezone.utc)
+    backend._pod_event("MODIFIED", pod)
+    [notice] = [c for c in listener.calls if c[0] == "noticed"]
+    assert "AWS is taking the spot node back" in notice[2]

@@ -131,11 +131,30 @@ class WatchEvents:
         if disruption is not None and disruption.status == "True":
             why = DISRUPTIONS.get(disruption.reason or "", disruption.reason or "disrupted")
         else:
-            why = (
-                self._noticed.get(record.id)
-                or self._node_words(pod.spec.node_name)
-                or ("the pod is being deleted (an eviction, a drain, or a delete outside Jupyter)")
-            )
+            why = self._noticed.get(record.id) or self._node_words(pod.spec.node_name)
+        if why:
+            self._announce(record, deadline, why)
+        else:
+            # The node's watch may not have shown its taint yet (the taint manager evicts
+            # the node's pods as soon as it is tainted): read the node, then say why.
+            self._spawn(self._announce_after_reading_node(record, pod.spec.node_name, deadline))
+
+    async def _announce_after_reading_node(
+        self, record: InstanceRecord, node_name: str | None, deadline: float
+    ) -> None:
+        if node_name:
+            try:
+                self._nodes[node_name] = await self._core.read_node(node_name)
+            except Exception as err:  # (a node gone: no words from it)
+                if getattr(err, "status", None) != 404:
+                    self.log.warning(
+                        "jupyter_lowcost | kubernetes: reading node %s: %s",
+                        node_name,
+                        api_error(err),
+                    )
+        why = self._node_words(node_name) or (
+            "the pod is being deleted (an eviction, a drain, or a delete outside Jupyter)"
+        )
         self._announce(record, deadline, why)
 
     def _announce(self, record: InstanceRecord, deadline: float, why: str) -> None:
