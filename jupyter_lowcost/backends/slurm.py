@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlets import Dict, Float, List, Unicode
+from traitlets import Dict, Float, List, TraitError, Unicode, validate
 
 from .. import env as names
 from ..storage.records import InstanceRecord
@@ -226,26 +226,30 @@ class SlurmBackend(BatchBackend):
         self._partitions: dict[str, dict[str, str]] = {}
         self._partitions_read = 0.0
 
+    @validate("instance_types")
+    def _check_types(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        """A wrong per-type setting fails when it is set (a config file: at the server's
+        start), naming it."""
+        for name, shape in proposal["value"].items():
+            if not isinstance(shape, dict):
+                raise TraitError(
+                    f"SlurmBackend.instance_types[{name!r}] must be a dict, not "
+                    f"{type(shape).__name__}"
+                )
+            unknown = sorted(set(shape) - TYPE_KEYS)
+            if unknown:
+                raise TraitError(
+                    f"SlurmBackend.instance_types[{name!r}] has unknown key(s) "
+                    f"{', '.join(unknown)} (known: {', '.join(sorted(TYPE_KEYS))})"
+                )
+        return proposal["value"]
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         await super().start()
         self._config = await self._read_config()
         await self._read_partitions()
-        for name, shape in self.instance_types.items():
-            if not isinstance(shape, dict):
-                raise BackendError(
-                    f"SlurmBackend.instance_types[{name!r}] must be a dict, not "
-                    f"{type(shape).__name__}",
-                    status=500,
-                )
-            unknown = sorted(set(shape) - TYPE_KEYS)
-            if unknown:
-                raise BackendError(
-                    f"SlurmBackend.instance_types[{name!r}] has unknown key(s) "
-                    f"{', '.join(unknown)} (known: {', '.join(sorted(TYPE_KEYS))})",
-                    status=500,
-                )
         self.log.info(
             "jupyter_lowcost | slurm backend: cluster %s, partitions %s, notice (KillWait) %g s",
             self._config.get("ClusterName", "?"),
