@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import env
-from ..kernel import checkpointing, interruption
+from ..kernel import checkpointing, interruption, ipykernel_adapters
 from ..protocol import (
     LAUNCHER,
     SERVER,
@@ -242,14 +242,10 @@ class Reattach:
         """Keep the kernel's last shell status (a server that takes the kernel back
         tells its clients; without it, one that runs a long cell looks as if starting)."""
         self.kernel = kernel
-        publish = kernel._publish_status
+        ipykernel_adapters.on_shell_status(kernel, self._shell_status_changed)
 
-        def publish_status(status: str, channel: str, *args: Any, **kwargs: Any) -> Any:
-            if channel == "shell":
-                self.shell_status[-1] = status
-            return publish(status, channel, *args, **kwargs)
-
-        kernel._publish_status = publish_status
+    def _shell_status_changed(self, status: str) -> None:
+        self.shell_status[-1] = status
 
     def server_address(self) -> str:
         """Where the server that adopted this instance listens (its file), else where

@@ -49,7 +49,7 @@ from ..storage.checkpoints import (
     user_variables,
 )
 from ..words import resume_point
-from . import interruption
+from . import interruption, ipykernel_adapters
 from .interruption import add_final_notice_callback
 
 _installed: KernelCheckpoints | None = None
@@ -582,15 +582,8 @@ class KernelCheckpoints:
     def hook_shutdown(self) -> None:
         """Checkpoint when the kernel receives its shutdown request (ipykernel)."""
         kernel = getattr(self.shell, "kernel", None)
-        if kernel is None:
-            return
-        original = kernel.do_shutdown
-
-        def do_shutdown(restart: bool) -> Any:
-            self._at_shutdown()
-            return original(restart)
-
-        kernel.do_shutdown = do_shutdown
+        if kernel is not None:
+            ipykernel_adapters.before_shutdown(kernel, self._at_shutdown)
 
     def _quietly(self, action: Any) -> None:
         try:
