@@ -323,7 +323,7 @@ class Comeback:
             # until its first status, which a kernel running a long cell sends only at the
             # end (a client connecting meanwhile would wait that long, its output lost).
             km = kernels.get_kernel(kernel_id)
-            km.execution_state = info["execution_state"]
+            jupyter.set_execution_state(km, info["execution_state"])
             kernel_info = info.get("kernel_info")
             if isinstance(kernel_info, dict) and kernel_info.get("protocol_version"):
                 jupyter.set_kernel_info(km, kernel_info)
