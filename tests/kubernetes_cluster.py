@@ -48,7 +48,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -889,6 +889,24 @@ def _quote(text: str) -> str:
 
 def _join(argv: Iterable[str]) -> str:
     return " ".join(_quote(a) for a in argv)
+
+
+def make_namespace(api: Callable[..., Any], name: str) -> None:
+    """Create namespace ``name`` and wait until its ``default`` ServiceAccount has its token
+    (the namespace takes pods then); ``api`` as :meth:`KubernetesCluster.api`. Called by
+    the tests' namespace fixture and by tests/benchmarks/kubernetes.py."""
+    api("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    end = time.monotonic() + 30
+    while True:
+        try:
+            if api("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default").get("secrets"):
+                return
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise
+        if time.monotonic() > end:
+            raise RuntimeError(f"namespace {name}: no default ServiceAccount after 30 s")
+        time.sleep(0.05)
 
 
 def python_pod(

@@ -16,12 +16,11 @@ import fcntl
 import os
 import sys
 import time
-import urllib.error
 from collections.abc import Iterator
 from itertools import count
 
 import pytest
-from kubernetes_cluster import INSTALL_HINT, KubernetesCluster, missing_programs
+from kubernetes_cluster import INSTALL_HINT, KubernetesCluster, make_namespace, missing_programs
 
 _namespaces = count(1)
 
@@ -64,19 +63,7 @@ def kube_namespace(
     for key, value in cluster.env.items():
         monkeypatch.setenv(key, value)
     name = f"test-{next(_namespaces)}-{int(time.time()) % 100000}"
-    cluster.api("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
-    end = time.monotonic() + 30
-    while True:
-        try:
-            account = cluster.api("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")
-            if account.get("secrets"):
-                break
-        except urllib.error.HTTPError as error:
-            if error.code != 404:
-                raise
-        if time.monotonic() > end:
-            raise RuntimeError(f"namespace {name}: no default ServiceAccount after 30 s")
-        time.sleep(0.05)
+    make_namespace(cluster.api, name)
     yield name
     cluster.api("DELETE", f"/api/v1/namespaces/{name}/pods?gracePeriodSeconds=0")
     cluster.api("DELETE", f"/api/v1/namespaces/{name}")

@@ -132,9 +132,8 @@ class KernelCheckpoints:
         self._cells_started = 0
         self._writing_cells = 0
         #: How many cells had ended when the namespace of the latest checkpoint written
-        #: was taken (-1: none written yet), and of the snapshot being written.
+        #: was taken (-1: none written yet).
         self._saved_cells = -1
-        self._writing_ended_cells = -1
         #: The last cell that ended (its execution count), and the one running (None
         #: between cells): a checkpoint's history says after which cell it was taken.
         self._last_cell = max(0, int(getattr(shell, "execution_count", 1) or 1) - 1)
@@ -256,7 +255,6 @@ class KernelCheckpoints:
                 self._snapshotting = False
             self.writing = snapshot
             self._writing_cells = self._cells_started
-            self._writing_ended_cells = self._ended_cells()
             self._hurry = False
             self._give_way = False
             self._writer_waited = 0.0
@@ -278,7 +276,8 @@ class KernelCheckpoints:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         except (AttributeError, OSError):
             pass
-        cells = self._writing_ended_cells
+        # (a background snapshot is taken between cells: every cell started has ended)
+        cells = self._writing_cells
         try:
             self._saved(self.store.write(snapshot, pause=self._wait_for_cell))
             self._saved_cells = cells

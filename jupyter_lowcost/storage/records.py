@@ -278,7 +278,7 @@ class RecordStore:
         (16 hex digits, kept in ``folder-id``), then read. Backends that can label what
         they start label it with this id, so that a server finds the instances of its
         folder that no records file names (a server killed between starting an instance
-        and saving its record). Called by the manager at start."""
+        and saving its record). Called by the manager at start and for each launch."""
         if not self._folder_id:
             self._folder_id = self._read_or_make_folder_id()
         return self._folder_id

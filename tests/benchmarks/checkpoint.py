@@ -346,6 +346,17 @@ def others(found: list[dict[str, Any]]) -> str:
 VERDICTS: list[tuple[str, bool]] = []
 
 
+def print_verdicts() -> None:
+    """The run's last line: every median met its target, or those that did not
+    (tests/benchmarks/kubernetes.py prints its own with it too)."""
+    missed = [what for what, ok in VERDICTS if not ok]
+    print(
+        "all medians meet their targets"
+        if not missed
+        else "medians that miss their targets: " + "; ".join(missed)
+    )
+
+
 def ratio_line(what: str, ratios: list[float], target: str, ok: bool, unit: str = "x") -> None:
     verdict = "meets the target" if ok else "MISSES the target"
     print(f"  {what}: {spread(ratios, unit)} ({target}; median {verdict})")
@@ -696,12 +707,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
         print()
         print_load(f"at the end ({time.monotonic() - started:.0f} s later)")
-    missed = [what for what, ok in VERDICTS if not ok]
-    print(
-        "all medians meet their targets"
-        if not missed
-        else "medians that miss their targets: " + "; ".join(missed)
-    )
+    print_verdicts()
 
 
 if __name__ == "__main__":

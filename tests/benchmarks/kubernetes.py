@@ -81,7 +81,9 @@ import requests
 import websocket
 import yaml
 from checkpoint import (
+    VERDICTS,
     print_load,
+    print_verdicts,
     run_over_ws,
     runs,
     say_product,
@@ -98,6 +100,7 @@ from kubernetes_cluster import (
     _python_mounts,
     missing_programs,
 )
+from kubernetes_cluster import make_namespace as cluster_namespace
 from notebook_runner import NotebookRunner
 
 from jupyter_lowcost.backends.kubernetes import INSTANCE_LABEL
@@ -106,7 +109,6 @@ TOKEN = "kubernetes-benchmark"
 SIDES = ("kubernetes", "local")
 KERNEL_BODY = {"instance_type": "T4", "low_cost": True}
 FINAL_STATES = ("interrupted", "expired", "terminated", "failed")
-VERDICTS: list[tuple[str, bool]] = []
 
 
 # -- the cluster's API ---------------------------------------------------------------------
@@ -171,18 +173,8 @@ class KubeApi:
 def make_namespace(kube: KubeApi) -> str:
     """A new namespace whose default ServiceAccount is ready (it takes pods then)."""
     name = f"bench-{os.getpid()}-{int(time.time()) % 100000}"
-    kube("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
-    end = time.monotonic() + 30
-    while True:
-        try:
-            if kube("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default").get("secrets"):
-                return name
-        except urllib.error.HTTPError as error:
-            if error.code != 404:
-                raise
-        if time.monotonic() > end:
-            raise RuntimeError(f"namespace {name}: no default ServiceAccount after 30 s")
-        time.sleep(0.05)
+    cluster_namespace(kube, name)
+    return name
 
 
 def delete_namespace(kube: KubeApi, name: str) -> None:
@@ -747,12 +739,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
         print()
         print_load(f"at the end ({time.monotonic() - started:.0f} s later)")
-    missed = [what for what, ok in VERDICTS if not ok]
-    print(
-        "all medians meet their targets"
-        if not missed
-        else "medians that miss their targets: " + "; ".join(missed)
-    )
+    print_verdicts()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,15 @@ def pod_of(cluster: KubernetesCluster, namespace: str, instance_id: str) -> dict
     return pod
 
 
+async def a_kernel_holding_kept(api: Any, serverapp: Any) -> tuple[str, str]:
+    """A low-cost T4 kernel that ran ``kept = {'epoch': 7}`` (what
+    :func:`resumed_on_a_new_pod` finds again): its kernel id and instance id."""
+    body = await start_lowcost_kernel(api, "T4")
+    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
+    await execute(serverapp, kernel_id, "kept = {'epoch': 7}")
+    return kernel_id, first
+
+
 async def kubelet_reports_running(
     cluster: KubernetesCluster, namespace: str, instance_id: str
 ) -> None:
@@ -94,9 +103,7 @@ async def test_an_eviction_is_a_notice_then_the_kernel_resumes_on_a_new_pod(
     kubernetes_cluster: KubernetesCluster,
     kube_namespace: str,
 ) -> None:
-    body = await start_lowcost_kernel(api, "T4")
-    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
-    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    kernel_id, first = await a_kernel_holding_kept(api, jp_serverapp)
     await kubelet_reports_running(kubernetes_cluster, kube_namespace, first)
     # A long grace period, as a drain's or a cloud's (GKE: 30 s): the idle kernel's pod
     # ends once its notice checkpoint is written, and the kernel resumes long before.
@@ -104,16 +111,10 @@ async def test_an_eviction_is_a_notice_then_the_kernel_resumes_on_a_new_pod(
     assert status in (200, 202), answer
     noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
     assert "pod jupyter-lowcost-" in noticed["reason"]
-    interrupted = await instance_events.wait_for(instance_id=first, state="interrupted", timeout=60)
-    assert interrupted["recovery"] == "relaunch"
+    await instance_events.wait_for(instance_id=first, state="interrupted", timeout=60)
     deadline = datetime.fromisoformat(noticed["deadline"]).timestamp()
     assert time.time() < deadline - 60, "the idle kernel's pod waited for its whole grace period"
-    running = await instance_events.wait_for(
-        kernel_id=kernel_id, state="running", where=lambda e: e["instance_id"] != first, timeout=90
-    )
-    await wait_until(lambda: moved(api, kernel_id), timeout=60)
-    out = await execute(jp_serverapp, kernel_id, "print(kept)")
-    assert out.strip() == "{'epoch': 7}"
+    running = await resumed_on_a_new_pod(api, jp_serverapp, instance_events, kernel_id, first)
     pod = pod_of(kubernetes_cluster, kube_namespace, running["instance_id"])
     assert pod["spec"]["nodeName"] == kubernetes_cluster.spot_node
 
@@ -139,9 +140,7 @@ async def test_a_cell_running_at_the_eviction_keeps_its_pod_until_it_ends_and_is
     notice: int,
     early: bool,
 ) -> None:
-    body = await start_lowcost_kernel(api, "T4")
-    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
-    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    kernel_id, first = await a_kernel_holding_kept(api, jp_serverapp)
     await kubelet_reports_running(kubernetes_cluster, kube_namespace, first)
     client = jp_serverapp.kernel_manager.get_kernel(kernel_id).client()
     client.start_channels()
@@ -256,9 +255,7 @@ async def test_a_termination_taint_on_the_spot_node_is_a_notice_then_a_resume(
 ) -> None:
     cluster = kubernetes_cluster
     assert key not in taint_keys(cluster, cluster.spot_node)  # (no case's taint left behind)
-    body = await start_lowcost_kernel(api, "T4")
-    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
-    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    kernel_id, first = await a_kernel_holding_kept(api, jp_serverapp)
     cluster.taint(cluster.spot_node, key, value, effect)
     try:
         noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
@@ -278,9 +275,7 @@ async def test_a_pod_deleted_outside_jupyter_is_a_notice_then_a_resume(
     kubernetes_cluster: KubernetesCluster,
     kube_namespace: str,
 ) -> None:
-    body = await start_lowcost_kernel(api, "T4")
-    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
-    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    kernel_id, first = await a_kernel_holding_kept(api, jp_serverapp)
     pod = pod_of(kubernetes_cluster, kube_namespace, first)["metadata"]["name"]
     kubernetes_cluster.kubectl(
         "-n", kube_namespace, "delete", "pod", pod, "--grace-period=8", "--wait=false"
@@ -298,9 +293,7 @@ async def test_a_disruption_target_condition_says_why_the_pod_goes(
     kube_namespace: str,
 ) -> None:
     # 1.26+ sets DisruptionTarget before it deletes a pod; 1.20 keeps one patched in.
-    body = await start_lowcost_kernel(api, "T4")
-    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
-    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    kernel_id, first = await a_kernel_holding_kept(api, jp_serverapp)
     pod = pod_of(kubernetes_cluster, kube_namespace, first)["metadata"]["name"]
     condition = {
         "type": "DisruptionTarget",
@@ -349,9 +342,7 @@ async def test_a_spot_node_lost_with_its_pods_ends_in_a_resumed_kernel(
     kube_namespace: str,
 ) -> None:
     cluster = kubernetes_cluster
-    body = await start_lowcost_kernel(api, "T4")
-    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
-    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    kernel_id, first = await a_kernel_holding_kept(api, jp_serverapp)
     lost, replacement = cluster.spot_node, "127.0.0.5"
     # A replacement spot node (a new name: a node back under its old name runs its pods).
     cluster.add_node(replacement, spot=True)
@@ -402,9 +393,7 @@ async def test_a_demos_random_interruption_is_an_eviction_and_a_resume(
     jp_serverapp: Any,
     instance_events: EventRecorder,
 ) -> None:
-    body = await start_lowcost_kernel(api, "T4")
-    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
-    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    kernel_id, first = await a_kernel_holding_kept(api, jp_serverapp)
     noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=60)
     # (the next pods of the test are left alone)
     manager_of(jp_serverapp).backend.random_interruption_rate = 0.0
@@ -445,9 +434,7 @@ async def test_a_cordoned_spot_node_is_a_notice_and_with_no_spot_room_the_kernel
     kube_namespace: str,
 ) -> None:
     cluster = kubernetes_cluster
-    body = await start_lowcost_kernel(api, "T4")
-    kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
-    await execute(jp_serverapp, kernel_id, "kept = {'epoch': 7}")
+    kernel_id, first = await a_kernel_holding_kept(api, jp_serverapp)
     cluster.kubectl("cordon", cluster.spot_node)  # a drain begins: no new pod lands there
     try:
         noticed = await instance_events.wait_for(instance_id=first, state="notice", timeout=20)
