@@ -120,7 +120,12 @@ def set_execution_state(kernel_manager: Any, state: str) -> None:
 def set_kernel_info(kernel_manager: Any, kernel_info: dict[str, Any]) -> None:
     """Give a kernel manager the kernel info a websocket asks first (jupyter_server keeps
     the answer per kernel manager). The shell of a kernel running a cell answers only when
-    the cell ends, and every client would wait for it."""
+    the cell ends, and every client would wait for it.
+
+    The cache is the same attribute from jupyter_server 2.4 to 2.21 (the range pyproject
+    allows). Since 2.20 (jupyter_server #1632) a connection that closes before the kernel
+    answers deletes the cache when it is that connection's own pending future; the one set
+    here is no connection's, so it stays. ``tests/test_websockets.py`` checks both."""
     known: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     known.set_result(kernel_info)
     kernel_manager._kernel_info_future = known
