@@ -63,7 +63,7 @@ export class LowCostStore implements IDisposable {
   /** The server's status, or null when the server extension is missing. */
   readonly status: Promise<IStatus | null>;
 
-  /** The error met while loading the status (shown once by the plugin), if any. */
+  /** The error met while loading the status (shown once by the notifier plugin), if any. */
   statusError: LowCostAPIError | null = null;
 
   /** A kernel's view changed; the argument is its kernel id. */
