@@ -1,11 +1,11 @@
 """The cloud's own interruption notice, read from the instance metadata where the kernel
 runs: AWS (IMDSv2, polled), Google Cloud (a hanging GET), Azure (Scheduled Events, polled).
 
-Called by the launcher (``instance/launcher.py``): :func:`start` runs one watcher thread.
-``LowCostApp.cloud_notices = "auto"`` decides from the machine itself, without the network
-(:func:`detect_provider`, in ``cloud_detection.py``, reads the DMI data the clouds set): on
-a machine that is none of the three it opens no connection and resolves no name; on one
-that is, it watches that provider only. A watcher turns the provider's notice into a :class:`CloudNotice`; the
+Called by the launcher (:func:`jupyter_lowcost.instance.notice_sources.watch_cloud`):
+:func:`start` runs one watcher thread. ``LowCostApp.cloud_notices = "auto"`` decides from
+the machine itself, without the network (:func:`detect_provider`, in ``cloud_detection.py``,
+reads the DMI data the clouds set): on a machine that is none of the three it opens no
+connection and resolves no name; on one that is, it watches that provider only. A watcher turns the provider's notice into a :class:`CloudNotice`; the
 launcher delivers it as any other notice (the kernel's flag and callbacks, the notice
 checkpoint) and reports it to the server. When a watcher cannot read the notice at all,
 it says so once (``warn``: the launcher's log, and the instance's ``notice_warning``), and
