@@ -108,10 +108,12 @@ class KernelCheckpoints:
         #: the last snapshots' seconds, and the cell ends that left theirs pending.
         self.snapshot_seconds: collections.deque[float] = collections.deque(maxlen=1000)
         self.cells_left_pending = 0
+        #: What the last restores brought back (unhidden for the next checkpoint).
         self.restored = RestoredVariables(shell)
         #: True once the kernel shuts down: IPython empties the namespace on the way out,
         #: and a notice then must not save that as the latest checkpoint.
         self.closing = False
+        #: After which cell each checkpoint is taken, and ``In``/``Out`` saved with it.
         self.cells = CellHistory(shell, self.store.root, note_cells=when != "off" and not job)
 
     @property
@@ -190,7 +192,7 @@ class KernelCheckpoints:
             "kernel_id": os.environ.get(env.KERNEL_ID),
             "manual": manual,
             "notebook": os.environ.get(env.NOTEBOOK) or os.environ.get("JPY_SESSION_NAME"),
-            "history": self.history(namespace),
+            "history": self.cells.saved(namespace),
             "sys_path": sys_path_additions(self.sys_path_at_start),
         }
 
@@ -314,22 +316,6 @@ class KernelCheckpoints:
             loop.call_soon_threadsafe(when_idle)
         except RuntimeError:
             pass  # the loop is closed: the kernel is shutting down
-
-    # -- the cells' history -------------------------------------------------------------
-
-    def history(self, namespace: dict[str, Any]) -> dict[str, Any]:
-        """The kernel's execution count, ``In`` and ``Out``, saved with each checkpoint."""
-        return self.cells.saved(namespace)
-
-    def resume_history(self, history: dict[str, Any] | None) -> None:
-        """Go on from a checkpoint's history (a resume): the next cell gets the number it
-        would have had, and ``In`` and ``Out`` hold what they held."""
-        self.cells.resume(history)
-
-    def last_cell_started(self) -> int | None:
-        """The last cell a kernel of this checkpoint directory started (a resume reads it
-        before its first cell); None if none is noted."""
-        return self.cells.last_started()
 
     # -- restoring ----------------------------------------------------------------------
 
@@ -462,10 +448,10 @@ def install(shell: Any) -> KernelCheckpoints | None:
 def _restore_at_start(checkpoints: KernelCheckpoints, checkpoint_id: str | None) -> None:
     """A resume: the checkpoint's variables and history back, and the server told."""
     try:
-        last_cell = checkpoints.last_cell_started()  # (before this kernel's first cell)
+        last_cell = checkpoints.cells.last_started()  # (before this kernel's first cell)
         report = checkpoints.restore(checkpoint_id)
         report.last_execution_count = last_cell
-        checkpoints.resume_history(report.history)
+        checkpoints.cells.resume(report.history)
     except Exception as err:
         print(f"jupyter_lowcost: could not restore the checkpoint: {err}", file=sys.stderr)
     else:
