@@ -179,7 +179,7 @@ class KernelCheckpoints:
         failed) after the last cell that ended, with no cell running, no write in
         flight or left pending; a kernel of one's own with checkpoints on (a job's
         checkpoints are its runner's). Asked by the launcher of an instance being taken
-        away, which then ends at once (``launcher._leave_when_saved``)."""
+        away, which then ends at once (``instance/notice_sources.py``'s ``_leave_when_saved``)."""
         return (
             self.when != "off"
             and not self.job
