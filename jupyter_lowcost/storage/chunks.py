@@ -127,7 +127,10 @@ class BufferChunks:
         trusted = self._written_pages_trusted(key, previous, view, address, owner)
         if previous is not None and not trusted:
             self.unwatch(previous)
-        watched = previous.watched if trusted else self._start_watching(view, address, owner)
+        if trusted and previous is not None:
+            watched = previous.watched
+        else:
+            watched = self._start_watching(view, address, owner)
         # Before the memory is read: a write during this checkpoint is also seen next time.
         edges = self._edge_fingerprints(view, address, watched) if watched else (0, 0)
         # Chunk indexes known to have changed (None: compare each chunk's CRC32).
