@@ -59,9 +59,7 @@ class LowCostAPI:
         if token:
             self.session.headers["Authorization"] = f"token {token}"
 
-    def call(
-        self, method: str, path: str, *, json: Any = _NO_BODY, params: Any = None
-    ) -> Any:
+    def call(self, method: str, path: str, *, json: Any = _NO_BODY, params: Any = None) -> Any:
         """``method`` on ``lowcost/api/<path>``: the decoded JSON answer (None when it is
         empty, as a 204 is), or :class:`APIError`."""
         return self.request(method, self.api + path, json=json, params=params)
