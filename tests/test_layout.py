@@ -19,11 +19,12 @@ SHARED = {"_version", "env", "words", "protocol"}
 ALLOWED = {
     "shared": set(),
     "storage": set(),
-    "kernel": {"storage"},
-    "instance": {"kernel", "storage"},
+    "client": set(),
+    "kernel": {"storage", "client"},
+    "instance": {"kernel", "storage", "client"},
     "backends": {"storage"},
     "server": {"backends", "storage"},
-    "cli": {"storage"},
+    "cli": {"storage", "client"},
 }
 
 
