@@ -12,14 +12,18 @@ emitted as an event, logged):
 - :class:`~.instances.moves.Moves`: switches a user asks for (``PUT kernels/<id>``);
 - :class:`~.instances.clients.Clients`: the kernel's websockets across those restarts;
 - :class:`~.instances.comeback.Comeback`: a restarted server taking kernels back;
+- :class:`~.instances.job_kernels.JobKernels`: what the jobs' runners (``jobs/``) ask
+  about a job's kernel: its instances, waits for it to run again or for room, the
+  checkpoint it restores, its end;
 - :class:`~.instances.rest_models.RestModels` and
   :class:`~.instances.kernel_reports.KernelReports`: the REST API's lookups and models.
 
 The manager itself starts and stops everything, and is the backend's listener. The REST
 handlers (``handlers.py``; every refusal is a ``tornado.web.HTTPError`` with a message a
 person understands, raised before anything changes) and the kernel provisioner
-(``provisioner.py``, which finds the manager through :func:`current_manager`) call the
-collaborators they need through it: ``manager.rest``, ``manager.launches``...
+(``provisioner.py``, which finds the manager through :func:`current_manager`) and the
+jobs (``jobs/``) call the collaborators they need through it: ``manager.rest``,
+``manager.launches``, ``manager.job_kernels``...
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from . import jupyter_adapters as jupyter
 from .channel import LaunchChannel
 from .instances.clients import Clients
 from .instances.comeback import Comeback
+from .instances.job_kernels import JobKernels
 from .instances.kernel_reports import KernelReports
 from .instances.launches import Launches
 from .instances.ledger import Context, Ledger
@@ -79,6 +84,7 @@ class InstanceManager:
     ) -> None:
         self.settings = settings
         self.kernel_manager = kernel_manager
+        self.event_logger = event_logger
         self.log = log
         self.backend = backend_factory(self)
         self.channel = LaunchChannel(
@@ -114,7 +120,8 @@ class InstanceManager:
         self.moves = Moves(self.ctx, self.recovery, self.clients)
         self.rest = RestModels(self.ctx)
         self.reports = KernelReports(self.ctx)
-        self.jobs = Jobs(self.ctx, self.launches, contents_manager)
+        self.job_kernels = JobKernels(self.ctx, self.recovery)
+        self.jobs = Jobs(self, contents_manager)
         self._started: asyncio.Task[None] | None = None
         self._session_watch: asyncio.Task[None] | None = None
 
@@ -231,10 +238,7 @@ class InstanceManager:
                 entry.cap_timer.cancel()
         # Launches still waiting for room (a recovery waits as long as it takes) end now;
         # those that hold room (a slot, a job) run to their end like the rest.
-        waiting = [
-            r for r in ledger.records() if r.state == InstanceState.PENDING and not r.backend_state
-        ]
-        for record in waiting:
+        for record in ledger.awaiting_room():
             ledger.end(record, InstanceState.TERMINATED, "the Jupyter server stopped")
             await self.backend.terminate(record, now=True)
         # Deadlines still counting down are dropped; moves and recoveries under way run to
