@@ -25,21 +25,21 @@ from ...backends import BackendError, LaunchSpec
 from ...storage.records import InstanceRecord, InstanceState, Placement
 from .. import jupyter_adapters as jupyter
 from ..channel import LaunchFailed
-from .comeback import Comeback
+from .adoption import Adoption
+from .entries import KernelEntry
 from .ledger import Context
 from .notices import Notices
 from .rest_models import check_launchable
-from .state import KernelEntry
 
 
 class Launches:
     """Starts, follows and stops the instances of placed kernels."""
 
-    def __init__(self, ctx: Context, notices: Notices, comeback: Comeback) -> None:
+    def __init__(self, ctx: Context, notices: Notices, adoption: Adoption) -> None:
         self.ctx = ctx
         self.ledger = ctx.ledger
         self.notices = notices
-        self.comeback = comeback
+        self.adoption = adoption
 
     def kernel_env(self, kernel_id: str) -> dict[str, str]:
         """Variables every kernel gets: the REST API for ``%lowcost``, where and when to
@@ -123,7 +123,7 @@ class Launches:
         entry = self.ledger.kernel(kernel_id)
         adopting, entry.adopting = entry.adopting, None
         if adopting is not None:
-            taken_back = await self.comeback.take_back(kernel_id, adopting)
+            taken_back = await self.adoption.take_back(kernel_id, adopting)
             if taken_back is not None:
                 return taken_back
             env = _restoring_its_checkpoint(env, entry)
@@ -195,18 +195,18 @@ class Launches:
                 **kernel_config,
                 "transport": "tcp",
                 "ip": backend.kernel_ip,
-                **self.comeback.orphan_rules(record),
+                **self.adoption.orphan_rules(record),
                 # (the cloud's own notices: watched where the instance runs)
                 "cloud_notices": settings.cloud_notices if record.low_cost else "off",
                 "cloud_metadata_url": settings.cloud_metadata_url,
                 "azure_acknowledge": settings.azure_acknowledge,
             },
         )
-        self.comeback.write_channel_file(record.id)
+        self.adoption.write_channel_file(record.id)
         launch_env = {
             **env,
             names.CHANNEL: backend.channel_address(channel.host, channel.port),
-            names.CHANNEL_FILE: str(self.comeback.channel_file(record.id)),
+            names.CHANNEL_FILE: str(self.adoption.channel_file(record.id)),
             names.INSTANCE_ID: record.id,
             names.LAUNCH_SECRET: secret,
         }

@@ -23,7 +23,7 @@ from ...backends import Backend, InstanceType
 from ...storage.records import InstanceRecord, InstanceState, Placement, RecordStore
 from .. import events
 from ..channel import LaunchChannel
-from .state import InstanceEntry, KernelEntry, Settings
+from .entries import InstanceEntry, KernelEntry, Settings
 
 #: A wait for the next change looks again after this long at most: a few changes happen
 #: outside the ledger (the Jupyter server removing a kernel that was shut down, a kernel
