@@ -105,8 +105,8 @@ async function showStatus(state: ILowCostState, tracker: INotebookTracker): Prom
       : 'No notebook is open.',
     `Backend: ${status.backend}, ${status.live_instances} live instance(s)`,
     status.lifetime_cap_seconds > 0
-      ? `Low-cost instances stop after ${span(status.lifetime_cap_seconds)}; recovery: ${status.recovery_policy}; checkpoints: ${status.checkpoints}`
-      : `Recovery: ${status.recovery_policy}; checkpoints: ${status.checkpoints}`
+      ? `Low-cost instances stop after ${span(status.lifetime_cap_seconds)}; recovery: ${status.recovery_policy}; checkpoints: ${status.checkpoint_policy}`
+      : `Recovery: ${status.recovery_policy}; checkpoints: ${status.checkpoint_policy}`
   ];
   if (status.demo) {
     lines.push(status.demo);
