@@ -1,7 +1,7 @@
 """The environment variables of jupyter-lowcost, in one place.
 
 Who sets what: the server's manager sets the kernel's variables when it launches an
-instance (``server/instance_env.py``); the Slurm backend passes them on through the job;
+instance (``server/instances/launches.py``); the Slurm backend passes them on through the job;
 the launcher (``instance/``) and the kernel side (``kernel/``) read them. Tests and users
 may set the last group. Stdlib only: every layer imports this module.
 """

@@ -22,8 +22,8 @@ from extension_kernel import ExtensionKernel
 
 from jupyter_lowcost.kernel import interruption
 from jupyter_lowcost.kernel.training import load_saved, save_on_notice
-from jupyter_lowcost.storage import checkpoints as store_module
 from jupyter_lowcost.storage.checkpoints import CheckpointStore, CheckpointWriteFailed
+from jupyter_lowcost.storage.manifests import chunks_of
 
 MiB = 1024 * 1024
 
@@ -51,7 +51,7 @@ def _files_of(directory: Path, checkpoint_id: str) -> set[Path]:
     """The files in ``chunks/`` that a checkpoint needs."""
     store = CheckpointStore(directory)
     try:
-        names = store_module._chunks_of(store.manifest(checkpoint_id))
+        names = chunks_of(store.manifest(checkpoint_id))
     finally:
         store.close()
     return {directory / "chunks" / name for name in names}

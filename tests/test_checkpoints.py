@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import marshal
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pandas as pd
 import pytest
 
 from jupyter_lowcost.storage import atomic as atomic_module
+from jupyter_lowcost.storage import checkpoints as store_module
 from jupyter_lowcost.storage import write_watch
 from jupyter_lowcost.storage.checkpoints import CHUNK_SIZE, CheckpointStore
 
@@ -389,6 +391,40 @@ def test_functions_defined_in_the_notebook_are_saved_by_value(tmp_path: Path) ->
     assert restored["scale"](5) == 15
     assert restored["Point"](2).x == 2
     assert restored["p"].x == 4
+
+
+def test_notebook_functions_of_checkpoints_written_before_the_split_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints written before the store was split into modules name the restorer of
+    notebook functions ``jupyter_lowcost.storage.checkpoints._restore_notebook_function``,
+    with no globals among its arguments: their functions come back bound to the
+    namespace restored into."""
+    namespace: dict = {}
+    exec("def scaled(x):\n    return x * scale\n", namespace)
+    code = marshal.dumps(namespace["scaled"].__code__)
+
+    def old_restorer(*saved: object) -> None:
+        raise AssertionError("the unpickler restores the function itself")
+
+    old_restorer.__module__ = "jupyter_lowcost.storage.checkpoints"
+    old_restorer.__qualname__ = "_restore_notebook_function"
+
+    class WrittenBeforeTheSplit:
+        def __reduce__(self) -> tuple:
+            saved = (tuple(sys.version_info[:2]), code, "scaled", "scaled", None, None, None)
+            return (old_restorer, (*saved, "doc", None))
+
+    # (the stream names the restorer where the store's module had it)
+    monkeypatch.setattr(store_module, "_restore_notebook_function", old_restorer)
+    saved = CheckpointStore(tmp_path).save({"scaled": WrittenBeforeTheSplit(), "scale": 4})
+    assert saved.skipped == []
+    monkeypatch.undo()
+    restored: dict = {}
+    report = CheckpointStore(tmp_path).load(into=restored)
+    assert report.not_restored == []
+    assert restored["scaled"].__globals__ is restored
+    assert restored["scaled"](2) == 8 and restored["scaled"].__doc__ == "doc"
 
 
 class _Shell:

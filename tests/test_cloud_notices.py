@@ -25,12 +25,10 @@ from conftest import (
 from traitlets.config import Config
 
 from jupyter_lowcost.instance import cloud_notices
-from jupyter_lowcost.instance.cloud_notices import (
-    AwsWatcher,
-    AzureWatcher,
-    CloudNotice,
-    GcpWatcher,
-)
+from jupyter_lowcost.instance.aws_notices import AwsWatcher
+from jupyter_lowcost.instance.azure_notices import AzureWatcher
+from jupyter_lowcost.instance.cloud_notices import CloudNotice
+from jupyter_lowcost.instance.gcp_notices import GcpWatcher
 
 EMULATORS = {"aws": AwsMetadata, "gcp": GcpMetadata, "azure": AzureMetadata}
 

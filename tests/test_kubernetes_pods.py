@@ -1,7 +1,7 @@
 """The kubernetes backend's pods, as it writes them: where each tier goes on each cloud, what
 a pod asks for and carries, and config that is wrong refused with the trait's name.
 
-(What the cluster does with them is in ``tests/test_kubernetes.py``, against a real one.)
+(What the cluster does with them is in ``tests/k8s/``, against a real one.)
 """
 
 from __future__ import annotations

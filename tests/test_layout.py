@@ -19,11 +19,12 @@ SHARED = {"_version", "env", "words", "protocol"}
 ALLOWED = {
     "shared": set(),
     "storage": set(),
-    "kernel": {"storage"},
-    "instance": {"kernel", "storage"},
+    "client": set(),
+    "kernel": {"storage", "client"},
+    "instance": {"kernel", "storage", "client"},
     "backends": {"storage"},
     "server": {"backends", "storage"},
-    "cli": {"storage"},
+    "cli": {"storage", "client"},
 }
 
 
@@ -102,6 +103,19 @@ def foreign_storage_imports() -> list[str]:
     return wrong
 
 
+#: The most lines a module of the package may have: past it, a module does more than one job.
+MOST_LINES = 500
+
+
+def long_modules() -> list[str]:
+    """Every module of the package over :data:`MOST_LINES` lines, with its length."""
+    return [
+        f"{module}: {lines} lines"
+        for path, module in modules()
+        if (lines := len(path.read_text().splitlines())) > MOST_LINES
+    ]
+
+
 def in_fresh_python(*args: str) -> Any:
     """Run this file's analysis in a Python of its own and return what it prints. (The
     machine's CPython 3.11.7 can fail ``ast.parse`` with "AST constructor recursion depth
@@ -121,6 +135,20 @@ def test_no_layer_imports_a_layer_above_it() -> None:
 def test_storage_needs_only_the_standard_library_and_numpy() -> None:
     wrong = in_fresh_python("storage")
     assert wrong == [], "\n".join(wrong)
+
+
+def test_no_module_is_over_500_lines() -> None:
+    long = long_modules()
+    assert long == [], "split these by role:\n" + "\n".join(long)
+
+
+def test_the_check_sees_a_long_module(tmp_path: Path, monkeypatch: Any) -> None:
+    (tmp_path / "short.py").write_text("x = 1\n" * MOST_LINES)
+    (tmp_path / "long.py").write_text("x = 1\n" * (MOST_LINES + 1))
+    monkeypatch.setattr(
+        sys.modules[__name__], "modules", lambda: [(p, p.stem) for p in tmp_path.glob("*.py")]
+    )
+    assert long_modules() == [f"long: {MOST_LINES + 1} lines"]
 
 
 def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ async def test_every_answer_of_the_server_has_the_shape_its_schema_says(
     kernel_id, first = body["kernel"]["id"], body["instance"]["id"]
     status, kernel = await api("GET", f"kernels/{kernel_id}")
     check(kernel, shapes.KERNEL)
-    assert kernel["restored"] is None and kernel["checkpoints"] is None
+    assert kernel["restored"] is None and kernel["checkpoint_status"] is None
 
     # After an interruption and a resume, every part of the kernel's model is filled in.
     await execute(jp_serverapp, kernel_id, "x = 41")

@@ -145,7 +145,7 @@ async def test_a_full_disk_fails_a_checkpoint_cleanly_and_the_server_keeps_worki
     assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")]
     assert os.statvfs(jp_data_dir).f_bavail == free_before  # its partial chunks are gone
     _, model = await api("GET", f"kernels/{kernel_id}")
-    assert model["checkpoints"]["ok"] is False
+    assert model["checkpoint_status"]["ok"] is False
     status_text = await execute(jp_serverapp, kernel_id, "%lowcost")
     assert "Checkpoints are failing" in status_text and "No space left" in status_text
     # (that cell's own checkpoint fails too: once it has, and has deleted what it wrote,
@@ -183,7 +183,7 @@ async def test_a_full_disk_fails_a_checkpoint_cleanly_and_the_server_keeps_worki
     await execute(jp_serverapp, kernel_id, "again = 1\n")
     await checkpoint_events.wait_for(kernel_id=kernel_id, ok=True)
     _, model = await api("GET", f"kernels/{kernel_id}")
-    assert model["checkpoints"]["ok"] is True
+    assert model["checkpoint_status"]["ok"] is True
 
 
 async def test_a_fresh_kernel_has_nothing_to_restore(api: Any, jp_serverapp: Any) -> None:

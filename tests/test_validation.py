@@ -40,7 +40,7 @@ async def snapshot(api: Any, serverapp: Any) -> Any:
     for kernel_id in kernels:
         _, model = await api("GET", f"kernels/{kernel_id}")
         models.append(
-            (model["placement"], model["moving"], model["restored"], model["checkpoints"])
+            (model["placement"], model["moving"], model["restored"], model["checkpoint_status"])
         )
     return (
         [(i["id"], i["state"], i["tier"], i["instance_type"]) for i in instances],

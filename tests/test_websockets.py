@@ -28,3 +28,29 @@ async def test_a_kernels_open_websockets_are_tracked(
 
     websocket.close()
     await wait_until(lambda: jupyter_adapters.kernel_connections(kernel_id) == [])
+
+
+async def test_a_websocket_takes_the_kernel_info_the_server_set(
+    jp_serverapp: Any, jp_fetch: Any, jp_ws_fetch: Any
+) -> None:
+    """``set_kernel_info`` (a kernel taken back after a restart, whose shell may be busy)
+    leans on jupyter_server's private ``_kernel_info_future``, which changed in 2.20
+    (jupyter_server #1632: a connection closed before the kernel answers drops its own
+    pending future). A websocket still opens with the info the server set, asking the
+    kernel nothing, and keeps it after it closes: fails if a release renames the cache."""
+    response = await jp_fetch("api", "kernels", method="POST", body=json.dumps({}))
+    kernel_id = json.loads(response.body)["id"]
+    kernel_manager = jp_serverapp.kernel_manager.get_kernel(kernel_id)
+    known = {"status": "ok", "protocol_version": "5.3", "set_by": "jupyter-lowcost"}
+    jupyter_adapters.set_kernel_info(kernel_manager, known)
+
+    websocket = await jp_ws_fetch("api", "kernels", kernel_id, "channels")
+    await wait_until(lambda: len(jupyter_adapters.kernel_connections(kernel_id)) == 1)
+    (connection,) = jupyter_adapters.kernel_connections(kernel_id)
+    await wait_until(lambda: connection._kernel_info_future.done())
+    assert connection._kernel_info_future.result() == known
+    assert connection.kernel_info_channel is None  # no kernel_info_request was sent
+
+    websocket.close()
+    await wait_until(lambda: jupyter_adapters.kernel_connections(kernel_id) == [])
+    assert kernel_manager._kernel_info_future.result() == known

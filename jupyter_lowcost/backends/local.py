@@ -10,7 +10,9 @@ REST API calls :meth:`LocalBackend.interrupt`) and happen at random at
 ``random_interruption_rate`` per hour for demos.
 
 Each launcher runs in a session of its own; terminating an instance signals that whole
-process group, so nothing the kernel started survives it.
+process group, so nothing the kernel started survives it. The processes themselves (GPUs
+found, launchers started and signalled, the end of an adopted one awaited) are
+``local_processes.py``'s; this module schedules them in slots.
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import signal
-import subprocess
 import time
 from typing import Any
 
@@ -29,26 +29,11 @@ from traitlets import Enum, Float, Int, default
 from ..storage.private import open_private, private_dir
 from ..storage.records import InstanceRecord, InstanceState, process_start_ticks
 from .base import Backend, BackendError, LaunchSpec
+from .local_processes import detect_gpus, signal_group, start_launcher, wait_for_exit
+
+__all__ = ["DEMO_INTERRUPTIONS_PER_HOUR", "LocalBackend", "detect_gpus"]
 
 DEMO_INTERRUPTIONS_PER_HOUR = 12.0  # LowCostApp.demo: one every five minutes on average
-
-
-def detect_gpus() -> list[str]:
-    """The indices of the NVIDIA GPUs on this machine (empty without ``nvidia-smi``)."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return []
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 class LocalBackend(Backend):
@@ -345,17 +330,7 @@ class LocalBackend(Backend):
         private_dir(os.path.dirname(spec.log_path))
         with open_private(spec.log_path, "ab") as log_file:
             try:
-                process = await asyncio.create_subprocess_exec(
-                    spec.python,
-                    "-m",
-                    "jupyter_lowcost.launcher",
-                    env=env,
-                    cwd=spec.cwd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+                process = await start_launcher(spec.python, env, spec.cwd, log_file)
             except OSError as err:
                 await self._release(record.id)
                 raise BackendError(
@@ -419,39 +394,15 @@ class LocalBackend(Backend):
     async def _watch_adopted(self, record: InstanceRecord, pid: int) -> None:
         """Wait for the end of a launcher this process did not start (its exit status
         is its old parent's to read: unknown here)."""
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            fd = None
-        try:
-            if fd is not None:
-                exited = asyncio.get_running_loop().create_future()
-                asyncio.get_running_loop().add_reader(
-                    fd, lambda: exited.done() or exited.set_result(None)
-                )
-                try:
-                    await exited
-                finally:
-                    asyncio.get_running_loop().remove_reader(fd)
-            else:
-                while process_start_ticks(pid) == record.backend_state.get("start_ticks"):
-                    await asyncio.sleep(0.2)
-        finally:
-            if fd is not None:
-                os.close(fd)
+        await wait_for_exit(
+            pid, lambda: process_start_ticks(pid) == record.backend_state.get("start_ticks")
+        )
         self._adopted.pop(record.id, None)
         await self._release(record.id)
         self.listener.instance_exited(record.id, None, "the process exited")
 
     def _signal_group(self, record: InstanceRecord, signum: int) -> bool:
-        pgid = record.backend_state.get("pgid")
-        if not pgid:
-            return False
-        try:
-            os.killpg(pgid, signum)
-        except ProcessLookupError:
-            return False
-        return True
+        return signal_group(record.backend_state.get("pgid"), signum)
 
     async def send_signal(self, record: InstanceRecord, signum: int) -> None:
         self._signal_group(record, signum)

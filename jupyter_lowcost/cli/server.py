@@ -3,13 +3,13 @@
 when none runs (so that the command works on a fresh install with nothing else set up).
 
 Called by the commands of :mod:`.app`; every call of the REST API goes through
-:meth:`Server.call`, which turns a refusal into a :class:`CommandError` carrying the
-server's own message.
+:meth:`Server.call` (and :class:`~jupyter_lowcost.client.rest.LowCostAPI`, shared with
+``%lowcost``), which turns a refusal into a :class:`CommandError` carrying the server's
+own message.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -17,16 +17,17 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-
+from ..client.rest import APIError, LowCostAPI
 from ..storage.private import DIR_MODE, FILE_MODE, open_private
 
 #: How long a server started in the background may take to answer.
 START_TIMEOUT = 90.0
+#: How long a command waits for one answer of the server.
+CALL_TIMEOUT = 60.0
 
 
 class CommandError(Exception):
@@ -46,35 +47,32 @@ class Server:
     token: str
     #: The folder its contents are in (None when not known: a server given by URL).
     root_dir: str | None = None
+    _api: LowCostAPI | None = field(default=None, init=False, repr=False)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """``method`` on ``lowcost/api/<path>``: the decoded answer, or CommandError."""
-        url = f"{self.url}lowcost/api/{path}"
-        headers = {"Authorization": f"token {self.token}"} if self.token else {}
-        if "json" in kwargs:
-            # (as Python's json writes it: requests refuses NaN and the infinities, which
-            # a job's parameters may be, as papermill's are; the server reads them)
-            kwargs["data"] = json.dumps(kwargs.pop("json")).encode("utf-8")
-            headers["Content-Type"] = "application/json"
+        if self._api is None:
+            self._api = LowCostAPI(self.url, self.token, CALL_TIMEOUT)
         try:
-            response = requests.request(method, url, headers=headers, timeout=60, **kwargs)
-        except requests.RequestException as err:
-            raise CommandError(f"cannot reach the Jupyter server at {self.url}: {err}", 1) from err
-        if response.status_code in (401, 403):
-            raise CommandError(
+            return self._api.call(method, path, **kwargs)
+        except APIError as err:
+            raise self._refused(err) from err
+
+    def _refused(self, err: APIError) -> CommandError:
+        """A failed call, as the commands say it (exit code 1: the server's fault)."""
+        if err.status is None:
+            return CommandError(f"cannot reach the Jupyter server at {self.url}: {err.detail}", 1)
+        if err.status in (401, 403):
+            return CommandError(
                 f"the Jupyter server at {self.url} refused the token "
-                f"({response.status_code}); give the right one with --token"
+                f"({err.status}); give the right one with --token"
             )
-        if response.status_code == 404 and "application/json" not in response.headers.get(
-            "Content-Type", ""
-        ):
-            raise CommandError(
+        if err.status == 404 and not err.is_json:
+            return CommandError(
                 f"the Jupyter server at {self.url} has no jupyter-lowcost API "
                 "(is the extension installed and enabled there?)"
             )
-        if response.status_code >= 400:
-            raise CommandError(_message(response), 2 if response.status_code < 500 else 1)
-        return response.json() if response.content else None
+        return CommandError(_message(err), 2 if err.status < 500 else 1)
 
     def relative_path(self, path: Path) -> str | None:
         """``path`` as a path of the server's contents; None when it is not under its root."""
@@ -202,12 +200,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _message(response: requests.Response) -> str:
+def _message(err: APIError) -> str:
     """The server's own message of a refusal (its JSON ``message``), in one line."""
-    try:
-        body = response.json()
-        message = body.get("message") or body.get("reason") or ""
-    except ValueError:
-        message = ""
-    message = " ".join(str(message).split()) or f"HTTP {response.status_code}"
-    return message
+    body = err.body or {}
+    message = body.get("message") or body.get("reason") or ""
+    return " ".join(str(message).split()) or f"HTTP {err.status}"

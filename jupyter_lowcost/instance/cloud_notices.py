@@ -1,15 +1,20 @@
 """The cloud's own interruption notice, read from the instance metadata where the kernel
 runs: AWS (IMDSv2, polled), Google Cloud (a hanging GET), Azure (Scheduled Events, polled).
 
-Called by the launcher (``instance/launcher.py``): :func:`start` runs one watcher thread.
-``LowCostApp.cloud_notices = "auto"`` decides from the machine itself, without the network
-(:func:`detect_provider` reads the DMI data the clouds set): on a machine that is none of
-the three it opens no connection and resolves no name; on one that is, it watches that
-provider only. A watcher turns the provider's notice into a :class:`CloudNotice`; the
+Called by the launcher (:func:`jupyter_lowcost.instance.notice_sources.watch_cloud`):
+:func:`start` runs one watcher thread. ``LowCostApp.cloud_notices = "auto"`` decides from
+the machine itself, without the network (:func:`detect_provider`, in ``cloud_detection.py``,
+reads the DMI data the clouds set): on a machine that is none of the three it opens no
+connection and resolves no name; on one that is, it watches that provider only. A watcher turns the provider's notice into a :class:`CloudNotice`; the
 launcher delivers it as any other notice (the kernel's flag and callbacks, the notice
 checkpoint) and reports it to the server. When a watcher cannot read the notice at all,
 it says so once (``warn``: the launcher's log, and the instance's ``notice_warning``), and
 keeps asking, with a growing pause, until it can.
+
+This module holds what every provider shares: the notice, the timing, the requests and
+:class:`Watcher`, the loop that polls, counts failures and warns. Each provider's own
+protocol is a subclass in a module of its own (``aws_notices.py``, ``gcp_notices.py``,
+``azure_notices.py``), imported only when that provider is watched.
 
 Metadata requests go straight to the service, never through ``http_proxy``: the services
 are link-local, and a cluster node's proxy would never reach them. Stdlib only (``urllib``):
@@ -20,17 +25,36 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 
-from .. import env
+from .cloud_detection import AZURE_ASSET_TAG, detect_provider
+
+__all__ = [
+    "AZURE_ASSET_TAG",
+    "DEFAULT_URLS",
+    "MAX_PAUSE",
+    "MAX_REQUEST_TIMEOUT",
+    "POLL_SECONDS",
+    "PROVIDERS",
+    "PROVIDER_NAMES",
+    "REQUEST_TIMEOUT",
+    "WARN_AFTER_FAILURES",
+    "CloudNotice",
+    "Deliver",
+    "Log",
+    "Unreadable",
+    "Warn",
+    "Watcher",
+    "detect_provider",
+    "header_value",
+    "json_answer",
+    "start",
+    "watcher_for",
+]
 
 PROVIDERS = ("aws", "gcp", "azure")
 PROVIDER_NAMES = {"aws": "AWS", "gcp": "Google Cloud", "azure": "Azure"}
@@ -51,12 +75,6 @@ MAX_PAUSE = 16.0
 MAX_REQUEST_TIMEOUT = 120.0
 #: Failed tries in a row after which a watcher says it cannot read the notice.
 WARN_AFTER_FAILURES = 3
-#: Google Cloud stops a Spot VM this long after the preemption notice.
-GCP_NOTICE_SECONDS = 30.0
-#: Azure's Preempt: at least this long, when its NotBefore is not given.
-AZURE_NOTICE_SECONDS = 30.0
-#: What Azure writes in a VM's chassis asset tag.
-AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"
 
 
 @dataclass
@@ -89,50 +107,6 @@ class Unreadable(Exception):
         self.definite = definite
 
 
-# -- which cloud is this machine? (no network) ---------------------------------------------
-
-
-def detect_provider(sysfs: str | None = None) -> tuple[str | None, str]:
-    """The provider this machine is a VM of, from the DMI data the clouds set (what
-    cloud-init reads), and what that was decided from. Reads files only: no connection,
-    no name lookup. ``sysfs`` (default ``$JUPYTER_LOWCOST_SYSFS`` or ``/sys``)."""
-    root = Path(sysfs or os.environ.get(env.SYSFS) or "/sys")
-    dmi = root / "class" / "dmi" / "id"
-
-    def read(path: Path) -> str | None:
-        try:
-            return path.read_text(errors="replace").strip()
-        except OSError:
-            return None
-
-    fields = {
-        name: read(dmi / name)
-        for name in ("sys_vendor", "product_name", "bios_vendor", "bios_version")
-    }
-    fields["chassis_asset_tag"] = read(dmi / "chassis_asset_tag")
-    hypervisor_uuid = read(root / "hypervisor" / "uuid")
-
-    def said(name: str) -> str:
-        return f"{dmi / name} is {fields[name]!r}"
-
-    if fields["sys_vendor"] == "Amazon EC2":
-        return "aws", said("sys_vendor")
-    if "amazon" in (fields["bios_version"] or "").lower():
-        return "aws", said("bios_version")
-    if (hypervisor_uuid or "").lower().startswith("ec2"):
-        return "aws", f"{root / 'hypervisor' / 'uuid'} starts with 'ec2'"
-    if fields["product_name"] == "Google Compute Engine":
-        return "gcp", said("product_name")
-    if fields["bios_vendor"] == "Google":
-        return "gcp", said("bios_vendor")
-    if fields["chassis_asset_tag"] == AZURE_ASSET_TAG:
-        return "azure", said("chassis_asset_tag") + " (Azure's)"
-    seen = [f"{name} {value!r}" for name, value in fields.items() if value is not None]
-    if not seen:
-        return None, f"no DMI data in {dmi}"
-    return None, f"{dmi}: " + ", ".join(seen)
-
-
 # -- HTTP, straight to the service -------------------------------------------------------
 
 
@@ -153,7 +127,8 @@ def _request(
 ) -> tuple[int, bytes, dict[str, str]]:
     """(status, body, headers); a connection error or timeout raises OSError. No proxy:
     the metadata services are reached directly. (urllib is imported here, in the
-    watcher's thread: the kernel's start does not wait for it.)"""
+    watcher's thread: the kernel's start does not wait for it.) Watchers call it through
+    :meth:`Watcher.ask`."""
     import http.client
     import urllib.error
     import urllib.request
@@ -171,7 +146,8 @@ def _request(
         raise OSError(f"{url}: not an HTTP answer: {err!r}") from err
 
 
-def _json(body: bytes, what: str) -> Any:
+def json_answer(body: bytes, what: str) -> Any:
+    """``body`` (a 200's) as JSON; :class:`Unreadable` when it is not JSON."""
     try:
         return json.loads(body)
     except ValueError:
@@ -183,12 +159,14 @@ def _json(body: bytes, what: str) -> Any:
         ) from None
 
 
-def _header(headers: dict[str, str], name: str) -> str:
+def header_value(headers: dict[str, str], name: str) -> str:
+    """The header ``name`` of an answer, whatever its case; empty when absent."""
     return next((v for k, v in headers.items() if k.lower() == name.lower()), "")
 
 
 class Watcher:
-    """One provider's metadata, watched until ``stop`` is set."""
+    """One provider's metadata, watched until ``stop`` is set. A subclass sets ``name``
+    and implements :meth:`check` (the polling providers) or :meth:`run`."""
 
     name = ""
 
@@ -214,9 +192,31 @@ class Watcher:
     def provider(self) -> str:
         return PROVIDER_NAMES[self.name]
 
+    @property
+    def poll_seconds(self) -> float:
+        """The shortest time between two requests (:data:`POLL_SECONDS`)."""
+        return POLL_SECONDS
+
     def request_timeout(self) -> float:
         """Longer after each failure in a row (a service slow to answer at first)."""
         return min(REQUEST_TIMEOUT * 2**self.failures, MAX_REQUEST_TIMEOUT)
+
+    def short_timeout(self) -> float:
+        """The time a request that must not hold the watcher up may take, however many
+        failures came before (AWS's token, Azure's approval)."""
+        return REQUEST_TIMEOUT
+
+    def ask(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        timeout: float,
+        body: bytes | None = None,
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """One request to ``path`` of this provider's service: (status, body, headers);
+        OSError when it does not answer."""
+        return _request(method, self.base + path, headers, timeout, body)
 
     def check(self) -> None:
         """One poll (the polling providers); raises :class:`Unreadable` or OSError."""
@@ -292,332 +292,7 @@ class Watcher:
         self._last_request = time.monotonic()
 
 
-class AwsWatcher(Watcher):
-    """IMDSv2: a session token (``PUT /latest/api/token``) for the lifetime the answer
-    grants, renewed before it ends and at once on a 401 (the same poll asks again);
-    ``spot/instance-action`` (404 until a notice) and the rebalance recommendation (an
-    early warning), polled. Where the token request is refused or never answered (IMDS
-    v2 off, a container's hop limit of 1), token-less GETs, as AWS's SDKs do."""
-
-    name = "aws"
-    #: The token's lifetime asked for, and how long before its end it is renewed.
-    token_ttl = 21600
-    refresh_before = 15.0
-    #: After a refused or unanswered token request, how long to go without one.
-    tokenless_seconds = 60.0
-    TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
-
-    def __init__(
-        self, base_url: str, deliver: Deliver, log: Log | None = None, warn: Warn | None = None
-    ) -> None:
-        super().__init__(base_url, deliver, log, warn)
-        self.token: str | None = None
-        self.token_expires = 0.0
-        self.token_margin = self.refresh_before
-        #: Why the last token request failed (None: it did not), and until when to go
-        #: without one.
-        self.token_problem: str | None = None
-        self.tokenless_until = 0.0
-        self._seen: set[bytes] = set()
-
-    def _token(self) -> str | None:
-        now = time.monotonic()
-        if self.token is not None and now < self.token_expires - self.token_margin:
-            return self.token
-        self.token = None
-        if now < self.tokenless_until:
-            return None
-        try:
-            status, body, headers = _request(
-                "PUT",
-                f"{self.base}/latest/api/token",
-                {self.TTL_HEADER: str(self.token_ttl)},
-                min(self.request_timeout(), REQUEST_TIMEOUT),
-            )
-        except TimeoutError:
-            return self._tokenless(
-                "token-unanswered",
-                "the token request was not answered (a container's hop limit of 1?)",
-            )
-        if status != 200 or not body.strip():
-            return self._tokenless(f"token-{status}", f"the token request was refused ({status})")
-        try:
-            granted = float(_header(headers, self.TTL_HEADER))
-        except ValueError:
-            granted = float(self.token_ttl)
-        granted = max(0.0, min(granted, float(self.token_ttl)))
-        self.token = body.decode(errors="replace").strip()
-        self.token_expires = time.monotonic() + granted
-        self.token_margin = min(self.refresh_before, granted / 2)
-        self.token_problem = None
-        return self.token
-
-    def _tokenless(self, kind: str, problem: str) -> str | None:
-        """Go without a token for a while (None: what ``_token`` returns then)."""
-        self.log_once(kind, f"AWS: {problem}; reading the notice without a token (IMDSv1)")
-        self.token_problem = problem
-        self.tokenless_until = time.monotonic() + self.tokenless_seconds
-        return None
-
-    def _get(self, path: str) -> tuple[int, bytes]:
-        """GET with the token (a new one and once more on a 401), or without one."""
-        for attempt in range(2):
-            token = self._token()
-            headers = {"X-aws-ec2-metadata-token": token} if token else {}
-            status, body, _ = _request("GET", f"{self.base}{path}", headers, self.request_timeout())
-            if status != 401:
-                return status, body
-            if token is None:
-                why = self.token_problem or "no token"
-                raise Unreadable(
-                    "tokenless-refused",
-                    f"{why}, and requests without a token are refused (401: the instance "
-                    "requires IMDSv2); in a container, raise the hop limit to 2 "
-                    "(aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2)",
-                    definite=True,
-                )
-            self.token = None  # expired or revoked: a new one, and ask again now
-        raise Unreadable("token-rejected", "a new token was refused at once (401)")
-
-    def _answer(self, path: str) -> bytes | None:
-        status, body = self._get(path)
-        if status == 200:
-            return body
-        if status == 404:
-            return None
-        if status == 403:
-            raise Unreadable(
-                "403", "the instance metadata service is turned off (403)", definite=True
-            )
-        raise Unreadable(f"status-{status}", f"{path} answered {status}")
-
-    def check(self) -> None:
-        """One round: the instance action, then the rebalance recommendation."""
-        body = self._answer("/latest/meta-data/spot/instance-action")
-        if body is not None and body not in self._seen:
-            action = _json(body, "AWS's spot/instance-action")
-            if not isinstance(action, dict):
-                raise Unreadable("action-shape", f"spot/instance-action is {action!r}")
-            self._seen.add(body)
-            when = str(action.get("time", ""))
-            deadline = _rfc3339(when) or time.time() + 120
-            self.deliver(
-                CloudNotice(
-                    "aws",
-                    deadline,
-                    f"AWS spot instance-action: {action.get('action', 'terminate')} at "
-                    f"{when or '?'} (EC2 reclaims the Spot Instance)",
-                )
-            )
-        body = self._answer("/latest/meta-data/events/recommendations/rebalance")
-        if body is not None and body not in self._seen:
-            recommendation = _json(body, "AWS's rebalance recommendation")
-            self._seen.add(body)
-            notice_time = (
-                recommendation.get("noticeTime", "?") if isinstance(recommendation, dict) else "?"
-            )
-            self.deliver(
-                CloudNotice(
-                    "aws",
-                    time.time(),
-                    f"AWS rebalance recommendation at {notice_time}: this Spot Instance is at "
-                    "elevated risk of interruption",
-                    early_warning=True,
-                )
-            )
-
-
-class GcpWatcher(Watcher):
-    """``instance/preempted`` with a hanging GET (``wait_for_change`` and the last ETag):
-    the notice arrives as soon as the value changes. An answer without an ETag (a proxy,
-    another service) makes it poll instead, never faster than POLL_SECONDS."""
-
-    name = "gcp"
-    #: The longest one hanging GET waits before it is asked again.
-    hang_seconds = 60
-
-    def _get(self, query: str, timeout: float) -> tuple[str, str]:
-        self.wait_turn()
-        status, body, headers = _request(
-            "GET",
-            f"{self.base}/computeMetadata/v1/instance/preempted{query}",
-            {"Metadata-Flavor": "Google"},
-            timeout,
-        )
-        if status == 403:
-            raise Unreadable("403", "the metadata server refused the request (403)", definite=True)
-        if status != 200:
-            raise Unreadable(f"status-{status}", f"instance/preempted answered {status}")
-        return body.decode(errors="replace").strip(), _header(headers, "ETag")
-
-    def run(self) -> None:
-        etag = ""
-        while not self.stop.is_set():
-            if etag:
-                query = f"?wait_for_change=true&last_etag={etag}&timeout_sec={self.hang_seconds}"
-                answer = self.poll_once(
-                    lambda query=query: self._get(query, self.hang_seconds + 10)  # type: ignore[misc]
-                )
-            else:
-                answer = self.poll_once(lambda: self._get("", self.request_timeout()))
-            if answer is None:
-                etag = ""
-                self.stop.wait(self.pause())
-                continue
-            value, etag = answer
-            if not etag:
-                self.log_once(
-                    "no-etag",
-                    "Google Cloud's metadata answered without an ETag (a proxy or another "
-                    f"service on the path?): asking every {POLL_SECONDS:g} s instead of "
-                    "waiting for a change",
-                )
-            if value.upper() == "TRUE":
-                self.deliver(
-                    CloudNotice(
-                        "gcp",
-                        time.time() + GCP_NOTICE_SECONDS,
-                        "Google Cloud preempted this Spot VM (instance/preempted is TRUE): "
-                        f"it is stopped in {GCP_NOTICE_SECONDS:g} s",
-                    )
-                )
-                return
-
-
-#: What each Azure event that ends a kernel does to this VM.
-AZURE_INTERRUPTIONS = {
-    "Preempt": "this Spot VM is evicted",
-    "Terminate": "this VM is deleted",
-    "Reboot": "this VM is rebooted (its memory is lost)",
-    "Redeploy": "this VM moves to another host (its memory is lost)",
-}
-
-
-class AzureWatcher(Watcher):
-    """Scheduled Events, polled. The events list every VM of an availability set or scale
-    set: only those whose ``Resources`` hold this VM's own name (IMDS
-    ``compute/name``) count. ``Preempt``, ``Terminate``, ``Reboot`` and ``Redeploy`` are
-    notices (each loses the kernel's memory), with their ``NotBefore`` as the deadline;
-    ``Freeze`` (seconds, memory kept) is only logged. With ``acknowledge``, this VM's event
-    is approved (``StartRequests``) once the kernel's notice checkpoint is written (or
-    there was nothing to write: ``checkpoint_written(since)`` says so), so that it need
-    not wait for its NotBefore."""
-
-    name = "azure"
-    path = "/metadata/scheduledevents?api-version=2020-07-01"
-    name_path = "/metadata/instance/compute/name?api-version=2021-02-01&format=text"
-
-    def __init__(
-        self,
-        base_url: str,
-        deliver: Deliver,
-        acknowledge: bool = False,
-        checkpoint_written: Callable[[float], bool] | None = None,
-        log: Log | None = None,
-        warn: Warn | None = None,
-    ) -> None:
-        super().__init__(base_url, deliver, log, warn)
-        self.acknowledge = acknowledge
-        self.checkpoint_written = checkpoint_written or (lambda since: True)
-        self.incarnation: Any = None
-        self.vm_name: str | None = None
-        self._seen: set[str] = set()
-
-    def _read_vm_name(self) -> str:
-        status, body, _ = _request(
-            "GET", self.base + self.name_path, {"Metadata": "true"}, self.request_timeout()
-        )
-        name = body.decode(errors="replace").strip() if status == 200 else ""
-        if not name:
-            raise Unreadable(
-                f"name-{status}",
-                f"this VM's name (compute/name) could not be read ({status}), so no event "
-                "can be told to be this VM's",
-            )
-        return name
-
-    def _document(self) -> dict[str, Any]:
-        status, body, _ = _request(
-            "GET", self.base + self.path, {"Metadata": "true"}, self.request_timeout()
-        )
-        if status != 200:
-            raise Unreadable(f"status-{status}", f"Scheduled Events answered {status}")
-        document = _json(body, "Azure's Scheduled Events")
-        if not isinstance(document, dict):
-            raise Unreadable("shape", f"Scheduled Events is {str(document)[:60]!r}")
-        return document
-
-    def check(self) -> None:
-        if self.vm_name is None:
-            self.vm_name = self._read_vm_name()
-            self.log(f"Azure: this VM is {self.vm_name!r}; events of other VMs are ignored")
-        document = self._document()
-        incarnation = document.get("DocumentIncarnation")
-        if incarnation is not None and incarnation == self.incarnation:
-            return
-        self.incarnation = incarnation
-        events = document.get("Events")
-        for event in events if isinstance(events, list) else []:
-            if isinstance(event, dict):
-                self._event(event)
-
-    def _event(self, event: dict[str, Any]) -> None:
-        event_id = str(event.get("EventId", ""))
-        kind = str(event.get("EventType", ""))
-        if event_id in self._seen:
-            return
-        self._seen.add(event_id)
-        resources = event.get("Resources")
-        names = [str(r).casefold() for r in resources] if isinstance(resources, list) else []
-        if str(self.vm_name).casefold() not in names:
-            self.log(f"Azure Scheduled Event {kind} {event_id} concerns other VMs: ignored")
-            return
-        not_before = str(event.get("NotBefore") or "")
-        if kind not in AZURE_INTERRUPTIONS:
-            what = " (a pause of seconds; memory is kept)" if kind == "Freeze" else ""
-            self.log(
-                f"Azure Scheduled Event {kind} {event_id} for this VM{what}: not an interruption"
-            )
-            return
-        started = event.get("EventStatus") == "Started"
-        deadline = _rfc1123(not_before)
-        if deadline is None:
-            deadline = time.time() + (0.0 if started else AZURE_NOTICE_SECONDS)
-        when = f"not before {not_before}" if not_before else "now" if started else "in 30 s"
-        noticed = time.time()
-        self.deliver(
-            CloudNotice(
-                "azure",
-                deadline,
-                f"Azure Scheduled Event {kind} {event_id}: {AZURE_INTERRUPTIONS[kind]}, {when}",
-            )
-        )
-        if self.acknowledge:
-            threading.Thread(
-                target=self._acknowledge_when_saved,
-                args=(event_id, noticed, deadline),
-                name="lowcost-azure-ack",
-                daemon=True,
-            ).start()
-
-    def _acknowledge_when_saved(self, event_id: str, noticed: float, deadline: float) -> None:
-        while not self.checkpoint_written(noticed):
-            if time.time() > deadline or self.stop.is_set():
-                return  # not saved in time: the event starts at NotBefore anyway
-            time.sleep(0.05)
-        body = json.dumps({"StartRequests": [{"EventId": event_id}]}).encode()
-        try:
-            status, _, _ = _request(
-                "POST",
-                self.base + self.path,
-                {"Metadata": "true", "Content-Type": "application/json"},
-                REQUEST_TIMEOUT,
-                body,
-            )
-        except OSError as err:
-            self.log(f"Azure: could not approve event {event_id}: {err}")
-            return
-        self.log(f"Azure: approved event {event_id} (the notice checkpoint is written): {status}")
+# -- which watcher, in which thread ------------------------------------------------------
 
 
 def watcher_for(
@@ -629,11 +304,19 @@ def watcher_for(
     log: Log | None = None,
     warn: Warn | None = None,
 ) -> Watcher:
+    """The watcher of ``provider`` at ``base_url`` (empty: the provider's own address).
+    Only that provider's module is imported (the launcher loads nothing it does not use)."""
     url = base_url or DEFAULT_URLS[provider]
     if provider == "aws":
+        from .aws_notices import AwsWatcher
+
         return AwsWatcher(url, deliver, log, warn)
     if provider == "gcp":
+        from .gcp_notices import GcpWatcher
+
         return GcpWatcher(url, deliver, log, warn)
+    from .azure_notices import AzureWatcher
+
     return AzureWatcher(url, deliver, acknowledge, checkpoint_written, log, warn)
 
 
@@ -671,17 +354,3 @@ def start(
     thread = threading.Thread(target=watcher.run, name="lowcost-cloud-notices", daemon=True)
     thread.start()
     return thread
-
-
-def _rfc3339(text: str) -> float | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _rfc1123(text: str) -> float | None:
-    try:
-        return parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None

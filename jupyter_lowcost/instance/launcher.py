@@ -13,10 +13,11 @@ manager prepared, it:
 4. turns every interruption notice the server sends into what the kernel sees: the
    ``jupyter_lowcost.notice`` flag, the ``SIGUSR1`` signal and the ``on_notice`` callbacks;
 5. watches the cloud's own notice in the instance metadata (AWS, Google Cloud, Azure;
-   ``cloud_notices.py``), a notice as any other;
+   ``cloud_notices.py``), a notice as any other (``notice_sources.py``);
 6. where SIGTERM is the notice (a Slurm job: preemption and the time limit send SIGTERM,
    then SIGKILL ``KillWait`` seconds later; ``JUPYTER_LOWCOST_SIGTERM_NOTICE`` gives those
-   seconds), delivers that notice to the kernel at once and reports it to the server.
+   seconds), delivers that notice to the kernel at once and reports it to the server
+   (``notice_sources.py``).
 
 The kernel binds ``config["ip"]``; ``auto`` means the address through which this launcher
 reached the server, which the server can reach back (a compute node's address).
@@ -31,18 +32,18 @@ within the orphan timeout the server set (``LowCostApp.orphan_timeout``;
 ``JUPYTER_LOWCOST_ORPHAN_TIMEOUT`` seconds overrides it) or by the end of its lifetime
 cap, it stops the kernel: an instance never outlives every server that could know about
 it.
+
+This module holds :func:`main` (the steps above), the launcher's log, and the coming back
+to a server (:class:`Reattach`); the channel and its handshake are ``launch_channel.py``'s,
+the kernel's connection file and command line ``kernel_setup.py``'s.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import shutil
 import signal
-import socket
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -50,22 +51,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import env
-from ..kernel import checkpointing, interruption
-from ..protocol import (
-    LAUNCHER,
-    SERVER,
-    VERSION,
-    Session,
-    decode,
-    encode,
-    key_id,
-    next_secret,
-    nonce,
-    proof,
-    proved,
-    version_of,
+from ..kernel import interruption, ipykernel_adapters
+from .kernel_setup import (
+    WORKDIR_PREFIX,
+    kernel_arguments,
+    remove_stale_workdirs,
+    write_connection_file,
 )
-from . import cloud_notices
+from .launch_channel import Channel, HandshakeFailed, NotTheServer, OtherVersion, handshake
+from .notice_sources import report_sigterm, watch_cloud
+
+__all__ = [
+    "FORWARDED_SIGNALS",
+    "PORT_NAMES",
+    "RECONNECT_INTERVAL",
+    "REFUSED_INTERVAL",
+    "WORKDIR_PREFIX",
+    "Channel",
+    "HandshakeFailed",
+    "NotTheServer",
+    "OtherVersion",
+    "Reattach",
+    "handshake",
+    "kernel_arguments",
+    "main",
+    "remove_stale_workdirs",
+]
 
 #: Seconds between two attempts to reach a server again.
 RECONNECT_INTERVAL = 0.5
@@ -75,9 +86,18 @@ REFUSED_INTERVAL = 5.0
 #: Signals the server may forward over the channel (``{"type": "signal"}``): an interrupt.
 FORWARDED_SIGNALS = (int(signal.SIGINT),)
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
-#: A launcher's own directory in the temporary directory (its kernel's connection file):
-#: this, its process id, "-", a random part.
-WORKDIR_PREFIX = "jupyter-lowcost-launcher-"
+
+
+# -- the launcher's log ------------------------------------------------------------------
+
+#: The launcher's own log (its stderr as the backend opened it: ipykernel sends what is
+#: written to file descriptor 2 later to the notebook).
+_log: Any = sys.stderr
+
+
+def _say(line: str) -> None:
+    """One line of the launcher's log."""
+    print(f"jupyter_lowcost launcher: {line}", file=_log, flush=True)
 
 
 class _ForgivingStream:
@@ -111,102 +131,18 @@ def _forgive_log_errors() -> None:
         setattr(sys, name, stream)
 
 
-class HandshakeFailed(Exception):
-    """The peer was not the server of this launch, or refused it (see :func:`handshake`)."""
+def _open_log() -> None:
+    """Keep a failing write to the log from costing the kernel, and log to the launcher's
+    own stderr from now on (file descriptor 2 as the backend opened it)."""
+    global _log
+    _forgive_log_errors()
+    try:
+        _log = _ForgivingStream(os.fdopen(os.dup(2), "w", buffering=1))
+    except OSError:
+        pass
 
 
-class NotTheServer(HandshakeFailed):
-    """The peer did not prove that it holds the secret: whatever listens on that port is
-    not a server that knows this instance."""
-
-
-class OtherVersion(HandshakeFailed):
-    """The server speaks another version of the launch protocol."""
-
-
-class Channel:
-    """The launcher's end of the launch channel (see ``jupyter_lowcost.server.channel``).
-
-    Until :func:`handshake` has authenticated the server, :meth:`send` refuses (an
-    ``OSError``, as for a lost connection): the threads that report notices say nothing
-    to a peer that has not proved itself, nor in the middle of a handshake."""
-
-    def __init__(self, address: str) -> None:
-        self._send_lock = threading.Lock()
-        self.session: Session | None = None
-        self.connect(address)
-
-    def connect(self, address: str, timeout: float = 30) -> None:
-        """(Re)open the connection to ``host:port``, not yet authenticated."""
-        self.session = None
-        host, _, port = address.rpartition(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
-        self.reader = self.sock.makefile("rb")
-
-    def close(self) -> None:
-        self.session = None
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def send(self, message: dict[str, Any]) -> None:
-        """Send a sealed frame to the authenticated server (any thread)."""
-        with self._send_lock:
-            if self.session is None:
-                raise OSError("not connected to an authenticated server")
-            self.sock.sendall(self.session.seal(message))
-
-    def send_handshake(self, message: dict[str, Any]) -> None:
-        """Send a frame of the handshake (only :func:`handshake` does)."""
-        with self._send_lock:
-            self.sock.sendall(encode(message))
-
-    def receive(self) -> dict[str, Any] | None:
-        """The next frame (sealed once authenticated), or None when the connection is
-        closed; ``ValueError`` or ``TypeError`` for a frame that is not one (a wrong
-        MAC, say)."""
-        line = self.reader.readline()
-        if not line:
-            return None
-        return self.session.open(line) if self.session is not None else decode(line)
-
-
-def handshake(channel: Channel, secret: str) -> tuple[dict[str, Any], str]:
-    """Authenticate the server on ``channel`` with ``secret`` (the launch secret, or the
-    reconnect secret), then prove this launcher holds it too: the server's first sealed
-    frame (its config, or ``reattached``) and the next reconnect secret, to keep once that
-    frame is the one expected. Called by :func:`main` and :func:`_reattach_once`.
-
-    Nothing but the key id and a fresh nonce goes out before the server's proof is
-    checked. ``NotTheServer`` for a wrong proof, ``OtherVersion``, or ``HandshakeFailed``
-    when the server closes (it refused: it does not know this secret)."""
-    challenge = channel.receive()
-    if challenge is None:
-        raise HandshakeFailed("the server closed the connection")
-    if version_of(challenge) != VERSION:
-        raise OtherVersion(
-            f"the server speaks launch protocol version {str(version_of(challenge))[:16]}, "
-            f"this launcher version {VERSION}: install the same jupyter-lowcost on the "
-            "instance as on the server"
-        )
-    server_nonce, launcher_nonce = str(challenge.get("nonce")), nonce()
-    channel.send_handshake(
-        {"type": "open", "key": key_id(secret), "nonce": launcher_nonce, "version": VERSION}
-    )
-    answer = channel.receive()
-    if answer is None:
-        raise HandshakeFailed("the server refused this launcher")
-    if not proved(answer.get("proof"), secret, SERVER, server_nonce, launcher_nonce):
-        raise NotTheServer("the peer did not prove that it holds the secret")
-    channel.send_handshake(
-        {"type": "hello", "proof": proof(secret, LAUNCHER, server_nonce, launcher_nonce)}
-    )
-    channel.session = Session(secret, server_nonce, launcher_nonce, LAUNCHER)
-    reply = channel.receive()
-    if reply is None:
-        raise HandshakeFailed("the server refused this launcher")
-    return reply, next_secret(secret, server_nonce, launcher_nonce)
+# -- coming back to a server -------------------------------------------------------------
 
 
 @dataclass
@@ -242,14 +178,10 @@ class Reattach:
         """Keep the kernel's last shell status (a server that takes the kernel back
         tells its clients; without it, one that runs a long cell looks as if starting)."""
         self.kernel = kernel
-        publish = kernel._publish_status
+        ipykernel_adapters.on_shell_status(kernel, self._shell_status_changed)
 
-        def publish_status(status: str, channel: str, *args: Any, **kwargs: Any) -> Any:
-            if channel == "shell":
-                self.shell_status[-1] = status
-            return publish(status, channel, *args, **kwargs)
-
-        kernel._publish_status = publish_status
+    def _shell_status_changed(self, status: str) -> None:
+        self.shell_status[-1] = status
 
     def server_address(self) -> str:
         """Where the server that adopted this instance listens (its file), else where
@@ -278,30 +210,20 @@ def _listen(channel: Channel, reattach: Reattach) -> None:
                 # (a backend that cannot signal the instance's processes itself: a pod)
                 os.kill(os.getpid(), int(message["signal"]))
             elif message.get("type") == "ended":
-                print("jupyter_lowcost launcher: the server ended this instance", file=_log)
+                _say("the server ended this instance")
                 os._exit(0)
         channel.close()
         give_up = time.time() + reattach.orphan_timeout
         if reattach.orphan_until is not None:
             give_up = min(give_up, reattach.orphan_until)
-        print(
-            "jupyter_lowcost launcher: lost the server; the kernel goes on, waiting for a "
-            f"server until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(give_up))}",
-            file=_log,
-            flush=True,
+        _say(
+            "lost the server; the kernel goes on, waiting for a server until "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(give_up))}"
         )
         if not _reconnect(channel, reattach, give_up):
-            print(
-                "jupyter_lowcost launcher: no server took the instance back; stopping the kernel",
-                file=_log,
-                flush=True,
-            )
+            _say("no server took the instance back; stopping the kernel")
             os._exit(3)
-        print(
-            "jupyter_lowcost launcher: a server took the instance back",
-            file=_log,
-            flush=True,
-        )
+        _say("a server took the instance back")
 
 
 def _reconnect(channel: Channel, reattach: Reattach, give_up: float) -> bool:
@@ -318,11 +240,9 @@ def _reconnect(channel: Channel, reattach: Reattach, give_up: float) -> bool:
             # (said once per address: it may listen there for long)
             if said != address:
                 said = address
-                print(
-                    f"jupyter_lowcost launcher: {address} is not this instance's server ({err}):"
-                    " told nothing, obeyed in nothing; dialing again",
-                    file=_log,
-                    flush=True,
+                _say(
+                    f"{address} is not this instance's server ({err}): told nothing, obeyed "
+                    "in nothing; dialing again"
                 )
             pause = RECONNECT_INTERVAL
         except HandshakeFailed:
@@ -358,154 +278,24 @@ def _reattach_once(channel: Channel, reattach: Reattach) -> bool:
     return True
 
 
-def _report_sigterm(channel: Channel, notice_seconds: float, leave_when_saved: bool) -> None:
-    """Make SIGTERM an interruption notice ``notice_seconds`` long: the kernel sees it at
-    once (flag, callbacks), and the server hears of it from a thread (the handler may
-    have interrupted the main thread anywhere). With ``leave_when_saved`` (a pod: see
-    :func:`_leave_when_saved`), the instance may end before the deadline."""
-    received: list[float] = []
-
-    def handle(signum: int, frame: Any) -> None:
-        if received:  # (a second SIGTERM: the first one's notice stands)
-            return
-        received.append(time.time())
-        deadline = received[0] + notice_seconds
-        reason = f"the instance received SIGTERM: it stops in {notice_seconds:g} s"
-
-        def report() -> None:
-            print(f"jupyter_lowcost launcher: {reason}", file=_log, flush=True)
-            try:
-                channel.send({"type": "notice", "deadline": deadline, "reason": reason})
-            except OSError:
-                pass
-            if leave_when_saved:
-                _leave_when_saved(deadline)
-
-        threading.Thread(target=report, name="lowcost-sigterm", daemon=True).start()
-        interruption.deliver(deadline, reason)
-
-    signal.signal(signal.SIGTERM, handle)
+# -- the steps of main ------------------------------------------------------------------
 
 
-def _leave_when_saved(deadline: float) -> None:
-    """End the instance before its deadline once its latest checkpoint holds the kernel's
-    namespace as it is, with no cell running (:meth:`KernelCheckpoints.holds_everything`):
-    nothing more can be saved, and the recovery resumes the kernel on a new instance at
-    once instead of after the whole grace period (30 s on GKE, say) of a pod that is
-    killed anyway. A cell that runs keeps the instance until it ends and its checkpoint
-    is written, or until the deadline. Called by the SIGTERM handler's thread, once the
-    notice was sent to the server."""
-    while time.time() < deadline:
-        checkpoints = checkpointing.installed()
-        if checkpoints is not None and checkpoints.holds_everything():
-            print(
-                "jupyter_lowcost launcher: the latest checkpoint holds the kernel's variables "
-                "and no cell runs: the instance ends now, before its deadline",
-                file=_log,
-                flush=True,
-            )
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
-            # As if SIGTERM had ended it (128 + 15): the server sees an instance taken
-            # during its notice, and resumes the kernel.
-            os._exit(128 + signal.SIGTERM)
-        time.sleep(0.05)
+@dataclass
+class _Launch:
+    """What the backend's environment says of this launch (the secrets are taken out of
+    the environment, so that no user code sees them)."""
+
+    address: str
+    instance_id: str
+    secret: str
+    channel_file: str
+    orphan_timeout: str
 
 
-def _watch_cloud(channel: Channel, config: dict[str, Any]) -> None:
-    """Watch the cloud's own notice (``LowCostApp.cloud_notices``): deliver it to the
-    kernel at once and report it to the server; an early warning only to the server."""
-
-    def deliver(cloud: cloud_notices.CloudNotice) -> None:
-        print(f"jupyter_lowcost launcher: {cloud.reason}", file=_log, flush=True)
-        kind = "warning" if cloud.early_warning else "notice"
-        message = {"type": kind, "deadline": cloud.deadline, "reason": cloud.reason}
-        try:
-            channel.send({**message, "source": cloud.provider})
-        except OSError:
-            pass
-        if not cloud.early_warning:
-            interruption.deliver(cloud.deadline, cloud.reason)
-
-    def checkpoint_written(since: float) -> bool:
-        """Is the notice checkpoint of a notice that came at ``since`` done with: written,
-        failed, or not needed (nothing to save, checkpoints off)?"""
-        checkpoints = checkpointing.installed()
-        if checkpoints is None or checkpoints.when == "off":
-            return True
-        handled = checkpoints.notice_handled_at
-        return handled is not None and handled >= since
-
-    def warn(text: str | None) -> None:
-        """The notice cannot be read (``text``), or can again (None): the server shows it
-        on the instance (``notice_warning``), JupyterLab and ``%lowcost`` say it."""
-        if text is not None:
-            print(f"jupyter_lowcost launcher: {text}", file=_log, flush=True)
-        try:
-            channel.send({"type": "notice_warning", "warning": text})
-        except OSError:
-            pass
-
-    cloud_notices.start(
-        str(config.get("cloud_notices") or "off"),
-        str(config.get("cloud_metadata_url") or ""),
-        deliver,
-        lambda line: print(f"jupyter_lowcost launcher: {line}", file=_log, flush=True),
-        acknowledge=bool(config.get("azure_acknowledge")),
-        checkpoint_written=checkpoint_written,
-        warn=warn,
-    )
-
-
-#: The launcher's own log (its stderr as the backend opened it: ipykernel sends what is
-#: written to file descriptor 2 later to the notebook).
-_log: Any = sys.stderr
-
-
-def remove_stale_workdirs() -> None:
-    """Remove the directories that launchers killed before they could clean up left in
-    the temporary directory (their kernels' connection files, with the session keys): a
-    lost instance is killed, and atexit does not run then. Called by every launcher as it
-    starts; only this user's, only those whose process no longer runs."""
-    root = tempfile.gettempdir()
-    try:
-        names = [n for n in os.listdir(root) if n.startswith(WORKDIR_PREFIX)]
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
-        path = os.path.join(root, name)
-        try:
-            if not pid.isdigit() or os.lstat(path).st_uid != os.getuid():
-                continue
-            os.kill(int(pid), 0)
-        except ProcessLookupError:  # its launcher is gone
-            shutil.rmtree(path, ignore_errors=True)
-        except OSError:  # gone already; or a process of another user has that id now
-            continue
-
-
-def kernel_arguments(connection_file: str) -> list[str]:
-    """ipykernel's command line on the instance: our extension in every kernel; a job's
-    kernel (``JUPYTER_LOWCOST_JOB``) keeps IPython's history in memory, as nbclient and
-    papermill run kernels, instead of writing the profile's SQLite history file."""
-    arguments = ["-f", connection_file, "--IPKernelApp.extra_extensions=jupyter_lowcost"]
-    if os.environ.get(env.JOB):
-        arguments.append("--HistoryManager.hist_file=:memory:")
-    return arguments
-
-
-def main() -> None:
-    """Entry point of ``python -m jupyter_lowcost.launcher``."""
-    global _log
-    _forgive_log_errors()
-    try:
-        _log = _ForgivingStream(os.fdopen(os.dup(2), "w", buffering=1))
-    except OSError:
-        pass
+def _read_launch() -> _Launch:
+    """What the backend's environment says; the launcher exits when it says nothing (it
+    was run by hand)."""
     try:
         address = os.environ.pop(env.CHANNEL)
         instance_id = os.environ.pop(env.INSTANCE_ID)
@@ -517,10 +307,16 @@ def main() -> None:
         )
     channel_file = os.environ.pop(env.CHANNEL_FILE, "")
     orphan_timeout = os.environ.get(env.ORPHAN_TIMEOUT, "")
+    return _Launch(address, instance_id, secret, channel_file, orphan_timeout)
 
+
+def _dial_server(launch: _Launch) -> tuple[Channel, dict[str, Any], str]:
+    """Step 1: the channel, the server's config, and the first reconnect secret; the
+    launcher exits, saying why, when the peer is not this launch's server."""
+    address = launch.address
     channel = Channel(address)
     try:
-        config, reconnect_secret = handshake(channel, secret)
+        config, reconnect_secret = handshake(channel, launch.secret)
     except NotTheServer as err:
         sys.exit(f"jupyter_lowcost launcher: {address} is not this launch's server: {err}")
     except HandshakeFailed as err:
@@ -530,53 +326,71 @@ def main() -> None:
     if config.get("type") != "config":
         sys.exit("jupyter_lowcost launcher: the server refused this launch")
     channel.sock.settimeout(None)
+    return channel, config, reconnect_secret
+
+
+def _kernel_ip(channel: Channel, config: dict[str, Any]) -> str:
+    """The address the kernel binds (``auto``: the one that reached the server)."""
     ip = config["ip"]
     if ip == "auto":
         ip = channel.sock.getsockname()[0]
+    return str(ip)
 
+
+def _take_sigterm_as_notice(channel: Channel) -> None:
+    """Step 6, where the backend says SIGTERM is the notice (and how long it is)."""
+    sigterm_notice = os.environ.pop(env.SIGTERM_NOTICE, "")
+    leave_when_saved = os.environ.pop(env.SIGTERM_LEAVE_WHEN_SAVED, "") == "1"
+    if sigterm_notice:
+        report_sigterm(channel, float(sigterm_notice), leave_when_saved, _say)
+
+
+def _start_kernel(channel: Channel, config: dict[str, Any], ip: str) -> Any:
+    """Step 2 (and the notices' sources, 5 and 6): ipykernel initialized in this process,
+    on ports it picked; its IPKernelApp."""
+    from ipykernel.kernelapp import IPKernelApp
+
+    connection_file = write_connection_file(config, ip, PORT_NAMES)
+    interruption.install_signal_handler()
+    _take_sigterm_as_notice(channel)
+    app = IPKernelApp.instance()
+    app.initialize(kernel_arguments(connection_file))
+    watch_cloud(channel, config, _say)
+    return app
+
+
+def _reattach_state(
+    launch: _Launch, config: dict[str, Any], reconnect_secret: str, connection_info: dict[str, Any]
+) -> Reattach:
+    orphan_until = config.get("orphan_until")
+    return Reattach(
+        instance_id=launch.instance_id,
+        address=launch.address,
+        channel_file=launch.channel_file,
+        reconnect_secret=reconnect_secret,
+        connection_info=connection_info,
+        orphan_timeout=float(launch.orphan_timeout or config.get("orphan_timeout") or 30),
+        orphan_until=float(orphan_until) if orphan_until else None,
+    )
+
+
+def main() -> None:
+    """Entry point of ``python -m jupyter_lowcost.launcher``: the steps of the module
+    docstring."""
+    _open_log()
+    launch = _read_launch()
+    channel, config, reconnect_secret = _dial_server(launch)
+    ip = _kernel_ip(channel, config)
     try:
-        from ipykernel.kernelapp import IPKernelApp
-
-        remove_stale_workdirs()
-        workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
-        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-        connection_file = os.path.join(workdir, "kernel.json")
-        with open(connection_file, "w") as handle:
-            json.dump(
-                {
-                    "key": config["key"],
-                    "signature_scheme": config["signature_scheme"],
-                    "transport": config.get("transport", "tcp"),
-                    "ip": ip,
-                    **{name: 0 for name in PORT_NAMES},
-                },
-                handle,
-            )
-        os.chmod(connection_file, 0o600)
-        interruption.install_signal_handler()
-        sigterm_notice = os.environ.pop(env.SIGTERM_NOTICE, "")
-        leave_when_saved = os.environ.pop(env.SIGTERM_LEAVE_WHEN_SAVED, "") == "1"
-        if sigterm_notice:
-            _report_sigterm(channel, float(sigterm_notice), leave_when_saved)
-        app = IPKernelApp.instance()
-        app.initialize(kernel_arguments(connection_file))
-        _watch_cloud(channel, config)
+        app = _start_kernel(channel, config, ip)
         ports = {name: getattr(app, name) for name in PORT_NAMES}
     except Exception:
         channel.send({"type": "failed", "error": traceback.format_exc()})
         raise
+    # Step 3: the server learns the ports; step 4 is the channel thread's.
     connection_info = {"ip": ip, "transport": app.transport, **ports}
     channel.send({"type": "ready", "connection_info": connection_info})
-    orphan_until = config.get("orphan_until")
-    reattach = Reattach(
-        instance_id=instance_id,
-        address=address,
-        channel_file=channel_file,
-        reconnect_secret=reconnect_secret,
-        connection_info=connection_info,
-        orphan_timeout=float(orphan_timeout or config.get("orphan_timeout") or 30),
-        orphan_until=float(orphan_until) if orphan_until else None,
-    )
+    reattach = _reattach_state(launch, config, reconnect_secret, connection_info)
     reattach.follow_status(app.kernel)
     threading.Thread(
         target=_listen, args=(channel, reattach), name="lowcost-channel", daemon=True

@@ -1,9 +1,11 @@
-"""Kernel side: a small client of the REST API, for ``%lowcost`` and for scripts.
+"""Kernel side: this kernel's client of the REST API, for ``%lowcost`` and for scripts.
 
 The provisioner gives every kernel it starts the server's URL, a token and the kernel's
 own id in its environment (``JUPYTER_LOWCOST_URL``, ``JUPYTER_LOWCOST_TOKEN``,
-``JUPYTER_LOWCOST_KERNEL_ID``); :meth:`LowCostClient.from_environment` reads them.
-Every failure is a :class:`LowCostError` whose message can be shown as it is.
+``JUPYTER_LOWCOST_KERNEL_ID``); :meth:`LowCostClient.from_environment` reads them. The
+calls go through :class:`~jupyter_lowcost.client.rest.LowCostAPI` (shared with the
+``jupyter lowcost`` commands); every failure is a :class:`LowCostError` whose message can
+be shown as it is.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import requests
-
 from .. import env
+from ..client.rest import APIError, LowCostAPI
 
 
 class LowCostError(Exception):
@@ -21,15 +22,12 @@ class LowCostError(Exception):
 
 
 class LowCostClient:
-    """Calls ``{server}lowcost/api/`` with the server's token."""
+    """Calls ``{server}lowcost/api/`` with the server's token, about this kernel."""
 
     def __init__(self, server_url: str, token: str, kernel_id: str, timeout: float = 30) -> None:
-        self.api = server_url.rstrip("/") + "/lowcost/api/"
+        self.rest = LowCostAPI(server_url, token, timeout)
+        self.api = self.rest.api
         self.kernel_id = kernel_id
-        self.timeout = timeout
-        self.session = requests.Session()
-        if token:
-            self.session.headers["Authorization"] = f"token {token}"
 
     @classmethod
     def from_environment(cls) -> LowCostClient:
@@ -47,29 +45,15 @@ class LowCostClient:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One API call; returns the decoded JSON (None for 204)."""
         try:
-            response = self.session.request(method, self.api + path, timeout=self.timeout, **kwargs)
-        except requests.RequestException as err:
-            raise LowCostError(
-                f"the Jupyter server at {self.api} cannot be reached: {err}"
-            ) from err
-        if response.status_code >= 400:
-            try:
-                message = response.json().get("message") or response.reason
-            except ValueError:
-                message = response.reason
-            if response.status_code == 404 and "lowcost/api" in (message or ""):
-                message = "the server does not have the jupyter-lowcost extension enabled"
-            raise LowCostError(f"{message} (HTTP {response.status_code})")
-        return response.json() if response.content else None
+            return self.rest.call(method, path, **kwargs)
+        except APIError as err:
+            raise LowCostError(_said(err, self.api)) from err
 
     def running_kernel_ids(self) -> set[str]:
         """The ids of the kernels the server runs (jupyter_server's ``GET /api/kernels``)."""
-        url = self.api.removesuffix("lowcost/api/") + "api/kernels"
         try:
-            response = self.session.get(url, timeout=self.timeout)
-            response.raise_for_status()
-            return {kernel["id"] for kernel in response.json()}
-        except (requests.RequestException, ValueError, KeyError, TypeError) as err:
+            return {kernel["id"] for kernel in self.rest.call_server("GET", "api/kernels")}
+        except (APIError, ValueError, KeyError, TypeError) as err:
             raise LowCostError(f"could not list the server's kernels: {err}") from err
 
     def kernel(self) -> dict[str, Any]:
@@ -105,3 +89,13 @@ class LowCostClient:
             body["instance_type"] = instance_type
         params = {} if wait else {"wait": "0"}
         return self.request("PUT", f"kernels/{self.kernel_id}", json=body, params=params)
+
+
+def _said(err: APIError, api: str) -> str:
+    """What ``%lowcost`` says of a failed call: the server's message and its HTTP status."""
+    if err.status is None:
+        return f"the Jupyter server at {api} cannot be reached: {err.detail}"
+    message = err.server_message() or err.reason
+    if err.status == 404 and "lowcost/api" in message:
+        message = "the server does not have the jupyter-lowcost extension enabled"
+    return f"{message} (HTTP {err.status})"

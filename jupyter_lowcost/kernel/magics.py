@@ -1,10 +1,10 @@
 """Kernel side: the ``%lowcost`` magic.
 
 Registered by ``%load_ext jupyter_lowcost`` (automatic in kernels that the provisioner
-starts). Every subcommand calls the REST API through
+starts). Every subcommand but the checkpoints' calls the REST API through
 :class:`~jupyter_lowcost.kernel.client.LowCostClient`, so the magic and JupyterLab's switch
-always show the same state. Arguments are parsed by IPython's ``magic_arguments``
-(``%lowcost?`` lists them)::
+always show the same state. The line is read by :func:`.magic_line.parse_line` (argparse,
+a subparser per subcommand; ``%lowcost?`` shows the method's docstring)::
 
     %lowcost                   this kernel's tier, type, time left, cost and savings
     %lowcost on [--type T]     move this kernel to a low-cost instance (it restarts)
@@ -23,39 +23,21 @@ always show the same state. Arguments are parsed by IPython's ``magic_arguments`
 
 from __future__ import annotations
 
-import math
-import re
 import sys
 import threading
 import time
-from argparse import ArgumentTypeError
 from typing import TYPE_CHECKING, Any
 
-from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments
-from IPython.utils.process import arg_split
 
 from ..words import format_duration, human_bytes
 from .checkpointing import installed
+from .magic_line import USAGE, parse_line
 
 if TYPE_CHECKING:  # the client imports requests: kept out of every kernel's start-up
     from .client import LowCostClient
 
-#: The subcommands, in the order ``%lowcost?`` lists them.
-COMMANDS = ("status", "on", "off", "types", "interrupt", "checkpoint", "checkpoints", "restore")
-#: Which options and arguments each subcommand takes (the others refuse them).
-ACCEPTS = {
-    "on": {"instance_type"},
-    "interrupt": {"notice", "delay"},
-    "checkpoints": {"all"},
-    "restore": {"target"},
-}
-
-USAGE = (
-    "usage: %lowcost [status | on [--type T] | off | types | interrupt [--notice S] [--in S] "
-    "| checkpoint | checkpoints [--all] | restore [ID | KERNEL[/ID]]]"
-)
+__all__ = ["USAGE", "LowCostMagics", "describe_all_checkpoints", "describe_status"]
 
 
 def describe_status(kernel: dict[str, Any]) -> str:
@@ -93,6 +75,31 @@ def describe_status(kernel: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def describe_checkpoint(report: Any) -> str:
+    """What ``%lowcost checkpoint`` prints for the checkpoint it took."""
+    line = (
+        f"Checkpoint {report.checkpoint_id}: {len(report.variables)} variables, "
+        f"{report.bytes / 1e6:.1f} MB ({report.bytes_written / 1e6:.1f} MB written) "
+        f"in {report.seconds:.2f} s."
+    )
+    for skipped in report.skipped:
+        line += f"\nNot saved: {skipped.name} ({skipped.type}): {skipped.why}"
+    return line
+
+
+def describe_own_checkpoints(store: Any) -> str:
+    """``%lowcost checkpoints``: this kernel's checkpoints, oldest first."""
+    lines = []
+    for checkpoint_id in store.checkpoint_ids():
+        manifest = store.manifest(checkpoint_id)
+        ago = format_duration(time.time() - manifest["taken_at"])
+        lines.append(
+            f"{checkpoint_id}  {ago} ago  {len(manifest['variables'])} variables  "
+            f"{manifest['bytes'] / 1e6:.1f} MB"
+        )
+    return "\n".join(lines) or "No checkpoint yet."
+
+
 def describe_types(types: list[dict[str, Any]]) -> str:
     """The catalog as a table."""
     header = (
@@ -109,80 +116,10 @@ def describe_types(types: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-#: The longest ``--in`` (a week): a later interruption would come after any instance's
-#: lifetime cap, and Python's timers refuse much longer waits.
-MAX_DELAY = 7 * 86400.0
-#: The longest checkpoint argument ``%lowcost restore`` takes: a kernel id (36) and a
-#: checkpoint id, with room to spare.
-MAX_TARGET = 80
-
-
-def _seconds(option: str, most: float = math.inf) -> Any:
-    """The ``type`` of an option that takes a finite number of seconds, from 0 to ``most``."""
-
-    def parse(value: str) -> float:
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise ArgumentTypeError(
-                f"{option} needs a number of seconds, not {_shown(value)}"
-            ) from None
-        if not math.isfinite(seconds):
-            raise ArgumentTypeError(f"{option} needs a finite number of seconds, not {value!r}")
-        if seconds < 0:
-            raise ArgumentTypeError(f"{option} must be 0 or more seconds")
-        if seconds > most:
-            raise ArgumentTypeError(
-                f"{option} must be at most {most:g} seconds, not {_shown(value)}"
-            )
-        return seconds
-
-    return parse
-
-
-def _shown(text: str) -> str:
-    """What the user typed, as an error message quotes it: short."""
-    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
-
-
-def _checkpoint_target(text: str | None) -> str | None:
-    """``%lowcost restore``'s argument, checked before any file is looked up: a checkpoint
-    id or ``KERNEL[/ID]`` as ``%lowcost checkpoints --all`` lists them."""
-    if text is None:
-        return None
-    if len(text) > MAX_TARGET or not re.fullmatch(r"[A-Za-z0-9-]+(/[0-9]+)?", text):
-        raise UsageError(
-            f"%lowcost restore: {_shown(text)} is not a checkpoint ID or KERNEL[/ID]; "
-            "%lowcost checkpoints --all lists them"
-        )
-    return text
-
-
 @magics_class
 class LowCostMagics(Magics):
     """``%lowcost``: see and change where this kernel runs."""
 
-    @magic_arguments()
-    @argument(
-        "command",
-        nargs="?",
-        default="status",
-        choices=COMMANDS,
-        help="what to do (default: status)",
-    )
-    @argument("target", nargs="?", help="restore: a checkpoint ID, or KERNEL[/ID]")
-    @argument("-t", "--type", dest="instance_type", metavar="T", help="on: the instance type")
-    @argument(
-        "--notice", type=_seconds("--notice"), metavar="S", help="interrupt: seconds of notice (30)"
-    )
-    @argument(
-        "--in",
-        dest="delay",
-        type=_seconds("--in", MAX_DELAY),
-        metavar="S",
-        help="interrupt: announce it in S seconds (0: now)",
-    )
-    @argument("--all", action="store_true", help="checkpoints: of every kernel")
     @line_magic
     def lowcost(self, line: str = "") -> None:
         """Show or change this kernel's low-cost placement.
@@ -207,26 +144,19 @@ class LowCostMagics(Magics):
         """
         from .client import LowCostClient, LowCostError
 
-        args = _parse(self.lowcost, line)
-        command = args.command
-        if command in ("checkpoint", "checkpoints", "restore"):
-            self._checkpoints(command, args)
+        args = parse_line(line)
+        if args.command in ("checkpoint", "checkpoints", "restore"):
+            self._checkpoints(args)
             return
         try:
             client = LowCostClient.from_environment()
-            if command == "status":
-                print(describe_status(client.kernel()))
-                demo = client.status().get("demo")
-                if demo:
-                    print(demo)
-                checkpoints = installed()
-                if checkpoints is not None:
-                    print(checkpoints.status())
-            elif command == "types":
+            if args.command == "status":
+                self._status(client)
+            elif args.command == "types":
                 print(describe_types(client.instance_types()))
-            elif command == "on":
+            elif args.command == "on":
                 self._on(client, args.instance_type)
-            elif command == "off":
+            elif args.command == "off":
                 self._off(client)
             else:
                 notice = 30.0 if args.notice is None else args.notice
@@ -234,7 +164,8 @@ class LowCostMagics(Magics):
         except LowCostError as err:
             print(f"%lowcost: {err}", file=sys.stderr)
 
-    def _checkpoints(self, command: str, args: Any) -> None:
+    def _checkpoints(self, args: Any) -> None:
+        """The subcommands that read and write this kernel's checkpoints (no REST call)."""
         checkpoints = installed()
         if checkpoints is None:
             print(
@@ -242,58 +173,43 @@ class LowCostMagics(Magics):
                 "Jupyter server with jupyter-lowcost, or checkpoints are off)",
                 file=sys.stderr,
             )
-            return
-        rest = [args.target] if args.target else []
-        if command == "checkpoint":
-            report = checkpoints.checkpoint(manual=True)
-            line = (
-                f"Checkpoint {report.checkpoint_id}: {len(report.variables)} variables, "
-                f"{report.bytes / 1e6:.1f} MB ({report.bytes_written / 1e6:.1f} MB written) "
-                f"in {report.seconds:.2f} s."
-            )
-            for skipped in report.skipped:
-                line += f"\nNot saved: {skipped.name} ({skipped.type}): {skipped.why}"
-            print(line)
-        elif command == "checkpoints" and not args.all:
-            store = checkpoints.store
-            ids = store.checkpoint_ids()
-            if not ids:
-                print("No checkpoint yet.")
-            for checkpoint_id in ids:
-                manifest = store.manifest(checkpoint_id)
-                ago = format_duration(time.time() - manifest["taken_at"])
-                print(
-                    f"{checkpoint_id}  {ago} ago  {len(manifest['variables'])} variables  "
-                    f"{manifest['bytes'] / 1e6:.1f} MB"
-                )
-        elif command == "checkpoints":
+        elif args.command == "checkpoint":
+            print(describe_checkpoint(checkpoints.checkpoint(manual=True)))
+        elif args.command == "checkpoints" and not args.all:
+            print(describe_own_checkpoints(checkpoints.store))
+        elif args.command == "checkpoints":
             print(describe_all_checkpoints(checkpoints.store.root.parent, checkpoints.store.root))
         else:
-            try:
-                if rest and rest[0] in checkpoints.store.checkpoint_ids():
-                    restored = checkpoints.restore(rest[0])  # one of this kernel's
-                elif rest and rest[0].isdigit():
-                    # A kernel id can start with 8 digits too; else this kernel's message
-                    try:
-                        restored = _restore_other(checkpoints, rest[0])
-                    except LookupError:
-                        restored = checkpoints.restore(rest[0])
-                elif rest:
-                    restored = _restore_other(checkpoints, rest[0])
-                elif not _has_variables(checkpoints.store):
-                    print(
-                        "Nothing to restore: this kernel has no checkpoint with variables "
-                        "yet. %lowcost checkpoints --all lists the checkpoints of every "
-                        "kernel, and %lowcost restore KERNEL takes one.",
-                        file=sys.stderr,
-                    )
-                    return
-                else:
-                    restored = checkpoints.restore()
-            except (OSError, LookupError, ValueError) as err:
-                print(f"%lowcost: {err}", file=sys.stderr)
+            self._restore(checkpoints, args.target)
+
+    def _status(self, client: LowCostClient) -> None:
+        print(describe_status(client.kernel()))
+        demo = client.status().get("demo")
+        if demo:
+            print(demo)
+        checkpoints = installed()
+        if checkpoints is not None:
+            print(checkpoints.status())
+
+    def _restore(self, checkpoints: Any, target: str | None) -> None:
+        """``%lowcost restore [ID | KERNEL[/ID]]``."""
+        try:
+            if target:
+                restored = _restore_target(checkpoints, target)
+            elif not _has_variables(checkpoints.store):
+                print(
+                    "Nothing to restore: this kernel has no checkpoint with variables "
+                    "yet. %lowcost checkpoints --all lists the checkpoints of every "
+                    "kernel, and %lowcost restore KERNEL takes one.",
+                    file=sys.stderr,
+                )
                 return
-            print(f"Restored checkpoint {restored.checkpoint_id}: {restored.summary()}.")
+            else:
+                restored = checkpoints.restore()
+        except (OSError, LookupError, ValueError) as err:
+            print(f"%lowcost: {err}", file=sys.stderr)
+            return
+        print(f"Restored checkpoint {restored.checkpoint_id}: {restored.summary()}.")
 
     def _on(self, client: LowCostClient, instance_type: str | None) -> None:
         # The server validates the type (and picks one when none is given).
@@ -371,6 +287,19 @@ def _has_variables(store: Any) -> bool:
     return latest is not None and bool(store.manifest(latest)["variables"])
 
 
+def _restore_target(checkpoints: Any, target: str) -> Any:
+    """``%lowcost restore ID`` (one of this kernel's) or ``KERNEL[/ID]``."""
+    if target in checkpoints.store.checkpoint_ids():
+        return checkpoints.restore(target)
+    if target.isdigit():
+        # A kernel id can start with 8 digits too; else this kernel's message
+        try:
+            return _restore_other(checkpoints, target)
+        except LookupError:
+            return checkpoints.restore(target)
+    return _restore_other(checkpoints, target)
+
+
 def _restore_other(checkpoints: Any, target: str) -> Any:
     """``%lowcost restore KERNEL[/ID]``: another kernel's checkpoint into this kernel."""
     from ..storage.checkpoint_dirs import find
@@ -430,40 +359,3 @@ def _memory_rule() -> str:
     if checkpoints is not None and checkpoints.when != "off":
         return "the kernel's variables are checkpointed, and restored after an interruption."
     return "what is in the kernel's memory is lost on an interruption."
-
-
-def _parse(magic: Any, line: str) -> Any:
-    """``%lowcost``'s arguments (IPython's magic_arguments, from the decorators), with
-    errors that name the option and say what it needs; options a subcommand does not take
-    are refused."""
-    parser = magic.parser
-    try:
-        words = arg_split(line)
-    except ValueError as err:  # shlex: an unbalanced quote
-        raise UsageError(f"%lowcost: {str(err).lower()} in {_shown(line)}") from None
-    try:
-        args, unknown = parser.parse_known_args(words)
-    except UsageError as err:
-        text = str(err)
-        needs = re.search(r"argument (--notice|--in)(?:/-\w+)?: expected one argument", text)
-        if needs:
-            raise UsageError(
-                f"%lowcost interrupt: {needs.group(1)} needs a number of seconds"
-            ) from None
-        option = re.search(r"argument (--notice|--in)(?:/-\w+)?: (.*)", text)
-        if option:
-            raise UsageError(f"%lowcost interrupt: {option.group(2)}") from None
-        raise UsageError(f"{USAGE}\n{text}") from None
-    if unknown:
-        what = "option" if unknown[0].startswith("-") else "argument"
-        raise UsageError(f"%lowcost {args.command}: unknown {what} {unknown[0]!r}; {USAGE}")
-    given = {
-        name
-        for name in ("instance_type", "notice", "delay", "target", "all")
-        if getattr(args, name) not in (None, False)
-    }
-    refused = given - ACCEPTS.get(args.command, set())
-    if refused:
-        raise UsageError(USAGE)
-    args.target = _checkpoint_target(args.target)
-    return args

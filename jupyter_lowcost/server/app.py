@@ -20,7 +20,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, d
 from .._version import __version__
 from ..backends import Backend, BackendError, BackendListener, load_backend_class
 from . import events
-from .catalog import DEFAULT_INSTANCE_TYPES, parse_catalog
+from .catalog import DEFAULT_INSTANCE_TYPES, CatalogError, parse_catalog
 from .handlers import default_handlers
 from .jupyter_adapters import track_connections
 from .manager import RECOVERY_POLICIES, InstanceManager, Settings
@@ -77,6 +77,16 @@ class LowCostApp(ExtensionApp):
     @default("lifetime_cap")
     def _default_lifetime_cap(self) -> float:
         return DEMO_LIFETIME_CAP if self.demo else 24 * 3600.0
+
+    @validate("instance_types")
+    def _check_instance_types(self, proposal: dict[str, Any]) -> list[dict[str, Any]]:
+        """A malformed catalog fails when it is set (a config file: at the server's
+        start), naming the entry and the field."""
+        try:
+            parse_catalog(list(proposal["value"]))
+        except CatalogError as err:
+            raise TraitError(str(err)) from err
+        return proposal["value"]
 
     @default("cap_notice")
     def _default_cap_notice(self) -> float:

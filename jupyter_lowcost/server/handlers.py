@@ -12,7 +12,6 @@ manager validates the rest before it changes anything. The shapes of the answers
 from __future__ import annotations
 
 import asyncio
-
 import errno
 import json
 from collections.abc import Iterator

@@ -17,6 +17,8 @@ And, with no public way to do it:
   that drops (a kernel's last words before a move);
 - :func:`set_kernel_info`: a kernel manager's cached kernel info (``_kernel_info_future``),
   which a websocket awaits before it forwards anything;
+- :func:`set_execution_state`: a kernel manager's ``execution_state``, which jupyter_server
+  otherwise sets only from the kernel's own status messages;
 - :func:`forget_cached_ports` and :func:`without_local_ports`: ``LocalProvisioner``'s
   ``ports_cached``, so that a kernel on an instance reserves no port on this machine;
 - :func:`start_listed_at_once` and :func:`forget_failed_start`: jupyter_client's pending
@@ -107,10 +109,23 @@ def close_websocket(connection: Any) -> None:
     connection.websocket_handler.close()
 
 
+def set_execution_state(kernel_manager: Any, state: str) -> None:
+    """Say a kernel is ``busy`` or ``idle`` without a status message from it: jupyter_server
+    sets its kernel manager's ``execution_state`` only from the kernel's iopub status, and
+    holds a kernel that was taken back "starting" until then (for a kernel running a long
+    cell: until the cell ends). Called when a launcher comes back to a restarted server."""
+    kernel_manager.execution_state = state
+
+
 def set_kernel_info(kernel_manager: Any, kernel_info: dict[str, Any]) -> None:
     """Give a kernel manager the kernel info a websocket asks first (jupyter_server keeps
     the answer per kernel manager). The shell of a kernel running a cell answers only when
-    the cell ends, and every client would wait for it."""
+    the cell ends, and every client would wait for it.
+
+    The cache is the same attribute from jupyter_server 2.4 to 2.21 (the range pyproject
+    allows). Since 2.20 (jupyter_server #1632) a connection that closes before the kernel
+    answers deletes the cache when it is that connection's own pending future; the one set
+    here is no connection's, so it stays. ``tests/test_websockets.py`` checks both."""
     known: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     known.set_result(kernel_info)
     kernel_manager._kernel_info_future = known

@@ -11,15 +11,19 @@ emitted as an event, logged):
 - :class:`~.instances.recovery.Recovery`: the recovery policy after an interruption;
 - :class:`~.instances.moves.Moves`: switches a user asks for (``PUT kernels/<id>``);
 - :class:`~.instances.clients.Clients`: the kernel's websockets across those restarts;
-- :class:`~.instances.comeback.Comeback`: a restarted server taking kernels back;
+- :class:`~.instances.adoption.Adoption`: a restarted server taking kernels back;
+- :class:`~.instances.job_kernels.JobKernels`: what the jobs' runners (``jobs/``) ask
+  about a job's kernel: its instances, waits for it to run again or for room, the
+  checkpoint it restores, its end;
 - :class:`~.instances.rest_models.RestModels` and
   :class:`~.instances.kernel_reports.KernelReports`: the REST API's lookups and models.
 
 The manager itself starts and stops everything, and is the backend's listener. The REST
 handlers (``handlers.py``; every refusal is a ``tornado.web.HTTPError`` with a message a
 person understands, raised before anything changes) and the kernel provisioner
-(``provisioner.py``, which finds the manager through :func:`current_manager`) call the
-collaborators they need through it: ``manager.rest``, ``manager.launches``...
+(``provisioner.py``, which finds the manager through :func:`current_manager`) and the
+jobs (``jobs/``) call the collaborators they need through it: ``manager.rest``,
+``manager.launches``, ``manager.job_kernels``...
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from ..storage.records import InstanceRecord, InstanceState, Placement, RecordSt
 from ..words import describe_seconds
 from . import jupyter_adapters as jupyter
 from .channel import LaunchChannel
+from .instances.adoption import Adoption
 from .instances.clients import Clients
-from .instances.comeback import Comeback
+from .instances.entries import RECOVERY_POLICIES, Settings
+from .instances.job_kernels import JobKernels
 from .instances.kernel_reports import KernelReports
 from .instances.launches import Launches
 from .instances.ledger import Context, Ledger
@@ -47,7 +53,6 @@ from .instances.moves import Moves
 from .instances.notices import Notices
 from .instances.recovery import Recovery
 from .instances.rest_models import RestModels
-from .instances.state import RECOVERY_POLICIES, Settings
 from .jobs.service import Jobs
 
 __all__ = ["RECOVERY_POLICIES", "InstanceManager", "Settings", "current_manager"]
@@ -79,6 +84,7 @@ class InstanceManager:
     ) -> None:
         self.settings = settings
         self.kernel_manager = kernel_manager
+        self.event_logger = event_logger
         self.log = log
         self.backend = backend_factory(self)
         self.channel = LaunchChannel(
@@ -86,7 +92,7 @@ class InstanceManager:
             lambda instance_id, message: self.notices.on_channel_message(instance_id, message),
             host=settings.channel_ip,
             port=settings.channel_port,
-            on_reconnect_secret=lambda i, secret: self.comeback.reconnect_secret_made(i, secret),
+            on_reconnect_secret=lambda i, secret: self.adoption.reconnect_secret_made(i, secret),
         )
         self.ledger = Ledger(
             settings, RecordStore(settings.data_dir), event_logger, log, self.channel.forget
@@ -107,14 +113,15 @@ class InstanceManager:
         self.clients = Clients(self.ctx)
         self.recovery = Recovery(self.ctx, self.clients)
         self.notices = Notices(self.ctx, self.recovery)
-        self.comeback = Comeback(
+        self.adoption = Adoption(
             self.ctx, self.notices, lambda kernel_id: self.launches.kernel_gone(kernel_id)
         )
-        self.launches = Launches(self.ctx, self.notices, self.comeback)
+        self.launches = Launches(self.ctx, self.notices, self.adoption)
         self.moves = Moves(self.ctx, self.recovery, self.clients)
         self.rest = RestModels(self.ctx)
         self.reports = KernelReports(self.ctx)
-        self.jobs = Jobs(self.ctx, self.launches, contents_manager)
+        self.job_kernels = JobKernels(self.ctx, self.recovery)
+        self.jobs = Jobs(self, contents_manager)
         self._started: asyncio.Task[None] | None = None
         self._session_watch: asyncio.Task[None] | None = None
 
@@ -145,11 +152,11 @@ class InstanceManager:
         # anything here awaits: JupyterLab, polling, must never see them gone (it would
         # drop its kernel and session). They are pending until their launch has taken the
         # running instance back, or resumed the kernel from its checkpoint on a new one.
-        comebacks = await self.comeback.recreate_kernels(kernels)
+        taken_back = await self.adoption.recreate_kernels(kernels)
         await self.backend.start()
         self.ctx.catalog = self.backend.offered_types(self.ctx.catalog)
         for record in records:
-            if not record.is_live or await self.comeback.find_again(record):
+            if not record.is_live or await self.adoption.find_again(record):
                 continue
             alive = False
             if record.backend == self.backend.name:
@@ -164,19 +171,19 @@ class InstanceManager:
             self.ledger.transition(record, InstanceState.TERMINATED, reason)
         await self._sweep_unrecorded()
         await self.channel.start()
-        for instance_id in self.comeback.awaited():
-            self.comeback.write_channel_file(instance_id)
+        for instance_id in self.adoption.awaited():
+            self.adoption.write_channel_file(instance_id)
         self.ledger.save()
         self.ledger.store.remove(orphaned_files)
-        self._prune_leftovers(comebacks)
+        self._prune_leftovers(taken_back)
         if self.ctx.session_manager is not None:
-            self._session_watch = asyncio.ensure_future(self.comeback.watch_sessions())
+            self._session_watch = asyncio.ensure_future(self.adoption.watch_sessions())
         self.jobs.resume_unfinished()
 
     async def _sweep_unrecorded(self) -> None:
         """Stop the instances of this data directory that no records file names (a server
         killed between starting one and saving its record): see
-        :meth:`.backends.base.Backend.sweep_unrecorded` (called at start, once every record
+        :meth:`..backends.base.Backend.sweep_unrecorded` (called at start, once every record
         was taken back or forgotten)."""
         store = self.ledger.store
         elsewhere = store.held_elsewhere().instances
@@ -197,15 +204,15 @@ class InstanceManager:
                 instance_id,
             )
 
-    def _prune_leftovers(self, comebacks: list[str]) -> None:
+    def _prune_leftovers(self, taken_back: list[str]) -> None:
         """Delete what belongs to no server any more: launcher logs, channel files, and
         checkpoints older than ``orphaned_checkpoints_days`` (called at start, once the
-        records of servers that are gone are this server's; ``comebacks``: the kernels
+        records of servers that are gone are this server's; ``taken_back``: the kernels
         being put back). What another server sharing the data directory holds stays (see
-        :meth:`.storage.records.RecordStore.held_elsewhere`): its kernels go on."""
+        :meth:`..storage.records.RecordStore.held_elsewhere`): its kernels go on."""
         settings, store = self.settings, self.ledger.store
-        self.comeback.prune_files(store)
-        live = set(self.kernel_manager.list_kernel_ids()) | set(comebacks) | self.jobs.kernel_ids()
+        self.adoption.prune_files(store)
+        live = set(self.kernel_manager.list_kernel_ids()) | set(taken_back) | self.jobs.kernel_ids()
         live |= store.held_elsewhere().kernels
         for kernel_id in checkpoint_dirs.prune(
             settings.checkpoint_dir, settings.orphaned_checkpoints_seconds, keep=live
@@ -231,10 +238,7 @@ class InstanceManager:
                 entry.cap_timer.cancel()
         # Launches still waiting for room (a recovery waits as long as it takes) end now;
         # those that hold room (a slot, a job) run to their end like the rest.
-        waiting = [
-            r for r in ledger.records() if r.state == InstanceState.PENDING and not r.backend_state
-        ]
-        for record in waiting:
+        for record in ledger.awaiting_room():
             ledger.end(record, InstanceState.TERMINATED, "the Jupyter server stopped")
             await self.backend.terminate(record, now=True)
         # Deadlines still counting down are dropped; moves and recoveries under way run to

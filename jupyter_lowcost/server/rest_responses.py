@@ -130,7 +130,7 @@ KERNEL = _strict(
         "instance": {"anyOf": [INSTANCE, {"type": "null"}]},
         "moving": _BOOLEAN,
         "restored": {"anyOf": [RESTORED, {"type": "null"}]},
-        "checkpoints": {"anyOf": [CHECKPOINT_STATUS, {"type": "null"}]},
+        "checkpoint_status": {"anyOf": [CHECKPOINT_STATUS, {"type": "null"}]},
         "history": {"type": "array", "items": INSTANCE},
     },
 )
@@ -148,7 +148,7 @@ STATUS = _strict(
         },
         "lifetime_cap_seconds": _NUMBER,
         "recovery_policy": _STRING,
-        "checkpoints": {
+        "checkpoint_policy": {
             "type": "string",
             "description": "When kernels checkpoint their variables: cell, interval:<s>, "
             "notice or off.",

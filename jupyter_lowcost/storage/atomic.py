@@ -2,7 +2,7 @@
 
 Everything that replaces a file that someone reads back goes through here: the records
 (``storage/records.py``), the checkpoint store's chunks and manifests
-(``storage/checkpoints.py``), the launch channel's address file (the server's restart
+(``storage/durable_writes.py``), the launch channel's address file (the server's restart
 support) and ``save_on_notice`` (kernel side). A failure removes the temporary file and
 re-raises. Stdlib only.
 

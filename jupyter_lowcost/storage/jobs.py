@@ -21,8 +21,9 @@ data directory leaves it alone while that server runs, and takes it over (to go 
 it) only once that server is gone, by renaming the owner file to its own name: of servers
 starting at once, one rename succeeds, and only that server runs the job.
 
-Written by :class:`~jupyter_lowcost.server.jobs.runner.JobRunner`, read back by
-:class:`~jupyter_lowcost.server.jobs.service.Jobs` when the server starts. Stdlib only.
+Written by :class:`~jupyter_lowcost.server.jobs.progress.JobProgress` (for its job's
+runner), read back by :class:`~jupyter_lowcost.server.jobs.service.Jobs` when the server
+starts. Stdlib only.
 """
 
 from __future__ import annotations

@@ -2,13 +2,21 @@
  * The REST API of the jupyter-lowcost server extension (`{base_url}lowcost/api/`), typed
  * with the shapes generated from the server's schemas (`./rest`).
  *
- * Every module that talks to the server goes through `requestAPI`, so that errors always
- * carry the server's own message, and a missing server extension is recognised in one place.
+ * Every module that talks to the server goes through one `LowCostAPI` (the state plugin
+ * makes it, with the page's server settings made once), so that errors always carry the
+ * server's own message, and a missing server extension is recognised in one place.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import type { ICheckpointStatus, IKernelPlacement, IRestored, ISwitchKernelRequest } from './rest';
+import type {
+  ICheckpointStatus,
+  IInstanceType,
+  IKernelPlacement,
+  IRestored,
+  IStatus,
+  ISwitchKernelRequest
+} from './rest';
 
 export type {
   ICheckpointStatus,
@@ -53,53 +61,71 @@ export class LowCostAPIError extends Error {
 }
 
 /**
- * Call `lowcost/api/<path>` with the page's server settings (token, XSRF), and return
- * the decoded JSON. Throws `LowCostAPIError` with the server's message on any error.
+ * The client of `{base_url}lowcost/api/`, made once by the state plugin with the page's
+ * server settings (token, XSRF) and shared by every module that talks to the server.
  */
-export async function requestAPI<T>(path: string, init: RequestInit = {}): Promise<T> {
-  const settings = ServerConnection.makeSettings();
-  const url = URLExt.join(settings.baseUrl, 'lowcost/api', path);
-  let response: Response;
-  try {
-    response = await ServerConnection.makeRequest(url, init, settings);
-  } catch (error) {
-    throw new LowCostAPIError(
-      0,
-      `The Jupyter server cannot be reached: ${(error as Error).message}`
-    );
-  }
-  const text = await response.text();
-  let body: any = null;
-  if (text) {
-    try {
-      body = JSON.parse(text);
-    } catch {
-      body = null;
-    }
-  }
-  if (!response.ok) {
-    if (response.status === 404 && (body === null || !body.message)) {
-      // No JSON error from our handlers: the routes themselves do not exist.
-      throw new LowCostAPIError(404, INSTALL_HINT);
-    }
-    const message =
-      (body && (body.message || body.reason)) || `${response.status} ${response.statusText}`;
-    throw new LowCostAPIError(response.status, message);
-  }
-  return body as T;
-}
+export class LowCostAPI {
+  constructor(readonly serverSettings: ServerConnection.ISettings) {}
 
-/** `PUT kernels/<id>`: move a kernel; resolves when it runs on its new instance. */
-export function moveKernel(
-  kernelId: string,
-  lowCost: boolean,
-  instanceType: string
-): Promise<IKernelPlacement> {
-  return requestAPI<IKernelPlacement>(`kernels/${kernelId}`, {
-    method: 'PUT',
-    body: JSON.stringify({
-      low_cost: lowCost,
-      instance_type: instanceType
-    } satisfies ISwitchKernelRequest)
-  });
+  /**
+   * Call `lowcost/api/<path>` and return the decoded JSON. Throws `LowCostAPIError` with
+   * the server's message on any error (`INSTALL_HINT` when the routes do not exist).
+   */
+  async request<T>(path: string, init: RequestInit = {}): Promise<T> {
+    const url = URLExt.join(this.serverSettings.baseUrl, 'lowcost/api', path);
+    let response: Response;
+    try {
+      response = await ServerConnection.makeRequest(url, init, this.serverSettings);
+    } catch (error) {
+      throw new LowCostAPIError(
+        0,
+        `The Jupyter server cannot be reached: ${(error as Error).message}`
+      );
+    }
+    const text = await response.text();
+    let body: any = null;
+    if (text) {
+      try {
+        body = JSON.parse(text);
+      } catch {
+        body = null;
+      }
+    }
+    if (!response.ok) {
+      if (response.status === 404 && (body === null || !body.message)) {
+        // No JSON error from our handlers: the routes themselves do not exist.
+        throw new LowCostAPIError(404, INSTALL_HINT);
+      }
+      const message =
+        (body && (body.message || body.reason)) || `${response.status} ${response.statusText}`;
+      throw new LowCostAPIError(response.status, message);
+    }
+    return body as T;
+  }
+
+  /** `GET status`: the server's backend, policies and live instances, now. */
+  status(): Promise<IStatus> {
+    return this.request<IStatus>('status');
+  }
+
+  /** `GET instance-types`: the catalog. */
+  instanceTypes(): Promise<IInstanceType[]> {
+    return this.request<IInstanceType[]>('instance-types');
+  }
+
+  /** `GET kernels/<id>`: where a kernel runs (a 404 `LowCostAPIError` when unknown). */
+  kernel(kernelId: string): Promise<IKernelPlacement> {
+    return this.request<IKernelPlacement>(`kernels/${kernelId}`);
+  }
+
+  /** `PUT kernels/<id>`: move a kernel; resolves when it runs on its new instance. */
+  moveKernel(kernelId: string, lowCost: boolean, instanceType: string): Promise<IKernelPlacement> {
+    return this.request<IKernelPlacement>(`kernels/${kernelId}`, {
+      method: 'PUT',
+      body: JSON.stringify({
+        low_cost: lowCost,
+        instance_type: instanceType
+      } satisfies ISwitchKernelRequest)
+    });
+  }
 }

@@ -83,12 +83,12 @@ class LowCostBody extends Widget implements Dialog.IBodyWidget<string> {
         : 'This server sets no lifetime cap, but your provider may still stop them.',
       "What is in the kernel's memory is lost on an interruption unless it was " +
         'checkpointed. ' +
-        (status.checkpoints === 'off'
+        (status.checkpoint_policy === 'off'
           ? 'This server does not checkpoint kernels.'
-          : `This server checkpoints the kernel's variables ${CHECKPOINTS(status.checkpoints)}, ` +
+          : `This server checkpoints the kernel's variables ${CHECKPOINTS(status.checkpoint_policy)}, ` +
             'so an interruption costs at most the work since then.'),
       RECOVERY[status.recovery_policy] ?? '',
-      status.checkpoints === 'off'
+      status.checkpoint_policy === 'off'
         ? 'Confirming restarts the kernel now, on the new instance: its variables are not kept.'
         : 'Confirming restarts the kernel now, on the new instance; its variables come along.'
     ]) {
@@ -132,7 +132,9 @@ export async function askRegular(
 ): Promise<boolean> {
   const price = type ? ` at ${money(type.price_regular)}/h` : '';
   const variables =
-    status.checkpoints === 'off' ? 'Its variables are not kept.' : 'Its variables come along.';
+    status.checkpoint_policy === 'off'
+      ? 'Its variables are not kept.'
+      : 'Its variables come along.';
   const body = element('div', 'jp-LowCost-dialog');
   body.append(
     element(

@@ -2,12 +2,13 @@
  * Moving a notebook's kernel: the switch's two flows (ask, then move with progress), and
  * the move of new notebooks when the settings say they start low-cost.
  *
- * Created once by the plugin; the switches call `toggle`; the plugin calls `moveTo`.
+ * Made once by the state plugin and shared (`ILowCostState`): the switches and the toggle
+ * command call `toggle`; the new-notebooks plugin calls `moveTo`.
  */
 import { Notification, showErrorMessage } from '@jupyterlab/apputils';
 import { NotebookPanel } from '@jupyterlab/notebook';
 
-import { IInstanceEvent, LowCostAPIError, moveKernel } from './api';
+import { IInstanceEvent, LowCostAPI, LowCostAPIError } from './api';
 import { askLowCost, askRegular } from './dialog';
 import { money, placementName } from './format';
 import { LowCostStore } from './store';
@@ -20,6 +21,7 @@ export interface IMoverSettings {
 export class Mover {
   constructor(
     private _store: LowCostStore,
+    private _api: LowCostAPI,
     private _settings: () => IMoverSettings
   ) {}
 
@@ -81,7 +83,7 @@ export class Mover {
     this._store.setMoving(kernelId, true);
     const reconnected = reconnection(panel);
     try {
-      const model = await moveKernel(kernelId, lowCost, instanceType);
+      const model = await this._api.moveKernel(kernelId, lowCost, instanceType);
       await reconnected;
       const price = model.instance ? ` at ${money(model.instance.price_per_hour)}/h` : '';
       Notification.update({

@@ -4,11 +4,14 @@
  * warning of a risk, an instance whose launcher cannot read the cloud's notice (said once),
  * and checkpoints that fail (a full disk) or work again.
  *
- * Made once by the plugin. It only speaks of kernels of notebooks open in this window,
- * and names the notebook in every message.
+ * Made once by the notifier plugin. It only speaks of kernels of notebooks open in this
+ * window, and names the notebook in every message.
  */
 import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { IDisposable } from '@lumino/disposable';
+import { Poll } from '@lumino/polling';
+import { Signal } from '@lumino/signaling';
 
 import { ICheckpointStatusEvent, IInstanceEvent, IRestoredEvent } from './api';
 import { clock, placementName, secondsUntil } from './format';
@@ -63,7 +66,7 @@ function show(
   });
 }
 
-export class Notifier {
+export class Notifier implements IDisposable {
   constructor(
     private _tracker: INotebookTracker,
     private _store: LowCostStore,
@@ -73,15 +76,27 @@ export class Notifier {
     _store.restored.connect(this._onRestored, this);
     _store.checkpointStatus.connect(this._onCheckpointStatus, this);
     _store.changed.connect(this._onChanged, this);
-    this._timer = window.setInterval(() => this._tick(), 1000);
+    // The notices' countdowns and the cap warnings follow the clock; not while the page
+    // is hidden (the next tick once it shows again catches up).
+    this._clock = new Poll({
+      factory: async () => this._tick(),
+      frequency: { interval: 1000, backoff: false },
+      name: 'jupyter-lowcost:notifier-clock',
+      standby: 'when-hidden'
+    });
   }
 
+  get isDisposed(): boolean {
+    return this._clock.isDisposed;
+  }
+
+  /** Stop the clock and every connection made with `this`. */
   dispose(): void {
-    window.clearInterval(this._timer);
-    this._store.instanceEvent.disconnect(this._onEvent, this);
-    this._store.restored.disconnect(this._onRestored, this);
-    this._store.checkpointStatus.disconnect(this._onCheckpointStatus, this);
-    this._store.changed.disconnect(this._onChanged, this);
+    if (this.isDisposed) {
+      return;
+    }
+    this._clock.dispose();
+    Signal.clearData(this);
   }
 
   private _panelOf(kernelId: string | null): NotebookPanel | null {
@@ -335,7 +350,7 @@ export class Notifier {
   private _capWarned = new Map<string, Set<number>>();
   /** Instances whose launcher was said to get no interruption notices. */
   private _noticeWarned = new Set<string>();
-  private _timer: number;
+  private _clock: Poll;
 }
 
 /** `about 10 minutes`, `about 1 hour`, `45 s`: a time left, in words. */

@@ -104,7 +104,7 @@ export interface IKernelPlacement {
   instance: IInstance | null;
   moving: boolean;
   restored: IRestored | null;
-  checkpoints: ICheckpointStatus | null;
+  checkpoint_status: ICheckpointStatus | null;
   history: IInstance[];
 }
 
@@ -118,7 +118,7 @@ export interface IStatus {
   lifetime_cap_seconds: number;
   recovery_policy: string;
   /** When kernels checkpoint their variables: cell, interval:<s>, notice or off. */
-  checkpoints: string;
+  checkpoint_policy: string;
   live_instances: number;
   /** The folder the server's contents are in (where `jupyter lowcost run` can have a job write its output); null when not on disk. */
   root_dir: string | null;

@@ -1,9 +1,10 @@
 /**
  * The status bar item: where the current notebook's kernel runs, the time left before the
  * lifetime cap (live), the cost so far and the money saved; notices and interruptions as
- * they happen. Registered by the plugin when JupyterLab has a status bar.
+ * they happen. Registered by the status bar plugin when JupyterLab has a status bar.
  */
 import { INotebookTracker } from '@jupyterlab/notebook';
+import { Poll } from '@lumino/polling';
 import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
@@ -63,11 +64,21 @@ export class LowCostStatusItem extends Widget {
     this.addClass('jp-LowCost-status');
     this.node.setAttribute('role', 'status');
     this.node.setAttribute('aria-label', 'Low-cost instance');
+    // Connected with `this`: Widget.dispose disconnects them (Signal.clearData).
     _tracker.currentChanged.connect(this._follow, this);
     _store.changed.connect(this._onChanged, this);
-    this._timer = window.setInterval(() => this.render(), 1000);
+    // The time left and the costs move every second; not while the page is hidden.
+    this._clock = new Poll({
+      factory: async () => this.render(),
+      frequency: { interval: 1000, backoff: false },
+      name: 'jupyter-lowcost:status-bar-clock',
+      standby: 'when-hidden'
+    });
     this._follow();
     void _store.status.then(status => {
+      if (this.isDisposed) {
+        return;
+      }
       this._demo = status?.demo ?? null;
       this.render();
     });
@@ -82,8 +93,10 @@ export class LowCostStatusItem extends Widget {
   }
 
   dispose(): void {
-    window.clearInterval(this._timer);
-    this._store.changed.disconnect(this._onChanged, this);
+    if (this.isDisposed) {
+      return;
+    }
+    this._clock.dispose();
     super.dispose();
   }
 
@@ -110,13 +123,19 @@ export class LowCostStatusItem extends Widget {
     return this._tracker.currentWidget?.sessionContext.session?.kernel?.id;
   }
 
+  /**
+   * The current notebook changed: show its kernel, and follow its kernel changes (a
+   * connection made once per notebook, ended by the notebook's or this item's disposal).
+   */
   private _follow(): void {
     const panel = this._tracker.currentWidget;
-    if (panel && !this._followed.has(panel.id)) {
-      this._followed.add(panel.id);
-      panel.sessionContext.kernelChanged.connect(() => this._refresh());
-      panel.disposed.connect(() => this._followed.delete(panel.id));
+    if (panel) {
+      panel.sessionContext.kernelChanged.connect(this._onKernelChanged, this);
     }
+    this._refresh();
+  }
+
+  private _onKernelChanged(): void {
     this._refresh();
   }
 
@@ -136,6 +155,5 @@ export class LowCostStatusItem extends Widget {
 
   private _text = '';
   private _demo: string | null = null;
-  private _timer: number;
-  private _followed = new Set<string>();
+  private _clock: Poll;
 }

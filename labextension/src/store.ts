@@ -2,11 +2,13 @@
  * What this page knows of the server's placements: one view per kernel, kept current from
  * the server's instance events and `GET kernels/<id>`.
  *
- * The plugin (`index.ts`) makes one store; the switches, the status bar item and the
- * notifier read it and listen to `changed` (a kernel's view changed) and `instanceEvent`
- * (an event as it arrived, before any request: that is what keeps notices fast).
+ * The state plugin makes one store and shares it (`ILowCostState`); the switches, the
+ * status bar item, the notifier and the commands read it and listen to `changed` (a
+ * kernel's view changed) and `instanceEvent` (an event as it arrived, before any request:
+ * that is what keeps notices fast).
  */
 import { Event } from '@jupyterlab/services';
+import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import {
@@ -20,8 +22,8 @@ import {
   IPlacement,
   IRestoredEvent,
   IStatus,
+  LowCostAPI,
   LowCostAPIError,
-  requestAPI,
   RESTORED_SCHEMA_ID
 } from './api';
 
@@ -36,16 +38,32 @@ export interface IKernelView {
   fetchedAt: number;
 }
 
-export class LowCostStore {
-  constructor(events: Event.IManager) {
+export class LowCostStore implements IDisposable {
+  constructor(
+    events: Event.IManager,
+    private _api: LowCostAPI
+  ) {
     events.stream.connect(this._onEvent, this);
     this.status = this._loadStatus();
+  }
+
+  get isDisposed(): boolean {
+    return this._isDisposed;
+  }
+
+  /** Stop listening to the server's events, and disconnect every listener of the store. */
+  dispose(): void {
+    if (this._isDisposed) {
+      return;
+    }
+    this._isDisposed = true;
+    Signal.clearData(this);
   }
 
   /** The server's status, or null when the server extension is missing. */
   readonly status: Promise<IStatus | null>;
 
-  /** The error met while loading the status (shown once by the plugin), if any. */
+  /** The error met while loading the status (shown once by the notifier plugin), if any. */
   statusError: LowCostAPIError | null = null;
 
   /** A kernel's view changed; the argument is its kernel id. */
@@ -71,7 +89,7 @@ export class LowCostStore {
   /** The catalog of instance types (fetched once, again after a failure). */
   catalog(): Promise<IInstanceType[]> {
     if (!this._catalog) {
-      this._catalog = requestAPI<IInstanceType[]>('instance-types');
+      this._catalog = this._api.instanceTypes();
       this._catalog.catch(() => (this._catalog = null));
     }
     return this._catalog;
@@ -107,7 +125,7 @@ export class LowCostStore {
     this._serials.set(kernelId, serial);
     let model: IKernelPlacement | null = null;
     try {
-      model = await requestAPI<IKernelPlacement>(`kernels/${kernelId}`);
+      model = await this._api.kernel(kernelId);
     } catch (error) {
       if (!(error instanceof LowCostAPIError && error.status === 404)) {
         throw error;
@@ -133,7 +151,7 @@ export class LowCostStore {
 
   private async _loadStatus(): Promise<IStatus | null> {
     try {
-      return await requestAPI<IStatus>('status');
+      return await this._api.status();
     } catch (error) {
       this.statusError = error as LowCostAPIError;
       return null;
@@ -187,6 +205,7 @@ export class LowCostStore {
     }
   }
 
+  private _isDisposed = false;
   private _views = new Map<string, IKernelView>();
   private _serials = new Map<string, number>();
   private _movingHere = new Set<string>();

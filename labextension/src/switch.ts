@@ -1,8 +1,8 @@
 /**
  * The Low-cost switch of a notebook's toolbar, with the instance type beside it.
  *
- * Made by the toolbar factory the plugin registers (`Notebook` / `lowcost-switch`), one per
- * notebook panel. It shows the server's placement of the panel's kernel, as kept by the
+ * Made by the toolbar factory the switch plugin registers (`Notebook` / `lowcost-switch`),
+ * one per notebook panel. It shows the server's placement of the panel's kernel, as kept by the
  * store, and asks the mover to change it when clicked.
  */
 import { NotebookPanel } from '@jupyterlab/notebook';
@@ -39,15 +39,12 @@ export class LowCostSwitch extends Widget {
     this._button.addEventListener('click', () => {
       void this._mover.toggle(this._panel);
     });
+    // Connected with `this`: Widget.dispose disconnects them (Signal.clearData), so a
+    // closed notebook's switch stops listening to the store.
     _store.changed.connect(this._onChanged, this);
     _panel.sessionContext.kernelChanged.connect(this._refresh, this);
     _panel.sessionContext.connectionStatusChanged.connect(this._onConnection, this);
     this._refresh();
-  }
-
-  dispose(): void {
-    this._store.changed.disconnect(this._onChanged, this);
-    super.dispose();
   }
 
   private get _kernelId(): string | undefined {

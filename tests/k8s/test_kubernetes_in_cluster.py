@@ -153,10 +153,11 @@ RESOURCES = {
 def server_calls() -> set[tuple[str, str, str, bool]]:
     """(verb, resource, subresource, namespaced) of every CoreV1Api call in the backend's
     source (``self._core.<method>``), with ``watch`` for those it watches."""
-    source = Path(kubernetes_backend.__file__).read_text()
+    package = Path(kubernetes_backend.__file__).parent
+    source = "\n".join(path.read_text() for path in sorted(package.glob("*.py")))
     methods = set(re.findall(r"self\._core\.(\w+)", source))
     watched = set(re.findall(r"stream\(\s*self\._core\.(\w+)", source))
-    assert methods and watched, "no CoreV1Api calls found in kubernetes.py"
+    assert methods and watched, "no CoreV1Api calls found in the backend's package"
     calls = set()
     for method in methods:
         verb = next((v for p, v in VERBS.items() if method.startswith(f"{p}_")), None)
@@ -275,7 +276,7 @@ def jp_server_config(jp_server_config: Config, service_account: ServiceAccount) 
 def test_the_backend_needs_no_more_than_the_readme_grants(
     kubernetes_cluster: KubernetesCluster, service_account: ServiceAccount
 ) -> None:
-    """Every call the backend makes (CoreV1Api, in kubernetes.py) is one the README's
+    """Every call the backend makes (CoreV1Api, in backends/kubernetes/) is one the README's
     RBAC allows its service account (the apiserver's answer, asked by the admin)."""
     sa = service_account
     user = f"system:serviceaccount:{sa.namespace}:{sa.name}"

@@ -1,7 +1,7 @@
 """Launches: what the kernel provisioner asks of the manager for a kernel with a placement,
 and the REST API's ``POST kernels``.
 
-Who calls it: :class:`~...provisioner.LowCostProvisioner` for every launch (through the
+Who calls it: :class:`~..provisioner.LowCostProvisioner` for every launch (through the
 manager, which first makes sure it has started), poll, wait, signal and stop of a placed
 kernel, and for the environment of every kernel; the handlers for a new low-cost kernel
 and to terminate an instance. A launch makes the instance's record,
@@ -25,21 +25,21 @@ from ...backends import BackendError, LaunchSpec
 from ...storage.records import InstanceRecord, InstanceState, Placement
 from .. import jupyter_adapters as jupyter
 from ..channel import LaunchFailed
-from .comeback import Comeback
+from .adoption import Adoption
+from .entries import KernelEntry
 from .ledger import Context
 from .notices import Notices
 from .rest_models import check_launchable
-from .state import KernelEntry
 
 
 class Launches:
     """Starts, follows and stops the instances of placed kernels."""
 
-    def __init__(self, ctx: Context, notices: Notices, comeback: Comeback) -> None:
+    def __init__(self, ctx: Context, notices: Notices, adoption: Adoption) -> None:
         self.ctx = ctx
         self.ledger = ctx.ledger
         self.notices = notices
-        self.comeback = comeback
+        self.adoption = adoption
 
     def kernel_env(self, kernel_id: str) -> dict[str, str]:
         """Variables every kernel gets: the REST API for ``%lowcost``, where and when to
@@ -120,22 +120,34 @@ class Launches:
         server restart takes its running instance back instead (its connection info then
         holds the kernel's own session key).
         """
-        settings, backend, channel = self.ctx.settings, self.ctx.backend, self.ctx.channel
         entry = self.ledger.kernel(kernel_id)
         adopting, entry.adopting = entry.adopting, None
         if adopting is not None:
-            taken_back = await self.comeback.take_back(kernel_id, adopting)
+            taken_back = await self.adoption.take_back(kernel_id, adopting)
             if taken_back is not None:
                 return taken_back
-            env = {k: v for k, v in env.items() if k != names.RESTORE}
-            restore = _checkpoint_to_restore(entry)
-            if restore is not None:  # resumed from its checkpoint
-                env[names.RESTORE] = restore
-        if entry.restart_info is None:
-            entry.restart_info = {}
-        entry.restart_info["cwd"] = cwd
-        if kernel_name:
-            entry.restart_info["kernel_name"] = kernel_name
+            env = _restoring_its_checkpoint(env, entry)
+        _remember_how_to_restart(entry, cwd, kernel_name)
+        record = self._pending_record(kernel_id, entry)
+        log_path = self.ctx.settings.logs_dir / f"{record.id}.log"
+        try:
+            await self._wait_for_room(record, entry)
+            ready = await self._start_on_the_instance(
+                record, python, env, cwd, log_path, kernel_config
+            )
+            info = await asyncio.wait_for(ready, self.ctx.settings.launch_timeout)
+        except BackendError as err:
+            self.ledger.end(record, InstanceState.FAILED, err.message)
+            await self.ctx.backend.terminate(record, now=True)  # (a slot it may hold)
+            raise
+        except (LaunchFailed, asyncio.TimeoutError) as err:
+            raise await self._not_ready(record, err, log_path) from err
+        self._now_running(record, entry)
+        return info
+
+    def _pending_record(self, kernel_id: str, entry: KernelEntry) -> InstanceRecord:
+        """The record of the instance this launch starts, pending: the one a move
+        prepared when it still fits the placement, else a new one."""
         placement = entry.placement
         assert placement is not None
         itype = self.ctx.catalog[placement.instance_type]
@@ -143,78 +155,100 @@ class Launches:
         entry.launch_reason = None
         record, entry.prepared = entry.prepared, None
         if record is None or not record.is_live or record.instance_type != itype.name:
-            record = InstanceRecord.for_placement(kernel_id, placement, itype, backend.name)
+            record = InstanceRecord.for_placement(
+                kernel_id, placement, itype, self.ctx.backend.name
+            )
             self.ledger.add(record)
         entry.instance_id = record.id
         self.ledger.transition(record, InstanceState.PENDING, reason)
-        log_path = settings.logs_dir / f"{record.id}.log"
-        try:
-            # A recovery, and a job's kernel (its job waited its turn for room, see
-            # jobs/admission.py), wait for room rather than fail when another kernel took it.
-            await backend.reserve(record, wait=entry.recovering or entry.job_id is not None)
-            if not record.is_live:  # stopped (or preempted) while it waited for room
-                raise BackendError(
-                    f"the instance was stopped before it started: {record.reason}", status=503
-                )
-            record.reattach = {
-                "key": kernel_config["key"],
-                "signature_scheme": kernel_config["signature_scheme"],
-            }
-            secret, ready = channel.expect(
-                record.id,
-                {
-                    **kernel_config,
-                    "transport": "tcp",
-                    "ip": backend.kernel_ip,
-                    **self.comeback.orphan_rules(record),
-                    # (the cloud's own notices: watched where the instance runs)
-                    "cloud_notices": settings.cloud_notices if record.low_cost else "off",
-                    "cloud_metadata_url": settings.cloud_metadata_url,
-                    "azure_acknowledge": settings.azure_acknowledge,
-                },
+        return record
+
+    async def _wait_for_room(self, record: InstanceRecord, entry: KernelEntry) -> None:
+        """Reserve the backend's room for the instance. A recovery, and a job's kernel (its
+        job waited its turn for room, see jobs/admission.py), wait for room rather than
+        fail when another kernel took it."""
+        await self.ctx.backend.reserve(record, wait=entry.recovering or entry.job_id is not None)
+        if not record.is_live:  # stopped (or preempted) while it waited for room
+            raise BackendError(
+                f"the instance was stopped before it started: {record.reason}", status=503
             )
-            self.comeback.write_channel_file(record.id)
-            launch_env = {
-                **env,
-                names.CHANNEL: backend.channel_address(channel.host, channel.port),
-                names.CHANNEL_FILE: str(self.comeback.channel_file(record.id)),
-                names.INSTANCE_ID: record.id,
-                names.LAUNCH_SECRET: secret,
-            }
-            self.notices.instance_progress(record.id, "starting the kernel on the instance")
-            cap = settings.lifetime_cap
-            time_limit = cap if record.low_cost and cap > 0 else None
-            spec = LaunchSpec(
-                python, launch_env, cwd, str(log_path), time_limit, self.ledger.store.folder_id()
-            )
-            await backend.launch(record, spec)
-            self.ledger.save()
-            info = await asyncio.wait_for(ready, settings.launch_timeout)
-        except BackendError as err:
-            self.ledger.end(record, InstanceState.FAILED, err.message)
-            await backend.terminate(record, now=True)  # (a slot it may hold)
-            raise
-        except (LaunchFailed, asyncio.TimeoutError) as err:
-            if not record.is_live:  # preempted (or stopped) while it started
-                await backend.terminate(record, now=True)
-                raise BackendError(
-                    f"the instance was stopped before its kernel was ready: {record.reason}",
-                    status=503,
-                    reason="preempted",
-                ) from err
-            why = str(err) or f"the kernel was not ready within {settings.launch_timeout:g} s"
-            message = f"{why}; the launcher's log ends with:\n{_tail(log_path)}"
-            self.ledger.end(record, InstanceState.FAILED, message)
+
+    async def _start_on_the_instance(
+        self,
+        record: InstanceRecord,
+        python: str,
+        env: dict[str, str],
+        cwd: str | None,
+        log_path: Path,
+        kernel_config: dict[str, Any],
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Expect the instance on the launch channel, have the backend start the launcher
+        there, and return what resolves to the connection info once the kernel is ready."""
+        settings, backend, channel = self.ctx.settings, self.ctx.backend, self.ctx.channel
+        record.reattach = {
+            "key": kernel_config["key"],
+            "signature_scheme": kernel_config["signature_scheme"],
+        }
+        secret, ready = channel.expect(
+            record.id,
+            {
+                **kernel_config,
+                "transport": "tcp",
+                "ip": backend.kernel_ip,
+                **self.adoption.orphan_rules(record),
+                # (the cloud's own notices: watched where the instance runs)
+                "cloud_notices": settings.cloud_notices if record.low_cost else "off",
+                "cloud_metadata_url": settings.cloud_metadata_url,
+                "azure_acknowledge": settings.azure_acknowledge,
+            },
+        )
+        self.adoption.write_channel_file(record.id)
+        launch_env = {
+            **env,
+            names.CHANNEL: backend.channel_address(channel.host, channel.port),
+            names.CHANNEL_FILE: str(self.adoption.channel_file(record.id)),
+            names.INSTANCE_ID: record.id,
+            names.LAUNCH_SECRET: secret,
+        }
+        self.notices.instance_progress(record.id, "starting the kernel on the instance")
+        cap = settings.lifetime_cap
+        time_limit = cap if record.low_cost and cap > 0 else None
+        spec = LaunchSpec(
+            python, launch_env, cwd, str(log_path), time_limit, self.ledger.store.folder_id()
+        )
+        await backend.launch(record, spec)
+        self.ledger.save()
+        return ready
+
+    async def _not_ready(
+        self, record: InstanceRecord, err: Exception, log_path: Path
+    ) -> BackendError:
+        """End an instance whose kernel did not get ready; the error to raise says why
+        (preempted meanwhile, or what the launcher's log ends with)."""
+        backend, settings = self.ctx.backend, self.ctx.settings
+        if not record.is_live:  # preempted (or stopped) while it started
             await backend.terminate(record, now=True)
-            raise BackendError(message, status=500, reason="launch") from err
+            return BackendError(
+                f"the instance was stopped before its kernel was ready: {record.reason}",
+                status=503,
+                reason="preempted",
+            )
+        why = str(err) or f"the kernel was not ready within {settings.launch_timeout:g} s"
+        message = f"{why}; the launcher's log ends with:\n{_tail(log_path)}"
+        self.ledger.end(record, InstanceState.FAILED, message)
+        await backend.terminate(record, now=True)
+        return BackendError(message, status=500, reason="launch")
+
+    def _now_running(self, record: InstanceRecord, entry: KernelEntry) -> None:
+        """The kernel answered: the instance runs, its cap and notice warning are armed."""
         if not record.is_live:  # ended while starting (an exit raced the ready message)
             raise BackendError(f"the instance ended while starting: {record.reason}", status=500)
+        assert entry.placement is not None
         self.ledger.transition(
-            record, InstanceState.RUNNING, f"the kernel runs on {placement.describe()}"
+            record, InstanceState.RUNNING, f"the kernel runs on {entry.placement.describe()}"
         )
         self.notices.arm_cap(record)
         self.notices.tell_notice_warning(record)
-        return info
 
     def poll(self, kernel_id: str) -> int | None:
         """None while the kernel's instance lives, else its exit code."""
@@ -295,6 +329,25 @@ class Launches:
             return
         # Shut down for good by its user: its checkpoints have no one left to resume.
         shutil.rmtree(self.ctx.settings.checkpoint_dir / kernel_id, ignore_errors=True)
+
+
+def _restoring_its_checkpoint(env: dict[str, str], entry: KernelEntry) -> dict[str, str]:
+    """The launch environment of a kernel put back after a restart whose instance was not
+    taken back: it resumes from its checkpoint when it has one."""
+    env = {k: v for k, v in env.items() if k != names.RESTORE}
+    restore = _checkpoint_to_restore(entry)
+    if restore is not None:
+        env[names.RESTORE] = restore
+    return env
+
+
+def _remember_how_to_restart(entry: KernelEntry, cwd: str | None, kernel_name: str | None) -> None:
+    """What a recovery needs to start the kernel again: its folder and kernelspec."""
+    if entry.restart_info is None:
+        entry.restart_info = {}
+    entry.restart_info["cwd"] = cwd
+    if kernel_name:
+        entry.restart_info["kernel_name"] = kernel_name
 
 
 def _checkpoint_to_restore(entry: KernelEntry) -> str | None:

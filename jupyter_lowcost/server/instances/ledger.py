@@ -3,7 +3,9 @@ an instance changes state (saved to the record store, emitted as an event, logge
 
 Owned by :class:`~..manager.InstanceManager`; every collaborator of the manager reads and
 writes entries through the ledger, and reaches the rest of the server through the
-:class:`Context` it is given.
+:class:`Context` it is given. What waits for an instance or a kernel to change (the
+manager's awaitables for the job runners: an instance running, an instance lost, a
+kernel's instance holding its room) waits on :meth:`Ledger.next_change`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from ...backends import Backend, InstanceType
 from ...storage.records import InstanceRecord, InstanceState, Placement, RecordStore
 from .. import events
 from ..channel import LaunchChannel
-from .state import InstanceEntry, KernelEntry, Settings
+from .entries import InstanceEntry, KernelEntry, Settings
+
+#: A wait for the next change looks again after this long at most: a few changes happen
+#: outside the ledger (the Jupyter server removing a kernel that was shut down, a kernel
+#: put back after a server restart answering).
+RECHECK_SECONDS = 1.0
 
 
 class Ledger:
@@ -47,6 +54,8 @@ class Ledger:
         #: The server is stopping: nothing new starts.
         self.stopped = False
         self._save_failed = False  # the record store could not be written (a full disk)
+        # (set, and replaced by a new one, at every change: see changed())
+        self._change = asyncio.Event()
 
     # -- entries -------------------------------------------------------------------------
 
@@ -68,6 +77,19 @@ class Ledger:
     def records(self) -> list[InstanceRecord]:
         return [entry.record for entry in self.instances.values()]
 
+    def records_of(self, kernel_id: str) -> list[InstanceRecord]:
+        """Every instance the kernel had (live or not), oldest first."""
+        return [record for record in self.records() if record.kernel_id == kernel_id]
+
+    def awaiting_room(self) -> list[InstanceRecord]:
+        """The pending instances that hold nothing at the backend yet: they wait for room
+        (a recovery's, a job's kernel's)."""
+        return [
+            record
+            for record in self.records()
+            if record.state == InstanceState.PENDING and not record.backend_state
+        ]
+
     def current(self, kernel_id: str) -> InstanceRecord | None:
         """The kernel's latest instance (live or not), if it ever had one."""
         entry = self.kernels.get(kernel_id)
@@ -83,11 +105,18 @@ class Ledger:
         """``what`` (a move, a recovery) is under way for the kernel (``GET kernels/<id>``
         says it is moving; a move asked meanwhile is refused with 409)."""
         self.kernel(kernel_id).busy.append(what)
+        self.changed()
 
     def finish(self, kernel_id: str, what: str) -> None:
         entry = self.kernels.get(kernel_id)
         if entry is not None and what in entry.busy:
             entry.busy.remove(what)
+        self.changed()
+
+    def settled(self, kernel_id: str) -> bool:
+        """Nothing is under way for the kernel: no move, no recovery (waiting or not)."""
+        entry = self.kernels.get(kernel_id)
+        return entry is not None and not entry.recovering and not entry.busy
 
     def lock(self, kernel_id: str) -> asyncio.Lock:
         """Moves and recoveries of one kernel run one at a time, in the order asked."""
@@ -134,6 +163,27 @@ class Ledger:
         if record.is_live:
             self.transition(record, state, reason)
 
+    # -- changes -------------------------------------------------------------------------
+
+    def changed(self) -> None:
+        """Wake whatever waits in :meth:`next_change`. Called at every transition, save,
+        start and end of a move or a recovery."""
+        change, self._change = self._change, asyncio.Event()
+        change.set()
+
+    async def next_change(self, *also: asyncio.Future[Any]) -> None:
+        """Return at the next change of an instance or a kernel entry, once one of
+        ``also`` is done (left alone, never cancelled), or after :data:`RECHECK_SECONDS`.
+        A waiter looks at what it waits for, then calls this: no change is missed (one
+        event loop), and it looks again after every change."""
+        change = asyncio.ensure_future(self._change.wait())
+        try:
+            await asyncio.wait(
+                [change, *also], timeout=RECHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            change.cancel()
+
     # -- persistence ---------------------------------------------------------------------
 
     def save(self) -> None:
@@ -155,6 +205,7 @@ class Ledger:
             if self._save_failed:
                 self.log.warning("jupyter_lowcost | instance records saved again")
             self._save_failed = False
+        self.changed()
 
     def kernels_to_save(self) -> dict[str, dict[str, Any]]:
         """What a restarted server needs to re-create each kernel on an instance."""

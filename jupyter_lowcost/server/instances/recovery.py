@@ -2,7 +2,9 @@
 
 Called by :class:`~.notices.Notices` once an interrupted or expired instance has ended
 (holding the kernel's lock), and by :class:`~.moves.Moves` to wait for room when a failed
-move puts a kernel back. The policy (``LowCostApp.recovery_policy``):
+move puts a kernel back. Its :meth:`Recovery.wait_for_room` is the one wait for room:
+a recovery's, and (through the manager) a job's before it starts its kernel. The policy
+(``LowCostApp.recovery_policy``):
 
 - ``relaunch``: restart the kernel (same id) on a new instance of its placement, resumed
   from its checkpoint, waiting as long as it takes for room;
@@ -17,11 +19,19 @@ job's runner before it shuts the kernel down) is never relaunched: the job's end
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from ...backends import BackendError
 from ...storage.records import InstanceRecord, InstanceState, Placement
 from .clients import Clients
 from .ledger import Context
+
+#: How soon a wait for room looks again while the room there is goes first to an instance
+#: already waiting for it (no change of room is announced then).
+ROOM_SECONDS = 0.5
+#: How long a wait for room waits for the backend to say room changed, before it looks.
+ROOM_CHANGED_SECONDS = 30
 
 
 class Recovery:
@@ -92,6 +102,7 @@ class Recovery:
         finally:
             entry.recovering = False
             entry.prepared = None
+            self.ledger.changed()
         if kernel_id in kernels and not self.ledger.stopped:
             # The kernel cannot start anywhere: its checkpoints stay, for %lowcost restore.
             entry.keep_checkpoints = True
@@ -104,8 +115,10 @@ class Recovery:
         the kernel was shut down meanwhile, or the server stops."""
         backend = self.ctx.backend
         entry = self.ledger.kernel(kernel_id)
-        record: InstanceRecord | None = None
-        while not backend.has_room(placement.low_cost):
+        record: InstanceRecord | None = None  # (pending, made when it first waits)
+
+        def still_waiting() -> bool:
+            nonlocal record
             if (
                 self.ledger.stopped
                 or kernel_id not in self.ctx.kernel_manager
@@ -121,18 +134,12 @@ class Recovery:
                 self.ledger.transition(
                     record, InstanceState.PENDING, backend.room_message(placement.low_cost)
                 )
-            elif not record.is_live:
-                return False
-            # (a job that ends meanwhile ends the wait at once: its end waits for this)
-            waits = [
-                asyncio.ensure_future(backend.room_changed()),
-                asyncio.ensure_future(entry.job_ended.wait()),
-            ]
-            try:
-                await asyncio.wait(waits, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
+                return True
+            return record.is_live
+
+        # (a job that ends meanwhile ends the wait at once: its end waits for this)
+        if not await self.wait_for_room(placement.low_cost, still_waiting, entry.job_ended):
+            return False
         if entry.job_ended.is_set():
             return False
         if record is None:
@@ -142,6 +149,47 @@ class Recovery:
         # The restart stops the kernel's current instance first: that is the lost one (the
         # waiting record goes on as the new instance, in launch()).
         entry.instance_id = lost.id
+        return True
+
+    def has_room(self, low_cost: bool, behind_those_waiting: bool = False) -> bool:
+        """The backend has room for a new instance of the tier; ``behind_those_waiting``:
+        room that no instance already waiting for it (a recovery's, say) takes first."""
+        if not self.ctx.backend.has_room(low_cost):
+            return False
+        if not behind_those_waiting:
+            return True
+        kernels = self.ctx.kernel_manager
+        return not any(
+            record.kernel_id in self.ledger.kernels and record.kernel_id in kernels
+            for record in self.ledger.awaiting_room()
+        )
+
+    async def wait_for_room(
+        self,
+        low_cost: bool,
+        still_waiting: Callable[[], bool],
+        ends: asyncio.Event | None = None,
+        behind_those_waiting: bool = False,
+    ) -> bool:
+        """Wait until :meth:`has_room`, as long as it takes: True then. Each time there is
+        none, ``still_waiting()`` is asked first (it says what the wait is for, in an
+        event or a job's state): False ends the wait, and this returns False. ``ends``,
+        once set, ends the current wait at once (the caller then looks why). Used by a
+        recovery (:meth:`until_room`) and by a job before it starts its kernel."""
+        backend = self.ctx.backend
+        while not self.has_room(low_cost, behind_those_waiting):
+            if not still_waiting():
+                return False
+            # (room an instance waiting before takes is no change of room: look again soon)
+            timeout = ROOM_SECONDS if backend.has_room(low_cost) else ROOM_CHANGED_SECONDS
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(backend.room_changed())]
+            if ends is not None:
+                waits.append(asyncio.ensure_future(ends.wait()))
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
         return True
 
     async def relaunch(

@@ -83,7 +83,7 @@ class RestModels:
             "capacity": self.ctx.backend.capacity(),
             "lifetime_cap_seconds": settings.lifetime_cap,
             "recovery_policy": settings.recovery_policy,
-            "checkpoints": settings.checkpoints,
+            "checkpoint_policy": settings.checkpoints,
             "live_instances": len(live),
             "demo": self.demo_message() if settings.demo else None,
         }
@@ -132,6 +132,6 @@ class RestModels:
             "instance": self.current_instance_model(kernel_id),
             "moving": bool(entry is not None and entry.busy),
             "restored": entry.restored if entry is not None else None,
-            "checkpoints": entry.checkpoint_status if entry is not None else None,
+            "checkpoint_status": entry.checkpoint_status if entry is not None else None,
             "history": self.instance_models(kernel_id),
         }

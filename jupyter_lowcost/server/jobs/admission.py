@@ -8,7 +8,8 @@ of the local backend). A job never races the others for a slot, so a full backen
 it wait (``queued``), never fail; and its place in the line is kept while it waits. An
 instance already waiting for room (the relaunch of an interrupted job's kernel, a kernel
 a user started) goes before the line; a job's kernel that still finds no room when it
-starts waits for it at the backend (``launches.py``), as a relaunch does.
+starts waits for it at the backend (``launches.py``), as a relaunch does. The waits are
+the manager's (``manager.job_kernels``): the wait for room is a recovery's own.
 """
 
 from __future__ import annotations
@@ -17,20 +18,14 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from ...storage.records import InstanceState
-from ..instances.ledger import Context
-
-#: How often a start is looked at while the next job waits for it to hold its room.
-POLL_SECONDS = 0.1
-#: How often the next job looks again while an instance waiting before it takes the room.
-ROOM_SECONDS = 0.5
+from ..instances.job_kernels import JobKernels
 
 
 class Admission:
     """The line of jobs waiting to start their kernels (first come, first started)."""
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+    def __init__(self, kernels: JobKernels) -> None:
+        self.kernels = kernels
         # (asyncio's lock wakes its waiters in the order they came)
         self._lock = asyncio.Lock()
         self._line: list[str] = []
@@ -50,39 +45,13 @@ class Admission:
         """How many jobs are in the line (the one whose turn it is included)."""
         return len(self._line)
 
-    def has_room(self, low_cost: bool) -> bool:
-        """Room for a new instance of the tier, which no instance already waiting for
-        room (a relaunch of an interrupted kernel, say) will take first."""
-        if not self.ctx.backend.has_room(low_cost):
-            return False
-        kernels = self.ctx.kernel_manager
-        return not any(
-            record.state == InstanceState.PENDING
-            and not record.backend_state
-            and record.kernel_id in self.ctx.ledger.kernels
-            and record.kernel_id in kernels
-            for record in self.ctx.ledger.records()
-        )
-
     async def until_room(self, low_cost: bool, waiting: Callable[[], None]) -> None:
-        """Return once :meth:`has_room`; ``waiting`` is called first when it has not (the
-        job says so)."""
-        while not self.has_room(low_cost):
-            waiting()
-            # (room an instance waiting before takes is no change of room: look again soon)
-            timeout = ROOM_SECONDS if self.ctx.backend.has_room(low_cost) else 30
-            try:
-                await asyncio.wait_for(self.ctx.backend.room_changed(), timeout=timeout)
-            except asyncio.TimeoutError:
-                pass
+        """Return once there is room for a new instance of the tier, which no instance
+        already waiting for room (a relaunch of an interrupted kernel, say) will take
+        first; ``waiting`` is called first when there is none (the job says so)."""
+        await self.kernels.wait_for_room(low_cost, waiting)
 
     async def until_holding_room(self, start: asyncio.Future[str], kernel_id: str) -> None:
         """Return once the kernel's new instance holds its room (the next job may then ask
         for room), or once its start has ended (started, or failed)."""
-        ledger = self.ctx.ledger
-        while not start.done():
-            record = ledger.current(kernel_id)
-            if record is not None and record.is_live and record.backend_state:
-                return  # (what the backend keeps of it: its reserved slot, its process)
-            # (asyncio.wait leaves ``start`` alone when this wait is cancelled)
-            await asyncio.wait([start], timeout=POLL_SECONDS)
+        await self.kernels.holding_room(kernel_id, start)

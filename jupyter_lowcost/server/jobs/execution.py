@@ -15,8 +15,8 @@ checkpoint it restored and what did not come back.
 
 from __future__ import annotations
 
-import asyncio
 import ast
+import asyncio
 import json
 import queue
 import time

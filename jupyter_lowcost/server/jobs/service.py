@@ -16,33 +16,33 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tornado import web
 
 from ...storage.jobs import JobRecord, JobState, JobStore
 from ...storage.records import Placement
 from .. import events
-from ..instances.launches import Launches
-from ..instances.ledger import Context
 from . import notebook as nb
 from .admission import Admission
 from .runner import JobRunner
+
+if TYPE_CHECKING:
+    from ..manager import InstanceManager
 
 
 class Jobs:
     """Every job this server knows, and the runners of those not yet ended."""
 
-    def __init__(self, ctx: Context, launches: Launches, contents_manager: Any) -> None:
-        self.ctx = ctx
-        self.launches = launches
+    def __init__(self, manager: InstanceManager, contents_manager: Any) -> None:
+        self.manager = manager
         self.contents_manager = contents_manager
-        self.store = JobStore(ctx.settings.data_dir / "jobs")
+        self.store = JobStore(manager.settings.data_dir / "jobs")
         self.jobs: dict[str, JobRecord] = {}
         self.runners: dict[str, JobRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         #: The line in which jobs wait for room for their kernels.
-        self.admission = Admission(ctx)
+        self.admission = Admission(manager.job_kernels)
         #: The kernels of the unfinished jobs of other servers running on the same data
         #: directory (their checkpoints stay; this server never runs those jobs).
         self.kernels_elsewhere: set[str] = set()
@@ -171,8 +171,7 @@ class Jobs:
 
     def _run(self, job: JobRecord) -> None:
         runner = JobRunner(
-            self.ctx,
-            self.launches,
+            self.manager,
             self.store,
             self.contents_manager,
             job,
@@ -191,4 +190,4 @@ class Jobs:
         task.add_done_callback(done)
 
     def emit(self, job: JobRecord) -> None:
-        events.emit_job(self.ctx.event_logger, job.to_model())
+        events.emit_job(self.manager.event_logger, job.to_model())

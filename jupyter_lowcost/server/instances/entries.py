@@ -1,4 +1,5 @@
-"""What the instance manager knows, in three small types.
+"""The manager's entries: what it knows, in three small types (the instances' states
+themselves are ``storage/records.py``'s ``InstanceState``).
 
 - :class:`Settings`: the configuration, fixed at start (``LowCostApp`` builds it);
 - :class:`KernelEntry`: one per kernel with a placement (or in the middle of getting one);
@@ -93,8 +94,8 @@ class KernelEntry:
     #: last completed cell) rather than the latest.
     job_id: str | None = None
     restore_checkpoint: str | None = None
-    #: Set by the job's runner once the job has ended or is ending (it then shuts the
-    #: kernel down): no recovery relaunches the kernel from then on.
+    #: Set for the job's runner (``JobKernels.end_job_kernel``) once the job has ended or
+    #: is ending, before the kernel is shut down: no recovery relaunches it from then on.
     job_ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 

@@ -3,9 +3,9 @@
 The records hold, per kernel on an instance, what re-creating it needs (kernelspec,
 working directory, placement, notebook, session), and per instance the kernel's session
 key and its launcher's reconnect secret. A server started on the same data directory,
-first thing at start (:meth:`Comeback.recreate_kernels`), puts each such kernel back
+first thing at start (:meth:`Adoption.recreate_kernels`), puts each such kernel back
 under its id, pending, and its session under its old id; then the kernel's first launch
-(:meth:`Comeback.take_back`, called by :class:`~.launches.Launches`) either takes the
+(:meth:`Adoption.take_back`, called by :class:`~.launches.Launches`) either takes the
 running instance back, when its launcher reconnects within ``reattach_timeout``, or ends
 that instance as lost and lets the launch resume the kernel from its checkpoint on a new
 instance, by the recovery policy.
@@ -34,7 +34,7 @@ from .ledger import Context
 from .notices import Notices
 
 
-class Comeback:
+class Adoption:
     """Puts kernels back after a server restart and takes their instances back."""
 
     def __init__(self, ctx: Context, notices: Notices, forget_kernel: Callable[[str], None]):
@@ -49,7 +49,7 @@ class Comeback:
         """Put back, under its id, each kernel a previous server ran on an instance, with
         its placement and its notebook's session (called at start, before anything else
         awaits). Returns the kernel ids."""
-        comebacks = []
+        put_back = []
         for kernel_id, info in kernels.items():
             try:
                 placement = Placement(
@@ -93,8 +93,8 @@ class Comeback:
                 continue
             self.ledger.spawn(self._until_back(kernel_id))
             await self._restore_session(kernel_id, info.get("session"))
-            comebacks.append(kernel_id)
-        return comebacks
+            put_back.append(kernel_id)
+        return put_back
 
     async def _until_back(self, kernel_id: str) -> None:
         """Follow a kernel put back at start until it answers; a kernel that cannot come
@@ -323,7 +323,7 @@ class Comeback:
             # until its first status, which a kernel running a long cell sends only at the
             # end (a client connecting meanwhile would wait that long, its output lost).
             km = kernels.get_kernel(kernel_id)
-            km.execution_state = info["execution_state"]
+            jupyter.set_execution_state(km, info["execution_state"])
             kernel_info = info.get("kernel_info")
             if isinstance(kernel_info, dict) and kernel_info.get("protocol_version"):
                 jupyter.set_kernel_info(km, kernel_info)

@@ -1,0 +1,423 @@
+"""The chunk files of a checkpoint directory: the out-of-band buffers of its variables,
+written in chunks of which only those that changed are written again.
+
+One :class:`BufferChunks` per checkpoint directory
+(:class:`~jupyter_lowcost.storage.checkpoints.CheckpointStore`): the write of a checkpoint
+(:mod:`~jupyter_lowcost.storage.writing`) saves each buffer with
+:meth:`BufferChunks.save_buffer`, a restore (:mod:`~jupyter_lowcost.storage.restore`)
+reads them back with :meth:`BufferChunks.read_buffer` and, into the namespace the store
+checkpoints, hands their chunks over with :meth:`BufferChunks.adopt`. Which chunks
+changed: for large buffers, the pages written since the last checkpoint
+(:mod:`~jupyter_lowcost.storage.write_watch`); otherwise a CRC32 of each chunk against
+the last one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+import weakref
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import write_watch
+from .durable_writes import DurableWrites
+from .format import WATCHED_CHUNKS
+from .staging import uninitialized
+
+#: A chunk as the next checkpoint compares it: [chunk id, CRC32 (None: not computed), length]
+Chunk = list[Any]
+
+
+@dataclass
+class SavedBuffer:
+    """A buffer as the last checkpoint saved it."""
+
+    chunks: list[Chunk]
+    #: the object that owns the memory (weak), and where the buffer starts
+    owner: Any = None
+    address: int = 0
+    #: the page range under the write watch, and the CRC32s of the bytes of the buffer
+    #: before and after it (partial pages, not watched)
+    watched: tuple[int, int] | None = None
+    edges: tuple[int, int] = (0, 0)
+
+
+class BufferChunks:
+    """The chunks of each variable's buffers in the last checkpoint, and the writes to
+    them since (``watch_writes=False``: CRC32s only)."""
+
+    def __init__(
+        self,
+        chunks: Path,
+        chunk_size: int,
+        files: DurableWrites,
+        pool: ThreadPoolExecutor,
+        watch_writes: bool,
+    ) -> None:
+        self.chunks = chunks
+        self.chunk_size = chunk_size
+        self._files = files
+        self._pool = pool
+        # Per variable and buffer: its chunks in the last checkpoint, to write only the
+        # chunks that changed.
+        self.previous: dict[tuple[str, int], SavedBuffer] = {}
+        self._watch = write_watch.shared() if watch_writes else None
+        # Pages written since the last checkpoint, per watched buffer (None: unknown).
+        self._written: dict[tuple[str, int], list[tuple[int, int]] | None] = {}
+        self._seen: set[tuple[str, int]] = set()
+        self._committed = True
+        #: Bytes of memory read by the checkpoint under way to find what changed.
+        self.compared = 0
+        self._background: list[Any] = []
+        self._fingerprinter = ThreadPoolExecutor(max_workers=1)
+        #: The chunks of the buffers a restore handed over (:meth:`adopt`).
+        self._to_fingerprint: list[list[Chunk]] = []
+
+    # -- a checkpoint's buffers ----------------------------------------------------------
+
+    def start_save(self) -> None:
+        """Read (and clear) the written pages of every watched buffer, before any of the
+        namespace is read: a write from now on is seen by the next checkpoint."""
+        self._seen = set()
+        self.compared = 0
+        self._written = {}
+        if not self._committed:
+            # The last save stopped half way: the pages it cleared were not all saved.
+            for saved in self.previous.values():
+                self.unwatch(saved)
+        self._committed = False
+        for key, saved in self.previous.items():
+            if saved.watched is not None and self._watch is not None:
+                self._written[key] = self._watch.written(*saved.watched)
+
+    def finish_save(self) -> None:
+        """The checkpoint is written: forget the buffers it did not save."""
+        for key in [k for k in self.previous if k not in self._seen]:
+            self.unwatch(self.previous.pop(key))
+        self._committed = True
+
+    def unwatch(self, saved: SavedBuffer) -> None:
+        if saved.watched is not None and self._watch is not None:
+            self._watch.unwatch(*saved.watched, saved.owner() if saved.owner else None)
+        saved.watched = None
+
+    def save_buffer(
+        self, key: tuple[str, int], view: memoryview, owner: Any, stable: bool = False
+    ) -> tuple[list[str], int]:
+        """Write the chunks of ``view`` that changed since this buffer's last checkpoint;
+        returns its chunk ids and the bytes written.
+
+        A buffer seen for the first time is written whole, without fingerprints (a full
+        checkpoint costs what writing costs). A large one is then watched: the next
+        checkpoint rewrites the chunks whose pages were written, and the first or last
+        one when the bytes beside the watched pages changed. Others get the CRC32 of each
+        chunk, computed in the background from the file just written (exactly what the
+        chunk holds); the next checkpoint compares the memory with it. A ``stable`` buffer
+        (a snapshot's copy, which nothing writes to) gets its CRC32s from memory at once."""
+        self._seen.add(key)
+        spans = self._spans(view)
+        address = _address(view)
+        previous = self._previous_of_same_length(key, len(spans))
+        trusted = self._written_pages_trusted(key, previous, view, address, owner)
+        if previous is not None and not trusted:
+            self.unwatch(previous)
+        if trusted and previous is not None:
+            watched = previous.watched
+        else:
+            watched = self._start_watching(view, address, owner)
+        # Before the memory is read: a write during this checkpoint is also seen next time.
+        edges = self._edge_fingerprints(view, address, watched) if watched else (0, 0)
+        # Chunk indexes known to have changed (None: compare each chunk's CRC32).
+        changed = None
+        if trusted:
+            assert previous is not None
+            changed = self._changed_chunks(previous, self._written[key] or [], edges, view)
+        elif previous is not None:
+            self.compared += view.nbytes
+        results = self._unchanged_watched_chunks(previous, changed, len(spans))
+        self._write_changed_chunks(results, view, spans, previous, changed is None, stable)
+        chunks = [[c, f, spans[i][1]] for i, (c, f, _) in enumerate(results)]
+        self._remember(key, chunks, owner, address, watched, edges)
+        return [c for c, _, _ in results], sum(n for _, _, n in results)
+
+    def _spans(self, view: memoryview) -> list[tuple[int, int]]:
+        """(offset, length) of each chunk of ``view``."""
+        step = self.chunk_size
+        return [(offset, min(step, view.nbytes - offset)) for offset in range(0, view.nbytes, step)]
+
+    def _previous_of_same_length(self, key: tuple[str, int], count: int) -> SavedBuffer | None:
+        """The buffer as the last checkpoint saved it, if it had as many chunks."""
+        previous = self.previous.get(key)
+        if previous is not None and len(previous.chunks) != count:
+            self.unwatch(previous)
+            return None
+        return previous
+
+    def _written_pages_trusted(
+        self,
+        key: tuple[str, int],
+        previous: SavedBuffer | None,
+        view: memoryview,
+        address: int | None,
+        owner: Any,
+    ) -> bool:
+        """The written pages can be trusted for the same memory of the same owner,
+        watched all along."""
+        return (
+            previous is not None
+            and self._written.get(key) is not None
+            and address == previous.address
+            and view.nbytes == sum(chunk[2] for chunk in previous.chunks)
+            and owner is not None
+            and previous.owner is not None
+            and previous.owner() is owner
+        )
+
+    def _unchanged_watched_chunks(
+        self, previous: SavedBuffer | None, changed: set[int] | None, count: int
+    ) -> list[Any]:
+        """Per chunk, (id, CRC32, 0) for the chunks of a watched buffer with no write
+        (kept as they are), None for the others."""
+        results: list[Any] = [None] * count
+        if changed is not None and previous is not None:
+            for index, (chunk_id, fingerprint, _) in enumerate(previous.chunks):
+                if index not in changed and (self.chunks / chunk_id).exists():
+                    results[index] = (chunk_id, fingerprint, 0)
+        return results
+
+    def _write_changed_chunks(
+        self,
+        results: list[Any],
+        view: memoryview,
+        spans: list[tuple[int, int]],
+        previous: SavedBuffer | None,
+        compare: bool,
+        stable: bool,
+    ) -> None:
+        """Fill in ``results`` for each chunk not known yet: kept when its CRC32 is the
+        last one's (``compare``), else written; ``(id, CRC32, bytes written)``."""
+        pending = [index for index, result in enumerate(results) if result is None]
+
+        def one(index: int) -> tuple[str, int | None, int]:
+            old = previous.chunks[index] if previous is not None else None
+            return self._save_chunk(view, spans[index], old, compare, stable)
+
+        if stable:
+            # A snapshot's copy is written in the background while the user's cells run:
+            # by this one thread, which leaves the other cores to them.
+            for index in pending:
+                self._files.pause()
+                results[index] = one(index)
+            return
+        jobs = [self._pool.submit(one, index) for index in pending]
+        # Every write has ended before a failure is raised: a failed checkpoint then
+        # deletes every file it wrote, none is still being written.
+        futures_wait(jobs)
+        for index, job in zip(pending, jobs):
+            results[index] = job.result()
+
+    def _save_chunk(
+        self,
+        view: memoryview,
+        span: tuple[int, int],
+        old: Chunk | None,
+        compare: bool,
+        stable: bool,
+    ) -> tuple[str, int | None, int]:
+        """One chunk: the ``old`` one when its CRC32 is the same (``compare``), else a
+        new chunk file."""
+        offset, length = span
+        part = view[offset : offset + length]
+        fingerprint = None
+        if old is not None:
+            chunk_id, old_fingerprint, old_length = old
+            path = self.chunks / chunk_id
+            if compare and old_length == length and path.exists():
+                fingerprint = zlib.crc32(part)
+                if old_fingerprint is None:  # its background CRC did not run yet
+                    old_fingerprint = zlib.crc32(path.read_bytes())
+                if old_fingerprint == fingerprint:
+                    return chunk_id, fingerprint, 0
+        if stable and fingerprint is None:
+            fingerprint = zlib.crc32(part)
+        chunk_id = uuid.uuid4().hex
+        self._files.write(self.chunks / chunk_id, part)
+        # (Live memory may have changed since its CRC32: the file's is computed later.)
+        return chunk_id, fingerprint if stable else None, length
+
+    def _remember(
+        self,
+        key: tuple[str, int],
+        chunks: list[Chunk],
+        owner: Any,
+        address: int | None,
+        watched: tuple[int, int] | None,
+        edges: tuple[int, int],
+    ) -> None:
+        """The buffer as this checkpoint saved it, for the next one; the CRC32s of its
+        new chunks in the background (unless it is watched)."""
+        self.previous[key] = SavedBuffer(
+            chunks=chunks,
+            owner=weakref.ref(owner) if watched else None,
+            address=address or 0,
+            watched=watched,
+            edges=edges,
+        )
+        if watched is None and any(f is None for _, f, _ in chunks):
+            self._background.append(self._fingerprinter.submit(self._fingerprint_files, chunks))
+
+    def _start_watching(
+        self, view: memoryview, address: int | None, owner: Any
+    ) -> tuple[int, int] | None:
+        """Watch the writes to a large buffer whose memory has an owner that can be
+        followed (weakly) from one checkpoint to the next; None when it is not watched."""
+        if self._watch is None or address is None or owner is None:
+            return None
+        if view.nbytes < WATCHED_CHUNKS * self.chunk_size:
+            return None
+        try:
+            weakref.ref(owner)
+        except TypeError:
+            return None
+        start, end = write_watch.page_span(address, view.nbytes)
+        return (start, end) if self._watch.watch(start, end, owner) else None
+
+    def _edge_fingerprints(
+        self, view: memoryview, address: int | None, watched: tuple[int, int]
+    ) -> tuple[int, int]:
+        """CRC32 of the buffer's bytes before and after its watched pages."""
+        head = watched[0] - (address or 0)
+        tail = watched[1] - (address or 0)
+        self.compared += head + (view.nbytes - tail)
+        return zlib.crc32(view[:head]), zlib.crc32(view[tail:])
+
+    def _changed_chunks(
+        self,
+        previous: SavedBuffer,
+        pages: list[tuple[int, int]],
+        edges: tuple[int, int],
+        view: memoryview,
+    ) -> set[int]:
+        """The chunks of a watched buffer with a written page, or changed edge bytes."""
+        step = self.chunk_size
+        last = (view.nbytes - 1) // step
+        changed: set[int] = set()
+        for start, end in pages:
+            first_byte = max(0, start - previous.address)
+            last_byte = min(view.nbytes, end - previous.address) - 1
+            if last_byte >= first_byte:
+                changed.update(range(first_byte // step, last_byte // step + 1))
+        assert previous.watched is not None
+        head = previous.watched[0] - previous.address  # bytes before the watched pages
+        tail = previous.watched[1] - previous.address  # where the bytes after them start
+        if edges[0] != previous.edges[0]:
+            changed.update(range(max(0, head - 1) // step + 1))
+        if edges[1] != previous.edges[1]:
+            changed.update(range(min(tail, view.nbytes - 1) // step, last + 1))
+        return changed
+
+    def _fingerprint_files(self, chunks: list[Chunk], gently: bool = False) -> None:
+        """CRC32 of written chunk files (a background job of ``save_buffer``, and of a
+        restore: ``gently``, below the kernel's other threads)."""
+        if gently:
+            _lower_priority()
+        for entry in chunks:
+            if entry[1] is None:
+                try:
+                    entry[1] = zlib.crc32((self.chunks / entry[0]).read_bytes())
+                except OSError:
+                    return  # collected meanwhile: the next checkpoint rewrites it
+
+    # -- restoring -----------------------------------------------------------------------
+
+    def read_buffer(self, saved: dict[str, Any]) -> tuple[memoryview, list[Chunk]]:
+        """A buffer read back from its chunks, in parallel, into memory that is not
+        zero-filled first (the arrays of the restored objects live in it); and its
+        chunks as the next checkpoint compares them ([id, CRC32 (None: not computed
+        yet), length])."""
+        size = saved["size"]
+        view = uninitialized(size)
+        offsets = []
+        offset = 0
+        for chunk_id in saved["chunks"]:
+            length = (self.chunks / chunk_id).stat().st_size
+            offsets.append((chunk_id, offset, length))
+            offset += length
+        if offset != size:
+            raise OSError(f"a buffer's chunks hold {offset} bytes instead of {size}")
+
+        def read(job: tuple[str, int, int]) -> Chunk:
+            chunk_id, start, length = job
+            with open(self.chunks / chunk_id, "rb", buffering=0) as file:
+                done = 0
+                while done < length:
+                    n = file.readinto(view[start + done : start + length])
+                    if not n:
+                        raise OSError(f"chunk {chunk_id} is shorter than {length} bytes")
+                    done += n
+            return [chunk_id, None, length]
+
+        return view, list(self._pool.map(read, offsets))
+
+    def adopt(self, key: tuple[str, int], chunks: list[Chunk]) -> None:
+        """A restored buffer's chunks are what the last checkpoint saved of it: the next
+        checkpoint writes only the chunks that change after the restore."""
+        old = self.previous.get(key)
+        if old is not None:
+            self.unwatch(old)
+        self.previous[key] = SavedBuffer(chunks=chunks)
+        self._to_fingerprint.append(chunks)
+
+    def fingerprint_adopted(self) -> None:
+        """The CRC32s of the chunks restored from, from the files, once the restore is
+        done (it does not wait for them; the next checkpoint compares with them)."""
+        for chunks in self._to_fingerprint:
+            self._background.append(
+                self._fingerprinter.submit(self._fingerprint_files, chunks, True)
+            )
+        self._to_fingerprint = []
+
+    def settle(self) -> None:
+        """Wait for the background fingerprints."""
+        for job in self._background:
+            job.result()
+        self._background.clear()
+
+    def close(self) -> None:
+        for saved in self.previous.values():
+            self.unwatch(saved)
+        self._fingerprinter.shutdown(wait=False)
+
+
+def _address(view: memoryview) -> int | None:
+    """Where the buffer's memory starts (for numpy arrays), or None."""
+    interface = getattr(view.obj, "__array_interface__", None)
+    if not isinstance(interface, dict) or not view.c_contiguous:
+        return None
+    data = interface.get("data")
+    return data[0] if isinstance(data, tuple) else None
+
+
+def memory_owner(exporter: Any) -> Any:
+    """The array that owns an array's memory: the last of its ``base`` arrays (a view or
+    a transposed copy made for pickling is new at each checkpoint; the owner is not).
+    None when that array's memory belongs to something else (a file mapping, a tensor):
+    its writes are not watched."""
+    owner = exporter
+    while hasattr(getattr(owner, "base", None), "__array_interface__"):
+        owner = owner.base
+    return owner if getattr(owner, "base", None) is None else None
+
+
+def _lower_priority() -> None:
+    """This thread yields the processor to the process's others (Linux: per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass

@@ -1,0 +1,103 @@
+"""A snapshot's copies of the buffers it holds, so that the write may run while the
+namespace changes (a kernel's next cell).
+
+:class:`Staging` is used by :mod:`~jupyter_lowcost.storage.snapshots` when a snapshot is
+taken with ``stage``; the store keeps one per checkpoint directory
+(:class:`~jupyter_lowcost.storage.checkpoints.CheckpointStore`), so that each buffer's copy
+lives in the same memory from one snapshot to the next.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from ..words import human_bytes
+
+
+class StagingTooLarge(MemoryError):
+    """A snapshot's copy of a buffer would not fit in the memory available: the caller
+    writes the checkpoint from the variables themselves instead
+    (:meth:`~jupyter_lowcost.storage.checkpoints.CheckpointStore.save`)."""
+
+
+class Staging:
+    """Per variable and buffer, the memory its last snapshot copied it into.
+
+    ``memory_available`` says how many bytes new allocations may take (a copy larger than
+    half of it is refused, :class:`StagingTooLarge`)."""
+
+    def __init__(
+        self, pool: ThreadPoolExecutor, chunk_size: int, memory_available: Callable[[], int]
+    ) -> None:
+        self.copies: dict[tuple[str, int], memoryview] = {}
+        self._pool = pool
+        self.chunk_size = chunk_size
+        self._memory_available = memory_available
+
+    def stage(
+        self, key: tuple[str, int], view: memoryview, staged: set[tuple[str, int]]
+    ) -> memoryview:
+        """A copy of ``view`` that the namespace's next changes do not touch, in memory
+        kept for this buffer from one snapshot to the next (memory new to the process
+        costs a fault per page the first time, which on some machines is far slower than
+        the copy). ``key`` is added to ``staged``."""
+        copy = self.copies.get(key)
+        if copy is None or copy.nbytes != view.nbytes:
+            self.copies.pop(key, None)
+            if view.nbytes > self._memory_available() // 2:
+                raise StagingTooLarge(
+                    f"a copy of {human_bytes(view.nbytes)} would not fit in memory"
+                )
+            copy = uninitialized(view.nbytes)
+            self.copies[key] = copy
+        staged.add(key)
+        self._copy(view, copy)
+        return copy
+
+    def keep_only(self, staged: set[tuple[str, int]]) -> None:
+        """Let the memory of the copies a snapshot did not use go (buffers gone or moved)."""
+        for key in [k for k in self.copies if k not in staged]:
+            del self.copies[key]
+
+    def clear(self) -> None:
+        self.copies.clear()
+
+    def _copy(self, view: memoryview, copy: memoryview) -> None:
+        step = max(self.chunk_size, view.nbytes // (os.cpu_count() or 1) + 1)
+        try:
+            import numpy
+        except ImportError:
+            numpy = None
+        if view.nbytes < 16 * self.chunk_size or numpy is None:
+            copy[:] = view
+        else:  # (numpy copies without the GIL: several threads copy faster than one)
+            target = numpy.frombuffer(copy, dtype=numpy.uint8)
+            source = numpy.frombuffer(view, dtype=numpy.uint8)
+
+            def part(offset: int) -> None:
+                numpy.copyto(target[offset : offset + step], source[offset : offset + step])
+
+            list(self._pool.map(part, range(0, view.nbytes, step)))
+
+
+def uninitialized(size: int) -> memoryview:
+    """``size`` writable bytes, not zero-filled (numpy's ``empty`` when numpy is there)."""
+    try:
+        import numpy
+    except ImportError:
+        return memoryview(bytearray(size))
+    return numpy.empty(size, dtype=numpy.uint8).data
+
+
+def memory_available() -> int:
+    """Bytes of memory available to new allocations (Linux's MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62  # unknown: assume it fits
