@@ -140,11 +140,11 @@ async def test_a_job_from_the_ui_runs_as_our_job_through_an_interruption(
     assert (ours.instance_type, ours.low_cost, ours.parameters) == ("T4", True, {"x": 42})
     assert (await row_of(scheduler, job_id))["status"] == "IN_PROGRESS"
 
-    async def on_cell_2() -> bool:
+    async def waiting_for_go() -> bool:  # (code cell 3: our parameters cell comes first)
         _, model = await api("GET", f"jobs/{ours.id}")
-        return model["current_cell"] == 2 and model["state"] == "running"
+        return model["current_cell"] == 3 and model["state"] == "running"
 
-    await wait_until(on_cell_2, timeout=120)
+    await wait_until(waiting_for_go, timeout=120)
     first = ours.instance_id
     status, _ = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
     assert status == 202
