@@ -1,7 +1,7 @@
 """Issue 31: jupyter-scheduler's job UI runs low-cost jobs. Everything goes through
 jupyter-scheduler's own REST API (``/scheduler/...``, what its JupyterLab UI calls), on a
-server configured as an installed one: both extensions enabled, and the ``SchedulerApp``
-section read from the config file this package ships (nothing configured by hand)."""
+server configured as an installed one: both extensions enabled, nothing else configured
+by hand (``LowCostApp`` makes jupyter-scheduler's classes ours)."""
 
 from __future__ import annotations
 
@@ -22,17 +22,17 @@ from traitlets.config import Config
 
 from jupyter_lowcost.server.scheduler.links import link_of
 
-SHIPPED = (
-    Path(__file__).parent.parent / "jupyter-config/jupyter_server_config.d/jupyter_lowcost.json"
-)
 T4_LOW = "T4 · low-cost · $0.14/h"
 
 
 def shipped_config(**extra: dict[str, Any]) -> dict[str, Any]:
-    """The tests' base, the shipped file's sections (jupyter-scheduler enabled, as its own
-    installed file does), and ``extra``."""
+    """The tests' base with jupyter-scheduler enabled (as its own installed file does),
+    and ``extra``."""
     config = {section: dict(values) for section, values in BASE_CONFIG.items()}
-    for source in (json.loads(SHIPPED.read_text()), extra):
+    config["ServerApp"] = {
+        "jpserver_extensions": dict(BASE_CONFIG["ServerApp"]["jpserver_extensions"])
+    }
+    for source in (extra,):
         for section, values in source.items():
             merged = config.setdefault(section, {})
             for key, value in values.items():
@@ -44,9 +44,12 @@ def shipped_config(**extra: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def jp_server_config() -> Config:
+def jp_server_config(request: pytest.FixtureRequest) -> Config:
     # (the TaskRunner looks for due job definitions every second, not every 10)
-    return Config(shipped_config(TaskRunner={"poll_interval": 1}))
+    marker = request.node.get_closest_marker("lowcost")
+    return Config(
+        shipped_config(TaskRunner={"poll_interval": 1}, **(marker.kwargs if marker else {}))
+    )
 
 
 @pytest.fixture
@@ -122,6 +125,16 @@ async def test_create_job_offers_the_catalog_and_this_server(
     assert env["compute_types"] == [*expected, "this server"]
     assert env["default_compute_type"] == T4_LOW
     assert [f["name"] for f in env["output_formats"]] == ["ipynb", "html"]
+
+
+@pytest.mark.lowcost(
+    SchedulerApp={
+        "environment_manager_class": "jupyter_scheduler.environments.CondaEnvironmentManager"
+    }
+)
+async def test_a_class_the_user_configured_stays(scheduler: Any) -> None:
+    status, environments = await scheduler("GET", "runtime_environments")
+    assert status == 200 and "jupyter-lowcost" not in [e["name"] for e in environments]
 
 
 async def test_a_job_from_the_ui_runs_as_our_job_through_an_interruption(
@@ -297,15 +310,9 @@ TOKEN = "scheduler-restart-token"
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LowCostServer]:
-    """``jupyter server`` in a process of its own, configured by the shipped file alone
-    (a config directory holding it; jupyter-scheduler's own installed file enables it)."""
-    config = tmp_path / "config" / "jupyter_server_config.d"
-    config.mkdir(parents=True)
-    (config / "jupyter_lowcost.json").write_text(SHIPPED.read_text())
-    (config / "scheduler.json").write_text(
-        json.dumps({"ServerApp": {"jpserver_extensions": {"jupyter_scheduler": True}}})
-    )
-    server = LowCostServer(tmp_path, TOKEN, {"JUPYTER_CONFIG_DIR": str(tmp_path / "config")})
+    """``jupyter server`` in a process of its own, configured as installed (the packages'
+    own files in the environment enable both extensions), nothing by hand."""
+    server = LowCostServer(tmp_path, TOKEN)
     server.start()
     try:
         yield server
