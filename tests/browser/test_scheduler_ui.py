@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import pytest
 from conftest import wait_until
 from job_notebooks import appending_cell, code_cells, outputs_text, wait_for_file
 from playwright.async_api import expect
@@ -19,12 +18,6 @@ from playwright.async_api import expect
 from browser.lab import Lab
 
 ROOT = Path(__file__).parent.parent.parent
-
-#: The SchedulerApp section of the configuration the package installs (read from this
-#: checkout: the copy installed in etc/jupyter may come from another one).
-PACKAGE_CONFIG = json.loads(
-    (ROOT / "jupyter-config" / "jupyter_server_config.d" / "jupyter_lowcost.json").read_text()
-)
 
 CELLS = 5
 #: The cell that waits for the file ``go``: the interruption comes while it waits.
@@ -78,7 +71,6 @@ async def reload_until(page: Any, row: Any, status: str, timeout: float = 120) -
     await wait_until(shows, timeout=timeout)
 
 
-@pytest.mark.lab(config={"SchedulerApp": PACKAGE_CONFIG["SchedulerApp"]})
 async def test_a_job_created_in_jupyterlabs_job_ui_runs_low_cost_through_an_interruption(
     lab: Lab, browser: Any, screenshot: Any
 ) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 DEFAULTS = {
     "scheduler_class": "jupyter_lowcost.server.scheduler.scheduler.LowCostScheduler",
     "environment_manager_class": "jupyter_lowcost.server.scheduler.environments.LowCostEnvironments",
+    # (its Download under the server's root, not the working directory: see downloads.py)
+    "job_files_manager_class": "jupyter_lowcost.server.scheduler.downloads.RootJobFilesManager",
 }
 
 
