@@ -2,8 +2,9 @@
 environment run as our jobs (``manager.jobs``) on the compute type's instance type and tier.
 
 Who calls it: jupyter-scheduler's ``SchedulerApp`` builds it (``scheduler_class``, set by
-``LowCostApp`` through :mod:`.defaults`); its REST handlers call ``create_job``, ``get_job``, ``list_jobs``,
-``count_jobs``, ``stop_job`` (PATCH status STOPPED), ``delete_job``; its ``TaskRunner``
+``LowCostApp`` through :mod:`.defaults`); its REST handlers call ``create_job``,
+``get_job``, ``list_jobs``, ``count_jobs``, ``stop_job`` (PATCH status STOPPED),
+``delete_job``; its ``TaskRunner``
 calls ``create_job`` for a job definition's schedule, and "Run Job" on a definition
 ``create_job_from_definition``, which calls ``create_job``.
 
