@@ -24,6 +24,7 @@ from .catalog import DEFAULT_INSTANCE_TYPES, CatalogError, parse_catalog
 from .handlers import default_handlers
 from .jupyter_adapters import track_connections
 from .manager import RECOVERY_POLICIES, InstanceManager, Settings
+from .scheduler.defaults import apply_defaults as scheduler_defaults
 
 PROVISIONER_NAME = "lowcost-provisioner"
 DEMO_LIFETIME_CAP = 600.0  # LowCostApp.demo: a cap short enough to watch it count down
@@ -271,6 +272,13 @@ class LowCostApp(ExtensionApp):
         raise TraitError(
             f"LowCostApp.checkpoints must be cell, notice, off or interval:<seconds>, not {value!r}"
         )
+
+    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Linked by Jupyter Server (before ``jupyter_scheduler``, in sorted order):
+        jupyter-scheduler's job UI runs our jobs unless its user configured otherwise
+        (server/scheduler/defaults.py)."""
+        super()._link_jupyter_server_extension(serverapp)
+        scheduler_defaults(serverapp.config)
 
     def initialize_settings(self) -> None:
         """Build the manager (called by Jupyter Server while it loads extensions)."""
