@@ -85,9 +85,10 @@ class KernelCheckpoints:
         #: The kernel runs a job's cells: a checkpoint after every cell and only there
         #: (a notice's or a shutdown's would hold half a cell, which the job runs again).
         self.job = job
-        # No write watch: its page faults after each checkpoint slow every write to a large
-        # array (4x for ``a += 1``); the writer compares CRC32s of its copy instead.
-        self.store = CheckpointStore(directory, watch_writes=False)
+        # Writes are watched only in the arrays cells change little: a watched page
+        # faults at its first write after each checkpoint (``a += 1`` on a large array:
+        # ten times slower), so an array rewritten whole is copied and compared instead.
+        self.store = CheckpointStore(directory, watch_first_save=False)
         #: ``sys.path`` as the kernel started: what the notebook adds to it is saved with
         #: each checkpoint, and put back before a restore's variables load.
         self.sys_path_at_start = list(sys.path)

@@ -53,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .. import env
 from .chunks import BufferChunks
 from .durable_writes import CheckpointWriteFailed, DurableWrites
 from .format import CHUNK_SIZE, KEEP, WATCHED_CHUNKS, type_name
@@ -94,13 +95,16 @@ _OLD_NAMES = (_restore_tensor, _restore_notebook_function, _chunks_of, _memory_a
 class CheckpointStore:
     """One checkpoint directory: write checkpoints of a namespace, list them, load them.
 
-    ``watch_writes=False`` finds changed chunks by their CRC32 only (tests compare both)."""
+    ``watch_writes=False`` finds changed chunks by their CRC32 only (tests compare both).
+    ``watch_first_save=False`` (a kernel's store) watches the writes to a buffer only once
+    a checkpoint found it little changed (:class:`~jupyter_lowcost.storage.chunks.BufferChunks`)."""
 
     def __init__(
         self,
         root: str | os.PathLike[str],
         chunk_size: int = CHUNK_SIZE,
         watch_writes: bool = True,
+        watch_first_save: bool = True,
     ) -> None:
         self.root = Path(root)
         self.chunks = self.root / "chunks"
@@ -109,7 +113,9 @@ class CheckpointStore:
         private_dir(self.manifests)
         self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
         self._files = DurableWrites(self.root)
-        self._buffers = BufferChunks(self.chunks, chunk_size, self._files, self._pool, watch_writes)
+        self._buffers = BufferChunks(
+            self.chunks, chunk_size, self._files, self._pool, watch_writes, watch_first_save
+        )
         self._manifests = Manifests(self.manifests, self.chunks)
         self._writer = CheckpointWriter(self.chunks, self._files, self._buffers, self._manifests)
         self._stagings = Staging(self._pool, chunk_size, _memory_available_now)
@@ -123,6 +129,23 @@ class CheckpointStore:
     def chunk_size(self, size: int) -> None:
         self._buffers.chunk_size = size
         self._stagings.chunk_size = size
+
+    @property
+    def write_tracking(self) -> str:
+        """How a staged snapshot finds what changed, in words (``%lowcost`` says it)."""
+        if self._buffers.watching:
+            return (
+                "Snapshots after cells copy only the memory written since the last "
+                "checkpoint (Linux's write tracking: userfaultfd write-protect) in the "
+                "arrays cells change little; arrays rewritten whole and GPU tensors are "
+                "copied whole."
+            )
+        why = (
+            "write tracking is off (JUPYTER_LOWCOST_WATCH_WRITES=0)"
+            if os.environ.get(env.WATCH_WRITES) == "0"
+            else "this system cannot say which memory was written (Linux 6.7 or later can)"
+        )
+        return f"Snapshots after cells copy every large array whole: {why}."
 
     @property
     def _staging(self) -> dict[tuple[str, int], memoryview]:
@@ -179,7 +202,9 @@ class CheckpointStore:
             "history": history,
         }
         self._buffers.start_save()
-        snapshot = take_snapshot(namespace, fields, self._stagings if stage else None, started)
+        snapshot = take_snapshot(
+            namespace, fields, self._stagings if stage else None, started, self._buffers
+        )
         snapshot.manifest["sys_path"] = sys_path
         return snapshot
 

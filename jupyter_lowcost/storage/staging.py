@@ -3,8 +3,14 @@ namespace changes (a kernel's next cell).
 
 :class:`Staging` is used by :mod:`~jupyter_lowcost.storage.snapshots` when a snapshot is
 taken with ``stage``; the store keeps one per checkpoint directory
-(:class:`~jupyter_lowcost.storage.checkpoints.CheckpointStore`), so that each buffer's copy
-lives in the same memory from one snapshot to the next.
+(:class:`~jupyter_lowcost.storage.checkpoints.CheckpointStore`). A buffer whose writes
+are watched (:mod:`~jupyter_lowcost.storage.write_watch`) has only the chunks written
+since its last checkpoint copied (:meth:`Staging.stage_chunks`): the rest of it is in the
+chunk files of that checkpoint already. Other buffers are copied whole
+(:meth:`Staging.stage`). The memory of a buffer's copies is kept from one snapshot to the
+next while the next needs about as much (memory new to the process costs a fault per page
+the first time); it is let go when much less is needed, so that what checkpoints keep is
+about what changed between two snapshots, not a standing copy of every large array.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 from ..words import human_bytes
 
@@ -20,6 +28,17 @@ class StagingTooLarge(MemoryError):
     """A snapshot's copy of a buffer would not fit in the memory available: the caller
     writes the checkpoint from the variables themselves instead
     (:meth:`~jupyter_lowcost.storage.checkpoints.CheckpointStore.save`)."""
+
+
+@dataclass
+class StagedChunks:
+    """The chunks of one buffer a snapshot copied (chunk index -> its bytes as they were),
+    and the write's plan for it (:class:`~jupyter_lowcost.storage.chunks.StagingPlan`):
+    the chunks not here are the last checkpoint's."""
+
+    nbytes: int
+    parts: dict[int, memoryview]
+    plan: Any
 
 
 class Staging:
@@ -55,6 +74,44 @@ class Staging:
         staged.add(key)
         self._copy(view, copy)
         return copy
+
+    def stage_chunks(
+        self,
+        key: tuple[str, int],
+        view: memoryview,
+        indexes: list[int],
+        keep: bool,
+        staged: set[tuple[str, int]],
+    ) -> dict[int, memoryview]:
+        """Copies of the chunks ``indexes`` of ``view`` (chunk index -> copy), in memory
+        kept for this buffer while the next snapshots need about as much (``keep``; else
+        the copy lives only as long as the snapshot: the first copy of a buffer whose
+        next snapshots copy what changed). ``key`` is added to ``staged``."""
+        step = self.chunk_size
+        spans = [(i, i * step, min(step, view.nbytes - i * step)) for i in indexes]
+        needed = sum(length for _, _, length in spans)
+        copy = self.copies.get(key) if keep else None
+        if copy is None or not needed <= copy.nbytes <= 2 * needed + step:
+            self.copies.pop(key, None)
+            if needed > self._memory_available() // 2:
+                raise StagingTooLarge(f"a copy of {human_bytes(needed)} would not fit in memory")
+            copy = uninitialized(needed)
+            if keep:
+                self.copies[key] = copy
+        staged.add(key)
+        parts: dict[int, memoryview] = {}
+        at = 0
+        runs: list[tuple[int, int, int]] = []  # (offset in view, offset in copy, length)
+        for index, offset, length in spans:
+            parts[index] = copy[at : at + length]
+            if runs and runs[-1][0] + runs[-1][2] == offset:
+                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + length)
+            else:
+                runs.append((offset, at, length))
+            at += length
+        for offset, into, length in runs:
+            self._copy(view[offset : offset + length], copy[into : into + length])
+        return parts
 
     def keep_only(self, staged: set[tuple[str, int]]) -> None:
         """Let the memory of the copies a snapshot did not use go (buffers gone or moved)."""

@@ -27,6 +27,7 @@ from .manifests import Manifests, manifest_text
 from .packs import PACK_MAX, PackBuilder, digest, pack_of, packs_to_fold
 from .reports import SaveReport
 from .snapshots import Snapshot, Unchanged
+from .staging import StagedChunks
 
 
 class CheckpointWriter:
@@ -109,7 +110,10 @@ class CheckpointWriter:
             written += new
             saved_buffers = []
             for index, (view, owner, stable) in enumerate(buffers):
-                chunks, new = self._buffers.save_buffer((name, index), view, owner, stable)
+                if isinstance(view, StagedChunks):  # (the chunks a staged snapshot copied)
+                    chunks, new = self._buffers.save_staged(view)
+                else:
+                    chunks, new = self._buffers.save_buffer((name, index), view, owner, stable)
                 saved_buffers.append({"size": view.nbytes, "chunks": chunks})
                 written += new
             entry["buffers"] = saved_buffers
