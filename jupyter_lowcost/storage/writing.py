@@ -48,6 +48,9 @@ class CheckpointWriter:
         wrote. ``pause`` is called between two pieces of the work."""
         self._files.begin(pause)
         try:
+            # (A kernel's writer starts once the cell's reply is out: the first piece of
+            # the work holds the interpreter for milliseconds.)
+            self._files.pause()
             return self._write(snapshot)
         except CheckpointWriteFailed:
             self._files.discard()
