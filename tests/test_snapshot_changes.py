@@ -1,5 +1,6 @@
 """A staged snapshot (a kernel's checkpoint after a cell) copies only what changed since the
-last checkpoint, and is still the namespace exactly as it was when it was taken.
+last checkpoint, and is still the namespace exactly as it was when it was taken; the
+kernel's namespace is read by looking again only at what changed.
 
 Where Linux says which pages were written (``storage/write_watch.py``), a snapshot copies
 only the chunks of each large array written since its last checkpoint; the rest are the
@@ -28,7 +29,13 @@ import numpy as np
 import pytest
 
 from jupyter_lowcost.storage import durable_writes, write_watch
-from jupyter_lowcost.storage.checkpoints import CheckpointStore, CheckpointWriteFailed
+from jupyter_lowcost.storage.checkpoints import (
+    CheckpointStore,
+    CheckpointWriteFailed,
+    NamespaceReader,
+    user_variables,
+)
+from jupyter_lowcost.storage.format import ATOMIC_TYPES, FROZEN_TYPES, immutable
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -285,3 +292,37 @@ def test_a_process_killed_at_random_points_of_its_writes_resumes_whole(tmp_path:
         restored = _restored(store_dir)
         crcs = dict(line.split() for line in ledger.read_text().splitlines())
         assert str(zlib.crc32(restored["big"].data)) == crcs[str(restored["round"])], life
+
+
+def test_the_namespace_reader_agrees_with_a_full_read_after_any_change() -> None:
+    """A kernel's namespace changed at random (values replaced in place or by another
+    kind, names added, deleted, hidden and unhidden by IPython, ``_`` names): what the
+    reader finds at each read is what a full read finds, in the same order."""
+    rng = random.Random(5)
+    namespace: dict[str, Any] = {f"v{i}": i for i in range(300)}
+    hidden: dict[str, Any] = {}
+    reader = NamespaceReader()
+    values = [lambda: rng.random(), lambda: [1], lambda: (1, "a"), lambda: (1, [2]), lambda: "s"]
+    for round_ in range(300):
+        for _ in range(rng.choice([0, 1, 5, 40])):
+            name = rng.choice([f"v{rng.randrange(400)}", f"_i{round_}", "In", "hid"])
+            roll = rng.random()
+            if roll < 0.1 and name in namespace:
+                del namespace[name]
+            elif roll < 0.2:
+                hidden[name] = namespace.setdefault(name, rng.choice(values)())
+            elif roll < 0.25:
+                hidden.pop(name, None)
+            else:
+                namespace[name] = rng.choice(values)()
+        split = reader.read(namespace, hidden)
+        full = user_variables(namespace, hidden)
+        assert list(split.variables.items()) == list(full.items()), round_
+        immutable = {n: v for n, v in full.items() if n in split.immutable and _immutable_value(v)}
+        assert split.immutable == immutable and all(_immutable_value(v) for v in immutable.values())
+        assert [n for n, _ in split.mutable] == [n for n in full if n not in split.immutable]
+        assert all(not _immutable_value(v) for _, v in split.mutable)
+
+
+def _immutable_value(value: Any) -> bool:
+    return type(value) in ATOMIC_TYPES or (type(value) in FROZEN_TYPES and immutable(value))

@@ -44,12 +44,13 @@ from .. import env
 from ..storage.checkpoints import (
     CheckpointStore,
     CheckpointWriteFailed,
+    NamespaceReader,
     RestoreReport,
     SaveReport,
     Snapshot,
     StagingTooLarge,
+    VariableSplit,
     sys_path_additions,
-    user_variables,
 )
 from . import background_writer, checkpoint_reports, interruption, ipykernel_adapters
 from .background_writer import QUIET_AFTER_CELL, WRITER_PATIENCE, GaveWay, WriterPacing
@@ -89,6 +90,9 @@ class KernelCheckpoints:
         # faults at its first write after each checkpoint (``a += 1`` on a large array:
         # ten times slower), so an array rewritten whole is copied and compared instead.
         self.store = CheckpointStore(directory, watch_first_save=False)
+        #: Reads the namespace at each snapshot in time that grows with what changed.
+        self.reader = NamespaceReader()
+        self._split: VariableSplit | None = None
         #: ``sys.path`` as the kernel started: what the notebook adds to it is saved with
         #: each checkpoint, and put back before a restore's variables load.
         self.sys_path_at_start = list(sys.path)
@@ -137,7 +141,13 @@ class KernelCheckpoints:
         """The user's variables, restored ones included: a notice or a move before the
         first cell after a resume must save what came back, not an empty namespace."""
         self.restored.unhide()
-        return user_variables(self.shell.user_ns, self.shell.user_ns_hidden)
+        self._split = self.reader.read(self.shell.user_ns, self.shell.user_ns_hidden)
+        return self._split.variables
+
+    def _split_of(self, namespace: dict[str, Any]) -> VariableSplit | None:
+        """``namespace`` sorted as the last :meth:`namespace` read it (None: another)."""
+        split = self._split
+        return split if split is not None and split.variables is namespace else None
 
     # -- taking checkpoints -------------------------------------------------------------
 
@@ -241,7 +251,10 @@ class KernelCheckpoints:
         self._last_time = time.monotonic()
         try:
             snapshot = self.store.snapshot(
-                namespace, stage=True, **self._manifest_fields(namespace, False)
+                namespace,
+                stage=True,
+                split=self._split_of(namespace),
+                **self._manifest_fields(namespace, False),
             )
         except StagingTooLarge as err:
             print(

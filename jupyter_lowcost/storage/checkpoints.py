@@ -59,6 +59,7 @@ from .durable_writes import CheckpointWriteFailed, DurableWrites
 from .format import CHUNK_SIZE, KEEP, WATCHED_CHUNKS, type_name
 from .manifests import Manifests
 from .manifests import chunks_of as _chunks_of
+from .namespace_reader import NamespaceReader, VariableSplit
 from .notebook_functions import restore_notebook_function as _restore_notebook_function
 from .pickling import restore_tensor as _restore_tensor
 from .private import private_dir
@@ -76,10 +77,12 @@ __all__ = [
     "WATCHED_CHUNKS",
     "CheckpointStore",
     "CheckpointWriteFailed",
+    "NamespaceReader",
     "RestoreReport",
     "SaveReport",
     "Skipped",
     "Snapshot",
+    "VariableSplit",
     "StagingTooLarge",
     "sys_path_additions",
     "type_name",
@@ -184,6 +187,7 @@ class CheckpointStore:
         history: dict[str, Any] | None = None,
         stage: bool = False,
         sys_path: dict[str, list[str]] | None = None,
+        split: VariableSplit | None = None,
     ) -> Snapshot:
         """The namespace as it is now, for :meth:`write`: each variable pickled (those of
         immutable values that are the same objects as at the last checkpoint are not
@@ -203,7 +207,7 @@ class CheckpointStore:
         }
         self._buffers.start_save()
         snapshot = take_snapshot(
-            namespace, fields, self._stagings if stage else None, started, self._buffers
+            namespace, fields, self._stagings if stage else None, started, self._buffers, split
         )
         snapshot.manifest["sys_path"] = sys_path
         return snapshot

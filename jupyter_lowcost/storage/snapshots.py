@@ -29,6 +29,7 @@ from .format import (
     immutable,
     type_name,
 )
+from .namespace_reader import VariableSplit
 from .pickling import NamespacePickler, defined_in_notebook, fallback_dumps, fallback_picklers
 from .reports import Skipped
 from .shared_memo import Redirect
@@ -87,6 +88,7 @@ def take_snapshot(
     staging: Staging | None,
     started: float,
     chunks: BufferChunks | None = None,
+    split: VariableSplit | None = None,
 ) -> Snapshot:
     """``namespace`` as it is now: the immutable values held, the small containers
     pickled together, every other variable pickled on its own (an alias of another as
@@ -95,19 +97,24 @@ def take_snapshot(
     in memory): with ``chunks`` (the store's), only the chunks of each that changed since
     its last checkpoint, where its writes are watched. Without ``staging``, the buffers
     are the variables' own memory. ``fields``: the manifest's other fields; ``started``:
-    when the snapshot began (:func:`time.perf_counter`)."""
+    when the snapshot began (:func:`time.perf_counter`). ``split``: ``namespace`` sorted
+    into immutable variables and the others already
+    (:class:`~jupyter_lowcost.storage.namespace_reader.NamespaceReader`)."""
     snapshot = Snapshot(
         taken_at=fields["taken_at"], started=started, manifest=fields, order=list(namespace)
     )
     # Immutable values cannot change in place: holding them is their snapshot, and the
     # write pickles those that are not the same objects as last time. (20,000 small
     # variables would otherwise cost the cell's reply about 10 ms each time.)
-    snapshot.immutable = {
-        name: value
-        for name, value in namespace.items()
-        if type(value) in ATOMIC_TYPES or (type(value) in FROZEN_TYPES and immutable(value))
-    }
-    mutable = [(n, v) for n, v in namespace.items() if n not in snapshot.immutable]
+    if split is not None:  # (sorted already, by the kernel's NamespaceReader)
+        snapshot.immutable, mutable = split.immutable, split.mutable
+    else:
+        snapshot.immutable = {
+            name: value
+            for name, value in namespace.items()
+            if type(value) in ATOMIC_TYPES or (type(value) in FROZEN_TYPES and immutable(value))
+        }
+        mutable = [(n, v) for n, v in namespace.items() if n not in snapshot.immutable]
     first_name: dict[int, str] = {}
     for name, value in mutable:
         first_name.setdefault(id(value), name)
