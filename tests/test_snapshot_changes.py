@@ -23,11 +23,13 @@ import textwrap
 import time
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
+from jupyter_lowcost.kernel.checkpointing import KernelCheckpoints
 from jupyter_lowcost.storage import durable_writes, write_watch
 from jupyter_lowcost.storage.checkpoints import (
     CheckpointStore,
@@ -109,12 +111,16 @@ def test_a_snapshot_is_the_array_as_it_was_whatever_is_written_before_its_write(
 
 
 @pytest.mark.parametrize(
-    ("watch_writes", "watch_first_save"),
-    [(True, True), (True, False), (False, False)],
-    ids=["watched", "watched-once-calm", "compared"],
+    ("watch_writes", "watch_first_save", "copy_later"),
+    [(True, True, False), (True, False, True), (False, False, True)],
+    ids=["watched", "watched-once-calm-copied-later", "compared-copied-later"],
 )
 def test_random_cells_failed_and_dropped_writes_every_checkpoint_is_its_snapshot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, watch_writes: bool, watch_first_save: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    watch_writes: bool,
+    watch_first_save: bool,
+    copy_later: bool,
 ) -> None:
     """Sixty rounds of a random mix: writes to slices anywhere (edges, pages, whole
     arrays) before and after each snapshot, arrays replaced, resized, deleted, views of
@@ -162,8 +168,9 @@ def test_random_cells_failed_and_dropped_writes_every_checkpoint_is_its_snapshot
 
     for round_ in range(60):
         scribble()
-        snapshot = store.snapshot(dict(namespace), stage=True)
+        snapshot = store.snapshot(dict(namespace), stage=True, copy_later=copy_later)
         as_taken = {name: array.copy() for name, array in namespace.items()}
+        store.wait_for_copies()  # (a kernel's next request waits for them)
         scribble()  # the next cell, while the write waits
         roll = rng.random()
         if roll < 0.1:
@@ -257,11 +264,12 @@ _WRITER = textwrap.dedent(
             start = rng.randrange(big.size)
             big[start : start + rng.choice([1, 512, 70000])] = rng.random()
         namespace["round"] += 1
-        snapshot = store.snapshot(namespace, stage=True)
+        snapshot = store.snapshot(namespace, stage=True, copy_later=True)
         ledger.write(f"{namespace['round']} {zlib.crc32(big.data)}\\n")
         ledger.flush()
         writer = threading.Thread(target=store.write, args=(snapshot,))
         writer.start()
+        store.wait_for_copies()
         big[rng.randrange(big.size)] = -1.0  # the next cell runs during the write
         writer.join()
     """
@@ -326,3 +334,19 @@ def test_the_namespace_reader_agrees_with_a_full_read_after_any_change() -> None
 
 def _immutable_value(value: Any) -> bool:
     return type(value) in ATOMIC_TYPES or (type(value) in FROZEN_TYPES and immutable(value))
+
+
+def test_a_kernels_next_request_waits_for_the_copies_of_its_last_snapshot(
+    tmp_path: Path,
+) -> None:
+    """A kernel's snapshot leaves its copies to background threads while the cell's reply
+    goes out; whatever the next request runs first waits for them, so that a cell that
+    rewrites an array at once does not tear the checkpoint of the cell before."""
+    shell = SimpleNamespace(user_ns={"big": np.zeros(32 * MiB)}, user_ns_hidden={})  # 256 MiB
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell")
+    kept._after_cell()
+    kept.before_user_code()  # (the next request: IPython's pre_execute, ipykernel's busy)
+    shell.user_ns["big"][:] = 7.0
+    assert kept.wait_for_write(60)
+    assert not _restored(tmp_path)["big"].any()
+    kept.store.close()

@@ -254,6 +254,7 @@ class KernelCheckpoints:
                 namespace,
                 stage=True,
                 split=self._split_of(namespace),
+                copy_later=True,
                 **self._manifest_fields(namespace, False),
             )
         except StagingTooLarge as err:
@@ -349,6 +350,12 @@ class KernelCheckpoints:
 
     # -- IPython's and ipykernel's hooks, and the notice's ------------------------------
 
+    def before_user_code(self, *args: Any) -> None:
+        """Before any of the user's code runs again (each request on the shell channel,
+        IPython's ``pre_execute``): the last snapshot's copies, which background threads
+        make while the cell's reply goes out, are whole."""
+        self.store.wait_for_copies()
+
     def _before_cell(self, info: Any = None) -> None:
         """IPython's ``pre_run_cell``: the writer pauses while the cell runs (not once a
         notice has come or the kernel closes: then the write comes first)."""
@@ -421,10 +428,14 @@ class KernelCheckpoints:
         self.closing = True
 
     def hook_shutdown(self) -> None:
-        """Checkpoint when the kernel receives its shutdown request (ipykernel)."""
+        """Checkpoint when the kernel receives its shutdown request, and make the last
+        snapshot whole before each request (ipykernel)."""
         kernel = getattr(self.shell, "kernel", None)
         if kernel is not None:
             ipykernel_adapters.before_shutdown(kernel, self._at_shutdown)
+            ipykernel_adapters.on_shell_status(
+                kernel, lambda status: status == "busy" and self.before_user_code()
+            )
 
     def _quietly(self, action: Callable[[], Any]) -> None:
         try:
@@ -476,6 +487,7 @@ def _hook_into_the_kernel(shell: Any, checkpoints: KernelCheckpoints) -> None:
     """The cells', the notice's, the shutdown's and the interpreter's exit hooks."""
     # (atexit runs the last registered first: this before IPython empties the namespace)
     atexit.register(setattr, checkpoints, "closing", True)
+    shell.events.register("pre_execute", checkpoints.before_user_code)
     shell.events.register("pre_run_cell", checkpoints._before_cell)
     shell.events.register("post_run_cell", checkpoints._after_cell)
     add_final_notice_callback(checkpoints._at_notice)

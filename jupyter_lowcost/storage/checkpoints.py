@@ -121,7 +121,7 @@ class CheckpointStore:
         )
         self._manifests = Manifests(self.manifests, self.chunks)
         self._writer = CheckpointWriter(self.chunks, self._files, self._buffers, self._manifests)
-        self._stagings = Staging(self._pool, chunk_size, _memory_available_now)
+        self._stagings = Staging(chunk_size, _memory_available_now)
 
     @property
     def chunk_size(self) -> int:
@@ -188,12 +188,17 @@ class CheckpointStore:
         stage: bool = False,
         sys_path: dict[str, list[str]] | None = None,
         split: VariableSplit | None = None,
+        copy_later: bool = False,
     ) -> Snapshot:
         """The namespace as it is now, for :meth:`write`: each variable pickled (those of
         immutable values that are the same objects as at the last checkpoint are not
         pickled again), and with ``stage`` each out-of-band buffer copied, so that the
         write may run in another thread while the namespace changes (a kernel's next
         cell). Without ``stage`` the buffers are the variables' own memory: write at once.
+
+        ``copy_later`` (with ``stage``): the large buffers are copied by background
+        threads, and :meth:`wait_for_copies` must be called before the namespace changes
+        (a kernel's next request: its reply goes out meanwhile); :meth:`write` waits too.
 
         :class:`StagingTooLarge` when a copy would not fit in the memory available."""
         started = time.perf_counter()
@@ -206,9 +211,16 @@ class CheckpointStore:
             "history": history,
         }
         self._buffers.start_save()
-        snapshot = take_snapshot(
-            namespace, fields, self._stagings if stage else None, started, self._buffers, split
-        )
+        self._stagings.begin(later=copy_later)  # (the last one's copies made: memory reused)
+        try:
+            snapshot = take_snapshot(
+                namespace, fields, self._stagings if stage else None, started, self._buffers, split
+            )
+        except BaseException:
+            self._stagings.wait_for_copies()  # (none may go on writing into freed memory)
+            raise
+        finally:
+            self._stagings.later = False
         snapshot.manifest["sys_path"] = sys_path
         return snapshot
 
@@ -218,7 +230,13 @@ class CheckpointStore:
         its manifest. A failure (:class:`CheckpointWriteFailed`) deletes what it wrote;
         the previous checkpoint stays the latest. ``pause`` is called between two pieces
         of the work (a kernel's writer waits there while a cell runs)."""
+        self._stagings.wait_for_copies()
         return self._writer.write(snapshot, pause)
+
+    def wait_for_copies(self) -> None:
+        """Wait until the copies of the last snapshot taken with ``copy_later`` are made
+        (at once when there are none): the namespace may change from then on."""
+        self._stagings.wait_for_copies()
 
     # -- reading -------------------------------------------------------------------------
 

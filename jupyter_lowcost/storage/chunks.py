@@ -14,59 +14,29 @@ the last one.
 
 from __future__ import annotations
 
-import os
-import threading
 import uuid
 import weakref
 import zlib
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import write_watch
 from .durable_writes import CheckpointWriteFailed, DurableWrites
 from .format import WATCHED_CHUNKS
+from .saved_buffers import (
+    Chunk,
+    SavedBuffer,
+    StagingPlan,
+    buffer_address,
+    lower_thread_priority,
+    memory_owner,
+    no_owner,
+)
 from .staging import StagedChunks, uninitialized
 
-#: A chunk as the next checkpoint compares it: [chunk id, CRC32 (None: not computed), length]
-Chunk = list[Any]
-
-
-@dataclass
-class SavedBuffer:
-    """A buffer as the last checkpoint saved it."""
-
-    chunks: list[Chunk]
-    #: the object that owns the memory (weak), and where the buffer starts
-    owner: Any = None
-    address: int = 0
-    #: the page range under the write watch, and the CRC32s of the bytes of the buffer
-    #: before and after it (partial pages, not watched)
-    watched: tuple[int, int] | None = None
-    edges: tuple[int, int] = (0, 0)
-    #: That checkpoint rewrote at most half of the chunks the one before it saved.
-    calm: bool = False
-
-
-@dataclass
-class StagingPlan:
-    """What the write of one buffer must do, found before its memory is read
-    (:meth:`BufferChunks.plan`)."""
-
-    key: tuple[str, int]
-    #: Indexes of the chunks that changed since the last checkpoint (None: unknown, so
-    #: every chunk is compared with its CRC32, or written when there is none).
-    changed: set[int] | None
-    previous: SavedBuffer | None
-    #: The owner of the memory, weakly (it is only needed while watched).
-    owner: Callable[[], Any]
-    address: int | None
-    #: The page range watched from now on (None: not watched), and its edges' CRC32s.
-    watched: tuple[int, int] | None
-    edges: tuple[int, int]
+__all__ = ["BufferChunks", "Chunk", "SavedBuffer", "StagingPlan", "memory_owner"]
 
 
 class BufferChunks:
@@ -177,7 +147,7 @@ class BufferChunks:
         :meth:`save_buffer`, and by a staged snapshot (in the kernel's main thread, before
         it copies what changed: :meth:`save_staged` then writes the copies)."""
         self._seen.add(key)
-        address = _address(view)
+        address = buffer_address(view)
         previous = self._previous_of_same_length(key, len(self._spans(view.nbytes)))
         trusted = self._written_pages_trusted(key, previous, view, address, owner)
         if previous is not None and not trusted:
@@ -200,7 +170,7 @@ class BufferChunks:
             self.compared += view.nbytes
         # (Weakly: a snapshot waiting for its write must not keep ``del big`` from
         # freeing big's memory.)
-        owner_ref = weakref.ref(owner) if watched is not None else _no_owner
+        owner_ref = weakref.ref(owner) if watched is not None else no_owner
         return StagingPlan(key, changed, previous, owner_ref, address, watched, edges)
 
     def save_staged(self, staged: StagedChunks) -> tuple[list[str], int]:
@@ -420,7 +390,7 @@ class BufferChunks:
         """CRC32 of written chunk files (a background job of ``save_buffer``, and of a
         restore: ``gently``, below the kernel's other threads)."""
         if gently:
-            _lower_priority()
+            lower_thread_priority()
         for entry in chunks:
             if entry[1] is None:
                 try:
@@ -487,35 +457,3 @@ class BufferChunks:
         for saved in self.previous.values():
             self.unwatch(saved)
         self._fingerprinter.shutdown(wait=False)
-
-
-def _no_owner() -> None:
-    return None
-
-
-def _address(view: memoryview) -> int | None:
-    """Where the buffer's memory starts (for numpy arrays), or None."""
-    interface = getattr(view.obj, "__array_interface__", None)
-    if not isinstance(interface, dict) or not view.c_contiguous:
-        return None
-    data = interface.get("data")
-    return data[0] if isinstance(data, tuple) else None
-
-
-def memory_owner(exporter: Any) -> Any:
-    """The array that owns an array's memory: the last of its ``base`` arrays (a view or
-    a transposed copy made for pickling is new at each checkpoint; the owner is not).
-    None when that array's memory belongs to something else (a file mapping, a tensor):
-    its writes are not watched."""
-    owner = exporter
-    while hasattr(getattr(owner, "base", None), "__array_interface__"):
-        owner = owner.base
-    return owner if getattr(owner, "base", None) is None else None
-
-
-def _lower_priority() -> None:
-    """This thread yields the processor to the process's others (Linux: per thread)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass

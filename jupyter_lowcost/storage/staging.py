@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,13 +47,16 @@ class Staging:
     ``memory_available`` says how many bytes new allocations may take (a copy larger than
     half of it is refused, :class:`StagingTooLarge`)."""
 
-    def __init__(
-        self, pool: ThreadPoolExecutor, chunk_size: int, memory_available: Callable[[], int]
-    ) -> None:
+    def __init__(self, chunk_size: int, memory_available: Callable[[], int]) -> None:
         self.copies: dict[tuple[str, int], memoryview] = {}
-        self._pool = pool
         self.chunk_size = chunk_size
         self._memory_available = memory_available
+        #: Copy large buffers in the background (:meth:`wait_for_copies`); else at once.
+        self.later = False
+        self._copier = ThreadPoolExecutor(
+            max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="lowcost-copy"
+        )
+        self._copying: list[Future[None]] = []
 
     def stage(
         self, key: tuple[str, int], view: memoryview, staged: set[tuple[str, int]]
@@ -113,13 +116,29 @@ class Staging:
             self._copy(view[offset : offset + length], copy[into : into + length])
         return parts
 
+    def wait_for_copies(self) -> None:
+        """Wait until the copies started in the background are made: the snapshot is then
+        whole, and the namespace may change. Called before any of the user's code runs
+        again (the kernel's next request) and before the write reads the copies."""
+        for job in list(self._copying):  # (any thread: the list is cleared by begin)
+            job.result()
+
+    def begin(self, later: bool) -> None:
+        """A snapshot starts (in the thread that takes them): the last one's copies are
+        made; this one's are made in the background with ``later``."""
+        self.wait_for_copies()
+        self._copying = []
+        self.later = later
+
     def keep_only(self, staged: set[tuple[str, int]]) -> None:
         """Let the memory of the copies a snapshot did not use go (buffers gone or moved)."""
         for key in [k for k in self.copies if k not in staged]:
             del self.copies[key]
 
     def clear(self) -> None:
+        self.wait_for_copies()
         self.copies.clear()
+        self._copier.shutdown(wait=False)
 
     def _copy(self, view: memoryview, copy: memoryview) -> None:
         step = max(self.chunk_size, view.nbytes // (os.cpu_count() or 1) + 1)
@@ -127,16 +146,23 @@ class Staging:
             import numpy
         except ImportError:
             numpy = None
-        if view.nbytes < 16 * self.chunk_size or numpy is None:
+        if numpy is None or (view.nbytes < 16 * self.chunk_size and not self.later):
             copy[:] = view
-        else:  # (numpy copies without the GIL: several threads copy faster than one)
-            target = numpy.frombuffer(copy, dtype=numpy.uint8)
-            source = numpy.frombuffer(view, dtype=numpy.uint8)
+            return
+        # (numpy copies without the GIL: several threads copy faster than one, and the
+        # cell's reply goes out while they copy)
+        target = numpy.frombuffer(copy, dtype=numpy.uint8)
+        source = numpy.frombuffer(view, dtype=numpy.uint8)
 
-            def part(offset: int) -> None:
-                numpy.copyto(target[offset : offset + step], source[offset : offset + step])
+        def part(offset: int) -> None:
+            numpy.copyto(target[offset : offset + step], source[offset : offset + step])
 
-            list(self._pool.map(part, range(0, view.nbytes, step)))
+        jobs = [self._copier.submit(part, offset) for offset in range(0, view.nbytes, step)]
+        if self.later:
+            self._copying.extend(jobs)
+        else:
+            for job in jobs:
+                job.result()
 
 
 def uninitialized(size: int) -> memoryview:
