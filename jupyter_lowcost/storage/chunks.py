@@ -46,9 +46,10 @@ class BufferChunks:
     Watching costs the user's code a page fault at the first write to each page after
     each checkpoint (``a += 1`` on 1 GiB: about ten times its time), and spares reading
     and copying what did not change. ``watch_first_save=False`` (a kernel's store) watches
-    a buffer only once a checkpoint found at most half of it rewritten since the one
-    before, and stops when one finds more: an array rewritten by every cell is copied and
-    compared, never faulted; one that cells change little costs what they change."""
+    a buffer from its first checkpoint, stops as soon as a checkpoint finds more than half
+    of it rewritten, and watches it again once a checkpoint (comparing CRC32s) finds at
+    most half rewritten: an array rewritten by every cell faults once (the second cell),
+    then is copied and compared; one that cells change little costs what they change."""
 
     def __init__(
         self,
@@ -154,7 +155,7 @@ class BufferChunks:
             self.unwatch(previous)
         if trusted and previous is not None:
             watched = previous.watched
-        elif self._watch_first_save or (previous is not None and previous.calm):
+        elif self._watch_first_save or previous is None or previous.calm:
             watched = self._start_watching(view, address, owner)
         else:
             watched = None
@@ -207,7 +208,8 @@ class BufferChunks:
         rewritten = sum(1 for _, _, n in results if n)
         calm = plan.previous is not None and 2 * rewritten <= len(results)
         gone = owner is None  # (since the snapshot)
-        if watched is not None and (gone or (not calm and not self._watch_first_save)):
+        rewritten_much = plan.previous is not None and not calm
+        if watched is not None and (gone or (rewritten_much and not self._watch_first_save)):
             # Mostly rewritten: watching it would fault every page of the next rewrite.
             if self._watch is not None:
                 self._watch.unwatch(*watched, owner)
