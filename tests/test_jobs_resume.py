@@ -82,9 +82,9 @@ async def test_an_instance_lost_after_the_first_cells_checkpoint_runs_that_cell_
 
 
 def writes_held_until(go: Path) -> str:
-    """Code that makes the kernel's background checkpoint writes wait for the file ``go``
-    (it wraps the store's ``write``, which the writer thread calls; a checkpoint written
-    whole before a reply does not go through it): the test's slow write."""
+    """Code that makes the kernel's checkpoint writes wait for the file ``go`` (it wraps
+    the store's ``write``, which every checkpoint's write goes through): the test's slow
+    write. Before issue 32 it held the cell's reply, and the next cell never started."""
     return (
         "import pathlib as _pl, time as _tm\n"
         "from jupyter_lowcost.kernel import checkpointing as _cp\n"
@@ -119,7 +119,7 @@ async def test_the_next_cell_runs_while_the_previous_cells_checkpoint_is_written
         appending_cell(log, 3, before="print('x', len(x))\n"),
     ]
     job_id = (await post_job(api, notebook_of(sources, markdown_at=None)))["id"]
-    await until_running_cell(api, job_id, 2)
+    await until_running_cell(api, job_id, 2, before_done=False)
     model = await job_model(api, job_id)
     # Cell 2 runs (its end waits for cell 1's write), cell 1 is not done: no checkpoint.
     assert model["cells_done"] == 0 and model["current_cell"] == 2
@@ -156,7 +156,7 @@ async def test_an_interruption_while_the_previous_cells_checkpoint_is_written_re
         appending_cell(log, 4, before="print('sum', a + b)\n"),
     ]
     job_id = (await post_job(api, notebook_of(sources, markdown_at=None)))["id"]
-    first = await until_running_cell(api, job_id, 3)
+    first = await until_running_cell(api, job_id, 3, before_done=False)
     model = await job_model(api, job_id)
     assert model["cells_done"] == 1  # (cell 2 replied; its checkpoint is not on disk)
     assert len(manifests_of(jp_serverapp, model["kernel_id"])) == 1
@@ -363,7 +363,10 @@ def test_the_cli_says_what_a_resume_did_not_bring_back(tmp_path: Path) -> None:
         **options,
     )
     try:
-        job = until_job(server, lambda j: j["current_cell"] == 2 and j["state"] == "running")
+        job = until_job(
+            server,
+            lambda j: j["current_cell"] == 2 and j["cells_done"] == 1 and j["state"] == "running",
+        )
         answer = requests.post(
             server.url + f"instances/{job['instance_id']}/interrupt",
             json={"notice_seconds": 0},

@@ -107,6 +107,9 @@ class JobRunner:
         except Exception as err:  # a bug or an unexpected refusal: the job says what
             self.server_log.exception("jupyter_lowcost | job %s stopped", job.id)
             end = (JobState.FAILED, f"the job stopped: {err}")
+        # The job ends: the cells that replied ran, their checkpoints landed or not (no
+        # cell will resume from them; they go with the kernel).
+        self.cell_checkpoints.look(final=True)
         self.kernel.disconnect()
         try:
             await self.kernel.release()
@@ -212,8 +215,7 @@ class JobRunner:
         nb.mark_cell(self.notebook, position, cell_meta)
         count = reply.get("execution_count")
         count = count if isinstance(count, int) and not isinstance(count, bool) else None
-        if failed:
-            self.cell_checkpoints.look(final=True)
+        if failed:  # (the cells before it are done at the job's end, ``run``)
             job.error = {
                 "cell": number,
                 "ename": str(reply.get("ename", "")),
