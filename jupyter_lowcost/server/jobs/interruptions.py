@@ -140,11 +140,12 @@ class Interruptions:
         if self.kernel.ready_for_a_cell():
             return
         connected = self.kernel.connected_instance
-        # (the last cell's checkpoint, while the instance lasts: it need not run again)
-        await self.cell_checkpoints.until_written(lambda: self.kernel.lost(connected))
+        lost = self.kernels.record(connected)
+        if lost is not None and lost.state == InstanceState.NOTICE:
+            # (the last cell's checkpoint, while the instance lasts: it need not run again)
+            await self.cell_checkpoints.until_written(lambda: self.kernel.lost(connected))
         self.kernel.disconnect()
         self.job.current_cell = None  # (no cell runs while the job waits)
-        lost = self.kernels.record(connected)
         what = f"instance {connected}"
         if lost is not None and lost.state == InstanceState.NOTICE:
             what = f"instance {connected} has a notice: {lost.reason}"
