@@ -21,10 +21,11 @@ may use the store when is said in one place: ``checkpoint_states.py``.
 Each checkpoint's history says after which cell it was taken (its execution count), and
 the kernel notes in its checkpoint directory the cell it starts (:data:`LAST_CELL_FILE`,
 ``cell_history.py``): a resumed kernel tells which cells' changes the checkpoint it came
-back from misses. A job's kernel writes each cell's checkpoint before the reply: the job
-marks that cell done by it. A job's kernel is asked for exactly the checkpoint after the
-last cell its runner saw complete (never "the latest", see ``server/instances/launches.py``),
-and tells the runner what came back (:func:`job_resume_state`).
+back from misses. A job's kernel checkpoints after every cell and only there, each
+written while the next cell runs (``job_cells.py``); its runner marks a cell done once
+that cell's checkpoint is on disk. It is asked for exactly the checkpoint after the last
+cell its runner saw done (never "the latest", see ``server/instances/launches.py``), and
+tells the runner what came back (:func:`job_resume_state`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,13 @@ from ..storage.checkpoints import (
     VariableSplit,
     sys_path_additions,
 )
-from . import background_writer, checkpoint_reports, interruption, ipykernel_adapters
+from . import (
+    background_writer,
+    checkpoint_reports,
+    interruption,
+    ipykernel_adapters,
+    job_cells,
+)
 from .background_writer import QUIET_AFTER_CELL, WRITER_PATIENCE, GaveWay, WriterPacing
 from .cell_history import LAST_CELL_FILE, CellHistory
 from .checkpoint_reports import JOB_RESUME_LISTED
@@ -241,12 +248,13 @@ class KernelCheckpoints:
                 self.states.give_back(release=self._lock.release)
         return True
 
-    def _snapshot_and_hand_over(self) -> bool:
+    def _snapshot_and_hand_over(self, empty_too: bool = False) -> bool:
         """Snapshot the namespace and start the writer thread on it (which then holds the
-        store: True). False when nothing was handed over: nothing to save yet, or a copy
-        too large for memory, written whole here instead."""
+        store: True). False when nothing was handed over: nothing to save yet (unless
+        ``empty_too``: a job's cell), or a copy too large for memory, written whole here
+        instead."""
         namespace = self.namespace()
-        if not namespace and self.store.latest() is None:
+        if not namespace and not empty_too and self.store.latest() is None:
             return False  # nothing made yet: no empty checkpoint to "restore" later
         self._last_time = time.monotonic()
         try:
@@ -358,8 +366,10 @@ class KernelCheckpoints:
 
     def _before_cell(self, info: Any = None) -> None:
         """IPython's ``pre_run_cell``: the writer pauses while the cell runs (not once a
-        notice has come or the kernel closes: then the write comes first)."""
-        self.states.cell_started(writer_pauses=not interruption.notice and not self.closing)
+        notice has come or the kernel closes: then the write comes first; never in a job's
+        kernel, whose next cell's end waits for the write: see ``job_cells.py``)."""
+        pauses = not interruption.notice and not self.closing and not self.job
+        self.states.cell_started(writer_pauses=pauses)
         self.cells.cell_started(info)
 
     def _after_cell(self, result: Any = None) -> None:
@@ -370,9 +380,9 @@ class KernelCheckpoints:
         if not self._checkpoint_due():
             return
         if self.job:
-            # A job's every cell has one before its reply: it marks the cell done,
-            # variables or not.
-            self._quietly(self.checkpoint)
+            # A job's every cell has its own, variables or not: its runner marks the cell
+            # done by it. Snapshot now, written while the next cell runs.
+            self._quietly(lambda: job_cells.checkpoint_after_job_cell(self))
         else:
             self._quietly(self.checkpoint_in_background)
 
