@@ -31,7 +31,6 @@ tells the runner what came back (:func:`job_resume_state`).
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
 import contextlib
 import os
@@ -57,14 +56,13 @@ from . import (
     background_writer,
     checkpoint_reports,
     interruption,
-    ipykernel_adapters,
     job_cells,
+    kernel_hooks,
 )
 from .background_writer import QUIET_AFTER_CELL, WRITER_PATIENCE, GaveWay, WriterPacing
 from .cell_history import LAST_CELL_FILE, CellHistory
 from .checkpoint_reports import JOB_RESUME_LISTED
 from .checkpoint_states import CheckpointStates
-from .interruption import add_final_notice_callback
 from .restored_variables import RestoredVariables
 
 __all__ = [
@@ -437,16 +435,6 @@ class KernelCheckpoints:
             self._quietly(self.checkpoint)  # (after the write in flight)
         self.closing = True
 
-    def hook_shutdown(self) -> None:
-        """Checkpoint when the kernel receives its shutdown request, and make the last
-        snapshot whole before each request (ipykernel)."""
-        kernel = getattr(self.shell, "kernel", None)
-        if kernel is not None:
-            ipykernel_adapters.before_shutdown(kernel, self._at_shutdown)
-            ipykernel_adapters.on_shell_status(
-                kernel, lambda status: status == "busy" and self.before_user_code()
-            )
-
     def _quietly(self, action: Callable[[], Any]) -> None:
         try:
             action()
@@ -476,7 +464,7 @@ def install(shell: Any) -> KernelCheckpoints | None:
     restore = os.environ.pop(env.RESTORE, "")
     if restore and checkpoints.store.latest():
         _restore_at_start(checkpoints, None if restore == "1" else restore)
-    _hook_into_the_kernel(shell, checkpoints)
+    kernel_hooks.hook_into_the_kernel(shell, checkpoints)
     return checkpoints
 
 
@@ -491,17 +479,6 @@ def _restore_at_start(checkpoints: KernelCheckpoints, checkpoint_id: str | None)
         print(f"jupyter_lowcost: could not restore the checkpoint: {err}", file=sys.stderr)
     else:
         checkpoint_reports.tell_server_restored(report)
-
-
-def _hook_into_the_kernel(shell: Any, checkpoints: KernelCheckpoints) -> None:
-    """The cells', the notice's, the shutdown's and the interpreter's exit hooks."""
-    # (atexit runs the last registered first: this before IPython empties the namespace)
-    atexit.register(setattr, checkpoints, "closing", True)
-    shell.events.register("pre_execute", checkpoints.before_user_code)
-    shell.events.register("pre_run_cell", checkpoints._before_cell)
-    shell.events.register("post_run_cell", checkpoints._after_cell)
-    add_final_notice_callback(checkpoints._at_notice)
-    checkpoints.hook_shutdown()
 
 
 def installed() -> KernelCheckpoints | None:
