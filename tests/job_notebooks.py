@@ -109,16 +109,23 @@ async def until_ended(api: Any, job_id: str, timeout: float = 120) -> dict[str, 
 
 
 async def until_running_cell(
-    api: Any, job_id: str, number: int, timeout: float = 120, not_on: tuple[str, ...] = ()
+    api: Any,
+    job_id: str,
+    number: int,
+    timeout: float = 120,
+    not_on: tuple[str, ...] = (),
+    before_done: bool = True,
 ) -> str:
-    """Wait until the job runs cell ``number`` (on an instance not in ``not_on``); the
-    instance it runs on."""
+    """Wait until the job runs cell ``number`` (on an instance not in ``not_on``), and,
+    with ``before_done``, the cells before it are done (their checkpoints on disk: the
+    next cell starts before that, issue 32); the instance it runs on."""
 
     async def there() -> bool:
         model = await job_model(api, job_id)
         assert model["state"] not in ("failed", "cancelled", "succeeded"), model
         return (
             model["current_cell"] == number
+            and (not before_done or model["cells_done"] == number - 1)
             and model["state"] == "running"
             and model["instance_id"] not in not_on
         )

@@ -500,6 +500,59 @@ def test_a_copy_too_large_for_memory_is_written_before_the_cell_ends(
     kept.store.close()
 
 
+# -- a job's kernel (issue 32) --------------------------------------------------------------
+
+
+def test_a_job_cell_end_hands_its_write_over_and_the_next_waits_for_it(tmp_path: Path) -> None:
+    """A job's cell end does not wait for its own checkpoint's write, but the next cell's
+    end waits for it (not left pending): every cell gets its own checkpoint, each the
+    state at its cell's end, and the snapshot does not see what the next cell changes."""
+    shell = _Shell(big=np.zeros(1024 * 1024), x=1)
+    kept = KernelCheckpoints(shell, str(tmp_path), "cell", job=True)
+    held = _HeldWrites(kept.store)
+    _call_with_timeout(kept._after_cell)  # (held: its write is in flight)
+    assert held.started.wait(10)
+    assert kept.writing is not None and kept.store.latest() is None
+    kept._before_cell()
+    assert not kept.states.cell_holds_writer()  # (a job's writer never pauses for a cell)
+    shell.user_ns["x"] = 2
+    shell.user_ns["big"][0] = 5.0  # (the next cell changes the buffer the snapshot copied)
+    second = threading.Thread(target=kept._after_cell, daemon=True)
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # its end waits for the write in flight
+    assert kept.cells_left_pending == 0
+    held.go.set()
+    second.join(30)
+    assert not second.is_alive()
+    assert kept.wait_for_write(30)
+    first_id, second_id = kept.store.checkpoint_ids()
+    first, latest = _restored(tmp_path, first_id), _restored(tmp_path, second_id)
+    assert first["x"] == 1 and first["big"][0] == 0.0
+    assert latest["x"] == 2 and latest["big"][0] == 5.0
+    kept.store.close()
+
+
+def test_a_job_cell_end_checkpoints_an_empty_namespace_too(tmp_path: Path) -> None:
+    """Its runner marks each cell done by its checkpoint: one even with no variables."""
+    kept = KernelCheckpoints(_Shell(), str(tmp_path), "cell", job=True)
+    kept._after_cell()
+    assert kept.wait_for_write(30)
+    assert len(kept.store.checkpoint_ids()) == 1
+    kept.store.close()
+
+
+def test_a_job_copy_too_large_for_memory_is_written_before_the_reply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(store_module, "_memory_available", lambda: 1024 * 1024)
+    kept = KernelCheckpoints(_Shell(big=np.ones(1024 * 1024)), str(tmp_path), "cell", job=True)
+    kept._after_cell()
+    assert kept.writing is None and kept.store.latest() is not None
+    assert "written before the cell ends" in capfd.readouterr().err
+    kept.store.close()
+
+
 # -- a real kernel -------------------------------------------------------------------------
 
 

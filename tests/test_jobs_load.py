@@ -243,6 +243,7 @@ def test_many_jobs_on_few_slots_with_a_storm_of_cancels_and_interruptions(
                     and job_id not in interrupted
                     and job["state"] == "running"
                     and job["current_cell"] == 2
+                    and job["cells_done"] == 1  # (cell 1's checkpoint on disk: issue 32)
                 ):
                     # (no notice: the cell is cut, and runs again whole on the next instance)
                     notice = 2 if len(interrupted) % 2 else 0

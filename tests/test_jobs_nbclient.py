@@ -118,7 +118,11 @@ async def until_waiting(api: Any, job_id: str, timeout: float = 120) -> dict[str
         assert model["state"] not in FINAL, (
             f"the job ended ({model['state']}: {model['reason']}) before its waiting cell"
         )
-        return model["state"] == "running" and model["current_source"] == WAITING_LINE
+        return (
+            model["state"] == "running"
+            and model["current_source"] == WAITING_LINE
+            and model["cells_done"] == model["current_cell"] - 1  # (issue 32: on disk)
+        )
 
     await wait_until(waiting, timeout=timeout)
     return await job_model(api, job_id)

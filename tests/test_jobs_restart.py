@@ -65,7 +65,11 @@ def test_a_job_goes_on_after_the_server_restarts(
     response = server.post("jobs", {"notebook": notebook, "name": "ten.ipynb"})
     assert response.status_code == 201, response.text
     job_id = response.json()["id"]
-    running = poll(server, job_id, lambda m: m["current_cell"] == 5 and m["state"] == "running")
+    running = poll(
+        server,
+        job_id,
+        lambda m: m["current_cell"] == 5 and m["cells_done"] == 4 and m["state"] == "running",
+    )
     kernel_id, first = running["kernel_id"], running["instance_id"]
     if how == "kill -9":
         server.kill_hard()
@@ -112,7 +116,11 @@ def test_a_second_server_on_the_same_data_leaves_a_running_servers_jobs_alone(
     response = server.post("jobs", {"notebook": notebook, "name": "ten.ipynb"})
     assert response.status_code == 201, response.text
     job_id = response.json()["id"]
-    running = poll(server, job_id, lambda m: m["current_cell"] == 3 and m["state"] == "running")
+    running = poll(
+        server,
+        job_id,
+        lambda m: m["current_cell"] == 3 and m["cells_done"] == 2 and m["state"] == "running",
+    )
 
     second = LowCostServer(tmp_path, TOKEN)
     second.log_path = tmp_path / "second.log"

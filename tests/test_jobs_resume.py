@@ -81,6 +81,106 @@ async def test_an_instance_lost_after_the_first_cells_checkpoint_runs_that_cell_
     assert [(i["cell"], i["instance_id"]) for i in model["interruptions"]] == [(1, first)]
 
 
+def writes_held_until(go: Path) -> str:
+    """Code that makes the kernel's checkpoint writes wait for the file ``go`` (it wraps
+    the store's ``write``, which every checkpoint's write goes through): the test's slow
+    write. Before issue 32 it held the cell's reply, and the next cell never started."""
+    return (
+        "import pathlib as _pl, time as _tm\n"
+        "from jupyter_lowcost.kernel import checkpointing as _cp\n"
+        "def _held(snapshot, pause=None, _write=_cp.installed().store.write):\n"
+        f"    while not _pl.Path({str(go)!r}).exists():\n"
+        "        _tm.sleep(0.02)\n"
+        "    return _write(snapshot, pause=pause)\n"
+        "_cp.installed().store.write = _held\n"
+    )
+
+
+def manifests_of(jp_serverapp: Any, kernel_id: str) -> list[Path]:
+    folder = manager_of(jp_serverapp).settings.checkpoint_dir / kernel_id / "manifests"
+    return sorted(folder.glob("*.json"))
+
+
+async def test_the_next_cell_runs_while_the_previous_cells_checkpoint_is_written(
+    api: Any, jp_serverapp: Any, tmp_path: Path
+) -> None:
+    """Issue 32: a job's next cell starts at the previous cell's reply, before that
+    cell's checkpoint is on disk (its write is held); the cell counts as done only once
+    it is, and the job still ends with every cell once, each with its own checkpoint."""
+    log, go = tmp_path / "cells.txt", tmp_path / "go"
+    manifests_now = (
+        "import glob, os\n"
+        "print('manifests at start:', len(glob.glob(os.path.join(os.environ["
+        "'JUPYTER_LOWCOST_CHECKPOINT_DIR'], 'manifests', '*.json'))))\n"
+    )
+    sources = [
+        appending_cell(log, 1, before="x = bytearray(10**6)\n" + writes_held_until(go)),
+        appending_cell(log, 2, before=manifests_now),
+        appending_cell(log, 3, before="print('x', len(x))\n"),
+    ]
+    job_id = (await post_job(api, notebook_of(sources, markdown_at=None)))["id"]
+    await until_running_cell(api, job_id, 2, before_done=False)
+    model = await job_model(api, job_id)
+    # Cell 2 runs (its end waits for cell 1's write), cell 1 is not done: no checkpoint.
+    assert model["cells_done"] == 0 and model["current_cell"] == 2
+    assert manifests_of(jp_serverapp, model["kernel_id"]) == []
+    go.touch()
+    model = await until_state(api, job_id, "succeeded", "failed", timeout=120)
+    assert model["state"] == "succeeded", model
+    assert model["cells_done"] == 3
+    assert log.read_text().split() == ["1", "2", "3"]
+    code = code_cells((await api("GET", f"jobs/{job_id}/output"))[1])
+    assert [outputs_text(c) for c in code] == [
+        "cell 1\n",
+        "manifests at start: 0\ncell 2\n",
+        "x 1000000\ncell 3\n",
+    ]
+    meta = [c["metadata"]["lowcost"] for c in code]
+    assert [m["attempts"] for m in meta] == [1, 1, 1]
+    assert meta[0]["checkpoint"] != meta[1]["checkpoint"]  # (each cell its own)
+    text = (await api("GET", f"jobs/{job_id}/log"))[1]["text"]
+    assert text.index("cell 2/3 started") < text.index("cell 1/3 done")
+
+
+async def test_an_interruption_while_the_previous_cells_checkpoint_is_written_resumes_there(
+    api: Any, jp_serverapp: Any, tmp_path: Path
+) -> None:
+    """Issue 32: cell 2 replied but its checkpoint's write is held when the instance is
+    lost during cell 3: the job resumes at cell 2 (from cell 1's checkpoint), not at cell
+    3, and the output notebook has every cell's outputs once."""
+    log, go = tmp_path / "cells.txt", tmp_path / "go"
+    sources = [
+        appending_cell(log, 1, before="a = 1\n"),
+        appending_cell(log, 2, before="b = 2\n" + writes_held_until(go)),
+        appending_cell(log, 3, before=wait_for_file(go)),
+        appending_cell(log, 4, before="print('sum', a + b)\n"),
+    ]
+    job_id = (await post_job(api, notebook_of(sources, markdown_at=None)))["id"]
+    first = await until_running_cell(api, job_id, 3, before_done=False)
+    model = await job_model(api, job_id)
+    assert model["cells_done"] == 1  # (cell 2 replied; its checkpoint is not on disk)
+    assert len(manifests_of(jp_serverapp, model["kernel_id"])) == 1
+    status, _ = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 0})
+    assert status == 202
+    await until_state(api, job_id, "resuming")
+    go.touch()
+    model = await until_state(api, job_id, "succeeded", "failed", timeout=180)
+    assert model["state"] == "succeeded", model
+    assert log.read_text().split() == ["1", "2", "2", "3", "4"]  # (cell 2 ran again)
+    assert [(i["cell"], i["instance_id"]) for i in model["interruptions"]] == [(3, first)]
+    code = code_cells((await api("GET", f"jobs/{job_id}/output"))[1])
+    assert [outputs_text(c) for c in code] == [
+        "cell 1\n",
+        "cell 2\n",
+        "cell 3\n",
+        "sum 3\ncell 4\n",
+    ]
+    assert [c["execution_count"] for c in code] == [1, 2, 3, 4]
+    assert [c["metadata"]["lowcost"]["attempts"] for c in code] == [1, 2, 2, 1]
+    text = (await api("GET", f"jobs/{job_id}/log"))[1]["text"]
+    assert "cells 1-1 are done" in text
+
+
 async def test_a_job_resumes_at_its_cell_when_the_kernels_restored_report_is_refused(
     api: Any, jp_serverapp: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -263,7 +363,10 @@ def test_the_cli_says_what_a_resume_did_not_bring_back(tmp_path: Path) -> None:
         **options,
     )
     try:
-        job = until_job(server, lambda j: j["current_cell"] == 2 and j["state"] == "running")
+        job = until_job(
+            server,
+            lambda j: j["current_cell"] == 2 and j["cells_done"] == 1 and j["state"] == "running",
+        )
         answer = requests.post(
             server.url + f"instances/{job['instance_id']}/interrupt",
             json={"notice_seconds": 0},

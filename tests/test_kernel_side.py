@@ -69,6 +69,8 @@ async def test_lowcost_magic_is_loaded_and_reports_status(
     assert "runs on a low-cost A100-80G instance (running" in out
     assert "Time left before the lifetime cap: 23 h 59 min" in out
     assert "saved $0.00 against the regular $3.09/h" in out
+    # How its checkpoints find what changed (Linux 6.7+ watches writes).
+    assert "copy only the memory written since the last checkpoint" in out
 
 
 async def test_lowcost_on_and_off_move_the_kernel_they_run_in(

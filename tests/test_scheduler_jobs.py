@@ -155,7 +155,9 @@ async def test_a_job_from_the_ui_runs_as_our_job_through_an_interruption(
 
     async def waiting_for_go() -> bool:  # (code cell 3: our parameters cell comes first)
         _, model = await api("GET", f"jobs/{ours.id}")
-        return model["current_cell"] == 3 and model["state"] == "running"
+        return (
+            model["current_cell"] == 3 and model["cells_done"] == 2 and model["state"] == "running"
+        )
 
     await wait_until(waiting_for_go, timeout=120)
     first = ours.instance_id
@@ -362,7 +364,8 @@ def test_rows_are_reconciled_when_the_server_restarts(
 
     def on_cell_2() -> bool:
         return any(
-            j["current_cell"] == 2 and j["state"] == "running" for j in server.get("jobs").json()
+            j["current_cell"] == 2 and j["cells_done"] == 1 and j["state"] == "running"
+            for j in server.get("jobs").json()
         )
 
     poll(on_cell_2, server)

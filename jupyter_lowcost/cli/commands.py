@@ -172,7 +172,9 @@ def status(args: Namespace) -> int:
     running = [j for j in all_jobs if j["state"] not in ENDED]
     print(f"Jupyter server: {server.url} (jupyter-lowcost {answer['version']})")
     print(f"Backend: {answer['backend']}, {answer['live_instances']} live instance(s)")
-    print(f"Recovery policy: {answer['recovery_policy']}; checkpoints: {answer['checkpoint_policy']}")
+    print(
+        f"Recovery policy: {answer['recovery_policy']}; checkpoints: {answer['checkpoint_policy']}"
+    )
     print(f"Jobs: {len(running)} running or queued, {len(all_jobs)} in all")
     if answer.get("demo"):
         print(answer["demo"])

@@ -5,7 +5,9 @@ cells that run meanwhile.
 a snapshot; the thread calls :func:`lower_priority`, then writes the snapshot with a
 :class:`WriterPacing`'s :meth:`~WriterPacing.pause` between two pieces of its work (a chunk
 of a buffer, 256 variables). The pauses follow the phase and the cells that
-``CheckpointStates`` (``checkpoint_states.py``) records.
+``CheckpointStates`` (``checkpoint_states.py``) records. A job's cells never hold the
+writer: it writes, below them, while the next cell runs, whose end waits for it
+(``job_cells.py``).
 """
 
 from __future__ import annotations

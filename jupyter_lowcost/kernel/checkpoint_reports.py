@@ -58,6 +58,8 @@ def describe(checkpoints: KernelCheckpoints) -> str:
         )
     elif writing is None:
         lines.append(f"No checkpoint yet (checkpoints: {checkpoints.when}).")
+    if checkpoints.when != "off":
+        lines.append(checkpoints.store.write_tracking)
     return "\n".join(lines)
 
 

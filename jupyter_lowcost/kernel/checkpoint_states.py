@@ -4,7 +4,8 @@
 the threads that take and write a kernel's checkpoints:
 
 - the kernel's main thread: IPython's cell hooks (a cell starts; a cell ends, and its
-  checkpoint is due), ``%lowcost checkpoint`` and ``restore``, the idle kernel taking a
+  checkpoint is due; a job's cell ends, ``job_cells.py``), ``%lowcost checkpoint`` and
+  ``restore``, the idle kernel taking a
   pending checkpoint, and the notice's handler (a signal handler: it interrupts whatever
   the main thread was doing, so it never waits for that thread);
 - the writer thread, which writes one snapshot in the background and pauses for the cells
@@ -25,7 +26,8 @@ TAKING          snapshot handed to the writer (cell end, idle)   WRITING
 TAKING          store given back (checkpoint written or failed,  IDLE
                 nothing to write, restore done)
 WRITING         hurry: a notice, a shutdown, ``%lowcost          HURRYING
-                checkpoint``, ``settle`` (the caller waits)
+                checkpoint``, ``settle``, a job's cell end
+                (the caller waits)
 WRITING,        give way: a notice, when a cell started since    GIVING_WAY
 HURRYING        the snapshot or a checkpoint is pending
 WRITING,        write ended: written, failed, or given way       IDLE
@@ -37,8 +39,10 @@ Who writes: nobody in IDLE; the taking thread in TAKING; the writer thread other
 pauses for the cells in WRITING, goes on without pausing in HURRYING, and stops at its next
 piece in GIVING_WAY (what it wrote is deleted). A new write may start only from IDLE: a
 cell's end that finds the store held leaves its checkpoint pending (the next cell's end, or
-the idle kernel once the write has ended, takes it). A hurry in IDLE or TAKING changes no
-phase (the next write starts paced).
+the idle kernel once the write has ended, takes it); a job's cell end instead hurries the
+write and waits for the store (each job cell has a checkpoint of its own), then goes
+IDLE -> TAKING -> WRITING like any other. A hurry in IDLE or TAKING changes no phase (the
+next write starts paced). A job's cells never hold the writer (it does not pause for them).
 
 Events that change no phase: a cell starts (it holds the writer, which pauses while it
 runs, unless a notice has come or the kernel is closing), a cell ends (it lets the writer

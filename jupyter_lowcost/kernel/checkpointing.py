@@ -21,16 +21,16 @@ may use the store when is said in one place: ``checkpoint_states.py``.
 Each checkpoint's history says after which cell it was taken (its execution count), and
 the kernel notes in its checkpoint directory the cell it starts (:data:`LAST_CELL_FILE`,
 ``cell_history.py``): a resumed kernel tells which cells' changes the checkpoint it came
-back from misses. A job's kernel writes each cell's checkpoint before the reply: the job
-marks that cell done by it. A job's kernel is asked for exactly the checkpoint after the
-last cell its runner saw complete (never "the latest", see ``server/instances/launches.py``),
-and tells the runner what came back (:func:`job_resume_state`).
+back from misses. A job's kernel checkpoints after every cell and only there, each
+written while the next cell runs (``job_cells.py``); its runner marks a cell done once
+that cell's checkpoint is on disk. It is asked for exactly the checkpoint after the last
+cell its runner saw done (never "the latest", see ``server/instances/launches.py``), and
+tells the runner what came back (:func:`job_resume_state`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
 import contextlib
 import os
@@ -44,19 +44,25 @@ from .. import env
 from ..storage.checkpoints import (
     CheckpointStore,
     CheckpointWriteFailed,
+    NamespaceReader,
     RestoreReport,
     SaveReport,
     Snapshot,
     StagingTooLarge,
+    VariableSplit,
     sys_path_additions,
-    user_variables,
 )
-from . import background_writer, checkpoint_reports, interruption, ipykernel_adapters
+from . import (
+    background_writer,
+    checkpoint_reports,
+    interruption,
+    job_cells,
+    kernel_hooks,
+)
 from .background_writer import QUIET_AFTER_CELL, WRITER_PATIENCE, GaveWay, WriterPacing
 from .cell_history import LAST_CELL_FILE, CellHistory
 from .checkpoint_reports import JOB_RESUME_LISTED
 from .checkpoint_states import CheckpointStates
-from .interruption import add_final_notice_callback
 from .restored_variables import RestoredVariables
 
 __all__ = [
@@ -85,9 +91,13 @@ class KernelCheckpoints:
         #: The kernel runs a job's cells: a checkpoint after every cell and only there
         #: (a notice's or a shutdown's would hold half a cell, which the job runs again).
         self.job = job
-        # No write watch: its page faults after each checkpoint slow every write to a large
-        # array (4x for ``a += 1``); the writer compares CRC32s of its copy instead.
-        self.store = CheckpointStore(directory, watch_writes=False)
+        # Writes are watched only in the arrays cells change little: a watched page
+        # faults at its first write after each checkpoint (``a += 1`` on a large array:
+        # ten times slower), so an array rewritten whole is copied and compared instead.
+        self.store = CheckpointStore(directory, watch_first_save=False)
+        #: Reads the namespace at each snapshot in time that grows with what changed.
+        self.reader = NamespaceReader()
+        self._split: VariableSplit | None = None
         #: ``sys.path`` as the kernel started: what the notebook adds to it is saved with
         #: each checkpoint, and put back before a restore's variables load.
         self.sys_path_at_start = list(sys.path)
@@ -136,7 +146,13 @@ class KernelCheckpoints:
         """The user's variables, restored ones included: a notice or a move before the
         first cell after a resume must save what came back, not an empty namespace."""
         self.restored.unhide()
-        return user_variables(self.shell.user_ns, self.shell.user_ns_hidden)
+        self._split = self.reader.read(self.shell.user_ns, self.shell.user_ns_hidden)
+        return self._split.variables
+
+    def _split_of(self, namespace: dict[str, Any]) -> VariableSplit | None:
+        """``namespace`` sorted as the last :meth:`namespace` read it (None: another)."""
+        split = self._split
+        return split if split is not None and split.variables is namespace else None
 
     # -- taking checkpoints -------------------------------------------------------------
 
@@ -230,17 +246,22 @@ class KernelCheckpoints:
                 self.states.give_back(release=self._lock.release)
         return True
 
-    def _snapshot_and_hand_over(self) -> bool:
+    def _snapshot_and_hand_over(self, empty_too: bool = False) -> bool:
         """Snapshot the namespace and start the writer thread on it (which then holds the
-        store: True). False when nothing was handed over: nothing to save yet, or a copy
-        too large for memory, written whole here instead."""
+        store: True). False when nothing was handed over: nothing to save yet (unless
+        ``empty_too``: a job's cell), or a copy too large for memory, written whole here
+        instead."""
         namespace = self.namespace()
-        if not namespace and self.store.latest() is None:
+        if not namespace and not empty_too and self.store.latest() is None:
             return False  # nothing made yet: no empty checkpoint to "restore" later
         self._last_time = time.monotonic()
         try:
             snapshot = self.store.snapshot(
-                namespace, stage=True, **self._manifest_fields(namespace, False)
+                namespace,
+                stage=True,
+                split=self._split_of(namespace),
+                copy_later=True,
+                **self._manifest_fields(namespace, False),
             )
         except StagingTooLarge as err:
             print(
@@ -335,10 +356,18 @@ class KernelCheckpoints:
 
     # -- IPython's and ipykernel's hooks, and the notice's ------------------------------
 
+    def before_user_code(self, *args: Any) -> None:
+        """Before any of the user's code runs again (each request on the shell channel,
+        IPython's ``pre_execute``): the last snapshot's copies, which background threads
+        make while the cell's reply goes out, are whole."""
+        self.store.wait_for_copies()
+
     def _before_cell(self, info: Any = None) -> None:
         """IPython's ``pre_run_cell``: the writer pauses while the cell runs (not once a
-        notice has come or the kernel closes: then the write comes first)."""
-        self.states.cell_started(writer_pauses=not interruption.notice and not self.closing)
+        notice has come or the kernel closes: then the write comes first; never in a job's
+        kernel, whose next cell's end waits for the write: see ``job_cells.py``)."""
+        pauses = not interruption.notice and not self.closing and not self.job
+        self.states.cell_started(writer_pauses=pauses)
         self.cells.cell_started(info)
 
     def _after_cell(self, result: Any = None) -> None:
@@ -349,9 +378,9 @@ class KernelCheckpoints:
         if not self._checkpoint_due():
             return
         if self.job:
-            # A job's every cell has one before its reply: it marks the cell done,
-            # variables or not.
-            self._quietly(self.checkpoint)
+            # A job's every cell has its own, variables or not: its runner marks the cell
+            # done by it. Snapshot now, written while the next cell runs.
+            self._quietly(lambda: job_cells.checkpoint_after_job_cell(self))
         else:
             self._quietly(self.checkpoint_in_background)
 
@@ -406,12 +435,6 @@ class KernelCheckpoints:
             self._quietly(self.checkpoint)  # (after the write in flight)
         self.closing = True
 
-    def hook_shutdown(self) -> None:
-        """Checkpoint when the kernel receives its shutdown request (ipykernel)."""
-        kernel = getattr(self.shell, "kernel", None)
-        if kernel is not None:
-            ipykernel_adapters.before_shutdown(kernel, self._at_shutdown)
-
     def _quietly(self, action: Callable[[], Any]) -> None:
         try:
             action()
@@ -441,7 +464,7 @@ def install(shell: Any) -> KernelCheckpoints | None:
     restore = os.environ.pop(env.RESTORE, "")
     if restore and checkpoints.store.latest():
         _restore_at_start(checkpoints, None if restore == "1" else restore)
-    _hook_into_the_kernel(shell, checkpoints)
+    kernel_hooks.hook_into_the_kernel(shell, checkpoints)
     return checkpoints
 
 
@@ -456,16 +479,6 @@ def _restore_at_start(checkpoints: KernelCheckpoints, checkpoint_id: str | None)
         print(f"jupyter_lowcost: could not restore the checkpoint: {err}", file=sys.stderr)
     else:
         checkpoint_reports.tell_server_restored(report)
-
-
-def _hook_into_the_kernel(shell: Any, checkpoints: KernelCheckpoints) -> None:
-    """The cells', the notice's, the shutdown's and the interpreter's exit hooks."""
-    # (atexit runs the last registered first: this before IPython empties the namespace)
-    atexit.register(setattr, checkpoints, "closing", True)
-    shell.events.register("pre_run_cell", checkpoints._before_cell)
-    shell.events.register("post_run_cell", checkpoints._after_cell)
-    add_final_notice_callback(checkpoints._at_notice)
-    checkpoints.hook_shutdown()
 
 
 def installed() -> KernelCheckpoints | None:

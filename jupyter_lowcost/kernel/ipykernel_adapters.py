@@ -5,7 +5,8 @@ with why, so that an upgrade of ipykernel is checked in one file (the server sid
 - :func:`on_shell_status`: ipykernel publishes a kernel's status ("busy", "idle") through
   the private ``Kernel._publish_status``; no public hook says when a request starts and
   ends on the shell channel, which the launcher needs (a server that takes a kernel back
-  tells its clients whether a cell runs).
+  tells its clients whether a cell runs), and the checkpoints (a request may run the
+  user's code, a widget's callback for one: the last snapshot's copies must be whole).
 - :func:`before_shutdown`: a shutdown request reaches ``Kernel.do_shutdown`` and no hook
   runs before it (IPython's ``atexit`` runs after the namespace is emptied); the
   checkpoints take the kernel's last checkpoint there.
@@ -19,7 +20,8 @@ from typing import Any
 
 def on_shell_status(kernel: Any, callback: Callable[[str], None]) -> None:
     """Call ``callback(status)`` with each status the kernel publishes for its shell
-    channel, before it goes out (called by the launcher, once, when the kernel starts)."""
+    channel, before it goes out (called by the launcher and by the checkpoints, once each,
+    when the kernel starts; "busy" comes before the request is handled)."""
     publish = kernel._publish_status
 
     def publish_status(status: str, channel: str, *args: Any, **kwargs: Any) -> Any:

@@ -53,11 +53,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .. import env
 from .chunks import BufferChunks
 from .durable_writes import CheckpointWriteFailed, DurableWrites
 from .format import CHUNK_SIZE, KEEP, WATCHED_CHUNKS, type_name
 from .manifests import Manifests
 from .manifests import chunks_of as _chunks_of
+from .namespace_reader import NamespaceReader, VariableSplit
 from .notebook_functions import restore_notebook_function as _restore_notebook_function
 from .pickling import restore_tensor as _restore_tensor
 from .private import private_dir
@@ -75,10 +77,12 @@ __all__ = [
     "WATCHED_CHUNKS",
     "CheckpointStore",
     "CheckpointWriteFailed",
+    "NamespaceReader",
     "RestoreReport",
     "SaveReport",
     "Skipped",
     "Snapshot",
+    "VariableSplit",
     "StagingTooLarge",
     "sys_path_additions",
     "type_name",
@@ -94,13 +98,16 @@ _OLD_NAMES = (_restore_tensor, _restore_notebook_function, _chunks_of, _memory_a
 class CheckpointStore:
     """One checkpoint directory: write checkpoints of a namespace, list them, load them.
 
-    ``watch_writes=False`` finds changed chunks by their CRC32 only (tests compare both)."""
+    ``watch_writes=False`` finds changed chunks by their CRC32 only (tests compare both).
+    ``watch_first_save=False`` (a kernel's store) watches the writes to a buffer only once
+    a checkpoint found it little changed (:class:`~jupyter_lowcost.storage.chunks.BufferChunks`)."""
 
     def __init__(
         self,
         root: str | os.PathLike[str],
         chunk_size: int = CHUNK_SIZE,
         watch_writes: bool = True,
+        watch_first_save: bool = True,
     ) -> None:
         self.root = Path(root)
         self.chunks = self.root / "chunks"
@@ -109,10 +116,12 @@ class CheckpointStore:
         private_dir(self.manifests)
         self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
         self._files = DurableWrites(self.root)
-        self._buffers = BufferChunks(self.chunks, chunk_size, self._files, self._pool, watch_writes)
+        self._buffers = BufferChunks(
+            self.chunks, chunk_size, self._files, self._pool, watch_writes, watch_first_save
+        )
         self._manifests = Manifests(self.manifests, self.chunks)
         self._writer = CheckpointWriter(self.chunks, self._files, self._buffers, self._manifests)
-        self._stagings = Staging(self._pool, chunk_size, _memory_available_now)
+        self._stagings = Staging(chunk_size, _memory_available_now)
 
     @property
     def chunk_size(self) -> int:
@@ -123,6 +132,23 @@ class CheckpointStore:
     def chunk_size(self, size: int) -> None:
         self._buffers.chunk_size = size
         self._stagings.chunk_size = size
+
+    @property
+    def write_tracking(self) -> str:
+        """How a staged snapshot finds what changed, in words (``%lowcost`` says it)."""
+        if self._buffers.watching:
+            return (
+                "Snapshots after cells copy only the memory written since the last "
+                "checkpoint (Linux's write tracking: userfaultfd write-protect) in the "
+                "arrays cells change little; arrays rewritten whole and GPU tensors are "
+                "copied whole."
+            )
+        why = (
+            "write tracking is off (JUPYTER_LOWCOST_WATCH_WRITES=0)"
+            if os.environ.get(env.WATCH_WRITES) == "0"
+            else "this system cannot say which memory was written (Linux 6.7 or later can)"
+        )
+        return f"Snapshots after cells copy every large array whole: {why}."
 
     @property
     def _staging(self) -> dict[tuple[str, int], memoryview]:
@@ -161,12 +187,18 @@ class CheckpointStore:
         history: dict[str, Any] | None = None,
         stage: bool = False,
         sys_path: dict[str, list[str]] | None = None,
+        split: VariableSplit | None = None,
+        copy_later: bool = False,
     ) -> Snapshot:
         """The namespace as it is now, for :meth:`write`: each variable pickled (those of
         immutable values that are the same objects as at the last checkpoint are not
         pickled again), and with ``stage`` each out-of-band buffer copied, so that the
         write may run in another thread while the namespace changes (a kernel's next
         cell). Without ``stage`` the buffers are the variables' own memory: write at once.
+
+        ``copy_later`` (with ``stage``): the large buffers are copied by background
+        threads, and :meth:`wait_for_copies` must be called before the namespace changes
+        (a kernel's next request: its reply goes out meanwhile); :meth:`write` waits too.
 
         :class:`StagingTooLarge` when a copy would not fit in the memory available."""
         started = time.perf_counter()
@@ -179,7 +211,16 @@ class CheckpointStore:
             "history": history,
         }
         self._buffers.start_save()
-        snapshot = take_snapshot(namespace, fields, self._stagings if stage else None, started)
+        self._stagings.begin(later=copy_later)  # (the last one's copies made: memory reused)
+        try:
+            snapshot = take_snapshot(
+                namespace, fields, self._stagings if stage else None, started, self._buffers, split
+            )
+        except BaseException:
+            self._stagings.wait_for_copies()  # (none may go on writing into freed memory)
+            raise
+        finally:
+            self._stagings.later = False
         snapshot.manifest["sys_path"] = sys_path
         return snapshot
 
@@ -189,7 +230,13 @@ class CheckpointStore:
         its manifest. A failure (:class:`CheckpointWriteFailed`) deletes what it wrote;
         the previous checkpoint stays the latest. ``pause`` is called between two pieces
         of the work (a kernel's writer waits there while a cell runs)."""
+        self._stagings.wait_for_copies()
         return self._writer.write(snapshot, pause)
+
+    def wait_for_copies(self) -> None:
+        """Wait until the copies of the last snapshot taken with ``copy_later`` are made
+        (at once when there are none): the namespace may change from then on."""
+        self._stagings.wait_for_copies()
 
     # -- reading -------------------------------------------------------------------------
 

@@ -14,43 +14,42 @@ the last one.
 
 from __future__ import annotations
 
-import os
-import threading
 import uuid
 import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import write_watch
-from .durable_writes import DurableWrites
+from .durable_writes import CheckpointWriteFailed, DurableWrites
 from .format import WATCHED_CHUNKS
-from .staging import uninitialized
+from .saved_buffers import (
+    Chunk,
+    SavedBuffer,
+    StagingPlan,
+    buffer_address,
+    lower_thread_priority,
+    memory_owner,
+    no_owner,
+)
+from .staging import StagedChunks, uninitialized
 
-#: A chunk as the next checkpoint compares it: [chunk id, CRC32 (None: not computed), length]
-Chunk = list[Any]
-
-
-@dataclass
-class SavedBuffer:
-    """A buffer as the last checkpoint saved it."""
-
-    chunks: list[Chunk]
-    #: the object that owns the memory (weak), and where the buffer starts
-    owner: Any = None
-    address: int = 0
-    #: the page range under the write watch, and the CRC32s of the bytes of the buffer
-    #: before and after it (partial pages, not watched)
-    watched: tuple[int, int] | None = None
-    edges: tuple[int, int] = (0, 0)
+__all__ = ["BufferChunks", "Chunk", "SavedBuffer", "StagingPlan", "memory_owner"]
 
 
 class BufferChunks:
     """The chunks of each variable's buffers in the last checkpoint, and the writes to
-    them since (``watch_writes=False``: CRC32s only)."""
+    them since (``watch_writes=False``: CRC32s only).
+
+    Watching costs the user's code a page fault at the first write to each page after
+    each checkpoint (``a += 1`` on 1 GiB: about ten times its time), and spares reading
+    and copying what did not change. ``watch_first_save=False`` (a kernel's store) watches
+    a buffer from its first checkpoint, stops as soon as a checkpoint finds more than half
+    of it rewritten, and watches it again once a checkpoint (comparing CRC32s) finds at
+    most half rewritten: an array rewritten by every cell faults once (the second cell),
+    then is copied and compared; one that cells change little costs what they change."""
 
     def __init__(
         self,
@@ -59,6 +58,7 @@ class BufferChunks:
         files: DurableWrites,
         pool: ThreadPoolExecutor,
         watch_writes: bool,
+        watch_first_save: bool = True,
     ) -> None:
         self.chunks = chunks
         self.chunk_size = chunk_size
@@ -68,16 +68,24 @@ class BufferChunks:
         # chunks that changed.
         self.previous: dict[tuple[str, int], SavedBuffer] = {}
         self._watch = write_watch.shared() if watch_writes else None
+        self._watch_first_save = watch_first_save
         # Pages written since the last checkpoint, per watched buffer (None: unknown).
         self._written: dict[tuple[str, int], list[tuple[int, int]] | None] = {}
         self._seen: set[tuple[str, int]] = set()
         self._committed = True
+        #: The watches the save under way started, with their owners (weak).
+        self._planned_watches: list[tuple[tuple[int, int], Any]] = []
         #: Bytes of memory read by the checkpoint under way to find what changed.
         self.compared = 0
         self._background: list[Any] = []
         self._fingerprinter = ThreadPoolExecutor(max_workers=1)
         #: The chunks of the buffers a restore handed over (:meth:`adopt`).
         self._to_fingerprint: list[list[Chunk]] = []
+
+    @property
+    def watching(self) -> bool:
+        """Whether the writes to large buffers are watched (else compared by CRC32)."""
+        return self._watch is not None
 
     # -- a checkpoint's buffers ----------------------------------------------------------
 
@@ -88,9 +96,14 @@ class BufferChunks:
         self.compared = 0
         self._written = {}
         if not self._committed:
-            # The last save stopped half way: the pages it cleared were not all saved.
+            # The last save stopped half way (or its snapshot was never written): the
+            # pages it cleared were not all saved, and the watches it started are unused.
             for saved in self.previous.values():
                 self.unwatch(saved)
+            if self._watch is not None:
+                for watched, owner in self._planned_watches:
+                    self._watch.unwatch(*watched, owner())
+        self._planned_watches = []
         self._committed = False
         for key, saved in self.previous.items():
             if saved.watched is not None and self._watch is not None:
@@ -120,36 +133,95 @@ class BufferChunks:
         chunk, computed in the background from the file just written (exactly what the
         chunk holds); the next checkpoint compares the memory with it. A ``stable`` buffer
         (a snapshot's copy, which nothing writes to) gets its CRC32s from memory at once."""
+        plan = self.plan(key, view, owner)
+        spans = self._spans(view.nbytes)
+        results = self._unchanged_watched_chunks(plan.previous, plan.changed, len(spans))
+        parts = {
+            index: view[offset : offset + length] for index, (offset, length) in enumerate(spans)
+        }
+        return self._finish_buffer(plan, results, parts, spans, stable)
+
+    def plan(self, key: tuple[str, int], view: memoryview, owner: Any) -> StagingPlan:
+        """What the next write of buffer ``key`` (``view``, the memory of ``owner``) must
+        do, found before its memory is read: which chunks changed since its last
+        checkpoint (None: unknown, compare each), and its watch from now on. Called by
+        :meth:`save_buffer`, and by a staged snapshot (in the kernel's main thread, before
+        it copies what changed: :meth:`save_staged` then writes the copies)."""
         self._seen.add(key)
-        spans = self._spans(view)
-        address = _address(view)
-        previous = self._previous_of_same_length(key, len(spans))
+        address = buffer_address(view)
+        previous = self._previous_of_same_length(key, len(self._spans(view.nbytes)))
         trusted = self._written_pages_trusted(key, previous, view, address, owner)
         if previous is not None and not trusted:
             self.unwatch(previous)
         if trusted and previous is not None:
             watched = previous.watched
-        else:
+        elif self._watch_first_save or previous is None or previous.calm:
             watched = self._start_watching(view, address, owner)
+        else:
+            watched = None
+            if watched is not None:
+                self._planned_watches.append((watched, weakref.ref(owner)))
         # Before the memory is read: a write during this checkpoint is also seen next time.
         edges = self._edge_fingerprints(view, address, watched) if watched else (0, 0)
-        # Chunk indexes known to have changed (None: compare each chunk's CRC32).
         changed = None
         if trusted:
             assert previous is not None
             changed = self._changed_chunks(previous, self._written[key] or [], edges, view)
         elif previous is not None:
             self.compared += view.nbytes
-        results = self._unchanged_watched_chunks(previous, changed, len(spans))
-        self._write_changed_chunks(results, view, spans, previous, changed is None, stable)
+        # (Weakly: a snapshot waiting for its write must not keep ``del big`` from
+        # freeing big's memory.)
+        owner_ref = weakref.ref(owner) if watched is not None else no_owner
+        return StagingPlan(key, changed, previous, owner_ref, address, watched, edges)
+
+    def save_staged(self, staged: StagedChunks) -> tuple[list[str], int]:
+        """Write a buffer a staged snapshot copied (:meth:`plan`, then the copies of the
+        chunks it found changed, or of all of them): its chunk ids and the bytes written.
+        The chunks it did not copy are the last checkpoint's; one of those whose file is
+        gone fails the checkpoint (the memory may have changed since: nothing else holds
+        it as it was), and the next snapshot copies the buffer whole."""
+        plan = staged.plan
+        spans = self._spans(staged.nbytes)
+        results = self._unchanged_watched_chunks(plan.previous, plan.changed, len(spans))
+        missing = [i for i, r in enumerate(results) if r is None and i not in staged.parts]
+        if missing:
+            if plan.previous is not None:
+                self.unwatch(plan.previous)
+            raise CheckpointWriteFailed(
+                f"chunk {missing[0]} of {plan.key[0]!r} in the last checkpoint is gone"
+            )
+        return self._finish_buffer(plan, results, staged.parts, spans, stable=True)
+
+    def _finish_buffer(
+        self,
+        plan: StagingPlan,
+        results: list[Any],
+        parts: dict[int, memoryview],
+        spans: list[tuple[int, int]],
+        stable: bool,
+    ) -> tuple[list[str], int]:
+        """Write the chunks ``results`` does not know yet from ``parts``, and remember
+        the buffer as saved."""
+        self._write_changed_chunks(results, parts, plan.previous, plan.changed is None, stable)
         chunks = [[c, f, spans[i][1]] for i, (c, f, _) in enumerate(results)]
-        self._remember(key, chunks, owner, address, watched, edges)
+        owner, watched = plan.owner(), plan.watched
+        rewritten = sum(1 for _, _, n in results if n)
+        calm = plan.previous is not None and 2 * rewritten <= len(results)
+        gone = owner is None  # (since the snapshot)
+        rewritten_much = plan.previous is not None and not calm
+        if watched is not None and (gone or (rewritten_much and not self._watch_first_save)):
+            # Mostly rewritten: watching it would fault every page of the next rewrite.
+            if self._watch is not None:
+                self._watch.unwatch(*watched, owner)
+            watched = None
+        self._remember(plan.key, chunks, owner, plan.address, watched, plan.edges)
+        self.previous[plan.key].calm = calm
         return [c for c, _, _ in results], sum(n for _, _, n in results)
 
-    def _spans(self, view: memoryview) -> list[tuple[int, int]]:
-        """(offset, length) of each chunk of ``view``."""
+    def _spans(self, nbytes: int) -> list[tuple[int, int]]:
+        """(offset, length) of each chunk of a buffer of ``nbytes``."""
         step = self.chunk_size
-        return [(offset, min(step, view.nbytes - offset)) for offset in range(0, view.nbytes, step)]
+        return [(offset, min(step, nbytes - offset)) for offset in range(0, nbytes, step)]
 
     def _previous_of_same_length(self, key: tuple[str, int], count: int) -> SavedBuffer | None:
         """The buffer as the last checkpoint saved it, if it had as many chunks."""
@@ -194,19 +266,19 @@ class BufferChunks:
     def _write_changed_chunks(
         self,
         results: list[Any],
-        view: memoryview,
-        spans: list[tuple[int, int]],
+        parts: dict[int, memoryview],
         previous: SavedBuffer | None,
         compare: bool,
         stable: bool,
     ) -> None:
-        """Fill in ``results`` for each chunk not known yet: kept when its CRC32 is the
-        last one's (``compare``), else written; ``(id, CRC32, bytes written)``."""
+        """Fill in ``results`` for each chunk not known yet (its bytes: ``parts``): kept
+        when its CRC32 is the last one's (``compare``), else written; ``(id, CRC32, bytes
+        written)``."""
         pending = [index for index, result in enumerate(results) if result is None]
 
         def one(index: int) -> tuple[str, int | None, int]:
             old = previous.chunks[index] if previous is not None else None
-            return self._save_chunk(view, spans[index], old, compare, stable)
+            return self._save_chunk(parts[index], old, compare, stable)
 
         if stable:
             # A snapshot's copy is written in the background while the user's cells run:
@@ -223,17 +295,11 @@ class BufferChunks:
             results[index] = job.result()
 
     def _save_chunk(
-        self,
-        view: memoryview,
-        span: tuple[int, int],
-        old: Chunk | None,
-        compare: bool,
-        stable: bool,
+        self, part: memoryview, old: Chunk | None, compare: bool, stable: bool
     ) -> tuple[str, int | None, int]:
-        """One chunk: the ``old`` one when its CRC32 is the same (``compare``), else a
-        new chunk file."""
-        offset, length = span
-        part = view[offset : offset + length]
+        """One chunk (its bytes: ``part``): the ``old`` one when its CRC32 is the same
+        (``compare``), else a new chunk file."""
+        length = part.nbytes
         fingerprint = None
         if old is not None:
             chunk_id, old_fingerprint, old_length = old
@@ -326,7 +392,7 @@ class BufferChunks:
         """CRC32 of written chunk files (a background job of ``save_buffer``, and of a
         restore: ``gently``, below the kernel's other threads)."""
         if gently:
-            _lower_priority()
+            lower_thread_priority()
         for entry in chunks:
             if entry[1] is None:
                 try:
@@ -393,31 +459,3 @@ class BufferChunks:
         for saved in self.previous.values():
             self.unwatch(saved)
         self._fingerprinter.shutdown(wait=False)
-
-
-def _address(view: memoryview) -> int | None:
-    """Where the buffer's memory starts (for numpy arrays), or None."""
-    interface = getattr(view.obj, "__array_interface__", None)
-    if not isinstance(interface, dict) or not view.c_contiguous:
-        return None
-    data = interface.get("data")
-    return data[0] if isinstance(data, tuple) else None
-
-
-def memory_owner(exporter: Any) -> Any:
-    """The array that owns an array's memory: the last of its ``base`` arrays (a view or
-    a transposed copy made for pickling is new at each checkpoint; the owner is not).
-    None when that array's memory belongs to something else (a file mapping, a tensor):
-    its writes are not watched."""
-    owner = exporter
-    while hasattr(getattr(owner, "base", None), "__array_interface__"):
-        owner = owner.base
-    return owner if getattr(owner, "base", None) is None else None
-
-
-def _lower_priority() -> None:
-    """This thread yields the processor to the process's others (Linux: per thread)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chunks import memory_owner
+from .chunks import BufferChunks, memory_owner
 from .format import (
     ATOMIC_TYPES,
     BATCH_MIN,
@@ -29,14 +29,16 @@ from .format import (
     immutable,
     type_name,
 )
+from .namespace_reader import VariableSplit
 from .pickling import NamespacePickler, defined_in_notebook, fallback_dumps, fallback_picklers
 from .reports import Skipped
 from .shared_memo import Redirect
 from .shared_memo import error_text as _why
-from .staging import Staging
+from .staging import StagedChunks, Staging
 
-#: A variable's out-of-band buffers: (memory, the object that owns it, whether it is a copy).
-Buffers = list[tuple[memoryview, Any, bool]]
+#: A variable's out-of-band buffers: (memory, the object that owns it, whether it is a
+#: copy); in a staged snapshot, the chunks it copied (:class:`StagedChunks`), no owner.
+Buffers = list[tuple[Any, Any, bool]]
 
 
 @dataclass
@@ -85,25 +87,34 @@ def take_snapshot(
     fields: dict[str, Any],
     staging: Staging | None,
     started: float,
+    chunks: BufferChunks | None = None,
+    split: VariableSplit | None = None,
 ) -> Snapshot:
     """``namespace`` as it is now: the immutable values held, the small containers
     pickled together, every other variable pickled on its own (an alias of another as
-    its name, a module as its name). With ``staging``, each out-of-band buffer is copied
-    (:class:`~jupyter_lowcost.storage.staging.StagingTooLarge` when a copy would not fit in memory); without, the buffers
+    its name, a module as its name). With ``staging``, the out-of-band buffers are copied
+    (:class:`~jupyter_lowcost.storage.staging.StagingTooLarge` when a copy would not fit
+    in memory): with ``chunks`` (the store's), only the chunks of each that changed since
+    its last checkpoint, where its writes are watched. Without ``staging``, the buffers
     are the variables' own memory. ``fields``: the manifest's other fields; ``started``:
-    when the snapshot began (:func:`time.perf_counter`)."""
+    when the snapshot began (:func:`time.perf_counter`). ``split``: ``namespace`` sorted
+    into immutable variables and the others already
+    (:class:`~jupyter_lowcost.storage.namespace_reader.NamespaceReader`)."""
     snapshot = Snapshot(
         taken_at=fields["taken_at"], started=started, manifest=fields, order=list(namespace)
     )
     # Immutable values cannot change in place: holding them is their snapshot, and the
     # write pickles those that are not the same objects as last time. (20,000 small
     # variables would otherwise cost the cell's reply about 10 ms each time.)
-    snapshot.immutable = {
-        name: value
-        for name, value in namespace.items()
-        if type(value) in ATOMIC_TYPES or (type(value) in FROZEN_TYPES and immutable(value))
-    }
-    mutable = [(n, v) for n, v in namespace.items() if n not in snapshot.immutable]
+    if split is not None:  # (sorted already, by the kernel's NamespaceReader)
+        snapshot.immutable, mutable = split.immutable, split.mutable
+    else:
+        snapshot.immutable = {
+            name: value
+            for name, value in namespace.items()
+            if type(value) in ATOMIC_TYPES or (type(value) in FROZEN_TYPES and immutable(value))
+        }
+        mutable = [(n, v) for n, v in namespace.items() if n not in snapshot.immutable]
     first_name: dict[int, str] = {}
     for name, value in mutable:
         first_name.setdefault(id(value), name)
@@ -112,7 +123,7 @@ def take_snapshot(
     staged: set[tuple[str, int]] = set()
     for name, value in mutable:
         if name not in snapshot.entries:  # (else in the batch)
-            _add_variable(snapshot, pickling, name, value, first_name, staging, staged)
+            _add_variable(snapshot, pickling, name, value, first_name, staging, staged, chunks)
     if staging is not None:  # copies of buffers that are gone or moved: let their memory go
         staging.keep_only(staged)
     _skip_aliases_of_lost(snapshot)
@@ -152,6 +163,7 @@ def _add_variable(
     first_name: dict[int, str],
     staging: Staging | None,
     staged: set[tuple[str, int]],
+    chunks: BufferChunks | None,
 ) -> None:
     """One variable's entry: an alias of an earlier variable, a module, or its pickle
     stream and buffers (copied with ``staging``); or why it was skipped."""
@@ -169,12 +181,40 @@ def _add_variable(
         return
     if staging is not None:
         buffers = [
-            (view if copy else staging.stage((name, index), view, staged), None, True)
-            for index, (view, _, copy) in enumerate(buffers)
+            (
+                view if copy else _stage(staging, chunks, (name, index), view, owner, staged),
+                None,
+                True,
+            )
+            for index, (view, owner, copy) in enumerate(buffers)
         ]
     entries[name] = entry
     snapshot.pending[name] = (data, buffers)
     snapshot.total += len(data) + sum(view.nbytes for view, _, _ in buffers)
+
+
+def _stage(
+    staging: Staging,
+    chunks: BufferChunks | None,
+    key: tuple[str, int],
+    view: memoryview,
+    owner: Any,
+    staged: set[tuple[str, int]],
+) -> Any:
+    """A buffer's copy in a staged snapshot: with ``chunks``, the chunks that changed
+    since its last checkpoint where that is known (its writes are watched), else all of
+    them, each copied as it is now (:class:`StagedChunks`); without, a copy of it whole."""
+    if chunks is None:
+        return staging.stage(key, view, staged)
+    plan = chunks.plan(key, view, owner)
+    if plan.changed is not None:
+        indexes, keep = sorted(plan.changed), True
+    else:
+        indexes = list(range(-(-view.nbytes // staging.chunk_size)))
+        # A buffer watched from now on: the next snapshots copy what changed, so this
+        # whole copy is let go once written.
+        keep = plan.watched is None
+    return StagedChunks(view.nbytes, staging.stage_chunks(key, view, indexes, keep, staged), plan)
 
 
 def _skip_aliases_of_lost(snapshot: Snapshot) -> None:

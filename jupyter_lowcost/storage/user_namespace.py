@@ -55,8 +55,9 @@ def user_variables(user_ns: Mapping[str, Any], hidden: Mapping[str, Any]) -> dic
     return {
         name: value
         for name, value in user_ns.items()
-        if name[:1] != "_" and name not in _IPYTHON_NAMES and hidden.get(name, absent) is not value
+        if name[:1] != "_" and name not in IPYTHON_NAMES and hidden.get(name, absent) is not value
     }
 
 
-_IPYTHON_NAMES = frozenset(("In", "Out", "exit", "quit", "get_ipython"))
+#: IPython's own names in ``user_ns`` (also :mod:`.namespace_reader`'s filter).
+IPYTHON_NAMES = frozenset(("In", "Out", "exit", "quit", "get_ipython"))

@@ -27,6 +27,7 @@ from .manifests import Manifests, manifest_text
 from .packs import PACK_MAX, PackBuilder, digest, pack_of, packs_to_fold
 from .reports import SaveReport
 from .snapshots import Snapshot, Unchanged
+from .staging import StagedChunks
 
 
 class CheckpointWriter:
@@ -47,6 +48,9 @@ class CheckpointWriter:
         wrote. ``pause`` is called between two pieces of the work."""
         self._files.begin(pause)
         try:
+            # (A kernel's writer starts once the cell's reply is out: the first piece of
+            # the work holds the interpreter for milliseconds.)
+            self._files.pause()
             return self._write(snapshot)
         except CheckpointWriteFailed:
             self._files.discard()
@@ -109,7 +113,10 @@ class CheckpointWriter:
             written += new
             saved_buffers = []
             for index, (view, owner, stable) in enumerate(buffers):
-                chunks, new = self._buffers.save_buffer((name, index), view, owner, stable)
+                if isinstance(view, StagedChunks):  # (the chunks a staged snapshot copied)
+                    chunks, new = self._buffers.save_staged(view)
+                else:
+                    chunks, new = self._buffers.save_buffer((name, index), view, owner, stable)
                 saved_buffers.append({"size": view.nbytes, "chunks": chunks})
                 written += new
             entry["buffers"] = saved_buffers

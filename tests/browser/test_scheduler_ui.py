@@ -115,7 +115,12 @@ async def test_a_job_created_in_jupyterlabs_job_ui_runs_low_cost_through_an_inte
 
     async def at_waiting_cell() -> bool:
         job = our_job(lab)
-        return job["current_cell"] == WAITING and job["instance_id"] is not None
+        # (the cells before it done: their checkpoints are written while the next runs)
+        return (
+            job["current_cell"] == WAITING
+            and job["cells_done"] == WAITING - 1
+            and job["instance_id"] is not None
+        )
 
     await wait_until(at_waiting_cell, timeout=120)
     job = our_job(lab)

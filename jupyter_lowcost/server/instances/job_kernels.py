@@ -11,12 +11,15 @@ changes (:meth:`~.ledger.Ledger.next_change`), not polls:
 - :meth:`JobKernels.holding_room` and :meth:`JobKernels.wait_for_room` (the recovery's
   own wait for room): a job's start waits its turn;
 - :meth:`JobKernels.restored_from`: which checkpoint the kernel said it restored;
+- :meth:`JobKernels.checkpoints_newer_than` and :meth:`JobKernels.checkpoint_cell`: the
+  checkpoints on disk and after which cell each was taken (``jobs/cell_checkpoints.py``);
 - :meth:`JobKernels.end_job_kernel`: the job's end stops its kernel and instances.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -142,6 +145,32 @@ class JobKernels:
         if settings.checkpoints == "off":
             return None
         return checkpoint_dirs.read(settings.checkpoint_dir / kernel_id).latest
+
+    def checkpoints_newer_than(self, kernel_id: str, newer_than: str | None) -> list[str] | None:
+        """The ids of the kernel's complete checkpoints (their manifest is on disk) newer
+        than ``newer_than`` (None: all), oldest first; None when checkpoints are off."""
+        settings = self.ctx.settings
+        if settings.checkpoints == "off":
+            return None
+        manifests = settings.checkpoint_dir / kernel_id / "manifests"
+        floor = int(newer_than) if newer_than and newer_than.isdigit() else 0
+        try:
+            ids = [p.stem for p in manifests.glob("*.json") if p.stem.isdigit()]
+        except OSError:
+            return []
+        return sorted((i for i in ids if int(i) > floor), key=int)
+
+    def checkpoint_cell(self, kernel_id: str, checkpoint: str) -> int | None:
+        """The execution count of the cell after which the kernel took ``checkpoint``
+        (its manifest's ``history.cell``, ``kernel/cell_history.py``); None when it cannot
+        be read (deleted meanwhile, or taken without a history)."""
+        path = self.ctx.settings.checkpoint_dir / kernel_id / "manifests" / f"{checkpoint}.json"
+        try:
+            history = json.loads(path.read_text()).get("history") or {}
+        except (OSError, ValueError, AttributeError):
+            return None
+        cell = history.get("cell") if isinstance(history, dict) else None
+        return cell if isinstance(cell, int) else None
 
     def restore_next(self, kernel_id: str, checkpoint: str | None) -> None:
         """The checkpoint the kernel's next start restores (None: none). Saved with the

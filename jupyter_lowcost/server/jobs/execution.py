@@ -120,6 +120,10 @@ class CellExecutor(NotebookClient):
         self._lost, self._lost_why, self._reply = lost, None, None
         cell = self.nb.cells[index]
         self._changed.add(index)
+        # A cell that runs again (after an interruption: it may have replied, its
+        # checkpoint not on disk) starts with no outputs: the displays it showed are no
+        # longer where nbclient noted them (nbclient clears its outputs, not its notes).
+        self.clear_display_id_mapping(index)
         execution = asyncio.ensure_future(self.async_execute_cell(cell, index, store_history=True))
         try:
             await _through_cancel(execution, self._stop_waiting)

@@ -4,14 +4,16 @@ cell the restored checkpoint did not include.
 Owned by :class:`~.runner.JobRunner`, one per job it runs. When the kernel's instance is
 lost (an interruption, the cap), during a cell or between two, the manager's recovery
 relaunches the kernel under the same id, and the kernel restores exactly the checkpoint
-the job noted after its last completed cell (``restore_points.py``; nothing when it noted
+the job noted after its last cell done (``restore_points.py``; nothing when it noted
 none). The job waits for that (``manager.job_kernels.instance_running``), asks the
 kernel which checkpoint came back (``execution.resume_state``; the kernel's ``restored``
 report only when it cannot say), and goes on at the cell after the one it noted that
-checkpoint for: no completed cell runs twice, and the cell the job goes on at always
-matches the state restored. What did not come back is said in the job's log, its
-interruption and a note on the cell it resumed at (``resume.py``). A server restart is
-the same, and a kernel re-attached then may have finished the cell that ran meanwhile.
+checkpoint for: no cell done runs twice, and the cell the job goes on at always matches
+the state restored. A cell that replied but whose checkpoint was not on disk was not done
+(``cell_checkpoints.py``): the job goes on at it, and its outputs are replaced when it
+runs again. What did not come back is said in the job's log, its interruption and a
+note on the cell it resumed at (``resume.py``). A server restart is the same, and a
+kernel re-attached then may have finished the cells that ran meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ...storage.jobs import JobState
 from ...storage.records import InstanceRecord, InstanceState, iso
 from ..instances.notices import INSTANCE_KILLED
 from . import notebook as nb
+from .cell_checkpoints import CellCheckpoints
 from .execution import KernelLost, resume_state, wait_until_idle
 from .kernel import JobKernel
 from .progress import JobFailed, JobProgress
@@ -50,6 +53,7 @@ class Interruptions:
         progress: JobProgress,
         kernel: JobKernel,
         restore_points: RestorePoints,
+        cell_checkpoints: CellCheckpoints,
         positions: list[int],
     ) -> None:
         self.kernels = manager.job_kernels
@@ -60,6 +64,7 @@ class Interruptions:
         self.notebook = progress.notebook
         self.kernel = kernel
         self.restore_points = restore_points
+        self.cell_checkpoints = cell_checkpoints
         self.positions = positions
         #: The cell whose kernel was last killed (SIGKILL), and how many times in a row.
         self._killed: tuple[int, int] = (0, 0)
@@ -135,9 +140,12 @@ class Interruptions:
         if self.kernel.ready_for_a_cell():
             return
         connected = self.kernel.connected_instance
+        lost = self.kernels.record(connected)
+        if lost is not None and lost.state == InstanceState.NOTICE:
+            # (the last cell's checkpoint, while the instance lasts: it need not run again)
+            await self.cell_checkpoints.until_written(lambda: self.kernel.lost(connected))
         self.kernel.disconnect()
         self.job.current_cell = None  # (no cell runs while the job waits)
-        lost = self.kernels.record(connected)
         what = f"instance {connected}"
         if lost is not None and lost.state == InstanceState.NOTICE:
             what = f"instance {connected} has a notice: {lost.reason}"
@@ -220,7 +228,8 @@ class Interruptions:
                 f"{when}: no checkpoint to resume from; the job starts again at cell 1"
             )
         job.cells_done = done
-        # (the next relaunch restores the same state, until the next cell completes)
+        self.cell_checkpoints.new_kernel()  # (the cells after ``done`` run again)
+        # (the next relaunch restores the same state, until the next cell is done)
         self.restore_points.restore_next(checkpoint if done else None)
         self._say_what_did_not_come_back(state, checkpoint if done else None, before, interrupted)
 
@@ -291,8 +300,11 @@ class Interruptions:
     # -- after a server restart ----------------------------------------------------------
 
     async def settle_after_server_restart(self) -> None:
-        """A kernel re-attached after a server restart may have finished the cell that
-        ran when the server went away (its outputs are lost): its execution count says."""
+        """A kernel re-attached after a server restart may have finished the cells that
+        ran when the server went away (the one running, and the one before it if its
+        checkpoint was not on disk yet): the execution count of the last says. Its
+        reply comes once the write of the last one's checkpoint has ended (the kernel's
+        cell end waits for it, ``kernel/job_cells.py``)."""
         job = self.job
         instance_id = self.kernel.instance_id()
         try:
@@ -303,24 +315,30 @@ class Interruptions:
             await self.resume_after_loss(job.cells_done + 1, instance_id, str(lost))
             return
         count = reply.get("execution_count")
-        position = self.positions[job.cells_done] if job.cells_done < len(self.positions) else None
-        if position is None or not isinstance(count, int):
-            return
-        expected = self._next_execution_count()
-        if expected is not None and count >= expected:
-            self._completed_meanwhile(position, expected)
+        while job.cells_done < len(self.positions) and isinstance(count, int):
+            expected = self._next_execution_count()
+            if expected is None or count < expected:
+                return
+            self._completed_meanwhile(self.positions[job.cells_done], expected)
 
     def _completed_meanwhile(self, position: int, execution_count: int) -> None:
-        """The cell at ``position`` completed while the server was away: its outputs are
-        lost; it counts as done (with the checkpoint the kernel took after it)."""
+        """The cell at ``position`` completed while the server was away: it counts as
+        done (with the checkpoint the kernel took after it). Its outputs are lost, unless
+        it had replied before (its metadata says where it ran: set at its reply)."""
         job = self.job
-        checkpoint = self.restore_points.new_checkpoint()
-        self.notebook["cells"][position]["outputs"] = [
-            nb.note_output(
-                "(the outputs of this cell were lost: the Jupyter server restarted while it ran)\n"
-            )
-        ]
-        self.notebook["cells"][position]["execution_count"] = execution_count
+        checkpoint = self.cell_checkpoints.find(execution_count)
+        cell = self.notebook["cells"][position]
+        replied = cell.get("execution_count") == execution_count and "finished" in (
+            cell.get("metadata", {}).get("lowcost") or {}
+        )
+        if not replied:
+            cell["outputs"] = [
+                nb.note_output(
+                    "(the outputs of this cell were lost: the Jupyter server restarted while "
+                    "it ran)\n"
+                )
+            ]
+        cell["execution_count"] = execution_count
         self.progress.changed.add(position)
         if checkpoint is not None:
             self.restore_points.completed(checkpoint, job.cells_done + 1)

@@ -1,12 +1,13 @@
 """Which checkpoint a job's kernel restores when it comes back: the one it took after the
 job's last completed cell.
 
-Used by :class:`~.runner.JobRunner` after each completed cell, and by
-:class:`~.interruptions.Interruptions` at each resume. A job's kernel checkpoints after
-every cell and only there (``kernel/checkpointing.py``); the job's record notes which
-checkpoint followed which cell, and the manager (``manager.job_kernels``) is told which
-one the kernel's next start restores: the kernel restores exactly that one (nothing when
-none was noted), so that the cell the job goes on at always matches the state restored.
+Used by :class:`~.runner.JobRunner` after each cell done (its checkpoint on disk,
+``cell_checkpoints.py``), and by :class:`~.interruptions.Interruptions` at each resume. A
+job's kernel checkpoints after every cell and only there (``kernel/job_cells.py``); the
+job's record notes which checkpoint followed which cell, and the manager
+(``manager.job_kernels``) is told which one the kernel's next start restores: the kernel
+restores exactly that one (nothing when none was noted), so that the cell the job goes on
+at always matches the state restored.
 """
 
 from __future__ import annotations
@@ -24,16 +25,6 @@ class RestorePoints:
     def __init__(self, kernels: JobKernels, job: JobRecord) -> None:
         self.kernels = kernels
         self.job = job
-
-    def new_checkpoint(self) -> str | None:
-        """The checkpoint the kernel took after the cell that just completed (None: it
-        took none; checkpoints off, or its write failed)."""
-        if self.job.kernel_id is None:
-            return None
-        latest = self.kernels.latest_checkpoint(self.job.kernel_id)
-        if latest is None or latest in self.job.checkpoints:
-            return None
-        return latest
 
     def completed(self, checkpoint: str, cells_done: int) -> None:
         """``checkpoint`` was taken once ``cells_done`` cells had completed: noted, and

@@ -8,7 +8,9 @@ previous server left unfinished. The runner runs the cells; its pieces do the re
   back after a server restart), a client connected to its current instance, its release;
 - :class:`~.interruptions.Interruptions`: an instance lost during a cell or between two,
   the wait for the relaunch, and where the job goes on;
-- :class:`~.restore_points.RestorePoints`: after each completed cell, the checkpoint the
+- :class:`~.cell_checkpoints.CellCheckpoints`: the next cell starts at a cell's reply;
+  the cell is done once the checkpoint the kernel took after it is on disk;
+- :class:`~.restore_points.RestorePoints`: after each cell done, the checkpoint the
   kernel took after it is noted, and is what the kernel restores at its next start;
 - :class:`~.progress.JobProgress`: the job's record, events, log and output notebook.
 
@@ -30,6 +32,7 @@ from ...storage.jobs import JobRecord, JobState, JobStore
 from ...storage.records import Placement, iso
 from . import notebook as nb
 from .admission import Admission
+from .cell_checkpoints import CellCheckpoints, RepliedCell
 from .execution import CellExecutor, CellFailed, KernelLost
 from .interruptions import Interruptions
 from .kernel import JobKernel
@@ -70,8 +73,14 @@ class JobRunner:
         self.executor.on_message = self.progress.log_output
         self.kernel = JobKernel(manager, admission, contents_manager, self.progress, self.executor)
         self.restore_points = RestorePoints(self.kernels, job)
+        self.cell_checkpoints = CellCheckpoints(self.kernels, job, self._cell_done)
         self.interruptions = Interruptions(
-            manager, self.progress, self.kernel, self.restore_points, self.positions
+            manager,
+            self.progress,
+            self.kernel,
+            self.restore_points,
+            self.cell_checkpoints,
+            self.positions,
         )
         #: How many times each cell (by number) started, while this runner ran.
         self._attempts: dict[int, int] = {}
@@ -98,6 +107,9 @@ class JobRunner:
         except Exception as err:  # a bug or an unexpected refusal: the job says what
             self.server_log.exception("jupyter_lowcost | job %s stopped", job.id)
             end = (JobState.FAILED, f"the job stopped: {err}")
+        # The job ends: the cells that replied ran, their checkpoints landed or not (no
+        # cell will resume from them; they go with the kernel).
+        self.cell_checkpoints.look(final=True)
         self.kernel.disconnect()
         try:
             await self.kernel.release()
@@ -105,6 +117,9 @@ class JobRunner:
             await self.progress.end(*end)
 
     async def _run(self) -> str:
+        """The cells, each sent at the previous one's reply. The job has succeeded once
+        its last cell has replied: it does not wait for that cell's checkpoint (no cell
+        would resume from it; ``cell_checkpoints.py``)."""
         job = self.job
         job.cells_total = len(self.positions)
         if job.started is None:
@@ -114,7 +129,7 @@ class JobRunner:
                 f"{Placement(job.instance_type, job.low_cost).describe()}"
             )
         await self._start_or_take_back_kernel()
-        while job.cells_done < len(self.positions):
+        while self.cell_checkpoints.next_number() <= len(self.positions):
             await self.interruptions.until_ready_for_a_cell()
             await self._run_next_cell()
         job.current_cell = None
@@ -128,6 +143,7 @@ class JobRunner:
             self.progress.log(f"the Jupyter server restarted; re-attaching kernel {job.kernel_id}")
             await self.interruptions.until_relaunched(None)
             await self.kernel.connect()
+            self.cell_checkpoints.reattached()
             await self.interruptions.settle_after_server_restart()
             return
         resuming = job.kernel_id is not None
@@ -136,34 +152,46 @@ class JobRunner:
             job.state = JobState.RESUMING
         await self.kernel.start(restore)
         await self.kernel.connect()
+        self.cell_checkpoints.new_kernel()
         if resuming:
             await self.interruptions.resume_point(
                 "after the server restarted", "before the server restarted"
             )
 
     async def _run_next_cell(self) -> None:
-        """Run the first cell not done; on an instance lost meanwhile, resume."""
+        """Run the first cell that has not replied (the cells before it that wait for
+        their checkpoint are done as it lands); on an instance lost meanwhile, resume."""
         job = self.job
-        number = job.cells_done + 1
-        position = self.positions[job.cells_done]
+        number = self.cell_checkpoints.next_number()
+        position = self.positions[number - 1]
         instance_id = self.kernel.instance_id()
         job.current_cell = number
         job.current_source = nb.first_line(nb.source(self.notebook, position))
         self._attempts[number] = self._attempts.get(number, 0) + 1
+        # (what it says of an earlier run goes, saved before it starts: set again at its
+        # reply, which a restarted server tells by it, ``interruptions.py``)
+        self.notebook["cells"][position].get("metadata", {}).pop("lowcost", None)
+        self.progress.changed.add(position)
         self.progress.set(JobState.RUNNING, f"running cell {number} of {job.cells_total}")
         started = time.time()
         self.progress.log(f"cell {number}/{job.cells_total} started on instance {instance_id}")
         failed = None
+        watch = asyncio.ensure_future(self.cell_checkpoints.watch())
         try:
-            reply = await self.executor.run_cell(position, lambda: self.kernel.lost(instance_id))
+            try:
+                reply = await self.executor.run_cell(
+                    position, lambda: self.kernel.lost(instance_id)
+                )
+            finally:
+                watch.cancel()
         except KernelLost as lost:
             await self.interruptions.resume_after_loss(number, instance_id, str(lost))
             return
         except CellFailed as error:
             reply, failed = error.reply, error
-        self._cell_done(number, position, reply, failed is not None, started, instance_id)
+        self._cell_replied(number, position, reply, failed is not None, started, instance_id)
 
-    def _cell_done(
+    def _cell_replied(
         self,
         number: int,
         position: int,
@@ -172,9 +200,10 @@ class JobRunner:
         started: float,
         instance_id: str | None,
     ) -> None:
-        """Cell ``number`` ended (its outputs are in the notebook, as nbclient put them):
-        note its checkpoint and where it ran, or fail the job (``failed``: it raised, and
-        its ``raises-exception`` tag does not allow it)."""
+        """Cell ``number`` replied (its outputs are in the notebook, as nbclient put
+        them): note where it ran; it is done once its checkpoint is on disk
+        (``cell_checkpoints.py``). Or fail the job (``failed``: it raised, and its
+        ``raises-exception`` tag does not allow it; the cells before it are done)."""
         job = self.job
         self.progress.changed.add(position)
         note = self.interruptions.note_for(number)
@@ -183,8 +212,10 @@ class JobRunner:
         cell_meta = self._cell_metadata(number, started, instance_id)
         if note is not None:
             cell_meta["not_restored"] = note[1]
-        if failed:
-            nb.mark_cell(self.notebook, position, cell_meta)
+        nb.mark_cell(self.notebook, position, cell_meta)
+        count = reply.get("execution_count")
+        count = count if isinstance(count, int) and not isinstance(count, bool) else None
+        if failed:  # (the cells before it are done at the job's end, ``run``)
             job.error = {
                 "cell": number,
                 "ename": str(reply.get("ename", "")),
@@ -193,13 +224,25 @@ class JobRunner:
             }
             self.progress.save()
             raise JobFailed(f"cell {number} raised {job.error['ename']}: {job.error['evalue']}")
-        checkpoint = self.restore_points.new_checkpoint()
+        replied = RepliedCell(number, position, count, started, cell_meta)
+        self.cell_checkpoints.replied(replied, last=number == len(self.positions))
+        self.progress.save()  # (its outputs, done or not)
+
+    def _cell_done(self, cell: RepliedCell, checkpoint: str | None) -> None:
+        """``cell`` is done: the checkpoint taken after it (None: none, it failed, or the
+        job ends first) is noted, and restored by the kernel's next start
+        (``cell_checkpoints.py`` calls this)."""
+        job = self.job
         if checkpoint is not None:
-            self.restore_points.completed(checkpoint, number)
-            cell_meta["checkpoint"] = checkpoint
-        nb.mark_cell(self.notebook, position, cell_meta)
-        job.cells_done = number
-        self.progress.log(f"cell {number}/{job.cells_total} done in {time.time() - started:.1f} s")
+            self.restore_points.completed(checkpoint, cell.number)
+            cell.metadata["checkpoint"] = checkpoint
+        nb.mark_cell(self.notebook, cell.position, cell.metadata)
+        self.progress.changed.add(cell.position)
+        job.cells_done = cell.number
+        self.progress.log(
+            f"cell {cell.number}/{job.cells_total} done in {cell.replied - cell.started:.1f} s"
+            + (f" (checkpoint {checkpoint})" if checkpoint else "")
+        )
         self.progress.save()
 
     def _cell_metadata(
