@@ -87,16 +87,16 @@ def take_snapshot(
     fields: dict[str, Any],
     staging: Staging | None,
     started: float,
-    chunks: BufferChunks | None = None,
+    chunks: BufferChunks,
     split: VariableSplit | None = None,
 ) -> Snapshot:
     """``namespace`` as it is now: the immutable values held, the small containers
     pickled together, every other variable pickled on its own (an alias of another as
     its name, a module as its name). With ``staging``, the out-of-band buffers are copied
     (:class:`~jupyter_lowcost.storage.staging.StagingTooLarge` when a copy would not fit
-    in memory): with ``chunks`` (the store's), only the chunks of each that changed since
-    its last checkpoint, where its writes are watched. Without ``staging``, the buffers
-    are the variables' own memory. ``fields``: the manifest's other fields; ``started``:
+    in memory): of each, only the chunks that changed since its last checkpoint
+    (``chunks``, the store's), where its writes are watched. Without ``staging``, the
+    buffers are the variables' own memory. ``fields``: the manifest's other fields; ``started``:
     when the snapshot began (:func:`time.perf_counter`). ``split``: ``namespace`` sorted
     into immutable variables and the others already
     (:class:`~jupyter_lowcost.storage.namespace_reader.NamespaceReader`)."""
@@ -163,7 +163,7 @@ def _add_variable(
     first_name: dict[int, str],
     staging: Staging | None,
     staged: set[tuple[str, int]],
-    chunks: BufferChunks | None,
+    chunks: BufferChunks,
 ) -> None:
     """One variable's entry: an alias of an earlier variable, a module, or its pickle
     stream and buffers (copied with ``staging``); or why it was skipped."""
@@ -195,17 +195,15 @@ def _add_variable(
 
 def _stage(
     staging: Staging,
-    chunks: BufferChunks | None,
+    chunks: BufferChunks,
     key: tuple[str, int],
     view: memoryview,
     owner: Any,
     staged: set[tuple[str, int]],
-) -> Any:
-    """A buffer's copy in a staged snapshot: with ``chunks``, the chunks that changed
-    since its last checkpoint where that is known (its writes are watched), else all of
-    them, each copied as it is now (:class:`StagedChunks`); without, a copy of it whole."""
-    if chunks is None:
-        return staging.stage(key, view, staged)
+) -> StagedChunks:
+    """A buffer's copy in a staged snapshot: the chunks that changed since its last
+    checkpoint where that is known (its writes are watched, ``chunks``), else all of
+    them, each copied as it is now."""
     plan = chunks.plan(key, view, owner)
     if plan.changed is not None:
         indexes, keep = sorted(plan.changed), True

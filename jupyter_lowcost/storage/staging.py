@@ -7,7 +7,7 @@ taken with ``stage``; the store keeps one per checkpoint directory
 are watched (:mod:`~jupyter_lowcost.storage.write_watch`) has only the chunks written
 since its last checkpoint copied (:meth:`Staging.stage_chunks`): the rest of it is in the
 chunk files of that checkpoint already. Other buffers are copied whole
-(:meth:`Staging.stage`). The memory of a buffer's copies is kept from one snapshot to the
+(all its chunks, :meth:`Staging.stage_chunks`). The memory of a buffer's copies is kept from one snapshot to the
 next while the next needs about as much (memory new to the process costs a fault per page
 the first time); it is let go when much less is needed, so that what checkpoints keep is
 about what changed between two snapshots, not a standing copy of every large array.
@@ -57,26 +57,6 @@ class Staging:
             max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="lowcost-copy"
         )
         self._copying: list[Future[None]] = []
-
-    def stage(
-        self, key: tuple[str, int], view: memoryview, staged: set[tuple[str, int]]
-    ) -> memoryview:
-        """A copy of ``view`` that the namespace's next changes do not touch, in memory
-        kept for this buffer from one snapshot to the next (memory new to the process
-        costs a fault per page the first time, which on some machines is far slower than
-        the copy). ``key`` is added to ``staged``."""
-        copy = self.copies.get(key)
-        if copy is None or copy.nbytes != view.nbytes:
-            self.copies.pop(key, None)
-            if view.nbytes > self._memory_available() // 2:
-                raise StagingTooLarge(
-                    f"a copy of {human_bytes(view.nbytes)} would not fit in memory"
-                )
-            copy = uninitialized(view.nbytes)
-            self.copies[key] = copy
-        staged.add(key)
-        self._copy(view, copy)
-        return copy
 
     def stage_chunks(
         self,
