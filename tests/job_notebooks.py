@@ -132,3 +132,19 @@ async def until_running_cell(
 
     await wait_until(there, timeout=timeout)
     return (await job_model(api, job_id))["instance_id"]
+
+
+async def interrupt_then_let_go(
+    api: Any, job_id: str, instance: str, go: Path, notice_seconds: float = 0
+) -> dict[str, Any]:
+    """Take ``instance`` away (with ``notice_seconds`` of notice), let the job's waiting
+    cell go (``go``) once the job resumes, and return its model once it has succeeded."""
+    status, _ = await api(
+        "POST", f"instances/{instance}/interrupt", {"notice_seconds": notice_seconds}
+    )
+    assert status == 202
+    await until_state(api, job_id, "resuming")
+    go.touch()
+    model = await until_state(api, job_id, "succeeded", "failed", timeout=180)
+    assert model["state"] == "succeeded", model
+    return model

@@ -16,6 +16,7 @@ import nbformat
 import pytest
 from conftest import EventRecorder, manager_of, wait_until
 from job_notebooks import (
+    interrupt_then_let_go,
     post_job,
     appending_cell,
     code_cells,
@@ -47,12 +48,7 @@ async def test_an_interrupted_job_resumes_at_the_cell_that_did_not_complete(
     assert job["cells_total"] == 10 and job["low_cost"] is True
 
     first = await until_running_cell(api, job_id, 5)
-    status, _ = await api("POST", f"instances/{first}/interrupt", {"notice_seconds": 1})
-    assert status == 202
-    await until_state(api, job_id, "resuming")
-    go.touch()
-    model = await until_state(api, job_id, "succeeded", "failed", timeout=180)
-    assert model["state"] == "succeeded", model
+    model = await interrupt_then_let_go(api, job_id, first, go, notice_seconds=1)
     # Cells 1-4 ran once; cell 5 ran again from its start (it appends at its end).
     assert log.read_text().split() == [str(n) for n in range(1, 11)]
     assert model["cells_done"] == 10

@@ -17,6 +17,7 @@ import nbformat
 import requests
 from conftest import manager_of, process_alive, wait_until
 from job_notebooks import (
+    interrupt_then_let_go,
     post_job,
     appending_cell,
     code_cells,
@@ -160,7 +161,7 @@ async def test_an_interruption_while_the_previous_cells_checkpoint_is_written_re
     model = await job_model(api, job_id)
     assert model["cells_done"] == 1  # (cell 2 replied; its checkpoint is not on disk)
     assert len(manifests_of(jp_serverapp, model["kernel_id"])) == 1
-    model = await _interrupt_then_let_go(api, job_id, first, go)
+    model = await interrupt_then_let_go(api, job_id, first, go)
     assert log.read_text().split() == ["1", "2", "2", "3", "4"]  # (cell 2 ran again)
     assert [(i["cell"], i["instance_id"]) for i in model["interruptions"]] == [(3, first)]
     code = code_cells((await api("GET", f"jobs/{job_id}/output"))[1])
@@ -174,18 +175,6 @@ async def test_an_interruption_while_the_previous_cells_checkpoint_is_written_re
     assert [c["metadata"]["lowcost"]["attempts"] for c in code] == [1, 2, 2, 1]
     text = (await api("GET", f"jobs/{job_id}/log"))[1]["text"]
     assert "cells 1-1 are done" in text
-
-
-async def _interrupt_then_let_go(api: Any, job_id: str, instance: str, go: Path) -> Any:
-    """Take ``instance`` away with no notice, let the job's waiting cell go once it
-    resumes, and return the job's model once it has succeeded."""
-    status, _ = await api("POST", f"instances/{instance}/interrupt", {"notice_seconds": 0})
-    assert status == 202
-    await until_state(api, job_id, "resuming")
-    go.touch()
-    model = await until_state(api, job_id, "succeeded", "failed", timeout=180)
-    assert model["state"] == "succeeded", model
-    return model
 
 
 async def test_a_job_resumes_at_its_cell_when_the_kernels_restored_report_is_refused(
@@ -210,7 +199,7 @@ async def test_a_job_resumes_at_its_cell_when_the_kernels_restored_report_is_ref
     ]
     job_id = (await post_job(api, notebook_of(sources, markdown_at=None)))["id"]
     first = await until_running_cell(api, job_id, 3)
-    model = await _interrupt_then_let_go(api, job_id, first, go)
+    model = await interrupt_then_let_go(api, job_id, first, go)
     assert log.read_text().split() == ["1", "2", "3", "4"]
     code = code_cells((await api("GET", f"jobs/{job_id}/output"))[1])
     assert "last 5999 6000" in outputs_text(code[3])
