@@ -18,8 +18,11 @@ import requests
 from conftest import BASE_CONFIG, manager_of, wait_until
 from job_notebooks import appending_cell, code_cells, notebook_of, outputs_text, wait_for_file
 from jupyter_process import LowCostServer
+from nbconvert import HTMLExporter
+from traitlets import Unicode
 from traitlets.config import Config
 
+from jupyter_lowcost.server.scheduler import outputs
 from jupyter_lowcost.server.scheduler.links import link_of
 
 T4_LOW = "T4 · low-cost · $0.14/h"
@@ -201,6 +204,34 @@ async def test_a_failing_cell_fails_the_row_with_our_reason(
     ours = our_job(jp_serverapp, job_id)
     assert row["status"] == "FAILED" and ours.state.value == "failed"
     assert row["status_message"] == ours.reason and "ZeroDivisionError" in ours.reason
+
+
+class TemplatesNotFound(HTMLExporter):
+    """nbconvert as in an environment whose share/jupyter lacks its templates (a venv
+    over another Python's packages): it raises a ValueError naming the template."""
+
+    template_name = Unicode("lab-not-installed")
+
+
+async def test_an_output_that_cannot_be_written_leaves_the_row_completed_and_says_why(
+    scheduler: Any, jp_serverapp: Any, jp_root_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outputs, "HTMLExporter", TemplatesNotFound)
+    name = write_notebook(jp_root_dir, "nohtml.ipynb", ["print('made it')"])
+    job_id = await create_job(scheduler, name)
+    row = await until_status(scheduler, job_id, "COMPLETED", "FAILED", "STOPPED")
+    assert row["status"] == "COMPLETED", row
+    assert "html output could not be written" in row["status_message"], row
+    assert "lab-not-installed" in row["status_message"], row
+    # (the notebook is written all the same, and every later answer about the row works)
+    paths = jp_serverapp.web_app.settings["scheduler"].get_staging_paths(
+        jp_serverapp.web_app.settings["scheduler"].get_job(job_id, False)
+    )
+    assert "made it" in outputs_text(code_cells(nbformat.read(paths["ipynb"], as_version=4))[0])
+    assert not Path(paths["html"]).exists()
+    assert (await row_of(scheduler, job_id))["status"] == "COMPLETED"
+    status, listed = await scheduler("GET", "jobs")
+    assert status == 200 and job_id in [job["job_id"] for job in listed["jobs"]]
 
 
 async def test_a_refused_notebook_is_the_posts_answer(scheduler: Any, jp_root_dir: Path) -> None:

@@ -68,7 +68,7 @@ class Rows:
                 row = session.get(Job, link.job_id)
                 if job is None or row is None or link.lowcost_id in self.staging:
                     continue
-                self._settle(session, link, row, job, stage=True)
+                self._settle(session, link, row, job)
             self._rows_for_unlinked(session, records)
             session.commit()
 
@@ -98,27 +98,30 @@ class Rows:
             paths = self.scheduler.get_staging_paths(DescribeJob.from_orm(row))
         self.staging.add(lowcost_id)
         try:
-            await asyncio.to_thread(write_outputs, paths, jobs.jobs.output(lowcost_id))
+            problems = await asyncio.to_thread(write_outputs, paths, jobs.jobs.output(lowcost_id))
         finally:
             self.staging.discard(lowcost_id)
         with self.session() as session:
             link, row = session.get(Link, link.job_id), session.get(Job, link.job_id)
             if link is not None and row is not None and not link.final:
-                self._settle(session, link, row, job, stage=False)
+                self._settle(session, link, row, job, staged=problems)
                 session.commit()
 
-    def _settle(self, session: Any, link: Link, row: Any, job: JobRecord, stage: bool) -> None:
+    def _settle(
+        self, session: Any, link: Link, row: Any, job: JobRecord, staged: list[str] | None = None
+    ) -> None:
         """The row follows our job; a final state only with its outputs staged (written
-        here when ``stage``; else already written)."""
+        here unless ``staged``, the problems of their writing, says they were)."""
         if job.state.is_final:
-            if stage:
+            if staged is None:
                 paths = self.scheduler.get_staging_paths(DescribeJob.from_orm(row))
                 found = manager()
                 if found is None:
                     return
-                write_outputs(paths, found.jobs.output(job.id))
+                staged = write_outputs(paths, found.jobs.output(job.id))
             link.final = True
         states.apply(row, job)
+        _tell_output_problems(row, staged or [])
 
     def _rows_for_unlinked(self, session: Any, records: dict[str, JobRecord]) -> None:
         """A row (and a link) for each of our jobs that never had one."""
@@ -144,13 +147,7 @@ class Rows:
             link = Link(job_id=row.job_id, lowcost_id=job.id, final=False, row_deleted=False)
             session.add(link)
             self.made_here.add(row.job_id)
-            if job.state.is_final:
-                paths = self.scheduler.get_staging_paths(DescribeJob.from_orm(row))
-                found = manager()
-                if found is not None:
-                    write_outputs(paths, found.jobs.output(job.id))
-                    link.final = True
-            states.apply(row, job)
+            self._settle(session, link, row, job)
 
     @staticmethod
     def _compute_type(job: JobRecord) -> str:
@@ -185,7 +182,7 @@ class Rows:
                     if stopping and not job.state.is_final:
                         cancel.append(job.id)
                     elif link is not None and not link.final:
-                        self._settle(session, link, row, job, stage=True)
+                        self._settle(session, link, row, job)
                     continue
                 if link is None and row.pid and psutil.pid_exists(row.pid) and not stopping:
                     continue  # (jupyter-scheduler's own run, still going: it writes its row)
@@ -210,3 +207,10 @@ class Rows:
             row.status_message = LOCAL_LOST
         else:
             row.status_message = NEVER_STARTED
+
+
+def _tell_output_problems(row: Any, problems: list[str]) -> None:
+    """A final row says which of its output files could not be written, after its own
+    message (our reason, for a failed job)."""
+    if problems:
+        row.status_message = "; ".join(filter(None, [row.status_message, *problems]))
