@@ -30,7 +30,7 @@ def write_outputs(paths: dict[str, str], notebook: dict[str, Any]) -> list[str]:
             continue
         try:
             _write(path, nbformat.writes(node) if fmt == "ipynb" else _html(node))
-        except Exception as error:  # (nbconvert raises many kinds: templates, jinja, mistune)
+        except Exception as error:  # noqa: BLE001 (nbconvert raises many kinds: the row says it)
             problems.append(f"the {fmt} output could not be written: {error}")
     return problems
 
