@@ -182,7 +182,11 @@ class KernelCheckpoints:
         namespace = self.namespace()
         self._last_time = time.monotonic()
         try:
-            report = self.store.save(namespace, **self._manifest_fields(namespace, manual))
+            report = self.store.save(
+                namespace,
+                split=self._split_of(namespace),
+                **self._manifest_fields(namespace, manual),
+            )
         except CheckpointWriteFailed as err:
             self._failed(err)
             raise

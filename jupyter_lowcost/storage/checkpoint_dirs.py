@@ -49,12 +49,17 @@ class CheckpointDirectory:
         return max(0.0, (now or time.time()) - self.taken_at)
 
 
+def checkpoint_ids(manifests: Path) -> list[str]:
+    """The ids of the complete checkpoints (their manifest is written) of the ``manifests``
+    folder of a kernel's directory, oldest first. Read by the store (``manifests.py``),
+    these listings, and a job's runner (``server/instances/job_kernels.py``)."""
+    return sorted((p.stem for p in manifests.glob("*.json") if p.stem.isdigit()), key=int)
+
+
 def read(directory: Path) -> CheckpointDirectory:
     """The listing entry of one kernel's directory (its newest readable manifest)."""
-    manifests = sorted(
-        (p for p in (directory / "manifests").glob("*.json") if p.stem.isdigit()), reverse=True
-    )
-    for path in manifests:
+    for checkpoint in reversed(checkpoint_ids(directory / "manifests")):
+        path = directory / "manifests" / f"{checkpoint}.json"
         try:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -165,17 +165,21 @@ class CheckpointStore:
         notebook: str | None = None,
         history: dict[str, Any] | None = None,
         sys_path: dict[str, list[str]] | None = None,
+        split: VariableSplit | None = None,
     ) -> SaveReport:
         """Checkpoint ``namespace`` (name -> object) now; returns what was saved. ``history``
         (JSON) is kept with it as it is: the kernel's execution count and inputs.
         ``sys_path``: the folders the notebook added to ``sys.path``
-        (:func:`sys_path_additions`), which ``load`` puts back.
+        (:func:`sys_path_additions`), which ``load`` puts back. ``split``: as
+        :meth:`snapshot`'s.
 
         The last :data:`KEEP` automatic checkpoints are kept, and beside them the last
         :data:`KEEP` ``manual`` ones (``%lowcost checkpoint``), so that checkpoints taken
         after each cell do not push out the ones a person asked for."""
         return self.write(
-            self.snapshot(namespace, kernel_id, manual, notebook, history, sys_path=sys_path)
+            self.snapshot(
+                namespace, kernel_id, manual, notebook, history, sys_path=sys_path, split=split
+            )
         )
 
     def snapshot(

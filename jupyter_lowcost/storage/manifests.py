@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import checkpoint_dirs
 from .format import KEEP, yield_interpreter
 from .packs import Pack, PackSlice, is_pack_slice, pack_of, read_pack
 from .shared_memo import error_text
@@ -44,7 +45,7 @@ class Manifests:
 
     def checkpoint_ids(self) -> list[str]:
         """Complete checkpoints, oldest first."""
-        return sorted(p.stem for p in self.manifests.glob("*.json") if p.stem.isdigit())
+        return checkpoint_dirs.checkpoint_ids(self.manifests)
 
     def latest(self) -> str | None:
         ids = self.checkpoint_ids()

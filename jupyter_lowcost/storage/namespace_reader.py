@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .format import ATOMIC_TYPES, FROZEN_TYPES, immutable
+from .format import immutable
 from .user_namespace import IPYTHON_NAMES
 
 _SKIPPED, _HIDDEN, _IMMUTABLE, _MUTABLE = range(4)
@@ -146,11 +146,17 @@ class NamespaceReader:
                 self._mutable.append(name)
 
 
+def split_variables(variables: Mapping[str, Any]) -> VariableSplit:
+    """``variables`` (the user's already) split at once, with no reader's memory of a
+    last read (a snapshot given no split: ``snapshots.take_snapshot``)."""
+    held = {name: value for name, value in variables.items() if immutable(value)}
+    mutable = [(name, value) for name, value in variables.items() if name not in held]
+    return VariableSplit(dict(variables), held, mutable)
+
+
 def _kind(name: str, value: Any, hidden: Mapping[str, Any]) -> int:
     if name[:1] == "_" or name in IPYTHON_NAMES:
         return _SKIPPED
     if hidden.get(name, _ABSENT) is value:
         return _HIDDEN
-    if type(value) in ATOMIC_TYPES or (type(value) in FROZEN_TYPES and immutable(value)):
-        return _IMMUTABLE
-    return _MUTABLE
+    return _IMMUTABLE if immutable(value) else _MUTABLE

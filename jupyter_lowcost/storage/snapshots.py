@@ -21,15 +21,12 @@ from typing import Any
 
 from .chunks import BufferChunks, memory_owner
 from .format import (
-    ATOMIC_TYPES,
     BATCH_MIN,
-    FROZEN_TYPES,
     SMALL_CONTAINERS,
     SMALL_LENGTH,
-    immutable,
     type_name,
 )
-from .namespace_reader import VariableSplit
+from .namespace_reader import VariableSplit, split_variables
 from .pickling import NamespacePickler, defined_in_notebook, fallback_dumps, fallback_picklers
 from .reports import Skipped
 from .shared_memo import Redirect
@@ -106,15 +103,9 @@ def take_snapshot(
     # Immutable values cannot change in place: holding them is their snapshot, and the
     # write pickles those that are not the same objects as last time. (20,000 small
     # variables would otherwise cost the cell's reply about 10 ms each time.)
-    if split is not None:  # (sorted already, by the kernel's NamespaceReader)
-        snapshot.immutable, mutable = split.immutable, split.mutable
-    else:
-        snapshot.immutable = {
-            name: value
-            for name, value in namespace.items()
-            if type(value) in ATOMIC_TYPES or (type(value) in FROZEN_TYPES and immutable(value))
-        }
-        mutable = [(n, v) for n, v in namespace.items() if n not in snapshot.immutable]
+    # (``split``: sorted already, by the kernel's NamespaceReader)
+    split = split or split_variables(namespace)
+    snapshot.immutable, mutable = split.immutable, split.mutable
     first_name: dict[int, str] = {}
     for name, value in mutable:
         first_name.setdefault(id(value), name)

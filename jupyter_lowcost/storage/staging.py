@@ -6,9 +6,9 @@ taken with ``stage``; the store keeps one per checkpoint directory
 (:class:`~jupyter_lowcost.storage.checkpoints.CheckpointStore`). A buffer whose writes
 are watched (:mod:`~jupyter_lowcost.storage.write_watch`) has only the chunks written
 since its last checkpoint copied (:meth:`Staging.stage_chunks`): the rest of it is in the
-chunk files of that checkpoint already. Other buffers are copied whole
-(all its chunks, :meth:`Staging.stage_chunks`). The memory of a buffer's copies is kept from one snapshot to the
-next while the next needs about as much (memory new to the process costs a fault per page
+chunk files of that checkpoint already. Other buffers are copied whole (all their chunks,
+:meth:`Staging.stage_chunks` too). The memory of a buffer's copies is kept from one snapshot
+to the next while the next needs about as much (memory new to the process costs a fault per page
 the first time); it is let go when much less is needed, so that what checkpoints keep is
 about what changed between two snapshots, not a standing copy of every large array.
 """

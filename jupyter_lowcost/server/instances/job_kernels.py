@@ -155,10 +155,10 @@ class JobKernels:
         manifests = settings.checkpoint_dir / kernel_id / "manifests"
         floor = int(newer_than) if newer_than and newer_than.isdigit() else 0
         try:
-            ids = [p.stem for p in manifests.glob("*.json") if p.stem.isdigit()]
+            ids = checkpoint_dirs.checkpoint_ids(manifests)
         except OSError:
             return []
-        return sorted((i for i in ids if int(i) > floor), key=int)
+        return [i for i in ids if int(i) > floor]
 
     def checkpoint_cell(self, kernel_id: str, checkpoint: str) -> int | None:
         """The execution count of the cell after which the kernel took ``checkpoint``
