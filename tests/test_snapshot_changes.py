@@ -226,6 +226,73 @@ def test_a_kernels_store_stops_watching_the_arrays_cells_rewrite(tmp_path: Path)
     store.close()
 
 
+def test_a_snapshot_never_written_leaves_its_arrays_watchable(tmp_path: Path) -> None:
+    """The first snapshot of an array starts watching it; when that snapshot is never
+    written (a notice's checkpoint took its place), the next one watches it afresh, and
+    later checkpoints copy only the chunk a cell changed."""
+    _watching()
+    store = CheckpointStore(tmp_path, chunk_size=MiB, watch_first_save=False)
+    big = np.zeros(16 * MiB // 8)
+    dropped = store.snapshot({"big": big}, stage=True)
+    del dropped
+    copied = []
+    for cell in range(3):
+        big[cell] = cell + 1
+        snapshot = store.snapshot({"big": big}, stage=True)
+        copied.append(_copied_chunks(snapshot, "big"))
+        store.write(snapshot)
+    assert copied == [16, 1, 1], copied
+    assert np.array_equal(_restored(tmp_path)["big"], big)
+    store.close()
+
+
+def _huge_page_bytes(array: np.ndarray) -> int:
+    """Bytes of ``array``'s mappings held in transparent huge pages (``AnonHugePages`` of
+    each mapping of ``/proc/self/smaps`` it overlaps)."""
+    start = array.__array_interface__["data"][0]
+    end = start + array.nbytes
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                low, high = (int(x, 16) for x in head.split("-"))
+                inside = low < end and start < high
+            elif inside and head == "AnonHugePages:":
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def test_an_array_rewritten_by_every_cell_gets_its_huge_pages_back(tmp_path: Path) -> None:
+    """The watch's faults split the transparent huge pages of an array the next cell
+    rewrites whole (and, unwatched, they would stay split: each later pass over the array
+    walks 512 times as many page table entries). The checkpoint that finds it rewritten
+    stops watching it and collapses them again."""
+    _watching()
+    busy = np.zeros(64 * MiB // 8)
+    busy += 1
+    before = _huge_page_bytes(busy)
+    if before == 0:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as setting:
+            pytest.fail(
+                "this machine's Linux gave a 64 MiB numpy array no transparent huge pages "
+                f"(/sys/kernel/mm/transparent_hugepage/enabled: {setting.read().strip()}): "
+                "set it to madvise or always"
+            )
+    store = CheckpointStore(tmp_path, chunk_size=MiB, watch_first_save=False)
+    store.write(store.snapshot({"busy": busy}, stage=True))  # watched from here on
+    busy += 1  # the next cell
+    split = _huge_page_bytes(busy)
+    assert split < before / 2, (split, before)
+    store.write(store.snapshot({"busy": busy}, stage=True))  # finds it rewritten
+    assert store._buffers.previous[("busy", 0)].watched is None
+    assert _huge_page_bytes(busy) >= before, (_huge_page_bytes(busy), before)
+    busy += 1  # unwatched: no fault, nothing split
+    assert _huge_page_bytes(busy) >= before
+    assert np.array_equal(_restored(tmp_path)["busy"], busy - 1)
+    store.close()
+
+
 def test_memory_kept_for_checkpoints_is_what_changed_not_the_arrays(tmp_path: Path) -> None:
     """Ten arrays of 16 MiB, 1% of each changed between snapshots: the copies kept are a
     chunk or two per array, not 160 MiB."""

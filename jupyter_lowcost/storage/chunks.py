@@ -49,7 +49,8 @@ class BufferChunks:
     a buffer from its first checkpoint, stops as soon as a checkpoint finds more than half
     of it rewritten, and watches it again once a checkpoint (comparing CRC32s) finds at
     most half rewritten: an array rewritten by every cell faults once (the second cell),
-    then is copied and compared; one that cells change little costs what they change."""
+    then is copied and compared, its transparent huge pages (which the faults split)
+    collapsed again; one that cells change little costs what they change."""
 
     def __init__(
         self,
@@ -157,10 +158,10 @@ class BufferChunks:
             watched = previous.watched
         elif self._watch_first_save or previous is None or previous.calm:
             watched = self._start_watching(view, address, owner)
-        else:
-            watched = None
             if watched is not None:
                 self._planned_watches.append((watched, weakref.ref(owner)))
+        else:
+            watched = None
         # Before the memory is read: a write during this checkpoint is also seen next time.
         edges = self._edge_fingerprints(view, address, watched) if watched else (0, 0)
         changed = None
@@ -210,9 +211,10 @@ class BufferChunks:
         gone = owner is None  # (since the snapshot)
         rewritten_much = plan.previous is not None and not calm
         if watched is not None and (gone or (rewritten_much and not self._watch_first_save)):
-            # Mostly rewritten: watching it would fault every page of the next rewrite.
+            # Mostly rewritten: watching it would fault every page of the next rewrite,
+            # and the faults split its huge pages, which the user's code then pays for.
             if self._watch is not None:
-                self._watch.unwatch(*watched, owner)
+                self._watch.unwatch(*watched, owner, restore_huge_pages=not gone)
             watched = None
         self._remember(plan.key, chunks, owner, plan.address, watched, plan.edges)
         self.previous[plan.key].calm = calm
