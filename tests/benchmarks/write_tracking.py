@@ -39,6 +39,12 @@ it measures, median over ``--rounds`` rounds:
 "write": the time of the round's writes with the tracking in place, against "plain":
 the same writes to the array untracked (resident, writable pages), and their ratio: the
 cost the tracking adds to the user's own code.
+
+Then, per size, what the write watch leaves behind once it ends, on a fresh array each:
+``a += 1`` after ``--pause`` seconds idle (a person's pace between cells), median over
+``--rounds``, for an array (1) never watched, (2) watched, rewritten whole and unwatched
+(its huge pages split by the watch's faults), (3) the same, unwatched with
+``restore_huge_pages`` (collapsed again; the unwatch's own time is printed).
 """
 
 from __future__ import annotations
@@ -283,6 +289,42 @@ def measure_copyto(a: np.ndarray, rounds: int) -> dict[str, Any]:
             "found": a.nbytes / 2**20, "write": None}  # fmt: skip
 
 
+def measure_after_watch(size: int, rounds: int, pause: float) -> str:
+    """``a += 1`` after a pause on arrays never watched, watched then split, and watched
+    then collapsed again (see the module's docstring)."""
+    from jupyter_lowcost.storage import write_watch
+
+    watch = write_watch.shared()
+    if watch is None:
+        return "not available on this system (write_watch.shared() is None)"
+    parts = []
+    for how in ("never watched", "split", "collapsed again"):
+        a, raw = aligned_array(size)
+        a += 1
+        extra = ""
+        if how != "never watched":
+            address, limit = span(a)
+            start, end = write_watch.page_span(address, limit - address)
+            if not watch.watch(start, end, a):
+                return "watch() refused the array's memory"
+            a += 1  # the watch's faults
+            watch.written(start, end)
+            seconds, _ = timed(
+                lambda a=a, how=how: watch.unwatch(
+                    start, end, a, restore_huge_pages=how == "collapsed again"
+                )
+            )
+            extra = f", unwatch {ms(seconds)} ms"
+        times = []
+        for _ in range(rounds):
+            time.sleep(pause)
+            times.append(timed(lambda a=a: a.__iadd__(1))[0])
+        huge = anon_huge_mib(a)
+        parts.append(f"{how}: {ms(statistics.median(times))} ms ({huge:.0f} MiB huge{extra})")
+        del a, raw
+    return "; ".join(parts)
+
+
 def ms(value: float | None) -> str:
     return (
         "-" if value is None else f"{value * 1000:.3f}" if value < 0.01 else f"{value * 1000:.1f}"
@@ -297,6 +339,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes-mib", default="512,1024", help="array sizes, MiB")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each measurement")
+    parser.add_argument(
+        "--pause", type=float, default=2.0, help="seconds idle before each write, after a watch"
+    )
     args = parser.parse_args()
     if not sys.platform.startswith("linux"):
         raise SystemExit("Linux only")
@@ -350,6 +395,10 @@ def main() -> None:
                 + " ms (per pattern; 'arm' is until the child runs)"
             )
         del a, raw
+        print(
+            f"after the watch ends, a += 1 after {args.pause:g} s idle: "
+            + measure_after_watch(size, args.rounds, args.pause)
+        )
     print()
     print("arm: write_watch: watch() once per array; soft-dirty: the clear, every round;")
     print("     fork: fork() until the child runs. scan: write_watch: written(); soft-dirty:")
