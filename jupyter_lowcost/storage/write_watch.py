@@ -21,10 +21,10 @@ numpy array's memory, RDMA); such memory should not be watched.
 The first write to a watched transparent huge page (numpy asks for them for large arrays)
 splits it into small pages, and they stay split once the watch ends: an array rewritten
 whole then makes every pass over it walk 512 times as many page table entries, which cost
-about twice its time on a virtual machine here (``a += 1`` on 1 GiB, after a pause: 100
-ms instead of 45). :meth:`WriteWatch.unwatch` can put the huge pages back
-(``MADV_COLLAPSE``, Linux 6.1, about 80 ms per GiB) where the range had them when it was
-first watched.
+about three times its time on a virtual machine here (``a += 1`` on 1 GiB after 2 s
+idle: 122 ms instead of 44; ``tests/benchmarks/write_tracking.py``).
+:meth:`WriteWatch.unwatch` can put the huge pages back (``MADV_COLLAPSE``, Linux 6.1,
+about 95 ms per GiB here) where the range had them when it was first watched.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class WriteWatch:
         ``restore_huge_pages``: the range's memory is rewritten often and lives on (the
         caller holds ``owner``), and had transparent huge pages when it was first
         watched: collapse it into huge pages again, which takes the calling thread about
-        80 ms per GiB (best effort: nothing is said where Linux cannot)."""
+        95 ms per GiB (best effort: nothing is said where Linux cannot)."""
         with self._lock:
             watched = self._owners.get((start, end))
             if watched is None:
