@@ -263,13 +263,23 @@ def _huge_page_bytes(array: np.ndarray) -> int:
     return total
 
 
-def test_an_array_rewritten_by_every_cell_gets_its_huge_pages_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["numpy's", "16 bytes past a huge page"])
+def test_an_array_rewritten_by_every_cell_gets_its_huge_pages_back(
+    tmp_path: Path, layout: str
+) -> None:
     """The watch's faults split the transparent huge pages of an array the next cell
     rewrites whole (and, unwatched, they would stay split: each later pass over the array
     walks 512 times as many page table entries). The checkpoint that finds it rewritten
-    stops watching it and collapses them again."""
+    stops watching it and collapses them again, the huge pages at its ends too, which it
+    shares with the memory beside it (where malloc's header puts an array's data when
+    its mapping starts on a huge page)."""
     _watching()
-    busy = np.zeros(64 * MiB // 8)
+    if layout == "numpy's":
+        busy = np.zeros(64 * MiB // 8)
+    else:
+        raw = np.zeros(68 * MiB // 8)
+        huge_page = -raw.ctypes.data % (2 * MiB)
+        busy = raw[(huge_page + 16) // 8 :][: 64 * MiB // 8]
     busy += 1
     before = _huge_page_bytes(busy)
     if before == 0:

@@ -194,7 +194,7 @@ class WriteWatch:
         if collapse:
             # (Outside the lock: the other watched ranges are read meanwhile. Linux
             # collapses what no other thread is writing at that moment.)
-            _madvise(start, end - start, _MADV_COLLAPSE)
+            _collapse(start, end)
 
     def _unregister(self, watched: tuple[int, int]) -> None:
         del self._owners[watched]
@@ -283,6 +283,44 @@ def _private_anonymous(start: int, end: int) -> bool:
             if covered >= end:
                 return True
     return False
+
+
+def _collapse(start: int, end: int) -> None:
+    """Collapse into transparent huge pages every huge-page block that ``[start, end)``
+    touches, within the mappings that hold it: the blocks at its ends hold the memory
+    beside the buffer too (an allocation's header), and a block is collapsed whole or
+    not at all. The contents stay as they are."""
+    bounds = _mapping_bounds(start, end)
+    if bounds is None:
+        return
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as size:
+            huge = int(size.read())
+    except (OSError, ValueError):
+        huge = 2 * 1024 * 1024
+    first = max(bounds[0], start // huge * huge)
+    last = min(bounds[1], -(-end // huge) * huge)
+    _madvise(first, last - first, _MADV_COLLAPSE)
+
+
+def _mapping_bounds(start: int, end: int) -> tuple[int, int] | None:
+    """Where the mappings holding ``[start, end)`` start and end (``/proc/self/maps``);
+    None when it is not all mapped."""
+    low = high = None
+    covered = start
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            mapping = line.split(maxsplit=1)[0]
+            first, last = (int(x, 16) for x in mapping.split("-"))
+            if last <= covered or first >= end:
+                continue
+            if first > covered:
+                return None  # a hole
+            low = first if low is None else low
+            high = covered = last
+            if covered >= end:
+                return low, high
+    return None
 
 
 def _madvise(start: int, length: int, advice: int) -> bool:
