@@ -14,6 +14,7 @@ changed, not a copy of every array.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import signal
@@ -246,21 +247,58 @@ def test_a_snapshot_never_written_leaves_its_arrays_watchable(tmp_path: Path) ->
     store.close()
 
 
-def _huge_page_bytes(array: np.ndarray) -> int:
-    """Bytes of ``array``'s mappings held in transparent huge pages (``AnonHugePages`` of
-    each mapping of ``/proc/self/smaps`` it overlaps)."""
-    start = array.__array_interface__["data"][0]
-    end = start + array.nbytes
-    total, inside = 0, False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            head = line.split(maxsplit=1)[0]
-            if "-" in head and not head.endswith(":"):
-                low, high = (int(x, 16) for x in head.split("-"))
-                inside = low < end and start < high
-            elif inside and head == "AnonHugePages:":
+_HUGE_PAGES_AFTER_REWRITES = textwrap.dedent(
+    """
+    import json, re, sys
+    import numpy as np
+    from jupyter_lowcost.storage.checkpoints import CheckpointStore
+
+    directory, layout = sys.argv[1], sys.argv[2]
+    MiB = 1024 * 1024
+
+    def huge_page_bytes(array):
+        # AnonHugePages of each mapping of /proc/self/smaps the array overlaps
+        start = array.__array_interface__["data"][0]
+        end = start + array.nbytes
+        total, inside = 0, False
+        for line in open("/proc/self/smaps"):
+            mapping = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
+            if mapping:
+                inside = int(mapping[1], 16) < end and start < int(mapping[2], 16)
+            elif inside and line.startswith("AnonHugePages:"):
                 total += int(line.split()[1]) * 1024
-    return total
+        return total
+
+    if layout == "numpy's":
+        busy = np.zeros(64 * MiB // 8)
+    else:
+        raw = np.zeros(68 * MiB // 8)
+        huge_page = -raw.ctypes.data % (2 * MiB)
+        busy = raw[(huge_page + 16) // 8 :][: 64 * MiB // 8]
+    busy += 1
+    seen = {"before": huge_page_bytes(busy)}
+    if not seen["before"]:  # (what Linux says of this process and of the array's memory)
+        seen["why"] = [
+            line.strip()
+            for line in open("/proc/self/status").readlines() + open("/proc/self/smaps").readlines()
+            if line.startswith(("THP_enabled", "THPeligible", "VmFlags"))
+        ][-8:]
+    store = CheckpointStore(directory, chunk_size=MiB, watch_first_save=False)
+    store.write(store.snapshot({"busy": busy}, stage=True))  # watched from here on
+    busy += 1  # the next cell
+    seen["split"] = huge_page_bytes(busy)
+    store.write(store.snapshot({"busy": busy}, stage=True))  # finds it rewritten
+    seen["watched"] = store._buffers.previous[("busy", 0)].watched is not None
+    seen["after"] = huge_page_bytes(busy)
+    busy += 1  # unwatched: no fault, nothing split
+    seen["later"] = huge_page_bytes(busy)
+    restored = {}
+    store.load(into=restored)
+    seen["restored"] = bool(np.array_equal(restored["busy"], busy - 1))
+    store.close()
+    print(json.dumps(seen))
+    """
+)
 
 
 @pytest.mark.parametrize("layout", ["numpy's", "16 bytes past a huge page"])
@@ -272,35 +310,29 @@ def test_an_array_rewritten_by_every_cell_gets_its_huge_pages_back(
     walks 512 times as many page table entries). The checkpoint that finds it rewritten
     stops watching it and collapses them again, the huge pages at its ends too, which it
     shares with the memory beside it (where malloc's header puts an array's data when
-    its mapping starts on a huge page)."""
+    its mapping starts on a huge page). In a fresh process, as a kernel's arrays are: a
+    long-lived one's allocator may hand out memory that has no huge pages to begin with."""
     _watching()
-    if layout == "numpy's":
-        busy = np.zeros(64 * MiB // 8)
-    else:
-        raw = np.zeros(68 * MiB // 8)
-        huge_page = -raw.ctypes.data % (2 * MiB)
-        busy = raw[(huge_page + 16) // 8 :][: 64 * MiB // 8]
-    busy += 1
-    before = _huge_page_bytes(busy)
-    if before == 0:
+    ran = subprocess.run(
+        [sys.executable, "-c", _HUGE_PAGES_AFTER_REWRITES, str(tmp_path), layout],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    seen = json.loads(ran.stdout)
+    if seen["before"] == 0:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as setting:
             pytest.fail(
                 "this machine's Linux gave a 64 MiB numpy array no transparent huge pages "
                 f"(/sys/kernel/mm/transparent_hugepage/enabled: {setting.read().strip()}): "
-                "set it to madvise or always"
+                f"set it to madvise or always ({seen})"
             )
-    store = CheckpointStore(tmp_path, chunk_size=MiB, watch_first_save=False)
-    store.write(store.snapshot({"busy": busy}, stage=True))  # watched from here on
-    busy += 1  # the next cell
-    split = _huge_page_bytes(busy)
-    assert split < before / 2, (split, before)
-    store.write(store.snapshot({"busy": busy}, stage=True))  # finds it rewritten
-    assert store._buffers.previous[("busy", 0)].watched is None
-    assert _huge_page_bytes(busy) >= before, (_huge_page_bytes(busy), before)
-    busy += 1  # unwatched: no fault, nothing split
-    assert _huge_page_bytes(busy) >= before
-    assert np.array_equal(_restored(tmp_path)["busy"], busy - 1)
-    store.close()
+    assert seen["split"] < seen["before"] / 2, seen
+    assert not seen["watched"], seen
+    assert seen["after"] >= seen["before"], seen
+    assert seen["later"] >= seen["before"], seen
+    assert seen["restored"], seen
 
 
 def test_memory_kept_for_checkpoints_is_what_changed_not_the_arrays(tmp_path: Path) -> None:
