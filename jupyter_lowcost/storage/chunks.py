@@ -214,7 +214,7 @@ class BufferChunks:
             # Mostly rewritten: watching it would fault every page of the next rewrite,
             # and the faults split its huge pages, which the user's code then pays for.
             if self._watch is not None:
-                self._watch.unwatch(*watched, owner, restore_huge_pages=not gone)
+                self._watch.unwatch(*watched, owner, restore_huge_pages=True)
             watched = None
         self._remember(plan.key, chunks, owner, plan.address, watched, plan.edges)
         self.previous[plan.key].calm = calm

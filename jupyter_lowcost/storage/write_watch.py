@@ -264,9 +264,10 @@ class WriteWatch:
                 pass
 
 
-def _private_anonymous(start: int, end: int) -> bool:
-    """Whether all of ``[start, end)`` is mapped private and anonymous (no file behind
-    it, not shared with another process), from ``/proc/self/maps``."""
+def _mappings(start: int, end: int) -> list[tuple[int, int, list[str]]] | None:
+    """The mappings that hold ``[start, end)``, in order, from ``/proc/self/maps``: their
+    start, end and fields; None when the range is not all mapped."""
+    found = []
     covered = start
     with open("/proc/self/maps") as maps:
         for line in maps:
@@ -275,14 +276,24 @@ def _private_anonymous(start: int, end: int) -> bool:
             if high <= covered or low >= end:
                 continue
             if low > covered:
-                return False  # a hole
-            path = fields[5].strip() if len(fields) > 5 else ""
-            if fields[1][3] != "p" or fields[4] != "0" or path not in ("", "[heap]"):
-                return False
+                return None  # a hole
+            found.append((low, high, fields))
             covered = high
             if covered >= end:
-                return True
-    return False
+                return found
+    return None
+
+
+def _private_anonymous(start: int, end: int) -> bool:
+    """Whether all of ``[start, end)`` is mapped private and anonymous (no file behind
+    it, not shared with another process)."""
+    mappings = _mappings(start, end)
+    return mappings is not None and all(
+        fields[1][3] == "p"
+        and fields[4] == "0"
+        and (fields[5].strip() if len(fields) > 5 else "") in ("", "[heap]")
+        for _, _, fields in mappings
+    )
 
 
 def _collapse(start: int, end: int) -> None:
@@ -290,37 +301,17 @@ def _collapse(start: int, end: int) -> None:
     touches, within the mappings that hold it: the blocks at its ends hold the memory
     beside the buffer too (an allocation's header), and a block is collapsed whole or
     not at all. The contents stay as they are."""
-    bounds = _mapping_bounds(start, end)
-    if bounds is None:
+    mappings = _mappings(start, end)
+    if mappings is None:
         return
     try:
         with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as size:
             huge = int(size.read())
     except (OSError, ValueError):
         huge = 2 * 1024 * 1024
-    first = max(bounds[0], start // huge * huge)
-    last = min(bounds[1], -(-end // huge) * huge)
+    first = max(mappings[0][0], start // huge * huge)
+    last = min(mappings[-1][1], -(-end // huge) * huge)
     _madvise(first, last - first, _MADV_COLLAPSE)
-
-
-def _mapping_bounds(start: int, end: int) -> tuple[int, int] | None:
-    """Where the mappings holding ``[start, end)`` start and end (``/proc/self/maps``);
-    None when it is not all mapped."""
-    low = high = None
-    covered = start
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            mapping = line.split(maxsplit=1)[0]
-            first, last = (int(x, 16) for x in mapping.split("-"))
-            if last <= covered or first >= end:
-                continue
-            if first > covered:
-                return None  # a hole
-            low = first if low is None else low
-            high = covered = last
-            if covered >= end:
-                return low, high
-    return None
 
 
 def _madvise(start: int, length: int, advice: int) -> bool:
